@@ -1,0 +1,196 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("multiconnect", parseCaddyfile)
+	// The gateway ends the chain the way reverse_proxy does; it sits just
+	// before it so encode, request_body, headers and the like still wrap it.
+	httpcaddyfile.RegisterDirectiveOrder("multiconnect", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	multiconnect {
+//	    database {
+//	        hostname <host>      # default {env.WA_DB_HOSTNAME}
+//	        port     <port>      # default {env.WA_DB_PORT}
+//	        username <user>      # default {env.WA_DB_USERNAME}
+//	        password <password>  # default {env.WA_DB_PASSWORD}
+//	        name     <database>  # default {env.MC_DB_NAME} or multiconnect
+//	    }
+//	    refresh_interval <duration>
+//	    retry_wait       <duration>
+//	    max_body_size    <size>
+//	    token_ttl        <duration>
+//	    token_cache      <duration>
+//	    token_grace      <duration>
+//	    api_key          <key>
+//	    login_failures   <count> [<window>]
+//	    bcrypt_cost      <cost>
+//	    health_timeout   <duration>
+//	    forget_after     <duration>
+//	    reverse_proxy {
+//	        # any reverse_proxy subdirective but upstreams, for example
+//	        transport http {
+//	            dial_timeout 1s
+//	        }
+//	    }
+//	}
+//
+// Every setting is optional; `multiconnect` alone is a working gateway.
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	g := new(Gateway)
+	rp, err := g.unmarshal(h.Dispenser)
+	if err != nil {
+		return nil, err
+	}
+	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
+		return nil, err
+	}
+	var warnings []caddyconfig.Warning
+	g.ProxyRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", &warnings)
+	return g, nil
+}
+
+// UnmarshalCaddyfile implements caddyfile.Unmarshaler.
+func (g *Gateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	rp, err := g.unmarshal(d)
+	if err != nil {
+		return err
+	}
+	g.ProxyRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)
+	return nil
+}
+
+func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, error) {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	rp := defaultProxy()
+	for d.NextBlock(0) {
+		switch key := d.Val(); key {
+		case "database":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if g.Database == nil {
+				g.Database = new(DatabaseConfig)
+			}
+			for d.NextBlock(1) {
+				field := map[string]*string{
+					"hostname": &g.Database.Hostname, "port": &g.Database.Port, "username": &g.Database.Username,
+					"password": &g.Database.Password, "name": &g.Database.Name,
+				}[d.Val()]
+				if field == nil {
+					return nil, d.Errf("unknown database setting %q (hostname, port, username, password, name)", d.Val())
+				}
+				if !d.NextArg() {
+					return nil, d.ArgErr()
+				}
+				*field = d.Val()
+				if d.NextArg() {
+					return nil, d.ArgErr()
+				}
+			}
+		case "refresh_interval", "retry_wait", "token_ttl", "token_cache", "token_grace", "health_timeout", "forget_after":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil {
+				return nil, d.Errf("%s: %v", key, err)
+			}
+			*map[string]*caddy.Duration{
+				"refresh_interval": &g.RefreshInterval, "retry_wait": &g.RetryWait, "token_ttl": &g.TokenTTL,
+				"token_cache": &g.TokenCache, "token_grace": &g.TokenGrace, "health_timeout": &g.HealthTimeout,
+				"forget_after": &g.ForgetAfter,
+			}[key] = caddy.Duration(dur)
+		case "max_body_size":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			n, err := humanize.ParseBytes(v)
+			if err != nil || n == 0 || n > 1<<40 {
+				return nil, d.Errf("max_body_size: %q is not a size such as 1MiB", v)
+			}
+			g.MaxBodySize = int64(n)
+		case "api_key":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			g.APIKey = v
+		case "login_failures":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return nil, d.ArgErr()
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return nil, d.Errf("login_failures: %q is not a positive count", args[0])
+			}
+			g.LoginFailures = n
+			if len(args) == 2 {
+				dur, err := caddy.ParseDuration(args[1])
+				if err != nil {
+					return nil, d.Errf("login_failures window: %v", err)
+				}
+				g.LoginWindow = caddy.Duration(dur)
+			}
+		case "bcrypt_cost":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, d.Errf("bcrypt_cost: %q is not a number", v)
+			}
+			g.BcryptCost = n
+		case "reverse_proxy":
+			rp = new(reverseproxy.Handler)
+			if err := rp.UnmarshalCaddyfile(d.NewFromNextSegment()); err != nil {
+				return nil, err
+			}
+			if len(rp.Upstreams) > 0 {
+				return nil, d.Errf("the reverse_proxy inside multiconnect takes no upstreams: the shard map chooses them")
+			}
+			if rp.DynamicUpstreamsRaw == nil {
+				rp.DynamicUpstreamsRaw = defaultProxy().DynamicUpstreamsRaw
+			}
+		default:
+			return nil, d.Errf("unknown multiconnect setting %q", key)
+		}
+	}
+	return rp, nil
+}
+
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Gateway)(nil)
+)

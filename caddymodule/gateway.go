@@ -1,0 +1,339 @@
+// Package caddymodule is the multiconnect gateway (the original product's
+// Webapp) as a Caddy v2 module: it authenticates users, hashes each
+// recipient to its shard, and hands Caddy's own reverse_proxy the primary
+// coreapp of that shard, read from a shard map cached from MySQL.
+//
+// Build it into Caddy with
+//
+//	xcaddy build --with github.com/multiconnect/multiconnect/caddymodule
+//
+// or, in this repository, go build -o bin/ ./... (caddymodule/cmd/caddy).
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/database"
+)
+
+func init() {
+	caddy.RegisterModule(Gateway{})
+}
+
+// Gateway is the multiconnect REST API on :9090. It answers the users
+// routes, /v1/health and /metrics itself and sends everything else through
+// Caddy's reverse_proxy to the node the route belongs to: the primary
+// coreapp of the recipient's shard for POST /v1/messages, any primary
+// coreapp for contacts and media, the primary master for settings,
+// registration, shards, DB stats and support.
+type Gateway struct {
+	// The cluster's MySQL. Each field left empty takes the original
+	// product's db.env variable: WA_DB_HOSTNAME, WA_DB_PORT,
+	// WA_DB_USERNAME, WA_DB_PASSWORD, and MC_DB_NAME for the database name
+	// (default multiconnect). Placeholders such as {env.X} are expanded.
+	Database *DatabaseConfig `json:"database,omitempty"`
+
+	// How often the cached shard map polls MySQL for a change (one
+	// single-row read). Default: 100ms.
+	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
+
+	// How long a request whose node refused it (connection refused, or
+	// "not the primary") waits for the shard map or master lease to name
+	// another node before the error goes to the client. Default: 1s. Set
+	// to -1 to retry only on a map already changed.
+	RetryWait caddy.Duration `json:"retry_wait,omitempty"`
+
+	// The largest body the gateway reads to find the recipient; a larger
+	// POST /v1/messages is refused with HTTP 413. Larger bodies of other
+	// routes (media uploads) stream through. Default: 1048576 (1 MiB).
+	MaxBodySize int64 `json:"max_body_size,omitempty"`
+
+	// How long a bearer token from POST /v1/users/login stays valid.
+	// Default: 168h (7 days, as in the original).
+	TokenTTL caddy.Duration `json:"token_ttl,omitempty"`
+
+	// How long a token MySQL confirmed is trusted without asking again;
+	// a revoked token stops working within this bound. Default: 2s.
+	TokenCache caddy.Duration `json:"token_cache,omitempty"`
+
+	// While MySQL is unreachable, a token confirmed within this long keeps
+	// working, so the gateway keeps serving. Default: 5m. Set to -1 to
+	// refuse every token whose cache entry expired during an outage.
+	TokenGrace caddy.Duration `json:"token_grace,omitempty"`
+
+	// The key accepted as "Authorization: Apikey <key>" on /v1/health,
+	// /metrics and /v1/stats. Default: the WA_API_KEY environment
+	// variable; empty disables API keys.
+	APIKey string `json:"api_key,omitempty"`
+
+	// Failed logins allowed per client IP within login_window before
+	// logins from it are refused with 429 (1015). Default: 30.
+	LoginFailures int `json:"login_failures,omitempty"`
+
+	// The sliding window for login_failures. Default: 1h.
+	LoginWindow caddy.Duration `json:"login_window,omitempty"`
+
+	// The bcrypt cost of stored passwords (4 to 31). Default: 10.
+	BcryptCost int `json:"bcrypt_cost,omitempty"`
+
+	// How long GET /v1/health waits for each node. Default: 1s.
+	HealthTimeout caddy.Duration `json:"health_timeout,omitempty"`
+
+	// Nodes not seen (no liveness write) for this long are left out of
+	// /v1/health. Default: 1h.
+	ForgetAfter caddy.Duration `json:"forget_after,omitempty"`
+
+	// The reverse_proxy handler that carries requests to the nodes. It
+	// must take its upstreams from the multiconnect source. Default:
+	// {"handler": "reverse_proxy", "dynamic_upstreams": {"source": "multiconnect"}}.
+	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
+	proxy        caddyhttp.MiddlewareHandler
+	view         *clusterView
+	viewKey      viewKey
+	log          *zap.Logger
+	apiKey       string
+	metrics      http.Handler
+	healthClient *http.Client
+	dummyHash    func() []byte
+}
+
+// DatabaseConfig overrides db.env; see Gateway.Database.
+type DatabaseConfig struct {
+	Hostname string `json:"hostname,omitempty"`
+	Port     string `json:"port,omitempty"`
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	Name     string `json:"name,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Gateway) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.multiconnect",
+		New: func() caddy.Module { return new(Gateway) },
+	}
+}
+
+// Provision sets defaults, loads the reverse_proxy and joins (or starts)
+// the shared view of the cluster. It never waits for MySQL: until the
+// database, the schema and the shard map are there, proxied routes answer
+// 503 with the reason.
+func (g *Gateway) Provision(ctx caddy.Context) error {
+	g.log = ctx.Logger()
+	setDefault(&g.RefreshInterval, 100*time.Millisecond)
+	setDefault(&g.RetryWait, time.Second)
+	setDefault(&g.TokenTTL, 7*24*time.Hour)
+	setDefault(&g.TokenCache, 2*time.Second)
+	setDefault(&g.TokenGrace, 5*time.Minute)
+	setDefault(&g.LoginWindow, time.Hour)
+	setDefault(&g.HealthTimeout, time.Second)
+	setDefault(&g.ForgetAfter, time.Hour)
+	if g.MaxBodySize == 0 {
+		g.MaxBodySize = 1 << 20
+	}
+	if g.LoginFailures == 0 {
+		g.LoginFailures = 30
+	}
+	if g.BcryptCost == 0 {
+		g.BcryptCost = bcrypt.DefaultCost
+	}
+	repl := caddy.NewReplacer()
+	g.apiKey = os.Getenv("WA_API_KEY")
+	if g.APIKey != "" {
+		g.apiKey = repl.ReplaceAll(g.APIKey, "")
+	}
+	cost := g.BcryptCost
+	g.dummyHash = sync.OnceValue(func() []byte {
+		h, _ := bcrypt.GenerateFromPassword([]byte("not anyone's password"), cost)
+		return h
+	})
+
+	cfg, err := g.databaseConfig(repl)
+	if err != nil {
+		return err
+	}
+
+	if g.ProxyRaw == nil {
+		g.ProxyRaw = caddyconfig.JSONModuleObject(defaultProxy(), "handler", "reverse_proxy", nil)
+	}
+	mod, err := ctx.LoadModule(g, "ProxyRaw")
+	if err != nil {
+		return fmt.Errorf("loading the proxy handler: %w", err)
+	}
+	g.proxy = mod.(caddyhttp.MiddlewareHandler)
+	rp, ok := g.proxy.(*reverseproxy.Handler)
+	if !ok {
+		return fmt.Errorf("proxy must be a reverse_proxy handler, not %T", g.proxy)
+	}
+	if len(rp.Upstreams) > 0 {
+		return fmt.Errorf("the reverse_proxy inside multiconnect takes no upstreams (`to`): the shard map chooses them")
+	}
+	if _, ok := rp.DynamicUpstreams.(*Upstreams); !ok {
+		return fmt.Errorf("the reverse_proxy inside multiconnect must use `dynamic multiconnect` for its upstreams")
+	}
+
+	g.view, g.viewKey, err = loadView(cfg, time.Duration(g.RefreshInterval), g.BcryptCost)
+	if err != nil {
+		return fmt.Errorf("multiconnect cluster view: %w", err)
+	}
+	if err := g.view.metrics.register(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	g.metrics = promhttp.HandlerFor(ctx.GetMetricsRegistry(), promhttp.HandlerOpts{})
+	g.healthClient = &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: time.Duration(g.HealthTimeout)}).DialContext,
+		MaxIdleConnsPerHost: 2,
+		IdleConnTimeout:     time.Minute,
+	}}
+	return nil
+}
+
+// defaultProxy is reverse_proxy with the multiconnect upstream source.
+func defaultProxy() *reverseproxy.Handler {
+	return &reverseproxy.Handler{
+		DynamicUpstreamsRaw: caddyconfig.JSONModuleObject(Upstreams{}, "source", "multiconnect", nil),
+	}
+}
+
+func setDefault(d *caddy.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = caddy.Duration(def)
+	}
+}
+
+// databaseConfig is db.env overlaid with the configured fields.
+func (g *Gateway) databaseConfig(repl *caddy.Replacer) (database.Config, error) {
+	cfg, err := database.FromEnv()
+	if err != nil {
+		return cfg, fmt.Errorf("multiconnect database: %w", err)
+	}
+	d := g.Database
+	if d == nil {
+		return cfg, nil
+	}
+	if s := repl.ReplaceAll(d.Hostname, ""); s != "" {
+		cfg.Host = s
+	}
+	if s := repl.ReplaceAll(d.Port, ""); s != "" {
+		p, err := strconv.Atoi(s)
+		if err != nil || p < 1 || p > 65535 {
+			return cfg, fmt.Errorf("multiconnect database: port %q is not a port number", s)
+		}
+		cfg.Port = p
+	}
+	if s := repl.ReplaceAll(d.Username, ""); s != "" {
+		cfg.User = s
+	}
+	if s := repl.ReplaceAll(d.Password, ""); s != "" {
+		cfg.Password = s
+	}
+	if s := repl.ReplaceAll(d.Name, ""); s != "" {
+		cfg.Name = s
+	}
+	return cfg, nil
+}
+
+// Validate refuses settings that cannot work.
+func (g *Gateway) Validate() error {
+	switch {
+	case g.RefreshInterval < 0:
+		return fmt.Errorf("refresh_interval must be positive")
+	case g.MaxBodySize < 0:
+		return fmt.Errorf("max_body_size must be positive")
+	case g.TokenTTL < 0 || g.TokenCache < 0:
+		return fmt.Errorf("token_ttl and token_cache must be positive")
+	case g.LoginFailures < 1:
+		return fmt.Errorf("login_failures must be at least 1")
+	case g.LoginWindow < 0 || g.HealthTimeout < 0 || g.ForgetAfter < 0:
+		return fmt.Errorf("login_window, health_timeout and forget_after must be positive")
+	case g.BcryptCost < bcrypt.MinCost || g.BcryptCost > bcrypt.MaxCost:
+		return fmt.Errorf("bcrypt_cost must be between %d and %d", bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	return nil
+}
+
+// Cleanup leaves the shared view; the last handler using it stops it.
+func (g *Gateway) Cleanup() error {
+	if g.view != nil {
+		if _, err := views.Delete(g.viewKey); err != nil {
+			return fmt.Errorf("closing the multiconnect cluster view: %w", err)
+		}
+	}
+	if g.healthClient != nil {
+		g.healthClient.CloseIdleConnections()
+	}
+	return nil
+}
+
+// ServeHTTP routes one API request.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	// Only the gateway may speak for the cluster: a client's copy of the
+	// secret header is dropped before anything else looks at the request.
+	delete(r.Header, cluster.SecretHeader)
+
+	p := cleanPath(r.URL.Path)
+	if p != r.URL.Path {
+		r.URL.Path, r.URL.RawPath = p, ""
+	}
+	rt := classify(r.Method, p)
+	if rt.target == toNowhere {
+		g.view.metrics.routed.WithLabelValues(rt.name, rt.target.String()).Inc()
+		writeError(w, 0, apierror.NotFound, "no route "+r.Method+" "+p)
+		return nil
+	}
+	var who principal
+	if rt.access != anyone {
+		var rerr *requestError
+		if who, rerr = g.authenticate(r, rt); rerr != nil {
+			if rerr.status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="multiconnect"`)
+			}
+			rerr.write(w)
+			return nil
+		}
+		logField(r, zap.String("user", who.username))
+	}
+	if rt.target != toGateway {
+		return g.serveProxied(w, r, rt, next)
+	}
+	g.view.metrics.routed.WithLabelValues(rt.name, rt.target.String()).Inc()
+	switch rt.name {
+	case "login":
+		g.login(w, r)
+	case "logout":
+		g.logout(w, r, who)
+	case "users":
+		g.users(w, r, who)
+	case "health":
+		g.health(w, r)
+	case "metrics":
+		g.metrics.ServeHTTP(w, r)
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Gateway)(nil)
+	_ caddy.Validator             = (*Gateway)(nil)
+	_ caddy.CleanerUpper          = (*Gateway)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Gateway)(nil)
+)

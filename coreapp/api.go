@@ -1,0 +1,111 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/cluster"
+)
+
+// handler serves the coreapp's internal port (fasthttp: it carries the
+// message path). Every request must carry the cluster secret: masters send
+// heartbeats and promotions, the gateway forwards users' requests.
+func (c *Coreapp) handler() fasthttp.RequestHandler {
+	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+	return func(ctx *fasthttp.RequestCtx) {
+		presented := string(ctx.Request.Header.Peek(cluster.SecretHeader))
+		if presented == "" {
+			presented = strings.TrimPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer ")
+		}
+		if !cluster.Authorized(presented, c.secret) {
+			c.log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()))
+			writeError(ctx, apierror.AccessDenied, "internal port: cluster members only")
+			return
+		}
+		method, path := string(ctx.Method()), string(ctx.Path())
+		switch {
+		case path == "/internal/heartbeat" && method == "POST":
+			c.metrics.heartbeats.Inc()
+			writeJSON(ctx, fasthttp.StatusOK, c.report())
+		case path == "/internal/health" && method == "GET":
+			writeJSON(ctx, fasthttp.StatusOK, c.health())
+		case path == "/internal/promote" && method == "POST":
+			c.promote(ctx)
+		case path == "/internal/demote" && method == "POST":
+			select {
+			case c.holder.nudge <- struct{}{}:
+			default:
+			}
+			ctx.SetStatusCode(fasthttp.StatusNoContent)
+		case path == "/metrics" && method == "GET":
+			metrics(ctx)
+		case strings.HasPrefix(path, "/v1/"):
+			// Users' requests for a shard arrive here through the gateway. The
+			// message path is served by the messaging layer; until then only
+			// the primary answers, and anything else is 1018 so the gateway
+			// reloads its shard map and retries.
+			if !c.holder.status().Primary {
+				writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
+				return
+			}
+			writeError(ctx, apierror.NotFound, "no such route: "+path)
+		default:
+			writeError(ctx, apierror.NotFound, "no such route: "+path)
+		}
+	}
+}
+
+func (c *Coreapp) report() map[string]any {
+	st := c.holder.status()
+	return map[string]any{
+		"node": c.id.ID, "incarnation": c.id.Incarnation, "primary": st.Primary, "shard": st.Shard,
+		"epoch": st.Epoch, "connected": st.Connected, "transport_ok": c.plugins.ok(),
+	}
+}
+
+func (c *Coreapp) health() map[string]any {
+	h := c.report()
+	h["role"] = "coreapp"
+	h["hostname"], h["container"] = c.id.Hostname, c.id.Container
+	return h
+}
+
+func (c *Coreapp) promote(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		Shard       *int  `json:"shard"`
+		Epoch       int64 `json:"epoch"`
+		Incarnation int64 `json:"incarnation"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil || req.Shard == nil || req.Epoch <= 0 {
+		writeError(ctx, apierror.RequestNotValid, "promote needs shard, epoch and incarnation")
+		return
+	}
+	if req.Incarnation != c.id.Incarnation {
+		writeError(ctx, apierror.ParameterInvalid, "promotion addressed to another incarnation of this node")
+		return
+	}
+	select {
+	case c.holder.assign <- assignment{shard: *req.Shard, epoch: req.Epoch}:
+		ctx.SetStatusCode(fasthttp.StatusAccepted)
+	default:
+		writeError(ctx, apierror.ServiceUnavailable, "busy; the assignment will be found in the shard map")
+	}
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, _ := json.Marshal(v)
+	ctx.SetContentType("application/json")
+	ctx.SetStatusCode(status)
+	ctx.SetBody(b)
+}
+
+func writeError(ctx *fasthttp.RequestCtx, code int, details string) {
+	ctx.SetContentType("application/json")
+	ctx.SetStatusCode(apierror.Status(code))
+	ctx.SetBody(apierror.JSON(code, details))
+}

@@ -1,0 +1,356 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/lease"
+	"github.com/multiconnect/multiconnect/internal/monotime"
+	"github.com/multiconnect/multiconnect/plugins/transport"
+)
+
+// claim is this coreapp's hold on one shard.
+type claim struct {
+	shard     int
+	epoch     int64
+	valid     lease.Validity
+	connectAt int64  // monotime before which the network must not see us
+	connected bool   // the plugin holds the connection
+	pluginGen uint64 // plugin generation the connection was made on
+}
+
+type assignment struct {
+	shard int
+	epoch int64
+}
+
+// holder owns the shard claim. One goroutine (run) makes every decision;
+// the API only sends it assignments and reads a snapshot.
+//
+// Rules, each enforced right before the action it guards:
+//   - renew every min(heartbeat_interval, unhealthy_interval/4), counting
+//     validity from the moment the renewal was sent;
+//   - never connect before connect_after (as told by the database, measured
+//     from when its answer was received) nor after validity lapses;
+//   - the plugin gets the validity as an absolute deadline and disconnects
+//     itself at it, so even a frozen coreapp's connection ends on time;
+//   - a renewal the database refuses, or no renewal in time, means step down.
+type holder struct {
+	c      *Coreapp
+	assign chan assignment
+	nudge  chan struct{}
+	mu     sync.Mutex
+	cur    *claim
+}
+
+func newHolder(c *Coreapp) *holder {
+	return &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1)}
+}
+
+// status is the snapshot heartbeats and health report.
+type status struct {
+	Primary   bool
+	Shard     int
+	Epoch     int64
+	Connected bool
+}
+
+func (h *holder) status() status {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cur == nil || !h.cur.valid.Valid() {
+		return status{Shard: -1}
+	}
+	return status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected}
+}
+
+// primaryFor reports whether this coreapp may serve shard right now.
+func (h *holder) primaryFor(shard int) bool {
+	st := h.status()
+	return st.Primary && st.Shard == shard
+}
+
+func (h *holder) renewEvery() time.Duration {
+	s := h.c.settings.Get()
+	every := s.Heartbeat()
+	if q := s.Unhealthy() / 4; q < every {
+		every = q
+	}
+	return every
+}
+
+func (h *holder) run(ctx context.Context) {
+	for {
+		changed := h.c.settings.Changed()
+		wait := h.renewEvery()
+		h.mu.Lock()
+		cur := h.cur
+		h.mu.Unlock()
+		if cur != nil {
+			if r := cur.valid.Remaining(); r < wait {
+				wait = r
+			}
+			if !cur.connected {
+				if d := time.Duration(cur.connectAt - monotime.Now()); d > 0 && d < wait {
+					wait = d
+				}
+			}
+		}
+		if wait < time.Millisecond {
+			wait = time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			h.shutdown()
+			return
+		case a := <-h.assign:
+			h.take(ctx, a)
+		case <-h.nudge:
+			h.tick(ctx, true)
+		case <-changed:
+			h.tick(ctx, true)
+		case <-time.After(wait):
+			h.tick(ctx, false)
+		}
+	}
+}
+
+// tick renews (when due or forced), steps down when the claim is gone,
+// connects when allowed, and looks for an assignment when not holding.
+func (h *holder) tick(ctx context.Context, force bool) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur == nil {
+		h.discover(ctx)
+		return
+	}
+	if !cur.valid.Valid() {
+		h.stepDown("claim could not be renewed in time")
+		return
+	}
+	lost, err := h.renew(ctx, cur)
+	switch {
+	case lost:
+		h.stepDown("claim taken over or lapsed in the database")
+		return
+	case err != nil:
+		h.c.dbError("renew claim", err)
+		if !cur.valid.Valid() {
+			h.stepDown("claim could not be renewed in time")
+			return
+		}
+	}
+	h.ensureConnected(ctx, cur)
+}
+
+// discover asks the database whether the master assigned us a shard (the
+// promote call is only a shortcut; this poll makes a lost call harmless).
+func (h *holder) discover(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var a assignment
+	err := h.c.db.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
+		WHERE node_id = ? AND incarnation = ? AND lease_expires > NOW(6) ORDER BY epoch DESC LIMIT 1`,
+		h.c.id.ID, h.c.id.Incarnation).Scan(&a.shard, &a.epoch)
+	if errors.Is(err, sql.ErrNoRows) {
+		return
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			h.c.dbError("discover assignment", err)
+		}
+		return
+	}
+	h.take(ctx, a)
+}
+
+// take claims an assigned shard: verify the assignment is ours and alive,
+// extend it, and learn how long to wait before connecting, in one transaction.
+func (h *holder) take(ctx context.Context, a assignment) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur != nil {
+		if cur.shard == a.shard && cur.epoch == a.epoch {
+			return // already ours
+		}
+		if cur.valid.Valid() {
+			h.c.log.Warn("ignoring assignment while holding another shard", "holding", cur.shard, "offered", a.shard)
+			return
+		}
+		h.stepDown("claim lapsed")
+	}
+	unhealthy := h.c.settings.Get().Unhealthy()
+	qctx, cancel := context.WithTimeout(ctx, unhealthy/2)
+	defer cancel()
+	sent := monotime.Now()
+	waitUS, err := h.claimTx(qctx, a, unhealthy)
+	received := monotime.Now()
+	if err != nil {
+		h.c.log.Warn("could not take assigned shard", "shard", a.shard, "epoch", a.epoch, "err", err)
+		return
+	}
+	c := &claim{shard: a.shard, epoch: a.epoch, connectAt: received + waitUS*1000}
+	c.valid.Renewed(sent, unhealthy)
+	h.mu.Lock()
+	h.cur = c
+	h.mu.Unlock()
+	h.c.metrics.primary.Set(1)
+	h.c.metrics.shard.Set(float64(a.shard))
+	h.c.log.Info("became primary coreapp", "shard", a.shard, "epoch", a.epoch, "connect_in", time.Duration(waitUS)*time.Microsecond)
+	h.ensureConnected(ctx, c)
+}
+
+var errNotOurs = errors.New("assignment is not ours or has lapsed")
+
+func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (waitUS int64, err error) {
+	tx, err := h.c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	var node string
+	var inc, epoch int64
+	var alive bool
+	err = tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), incarnation, epoch, lease_expires > NOW(6),
+			GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), connect_after))
+		FROM shard_map WHERE shard_id = ? FOR UPDATE`, a.shard).Scan(&node, &inc, &epoch, &alive, &waitUS)
+	if err != nil {
+		return 0, fmt.Errorf("read shard %d: %w", a.shard, err)
+	}
+	if node != h.c.id.ID || inc != h.c.id.Incarnation || epoch != a.epoch || !alive {
+		return 0, errNotOurs
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND),
+		renewed_at = NOW(6) WHERE shard_id = ?`, ttl.Microseconds(), a.shard); err != nil {
+		return 0, fmt.Errorf("extend shard %d: %w", a.shard, err)
+	}
+	return waitUS, tx.Commit()
+}
+
+// renew extends the claim. lost is true only when the database refused it.
+func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
+	unhealthy := h.c.settings.Get().Unhealthy()
+	qctx, cancel := context.WithTimeout(ctx, c.valid.Remaining())
+	defer cancel()
+	sent := monotime.Now()
+	res, err := h.c.db.ExecContext(qctx, `UPDATE shard_map
+		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
+		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
+		unhealthy.Microseconds(), c.shard, h.c.id.ID, h.c.id.Incarnation, c.epoch)
+	if err != nil {
+		return false, err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return true, nil
+	}
+	c.valid.Renewed(sent, unhealthy)
+	if c.connected {
+		h.c.plugins.withTransport(func(t transport.Transport, gen uint64) {
+			if gen != c.pluginGen {
+				return
+			}
+			ectx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if err := t.Extend(ectx, uint64(c.epoch), c.valid.Until()); err != nil {
+				h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
+				h.setConnected(c, false, 0)
+			}
+		})
+	}
+	return false, nil
+}
+
+// ensureConnected connects the plugin once allowed, and reconnects after a
+// plugin restart or a dropped connection.
+func (h *holder) ensureConnected(ctx context.Context, c *claim) {
+	if monotime.Now() < c.connectAt {
+		return
+	}
+	h.c.plugins.withTransport(func(t transport.Transport, gen uint64) {
+		if c.connected && gen == c.pluginGen {
+			hctx, cancel := context.WithTimeout(ctx, time.Second)
+			hl, err := t.Health(hctx)
+			cancel()
+			if err == nil && hl.Connected && hl.Epoch == uint64(c.epoch) {
+				return
+			}
+			h.c.log.Warn("transport connection lost; reconnecting", "shard", c.shard, "epoch", c.epoch, "err", err, "last_error", hl.LastError)
+		}
+		// The last check before the network sees us: validity is read here,
+		// after any pause, and passed on as the plugin's own deadline.
+		deadline := c.valid.Until()
+		if deadline == 0 || monotime.Now() >= deadline {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Duration(deadline-monotime.Now()))
+		defer cancel()
+		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline})
+		if err != nil {
+			h.c.log.Warn("transport connect failed", "shard", c.shard, "epoch", c.epoch, "err", err)
+			h.setConnected(c, false, 0)
+			return
+		}
+		h.setConnected(c, true, gen)
+		h.c.metrics.connects.Inc()
+		h.c.log.Info("connected to the network", "shard", c.shard, "epoch", c.epoch)
+	})
+}
+
+func (h *holder) setConnected(c *claim, v bool, gen uint64) {
+	h.mu.Lock()
+	c.connected, c.pluginGen = v, gen
+	h.mu.Unlock()
+}
+
+// stepDown disconnects and forgets the claim. It reports whether the
+// plugin confirmed the disconnect.
+func (h *holder) stepDown(reason string) (disconnected bool) {
+	h.mu.Lock()
+	cur := h.cur
+	h.cur = nil
+	h.mu.Unlock()
+	if cur == nil {
+		return true
+	}
+	h.c.plugins.withTransport(func(t transport.Transport, _ uint64) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if err := t.Disconnect(ctx); err != nil {
+			h.c.log.Warn("transport disconnect failed (its own deadline still ends the connection)", "err", err)
+			return
+		}
+		disconnected = true
+	})
+	h.c.metrics.primary.Set(0)
+	h.c.metrics.shard.Set(-1)
+	h.c.metrics.stepDowns.Inc()
+	h.c.log.Warn("stepped down", "shard", cur.shard, "epoch", cur.epoch, "reason", reason)
+	return disconnected
+}
+
+// shutdown steps down and hands the claim back at once (expiry = now), so
+// the master can promote a successor without waiting for the claim to lapse;
+// only the network keepalive wait remains. The hand-back is safe only once
+// the connection is certainly closed: confirmed by the plugin, or the plugin
+// process is dead (its socket closed by the kernel).
+func (h *holder) shutdown() {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur == nil {
+		return
+	}
+	if !h.stepDown("shutting down") && !h.c.plugins.kill() {
+		return // the claim lapses by itself
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	h.c.db.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
+		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.c.id.ID, h.c.id.Incarnation, cur.epoch)
+}

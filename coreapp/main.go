@@ -1,0 +1,172 @@
+// Command coreapp is the multiconnect coreapp daemon. It starts as a warm
+// secondary (transport plugin loaded, not connected); once the primary
+// master promotes it for a shard it claims the shard, connects its transport
+// and serves that shard's traffic. It keeps serving with all masters down,
+// and steps down as soon as it can no longer prove its claim.
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/schema"
+	"github.com/multiconnect/multiconnect/internal/settings"
+)
+
+// Coreapp is one coreapp process.
+type Coreapp struct {
+	id       node.Identity
+	db       *sql.DB
+	log      *slog.Logger
+	secret   string
+	settings *settings.Cache
+	metrics  *metrics
+	plugins  *plugins
+	holder   *holder
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "coreapp: cannot start: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func transportPath() (string, error) {
+	p := os.Getenv("MC_TRANSPORT")
+	if p == "" {
+		// Beside the coreapp binary, as `go build -o bin/ ./...` lays them out.
+		exe, err := os.Executable()
+		if err != nil {
+			return "", fmt.Errorf("MC_TRANSPORT is not set and the coreapp's own path is unknown: %w", err)
+		}
+		p = filepath.Join(filepath.Dir(exe), "transport-simnet")
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return "", fmt.Errorf("transport plugin (MC_TRANSPORT): %w", err)
+	}
+	if st.IsDir() || st.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("transport plugin (MC_TRANSPORT) %s is not an executable file", p)
+	}
+	return p, nil
+}
+
+func run() error {
+	id, err := node.FromEnv(node.RoleCoreapp, ":6250", "COREAPP_EXTERNAL_PORTS")
+	if err != nil {
+		return err
+	}
+	dbcfg, err := database.FromEnv()
+	if err != nil {
+		return err
+	}
+	liveness, err := node.EnvDuration("MC_LIVENESS_INTERVAL", 60*time.Second)
+	if err != nil {
+		return err
+	}
+	plugin, err := transportPath()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", id.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s (MC_LISTEN): %w", id.ListenAddr, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	db, err := database.Open(ctx, dbcfg)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	c := &Coreapp{id: id, db: db, log: node.Logger(id), metrics: newMetrics()}
+	c.settings = settings.NewCache(db, 0, c.log)
+	c.holder = newHolder(c)
+	c.plugins = &plugins{path: plugin, log: c.log, restarts: c.metrics.pluginRestarts.Inc, onCrash: func() {
+		select {
+		case c.holder.nudge <- struct{}{}:
+		default:
+		}
+	}}
+
+	if _, err := schema.Check(ctx, db); err != nil {
+		return err
+	}
+	if err := schema.WaitCurrent(ctx, db, 200*time.Millisecond, func(have int) {
+		c.log.Info("waiting for the primary master to create or upgrade the schema", "have", have, "want", schema.Latest())
+	}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	for c.secret == "" {
+		if c.secret, err = cluster.Secret(ctx, db); err != nil {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	if err := c.settings.Refresh(ctx); err != nil {
+		c.log.Warn("could not load settings; using defaults until the next poll", "err", err)
+	}
+	// Warm secondary: the plugin runs, but connects only once promoted.
+	if err := c.plugins.start(ctx); err != nil {
+		return nil // only ctx ends it
+	}
+	if err := node.Register(ctx, db, id, c.plugins.keepalive().Milliseconds()); err != nil {
+		return err
+	}
+	srv := &fasthttp.Server{Handler: c.handler(), Name: "multiconnect-coreapp", ReadTimeout: 30 * time.Second,
+		MaxRequestBodySize: 110 << 20}
+	go srv.Serve(ln)
+	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", node.Version)
+
+	go c.settings.Run(ctx)
+	go c.plugins.watch(ctx)
+	go c.liveness(ctx, liveness)
+	done := make(chan struct{})
+	go func() { c.holder.run(ctx); close(done) }()
+	<-ctx.Done()
+	c.log.Info("coreapp stopping")
+	<-done
+	srv.Shutdown()
+	c.plugins.kill()
+	return nil
+}
+
+func (c *Coreapp) liveness(ctx context.Context, every time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := node.Touch(qctx, c.db, c.id); err != nil && ctx.Err() == nil {
+			c.dbError("liveness", err)
+		}
+		cancel()
+	}
+}
+
+func (c *Coreapp) dbError(op string, err error) {
+	c.metrics.dbErrors.WithLabelValues(op).Inc()
+	c.log.Warn("database operation failed", "op", op, "err", err)
+}

@@ -1,0 +1,82 @@
+// Package apierror is the original API's error shape, shared by the gateway,
+// masters and coreapps so a client sees one format whoever answered:
+//
+//	{"errors":[{"code":1009,"title":"Parameter value not valid","details":"..."}]}
+package apierror
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Codes of the original API.
+const (
+	AccessDenied           = 1005
+	NotFound               = 1006
+	ParameterMissing       = 1008
+	ParameterInvalid       = 1009
+	TooManyRequests        = 1015
+	NotPrimaryMaster       = 1017
+	NotPrimaryCoreapp      = 1018
+	PasswordChangeRequired = 1024
+	RequestNotValid        = 1025
+	GenericError           = 1000
+	ServiceUnavailable     = 1011
+)
+
+type info struct {
+	title  string
+	status int
+}
+
+var table = map[int]info{
+	GenericError:           {"Generic error", http.StatusInternalServerError},
+	AccessDenied:           {"Access denied", http.StatusForbidden},
+	NotFound:               {"Not found", http.StatusNotFound},
+	ParameterMissing:       {"Parameter not found", http.StatusBadRequest},
+	ParameterInvalid:       {"Parameter value not valid", http.StatusBadRequest},
+	ServiceUnavailable:     {"Service not ready", http.StatusServiceUnavailable},
+	TooManyRequests:        {"Too many requests", http.StatusTooManyRequests},
+	NotPrimaryMaster:       {"Not a primary master", http.StatusServiceUnavailable},
+	NotPrimaryCoreapp:      {"Not a primary coreapp", http.StatusServiceUnavailable},
+	PasswordChangeRequired: {"Password change required", http.StatusUnauthorized},
+	RequestNotValid:        {"Request not valid", http.StatusBadRequest},
+}
+
+// Error is one entry of the errors array.
+type Error struct {
+	Code    int    `json:"code"`
+	Title   string `json:"title"`
+	Details string `json:"details,omitempty"`
+}
+
+// Body is the whole error document.
+type Body struct {
+	Errors []Error `json:"errors"`
+}
+
+// New builds the error for code with details.
+func New(code int, details string) Error {
+	return Error{Code: code, Title: table[code].title, Details: details}
+}
+
+// Status is the HTTP status the original used for code (500 if unknown).
+func Status(code int) int {
+	if i, ok := table[code]; ok {
+		return i.status
+	}
+	return http.StatusInternalServerError
+}
+
+// JSON renders the error document for code.
+func JSON(code int, details string) []byte {
+	b, _ := json.Marshal(Body{Errors: []Error{New(code, details)}})
+	return b
+}
+
+// Write sends the error for code on a net/http ResponseWriter.
+func Write(w http.ResponseWriter, code int, details string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(Status(code))
+	w.Write(JSON(code, details))
+}

@@ -1,0 +1,64 @@
+package clustertest
+
+import (
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+)
+
+// BenchmarkFailover SIGKILLs the primary coreapp b.N times with
+// heartbeat_interval 0.25 s, unhealthy_interval 1 s and a 250 ms network
+// keepalive, and reports the distribution of the time from the kill to the
+// new primary's connection (timestamped by the network, not by polling).
+//
+//	go test -run '^$' -bench 'BenchmarkFailover$' -benchtime 20x -timeout 30m ./internal/clustertest
+func BenchmarkFailover(b *testing.B) {
+	benchFailover(b, Options{Heartbeat: 0.25, Unhealthy: 1, Keepalive: 250 * time.Millisecond})
+}
+
+// BenchmarkFailoverDefaults is the same at the original's defaults
+// (heartbeat_interval 5 s, unhealthy_interval 30 s, 1 s keepalive).
+//
+//	go test -run '^$' -bench 'BenchmarkFailoverDefaults$' -benchtime 2x -timeout 30m ./internal/clustertest
+func BenchmarkFailoverDefaults(b *testing.B) {
+	benchFailover(b, Options{Heartbeat: 5, Unhealthy: 30, Keepalive: time.Second})
+}
+
+func benchFailover(b *testing.B, o Options) {
+	c := New(b, o)
+	limit := seconds(o.Unhealthy)*2 + 10*time.Second
+	var took []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cur := c.WaitConnected(0, "", limit)
+		victim := c.CoreappByAddr(cur.Node)
+		// Keep the pool at three: a fresh warm secondary replaces the victim,
+		// registered before the kill so it cannot shorten the measurement.
+		spare := c.StartCoreapp()
+		c.Eventually(20*time.Second, "spare answers", func() error {
+			code, _, err := c.Internal("GET", spare.Addr, "/internal/health", "")
+			if err != nil || code != 200 {
+				return fmt.Errorf("health %d %v", code, err)
+			}
+			return nil
+		})
+		time.Sleep(seconds(o.Heartbeat) * 2) // let the masters heartbeat it once
+		killed := time.Now()
+		victim.Kill()
+		next := c.WaitConnected(0, cur.Node, limit)
+		took = append(took, time.Duration(next.Start-killed.UnixNano()))
+	}
+	b.StopTimer()
+	c.RequireNoViolations()
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	q := func(p float64) time.Duration { return took[int(p*float64(len(took)-1)+0.5)] }
+	b.ReportMetric(q(0).Seconds(), "min-s")
+	b.ReportMetric(q(0.5).Seconds(), "median-s")
+	b.ReportMetric(q(0.9).Seconds(), "p90-s")
+	b.ReportMetric(q(1).Seconds(), "max-s")
+	b.ReportMetric(0, "ns/op")
+	b.Logf("%d kills, heartbeat_interval %gs, unhealthy_interval %gs, keepalive %v: min %v median %v p90 %v max %v",
+		len(took), o.Heartbeat, o.Unhealthy, o.Keepalive, q(0).Round(time.Millisecond), q(0.5).Round(time.Millisecond),
+		q(0.9).Round(time.Millisecond), q(1).Round(time.Millisecond))
+}

@@ -1,0 +1,247 @@
+// Package schema holds the cluster's versioned MySQL schema.
+//
+// The primary master applies migrations (as in the original, the primary
+// master upgrades the schema); every other node only checks the version: a
+// node that finds a schema newer than it knows refuses to start, and one that
+// finds an older schema waits for the primary master to upgrade it.
+//
+// The bootstrap (the version row and the master lease) is created by any
+// master with CREATE ... IF NOT EXISTS, since a lease is needed to elect the
+// primary that applies the rest.
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Migration is one schema step. Statements must be idempotent (IF NOT EXISTS,
+// INSERT IGNORE): MySQL commits DDL implicitly, so a master that dies half-way
+// leaves a step for its successor to run again.
+type Migration struct {
+	Version    int
+	Name       string
+	Statements []string
+}
+
+var bootstrap = []string{
+	`CREATE TABLE IF NOT EXISTS schema_version (
+		id TINYINT PRIMARY KEY,
+		version INT NOT NULL,
+		updated_at DATETIME(6) NOT NULL
+	) ENGINE=InnoDB`,
+	`INSERT IGNORE INTO schema_version VALUES (1, 0, NOW(6))`,
+	// One row. holder is a master process's instance id; epoch grows with
+	// every change of holder and fences every write the primary makes.
+	`CREATE TABLE IF NOT EXISTS master_lease (
+		id TINYINT PRIMARY KEY,
+		holder VARCHAR(255) NOT NULL,
+		holder_addr VARCHAR(255) NOT NULL,
+		epoch BIGINT NOT NULL,
+		expires_at DATETIME(6) NOT NULL,
+		acquired_at DATETIME(6) NOT NULL
+	) ENGINE=InnoDB`,
+	`INSERT IGNORE INTO master_lease VALUES (1, '', '', 0, '2000-01-01', '2000-01-01')`,
+}
+
+// Migrations are applied in order; Latest is the last version.
+var Migrations = []Migration{
+	{1, "cluster core", []string{
+		// Every master and coreapp process that ever registered, keyed by the
+		// address other nodes reach it at. incarnation changes each start, so
+		// a restarted process can never renew its predecessor's shard claim.
+		`CREATE TABLE IF NOT EXISTS nodes (
+			id VARCHAR(255) PRIMARY KEY,
+			role VARCHAR(16) NOT NULL,
+			hostname VARCHAR(255) NOT NULL,
+			container VARCHAR(255) NOT NULL,
+			incarnation BIGINT NOT NULL,
+			keepalive_ms INT NOT NULL DEFAULT 0,
+			version VARCHAR(64) NOT NULL DEFAULT '',
+			started_at DATETIME(6) NOT NULL,
+			last_seen DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
+		// One row per shard. The holder (node_id, incarnation) may serve the
+		// shard at epoch while lease_expires (DB clock) is ahead of NOW(6), and
+		// may connect to the network only once NOW(6) >= connect_after, which the
+		// master sets past the previous holder's last possible connection.
+		// Renewals use GREATEST so a shortened unhealthy_interval never pulls an
+		// expiry back under a holder that already counts on it; they also set
+		// renewed_at, which always changes, so "0 rows affected" means lost.
+		`CREATE TABLE IF NOT EXISTS shard_map (
+			shard_id INT PRIMARY KEY,
+			node_id VARCHAR(255) NULL,
+			incarnation BIGINT NOT NULL DEFAULT 0,
+			epoch BIGINT NOT NULL DEFAULT 0,
+			lease_expires DATETIME(6) NOT NULL,
+			connect_after DATETIME(6) NOT NULL,
+			assigned_at DATETIME(6) NULL,
+			renewed_at DATETIME(6) NULL,
+			master_epoch BIGINT NOT NULL DEFAULT 0
+		) ENGINE=InnoDB`,
+		// Cluster-wide state: the shard count, the secret that admits cluster
+		// members to internal ports (anyone with the DB credentials is a
+		// member), and version counters nodes poll to notice changes fast.
+		`CREATE TABLE IF NOT EXISTS cluster (
+			id TINYINT PRIMARY KEY,
+			shards INT NOT NULL,
+			secret VARCHAR(128) NOT NULL,
+			settings_version BIGINT NOT NULL,
+			map_version BIGINT NOT NULL
+		) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS settings (
+			name VARCHAR(128) PRIMARY KEY,
+			value TEXT NOT NULL,
+			updated_at DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
+		// Heartbeat results each master shares, so the primary master can ask
+		// whether a secondary master also lost a coreapp.
+		`CREATE TABLE IF NOT EXISTS observations (
+			master_id VARCHAR(255) NOT NULL,
+			node_id VARCHAR(255) NOT NULL,
+			last_ok DATETIME(6) NULL,
+			updated_at DATETIME(6) NOT NULL,
+			PRIMARY KEY (master_id, node_id)
+		) ENGINE=InnoDB`,
+		// An audit trail of promotions, for operators and metrics.
+		`CREATE TABLE IF NOT EXISTS failovers (
+			id BIGINT AUTO_INCREMENT PRIMARY KEY,
+			shard_id INT NOT NULL,
+			old_node VARCHAR(255) NULL,
+			new_node VARCHAR(255) NOT NULL,
+			epoch BIGINT NOT NULL,
+			reason VARCHAR(255) NOT NULL,
+			master_epoch BIGINT NOT NULL,
+			at DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
+	}},
+	{2, "users and tokens", []string{
+		`CREATE TABLE IF NOT EXISTS users (
+			username VARCHAR(64) PRIMARY KEY,
+			password_hash VARCHAR(255) NOT NULL,
+			role VARCHAR(16) NOT NULL,
+			must_change_password TINYINT NOT NULL DEFAULT 0,
+			created_at DATETIME(6) NOT NULL,
+			updated_at DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
+		// Only a hash of each bearer token is stored.
+		`CREATE TABLE IF NOT EXISTS tokens (
+			token_hash CHAR(64) PRIMARY KEY,
+			username VARCHAR(64) NOT NULL,
+			expires_at DATETIME(6) NOT NULL,
+			revoked TINYINT NOT NULL DEFAULT 0,
+			created_at DATETIME(6) NOT NULL,
+			KEY tokens_user (username)
+		) ENGINE=InnoDB`,
+	}},
+}
+
+// Latest is the schema version this binary knows.
+func Latest() int { return Migrations[len(Migrations)-1].Version }
+
+// ErrTooNew means the database was upgraded by a newer release.
+var ErrTooNew = errors.New("database schema is newer than this binary")
+
+// Version reads the applied version; 0 when the schema was never bootstrapped.
+func Version(ctx context.Context, db *sql.DB) (int, error) {
+	var v int
+	err := db.QueryRowContext(ctx, `SELECT version FROM schema_version WHERE id = 1`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) || errorNumber(err) == 1146 { // 1146: no such table
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, nil
+}
+
+// Check fails with ErrTooNew when the database is ahead of this binary.
+func Check(ctx context.Context, db *sql.DB) (int, error) {
+	v, err := Version(ctx, db)
+	if err != nil {
+		return 0, err
+	}
+	if v > Latest() {
+		return v, fmt.Errorf("%w: the database is at schema version %d, this binary knows up to %d; upgrade this node", ErrTooNew, v, Latest())
+	}
+	return v, nil
+}
+
+// WaitCurrent blocks until the primary master has brought the schema to
+// Latest, polling every interval; it fails at once on a schema too new.
+func WaitCurrent(ctx context.Context, db *sql.DB, interval time.Duration, waiting func(have int)) error {
+	for {
+		v, err := Check(ctx, db)
+		if errors.Is(err, ErrTooNew) {
+			return err
+		}
+		if err == nil && v == Latest() {
+			return nil
+		}
+		if waiting != nil {
+			waiting(v)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for schema version %d: %w", Latest(), ctx.Err())
+		case <-time.After(interval):
+		}
+	}
+}
+
+// Bootstrap creates the version row and the master lease. Any master may run it.
+func Bootstrap(ctx context.Context, db *sql.DB) error {
+	for _, s := range bootstrap {
+		if _, err := db.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("bootstrap schema: %w", err)
+		}
+	}
+	return nil
+}
+
+// Upgrade applies the pending migrations. stillPrimary is asked before each
+// step (and each step re-reads the version under a named lock), so a master
+// that lost its lease stops upgrading; the steps are idempotent, so the rare
+// step run twice by an old and a new primary is harmless.
+func Upgrade(ctx context.Context, db *sql.DB, stillPrimary func(context.Context) error, log func(msg string, args ...any)) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("schema upgrade: %w", err)
+	}
+	defer conn.Close()
+	var got sql.NullInt64
+	if err := conn.QueryRowContext(ctx, `SELECT GET_LOCK('multiconnect_schema', 10)`).Scan(&got); err != nil || got.Int64 != 1 {
+		return fmt.Errorf("schema upgrade: could not take the schema lock (%v)", err)
+	}
+	defer conn.ExecContext(context.Background(), `SELECT RELEASE_LOCK('multiconnect_schema')`)
+	for _, m := range Migrations {
+		var v int
+		if err := conn.QueryRowContext(ctx, `SELECT version FROM schema_version WHERE id = 1`).Scan(&v); err != nil {
+			return fmt.Errorf("schema upgrade: read version: %w", err)
+		}
+		if v > Latest() {
+			return fmt.Errorf("%w: the database is at schema version %d, this binary knows up to %d", ErrTooNew, v, Latest())
+		}
+		if m.Version <= v {
+			continue
+		}
+		if err := stillPrimary(ctx); err != nil {
+			return fmt.Errorf("schema upgrade to %d: %w", m.Version, err)
+		}
+		for _, s := range m.Statements {
+			if _, err := conn.ExecContext(ctx, s); err != nil {
+				return fmt.Errorf("schema upgrade to %d (%s): %w", m.Version, m.Name, err)
+			}
+		}
+		if _, err := conn.ExecContext(ctx, `UPDATE schema_version SET version = ?, updated_at = NOW(6) WHERE id = 1 AND version < ?`, m.Version, m.Version); err != nil {
+			return fmt.Errorf("schema upgrade to %d: record version: %w", m.Version, err)
+		}
+		if log != nil {
+			log("schema upgraded", "version", m.Version, "name", m.Name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,205 @@
+// Package settings holds the application settings every node obeys
+// (/v1/settings/application): defaults from the original product, overrides
+// stored as one JSON document in MySQL, and a cache that notices a change
+// within one poll (settings_version on the cluster row) without a restart.
+package settings
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/cluster"
+)
+
+// Application is the effective settings document. Intervals are seconds and
+// accept fractions, so an operator can trade DB load for fast detection.
+type Application struct {
+	// HeartbeatInterval: how often every master heartbeats every coreapp. Default 5.
+	HeartbeatInterval float64 `json:"heartbeat_interval"`
+	// UnhealthyInterval: a primary coreapp unanswered this long (by the primary
+	// and one secondary master) is replaced; also the length of a shard claim.
+	// Default 30. Must exceed HeartbeatInterval.
+	UnhealthyInterval float64 `json:"unhealthy_interval"`
+}
+
+// Defaults are the original product's values.
+func Defaults() Application {
+	return Application{HeartbeatInterval: 5, UnhealthyInterval: 30}
+}
+
+// Heartbeat returns HeartbeatInterval as a duration.
+func (a Application) Heartbeat() time.Duration { return seconds(a.HeartbeatInterval) }
+
+// Unhealthy returns UnhealthyInterval as a duration.
+func (a Application) Unhealthy() time.Duration { return seconds(a.UnhealthyInterval) }
+
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+
+// ErrInvalid wraps every validation failure (API error 1009).
+var ErrInvalid = errors.New("invalid setting")
+
+// Validate refuses a document that cannot work.
+func (a Application) Validate() error {
+	switch {
+	case a.HeartbeatInterval < 0.05 || a.HeartbeatInterval > 3600:
+		return fmt.Errorf("%w: heartbeat_interval must be between 0.05 and 3600 seconds", ErrInvalid)
+	case a.UnhealthyInterval <= a.HeartbeatInterval:
+		return fmt.Errorf("%w: unhealthy_interval (%g) must be larger than heartbeat_interval (%g)", ErrInvalid, a.UnhealthyInterval, a.HeartbeatInterval)
+	case a.UnhealthyInterval > 86400:
+		return fmt.Errorf("%w: unhealthy_interval must be at most 86400 seconds", ErrInvalid)
+	}
+	return nil
+}
+
+const rowName = "application"
+
+// Load reads the effective settings: defaults overlaid with stored overrides.
+func Load(ctx context.Context, q cluster.Querier) (Application, error) {
+	a := Defaults()
+	var raw string
+	err := q.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, rowName).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, nil
+	}
+	if err != nil {
+		return a, fmt.Errorf("load settings: %w", err)
+	}
+	if err := json.Unmarshal([]byte(raw), &a); err != nil {
+		return a, fmt.Errorf("load settings: stored document is not valid: %w", err)
+	}
+	return a, nil
+}
+
+// Patch merges patch (a JSON object of known fields) into the stored
+// settings, validates the result and bumps settings_version. q should be the
+// primary master's fenced transaction, so nothing is written on error.
+func Patch(ctx context.Context, q cluster.Querier, patch []byte) (Application, error) {
+	cur, err := Load(ctx, q)
+	if err != nil {
+		return cur, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(patch))
+	dec.DisallowUnknownFields()
+	next := cur
+	if err := dec.Decode(&next); err != nil {
+		return cur, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := next.Validate(); err != nil {
+		return cur, err
+	}
+	return next, store(ctx, q, next)
+}
+
+// Reset puts every setting back to its default.
+func Reset(ctx context.Context, q cluster.Querier) (Application, error) {
+	if _, err := q.ExecContext(ctx, `DELETE FROM settings WHERE name = ?`, rowName); err != nil {
+		return Defaults(), fmt.Errorf("reset settings: %w", err)
+	}
+	return Defaults(), cluster.BumpSettings(ctx, q)
+}
+
+func store(ctx context.Context, q cluster.Querier, a Application) error {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	if _, err := q.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES (?, ?, NOW(6))
+		ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = NOW(6)`, rowName, string(b)); err != nil {
+		return fmt.Errorf("store settings: %w", err)
+	}
+	return cluster.BumpSettings(ctx, q)
+}
+
+// Cache keeps the effective settings fresh by polling settings_version.
+type Cache struct {
+	db       *sql.DB
+	interval time.Duration
+	log      *slog.Logger
+	cur      atomic.Pointer[Application]
+	version  atomic.Int64
+	mu       sync.Mutex
+	onChange []func(Application)
+	changed  chan struct{} // closed and replaced on every change
+}
+
+// NewCache makes a cache polling every interval (200ms when zero), starting from defaults.
+func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
+	if interval <= 0 {
+		interval = 200 * time.Millisecond
+	}
+	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{})}
+	d := Defaults()
+	c.cur.Store(&d)
+	return c
+}
+
+// Get returns the current settings.
+func (c *Cache) Get() Application { return *c.cur.Load() }
+
+// Changed returns a channel closed at the next change, so a loop sleeping
+// one interval wakes up to the new one at once.
+func (c *Cache) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// OnChange registers f, called after each change.
+func (c *Cache) OnChange(f func(Application)) {
+	c.mu.Lock()
+	c.onChange = append(c.onChange, f)
+	c.mu.Unlock()
+}
+
+// Refresh reloads if settings_version moved.
+func (c *Cache) Refresh(ctx context.Context) error {
+	st, err := cluster.ReadState(ctx, c.db)
+	if err != nil {
+		return err
+	}
+	if st.SettingsVersion == c.version.Load() {
+		return nil
+	}
+	a, err := Load(ctx, c.db)
+	if err != nil {
+		return err
+	}
+	old := c.cur.Swap(&a)
+	c.version.Store(st.SettingsVersion)
+	if *old != a {
+		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval)
+		c.mu.Lock()
+		fs := append([]func(Application){}, c.onChange...)
+		close(c.changed)
+		c.changed = make(chan struct{})
+		c.mu.Unlock()
+		for _, f := range fs {
+			f(a)
+		}
+	}
+	return nil
+}
+
+// Run polls until ctx ends; a failing DB leaves the last settings in force.
+func (c *Cache) Run(ctx context.Context) {
+	t := time.NewTicker(c.interval)
+	defer t.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		c.Refresh(qctx)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

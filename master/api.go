@@ -1,0 +1,119 @@
+package main
+
+import (
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/settings"
+)
+
+// routes is the master's internal port. Only cluster members get in: the
+// gateway forwards users' master-only commands here with the cluster secret.
+func (m *Master) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /internal/health", m.health)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /v1/settings/application", m.primaryOnly(m.getSettings))
+	mux.HandleFunc("PATCH /v1/settings/application", m.primaryOnly(m.patchSettings))
+	mux.HandleFunc("DELETE /v1/settings/application", m.primaryOnly(m.resetSettings))
+	return m.members(mux)
+}
+
+// members refuses (and logs) any request without the cluster secret.
+func (m *Master) members(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		presented := r.Header.Get(cluster.SecretHeader)
+		if presented == "" {
+			presented = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		}
+		if !cluster.Authorized(presented, m.secret()) {
+			m.log.Warn("refused internal request without a valid cluster secret", "remote", r.RemoteAddr, "path", r.URL.Path)
+			apierror.Write(w, apierror.AccessDenied, "internal port: cluster members only")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (m *Master) primaryOnly(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !m.lease.valid.Valid() || !m.ready.Load() {
+			apierror.Write(w, apierror.NotPrimaryMaster, "this master does not hold the master lease")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (m *Master) health(w http.ResponseWriter, r *http.Request) {
+	role := "secondary_master"
+	if m.lease.valid.Valid() {
+		role = "primary_master"
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"node": m.id.ID, "role": role, "hostname": m.id.Hostname, "container": m.id.Container,
+		"incarnation": m.id.Incarnation, "lease_epoch": m.lease.epoch, "ready": m.ready.Load(),
+	})
+}
+
+func (m *Master) getSettings(w http.ResponseWriter, r *http.Request) {
+	a, err := settings.Load(r.Context(), m.db)
+	if err != nil {
+		apierror.Write(w, apierror.GenericError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": a}})
+}
+
+func (m *Master) patchSettings(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil || len(body) == 0 {
+		apierror.Write(w, apierror.RequestNotValid, "a JSON object of settings is required")
+		return
+	}
+	var a settings.Application
+	err = m.lease.fenced(r.Context(), func(tx *sql.Tx) error {
+		var err error
+		a, err = settings.Patch(r.Context(), tx, body)
+		return err
+	})
+	m.settingsAnswer(w, a, err)
+}
+
+func (m *Master) resetSettings(w http.ResponseWriter, r *http.Request) {
+	var a settings.Application
+	err := m.lease.fenced(r.Context(), func(tx *sql.Tx) error {
+		var err error
+		a, err = settings.Reset(r.Context(), tx)
+		return err
+	})
+	m.settingsAnswer(w, a, err)
+}
+
+func (m *Master) settingsAnswer(w http.ResponseWriter, a settings.Application, err error) {
+	switch {
+	case errors.Is(err, settings.ErrInvalid):
+		apierror.Write(w, apierror.ParameterInvalid, err.Error())
+	case errors.Is(err, ErrNotPrimary):
+		apierror.Write(w, apierror.NotPrimaryMaster, err.Error())
+	case err != nil:
+		apierror.Write(w, apierror.GenericError, err.Error())
+	default:
+		m.log.Info("settings updated", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval)
+		writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": a}})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}

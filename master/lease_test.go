@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/mariadbtest"
+	"github.com/multiconnect/multiconnect/internal/schema"
+)
+
+func leaseDB(t *testing.T) *sql.DB {
+	srv := mariadbtest.Start(t)
+	db := srv.Open("mc")
+	ctx := context.Background()
+	if err := schema.Bootstrap(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+func TestLeaseElectsOneAndFencesTheDeposed(t *testing.T) {
+	db := leaseDB(t)
+	ctx := context.Background()
+	a := &masterLease{db: db, holder: "a#1", addr: "a", ttl: 2 * time.Second}
+	b := &masterLease{db: db, holder: "b#1", addr: "b", ttl: 2 * time.Second}
+	if ok, err := a.tryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("a could not take a free lease: %v %v", ok, err)
+	}
+	if ok, err := b.tryAcquire(ctx); ok || err != nil {
+		t.Fatalf("b took a held lease: %v %v", ok, err)
+	}
+	write := func(l *masterLease, v string) error {
+		return l.fenced(ctx, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES ('probe', ?, NOW(6))
+				ON DUPLICATE KEY UPDATE value = VALUES(value)`, v)
+			return err
+		})
+	}
+	if err := write(a, "a"); err != nil {
+		t.Fatalf("primary's fenced write: %v", err)
+	}
+	// a's lease lapses on the database's clock while a still believes it
+	// holds it (a long pause); b takes over.
+	if _, err := db.Exec(`UPDATE master_lease SET expires_at = NOW(6) WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.tryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("b could not take a lapsed lease: %v %v", ok, err)
+	}
+	if b.epoch != a.epoch+1 {
+		t.Fatalf("epochs a=%d b=%d, want b = a+1", a.epoch, b.epoch)
+	}
+	if !a.valid.Valid() {
+		t.Fatal("test setup: a's local validity should still be running")
+	}
+	if err := write(a, "deposed"); !errors.Is(err, ErrNotPrimary) {
+		t.Fatalf("deposed primary's write: %v, want ErrNotPrimary", err)
+	}
+	if lost, err := a.renew(ctx); !lost || err != nil {
+		t.Fatalf("deposed primary's renewal: lost=%v err=%v", lost, err)
+	}
+	var v string
+	db.QueryRow(`SELECT value FROM settings WHERE name = 'probe'`).Scan(&v)
+	if v != "a" {
+		t.Fatalf("probe = %q: the deposed primary changed something", v)
+	}
+}
+
+// A takeover cannot slip between a primary's lease check and its write: it
+// waits for the fenced transaction to finish.
+func TestTakeoverWaitsForFencedTransaction(t *testing.T) {
+	db := leaseDB(t)
+	ctx := context.Background()
+	a := &masterLease{db: db, holder: "a#1", addr: "a", ttl: 5 * time.Second}
+	b := &masterLease{db: db, holder: "b#1", addr: "b", ttl: 5 * time.Second}
+	if ok, _ := a.tryAcquire(ctx); !ok {
+		t.Fatal("a could not take the lease")
+	}
+	inTx := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		done <- a.fenced(ctx, func(tx *sql.Tx) error {
+			close(inTx)
+			<-release
+			_, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES ('probe', 'a', NOW(6))`)
+			return err
+		})
+	}()
+	<-inTx
+	// Expire the lease from a third connection without waiting on a's lock:
+	// the lease row is share-locked, so this must block too.
+	expired := make(chan error)
+	go func() {
+		_, err := db.Exec(`UPDATE master_lease SET expires_at = NOW(6) WHERE id = 1`)
+		expired <- err
+	}()
+	select {
+	case <-expired:
+		t.Fatal("the lease row changed while a fenced transaction held it")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("fenced write: %v", err)
+	}
+	if err := <-expired; err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.tryAcquire(ctx); !ok || err != nil {
+		t.Fatalf("b after a's transaction: %v %v", ok, err)
+	}
+}

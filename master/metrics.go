@@ -1,0 +1,53 @@
+package main
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	reg          *prometheus.Registry
+	primary      prometheus.Gauge
+	epoch        prometheus.Gauge
+	failovers    *prometheus.CounterVec
+	noCandidate  prometheus.Counter
+	heartbeats   *prometheus.CounterVec
+	heartbeatRTT prometheus.Histogram
+	dbErrors     *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		primary: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_master_is_primary",
+			Help: "1 while this master holds the master lease."}),
+		epoch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_master_lease_epoch",
+			Help: "Epoch of the master lease this master last held."}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_master_promotions_total",
+			Help: "Coreapps promoted to primary of a shard, by reason."}, []string{"reason"}),
+		noCandidate: prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_master_promotion_blocked_total",
+			Help: "Evaluations that found a shard to promote but no healthy warm secondary."}),
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_master_heartbeats_total",
+			Help: "Heartbeats sent to coreapps, by result."}, []string{"result"}),
+		heartbeatRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_master_heartbeat_rtt_seconds",
+			Help: "Round trip of answered heartbeats.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)}),
+		dbErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_db_errors_total",
+			Help: "Failed database operations, by operation."}, []string{"op"}),
+	}
+	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) heartbeat(ok bool, rtt time.Duration) {
+	if ok {
+		m.heartbeats.WithLabelValues("ok").Inc()
+		m.heartbeatRTT.Observe(rtt.Seconds())
+	} else {
+		m.heartbeats.WithLabelValues("failed").Inc()
+	}
+}
+
+func (m *metrics) failover(reason string) { m.failovers.WithLabelValues(reason).Inc() }

@@ -1,0 +1,399 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/monotime"
+)
+
+// dbUnhealthyAfter is the original's database-based monitoring rule: a
+// primary coreapp that has not written its liveness for 2 minutes is lost.
+const dbUnhealthyAfter = 120 * time.Second
+
+// report is a coreapp's answer to a heartbeat.
+type report struct {
+	Node        string `json:"node"`
+	Incarnation int64  `json:"incarnation"`
+	Primary     bool   `json:"primary"`
+	Shard       int    `json:"shard"`
+	Epoch       int64  `json:"epoch"`
+	Connected   bool   `json:"connected"`
+	TransportOK bool   `json:"transport_ok"`
+}
+
+// peer is what this master knows of one coreapp.
+type peer struct {
+	id          string
+	incarnation int64 // from the nodes table
+	keepaliveMS int64
+	firstSeen   int64 // monotime this master started watching it
+	lastOK      int64 // monotime of its last answer, 0 if none
+	last        report
+}
+
+// silence is how long the coreapp has not answered this master, counted
+// from when this master started watching it if it never answered.
+func (p *peer) silence(now int64) time.Duration {
+	if p.lastOK != 0 {
+		return time.Duration(now - p.lastOK)
+	}
+	return time.Duration(now - p.firstSeen)
+}
+
+// monitor heartbeats every coreapp every heartbeat_interval (every master
+// does, primary or not), shares what it saw through the observations table,
+// and, on the primary, keeps every shard served by one healthy coreapp.
+type monitor struct {
+	m      *Master
+	client *http.Client
+	mu     sync.Mutex
+	peers  map[string]*peer
+}
+
+func newMonitor(m *Master) *monitor {
+	return &monitor{m: m, peers: map[string]*peer{}, client: &http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute},
+	}}
+}
+
+func (mon *monitor) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		start := time.Now()
+		changed := mon.m.settings.Changed()
+		set := mon.m.settings.Get()
+		hb := set.Heartbeat()
+		mon.round(ctx, hb)
+		if mon.m.lease.valid.Valid() {
+			if err := mon.evaluate(ctx, set.Unhealthy(), hb); err != nil && !errors.Is(err, ErrNotPrimary) && ctx.Err() == nil {
+				mon.m.log.Warn("shard evaluation failed", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		case <-time.After(hb - time.Since(start)):
+		}
+	}
+}
+
+// round refreshes the coreapp list, heartbeats all of them in parallel and
+// records the results. A DB outage keeps the last list: heartbeats go on.
+func (mon *monitor) round(ctx context.Context, hb time.Duration) {
+	qctx, cancel := context.WithTimeout(ctx, hb)
+	nodes, err := mon.listCoreapps(qctx)
+	cancel()
+	now := monotime.Now()
+	mon.mu.Lock()
+	if err == nil {
+		seen := map[string]bool{}
+		for _, n := range nodes {
+			seen[n.id] = true
+			p := mon.peers[n.id]
+			if p == nil {
+				p = &peer{id: n.id, firstSeen: now}
+				mon.peers[n.id] = p
+			}
+			p.incarnation, p.keepaliveMS = n.incarnation, n.keepaliveMS
+		}
+		for id := range mon.peers {
+			if !seen[id] {
+				delete(mon.peers, id)
+			}
+		}
+	} else if ctx.Err() == nil {
+		mon.m.dbError("list coreapps", err)
+	}
+	ids := make([]string, 0, len(mon.peers))
+	for id := range mon.peers {
+		ids = append(ids, id)
+	}
+	mon.mu.Unlock()
+
+	timeout := hb
+	if timeout > 2*time.Second {
+		timeout = 2 * time.Second
+	}
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			t0 := time.Now()
+			r, err := mon.heartbeat(ctx, id, timeout)
+			mon.m.metrics.heartbeat(err == nil, time.Since(t0))
+			if err != nil {
+				mon.m.log.Debug("heartbeat failed", "coreapp", id, "err", err)
+				return
+			}
+			mon.mu.Lock()
+			if p := mon.peers[id]; p != nil {
+				p.lastOK, p.last = monotime.Now(), r
+			}
+			mon.mu.Unlock()
+		}(id)
+	}
+	wg.Wait()
+	if err := mon.share(ctx, hb); err != nil && ctx.Err() == nil {
+		mon.m.dbError("write observations", err)
+	}
+}
+
+type coreappRow struct {
+	id          string
+	incarnation int64
+	keepaliveMS int64
+}
+
+// listCoreapps returns coreapps with liveness in the last 2×120 s: older
+// rows are processes long gone.
+func (mon *monitor) listCoreapps(ctx context.Context) ([]coreappRow, error) {
+	rows, err := mon.m.db.QueryContext(ctx, `SELECT id, incarnation, keepalive_ms FROM nodes
+		WHERE role = 'coreapp' AND last_seen > NOW(6) - INTERVAL ? SECOND`, int(2*dbUnhealthyAfter/time.Second))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []coreappRow
+	for rows.Next() {
+		var r coreappRow
+		if err := rows.Scan(&r.id, &r.incarnation, &r.keepaliveMS); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (mon *monitor) heartbeat(ctx context.Context, id string, timeout time.Duration) (report, error) {
+	var r report
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	body, _ := json.Marshal(map[string]any{"master": mon.m.id.ID, "primary": mon.m.lease.valid.Valid()})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+id+"/internal/heartbeat", bytes.NewReader(body))
+	if err != nil {
+		return r, err
+	}
+	req.Header.Set(cluster.SecretHeader, mon.m.secret())
+	resp, err := mon.client.Do(req)
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return r, fmt.Errorf("heartbeat %s: HTTP %d", id, resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return r, fmt.Errorf("heartbeat %s: %w", id, err)
+	}
+	return r, nil
+}
+
+// share writes this master's view, one statement per round. last_ok is
+// stored on the database's clock as NOW(6) minus the locally measured
+// silence, so no two hosts' clocks are ever compared.
+func (mon *monitor) share(ctx context.Context, hb time.Duration) error {
+	now := monotime.Now()
+	mon.mu.Lock()
+	var sb strings.Builder
+	args := []any{}
+	for _, p := range mon.peers {
+		if sb.Len() > 0 {
+			sb.WriteString(",")
+		}
+		sb.WriteString("(?, ?, NOW(6) - INTERVAL ? MICROSECOND, NOW(6))")
+		args = append(args, mon.m.id.ID, p.id, p.silence(now).Microseconds())
+	}
+	mon.mu.Unlock()
+	if len(args) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, hb)
+	defer cancel()
+	_, err := mon.m.db.ExecContext(ctx, `INSERT INTO observations (master_id, node_id, last_ok, updated_at) VALUES `+sb.String()+`
+		ON DUPLICATE KEY UPDATE last_ok = VALUES(last_ok), updated_at = VALUES(updated_at)`, args...)
+	return err
+}
+
+// shardRow is one shard as the primary evaluates it.
+type shardRow struct {
+	shard        int
+	node         string
+	incarnation  int64
+	epoch        int64
+	leaseLeft    time.Duration // negative: the claim lapsed
+	nodeInc      int64         // the holder's current incarnation in nodes, 0 if gone
+	livenessAge  time.Duration
+	holderHasRow bool
+}
+
+// evaluate finds shards whose primary coreapp is lost and promotes a
+// healthy warm secondary for each.
+func (mon *monitor) evaluate(ctx context.Context, unhealthy, hb time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second+hb)
+	defer cancel()
+	shards, err := mon.loadShards(ctx)
+	if err != nil {
+		return err
+	}
+	secondary, err := mon.secondaryViews(ctx, hb)
+	if err != nil {
+		return err
+	}
+	now := monotime.Now()
+	assigned := map[string]bool{}
+	for _, s := range shards {
+		if s.node != "" && s.leaseLeft > 0 {
+			assigned[s.node] = true
+		}
+	}
+	for _, s := range shards {
+		reason := mon.lost(s, secondary, unhealthy, now)
+		if reason == "" {
+			continue
+		}
+		cand := mon.candidate(assigned, unhealthy, hb, now)
+		if cand == nil {
+			mon.m.noCandidate(s.shard, reason)
+			continue
+		}
+		if err := mon.m.promote(ctx, s, cand, reason); err != nil {
+			if errors.Is(err, ErrNotPrimary) {
+				return err
+			}
+			mon.m.log.Warn("promotion failed", "shard", s.shard, "coreapp", cand.id, "err", err)
+			continue
+		}
+		assigned[cand.id] = true
+	}
+	return nil
+}
+
+// lost says why shard s needs a new primary coreapp, or "" if it does not.
+func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhealthy time.Duration, now int64) string {
+	switch {
+	case s.node == "":
+		return "unassigned"
+	case s.leaseLeft <= 0:
+		return "claim lapsed"
+	case !s.holderHasRow || s.nodeInc != s.incarnation:
+		return "holder restarted"
+	case s.livenessAge > dbUnhealthyAfter:
+		return "no liveness in the database for 120s"
+	}
+	mon.mu.Lock()
+	p := mon.peers[s.node]
+	own := time.Duration(0)
+	if p != nil {
+		own = p.silence(now)
+	}
+	mon.mu.Unlock()
+	if own < unhealthy {
+		return ""
+	}
+	// Heartbeat-based monitoring applies when more than one master runs: the
+	// primary and one secondary master must both have lost the coreapp.
+	for _, silence := range secondary[s.node] {
+		if silence >= unhealthy {
+			return "heartbeats unanswered"
+		}
+	}
+	return ""
+}
+
+func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
+	rows, err := mon.m.db.QueryContext(ctx, `SELECT s.shard_id, COALESCE(s.node_id, ''), s.incarnation, s.epoch,
+			TIMESTAMPDIFF(MICROSECOND, NOW(6), s.lease_expires),
+			COALESCE(n.incarnation, 0), COALESCE(TIMESTAMPDIFF(MICROSECOND, n.last_seen, NOW(6)), 0), n.id IS NOT NULL
+		FROM shard_map s JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards
+		LEFT JOIN nodes n ON n.id = s.node_id ORDER BY s.shard_id`)
+	if err != nil {
+		return nil, fmt.Errorf("load shards: %w", err)
+	}
+	defer rows.Close()
+	var out []shardRow
+	for rows.Next() {
+		var s shardRow
+		var left, age int64
+		if err := rows.Scan(&s.shard, &s.node, &s.incarnation, &s.epoch, &left, &s.nodeInc, &age, &s.holderHasRow); err != nil {
+			return nil, fmt.Errorf("load shards: %w", err)
+		}
+		s.leaseLeft, s.livenessAge = time.Duration(left)*time.Microsecond, time.Duration(age)*time.Microsecond
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// secondaryViews returns, per coreapp, the silence each live secondary
+// master reports. A master whose observations are stale (it is down) has no
+// say: heartbeat monitoring needs a secondary that is itself alive.
+func (mon *monitor) secondaryViews(ctx context.Context, hb time.Duration) (map[string][]time.Duration, error) {
+	fresh := 3 * hb
+	if fresh < time.Second {
+		fresh = time.Second
+	}
+	rows, err := mon.m.db.QueryContext(ctx, `SELECT node_id, TIMESTAMPDIFF(MICROSECOND, last_ok, NOW(6)) FROM observations
+		WHERE master_id <> ? AND updated_at > NOW(6) - INTERVAL ? MICROSECOND`, mon.m.id.ID, fresh.Microseconds())
+	if err != nil {
+		return nil, fmt.Errorf("read observations: %w", err)
+	}
+	defer rows.Close()
+	out := map[string][]time.Duration{}
+	for rows.Next() {
+		var node string
+		var us int64
+		if err := rows.Scan(&node, &us); err != nil {
+			return nil, fmt.Errorf("read observations: %w", err)
+		}
+		out[node] = append(out[node], time.Duration(us)*time.Microsecond)
+	}
+	return out, rows.Err()
+}
+
+// candidate picks a healthy warm secondary: it answered this master
+// recently, from the incarnation the nodes table knows, holds no shard and
+// has a working transport plugin.
+func (mon *monitor) candidate(assigned map[string]bool, unhealthy, hb time.Duration, now int64) *peer {
+	recent := 3 * hb
+	if recent > unhealthy {
+		recent = unhealthy
+	}
+	mon.mu.Lock()
+	defer mon.mu.Unlock()
+	var ok []*peer
+	for _, p := range mon.peers {
+		if p.lastOK == 0 || time.Duration(now-p.lastOK) > recent || assigned[p.id] {
+			continue
+		}
+		if p.last.Incarnation != p.incarnation || p.last.Shard >= 0 || !p.last.TransportOK {
+			continue
+		}
+		ok = append(ok, p)
+	}
+	if len(ok) == 0 {
+		return nil
+	}
+	// Least recently promoted first would need history; the freshest answer
+	// is the best evidence of health, ties broken by id for determinism.
+	sort.Slice(ok, func(i, j int) bool {
+		if ok[i].lastOK != ok[j].lastOK {
+			return ok[i].lastOK > ok[j].lastOK
+		}
+		return ok[i].id < ok[j].id
+	})
+	c := *ok[0]
+	return &c
+}
+
+// txQuerier lets fenced transactions use helpers written for cluster.Querier.
+var _ cluster.Querier = (*sql.Tx)(nil)

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/cluster"
+)
+
+var errMapChanged = errors.New("shard map changed under evaluation")
+
+// promote hands shard s to cand in one fenced transaction, then tells cand.
+//
+// The new holder may serve requests at once but may connect to the network
+// only after connect_after, set past the old holder's last possible moment
+// on the network: its claim's expiry (which its own deadline precedes) plus
+// the network's keepalive timeout (after which the network has dropped a
+// connection whose holder froze). That is what keeps one connection per shard
+// even when the old holder is alive, partitioned or paused, not dead.
+func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason string) error {
+	unhealthy := m.settings.Get().Unhealthy()
+	var epoch int64
+	err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
+		var node string
+		var cur int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch FROM shard_map WHERE shard_id = ? FOR UPDATE`, s.shard).Scan(&node, &cur); err != nil {
+			return fmt.Errorf("promote shard %d: %w", s.shard, err)
+		}
+		if node != s.node || cur != s.epoch {
+			return errMapChanged
+		}
+		var busy int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shard_map WHERE node_id = ? AND shard_id <> ?`, cand.id, s.shard).Scan(&busy); err != nil {
+			return fmt.Errorf("promote shard %d: %w", s.shard, err)
+		}
+		if busy > 0 {
+			return fmt.Errorf("promote shard %d: %s already holds a shard", s.shard, cand.id)
+		}
+		// The network's keepalive as reported by the transports of the old
+		// holder and the candidate; the larger is the safe one.
+		var kaMS int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(keepalive_ms), 0) FROM nodes WHERE id IN (?, ?)`, s.node, cand.id).Scan(&kaMS); err != nil {
+			return fmt.Errorf("promote shard %d: %w", s.shard, err)
+		}
+		if kaMS < cand.keepaliveMS {
+			kaMS = cand.keepaliveMS
+		}
+		// MySQL evaluates SET left to right: connect_after must read the old
+		// lease_expires before it is overwritten.
+		if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
+				connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND),
+				lease_expires = NOW(6) + INTERVAL ? MICROSECOND,
+				node_id = ?, incarnation = ?, epoch = epoch + 1, assigned_at = NOW(6), master_epoch = ?
+			WHERE shard_id = ?`, kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
+			return fmt.Errorf("promote shard %d: %w", s.shard, err)
+		}
+		epoch = s.epoch + 1
+		if _, err := tx.ExecContext(ctx, `INSERT INTO failovers (shard_id, old_node, new_node, epoch, reason, master_epoch, at)
+			VALUES (?, NULLIF(?, ''), ?, ?, ?, ?, NOW(6))`, s.shard, s.node, cand.id, epoch, reason, m.lease.epoch); err != nil {
+			return fmt.Errorf("promote shard %d: audit: %w", s.shard, err)
+		}
+		return cluster.BumpMap(ctx, tx)
+	})
+	if err != nil {
+		return err
+	}
+	m.log.Info("promoted coreapp", "shard", s.shard, "coreapp", cand.id, "epoch", epoch, "previous", s.node, "reason", reason)
+	m.metrics.failover(reason)
+	go m.notify(cand.id, "/internal/promote", map[string]any{"shard": s.shard, "epoch": epoch, "incarnation": cand.incarnation}, unhealthy)
+	if s.node != "" && s.node != cand.id {
+		// Best effort: the old holder also finds out at its next renewal.
+		go m.notify(s.node, "/internal/demote", map[string]any{"shard": s.shard, "epoch": epoch}, time.Second)
+	}
+	return nil
+}
+
+// notify posts to a coreapp, retrying for up to within. The coreapp also
+// polls the shard map, so a lost notification costs one poll, not the shard.
+func (m *Master) notify(node, path string, body map[string]any, within time.Duration) {
+	b, _ := json.Marshal(body)
+	deadline := time.Now().Add(within)
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+node+path, bytes.NewReader(b))
+		req.Header.Set(cluster.SecretHeader, m.secret())
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := m.mon.client.Do(req)
+		cancel()
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode < 300 {
+				return
+			}
+			err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			m.log.Warn("could not notify coreapp", "coreapp", node, "path", path, "err", err)
+			return
+		}
+		time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+	}
+}

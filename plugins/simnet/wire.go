@@ -1,0 +1,104 @@
+package simnet
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// ProtocolVersion is the version of the wire protocol and of the network's
+// behaviour, reported by Transport.Info.
+const ProtocolVersion = "1"
+
+// Frame operations. Requests carry a Seq that the reply echoes; frames the
+// network pushes on its own (event, and closed when it ends a connection)
+// have Seq 0.
+const (
+	OpHello     = "hello"     // -> hello{keepalive_ms}
+	OpConnect   = "connect"   // {shard, epoch, node} -> connected{conn_id} | refused{reason}
+	OpConnected = "connected" //
+	OpRefused   = "refused"   //
+	OpPing      = "ping"      // -> pong; any frame resets the keepalive timer
+	OpPong      = "pong"      //
+	OpSend      = "send"      // {msgs} -> sent{results} | error{reason}
+	OpSent      = "sent"      //
+	OpEvent     = "event"     // pushed: {event}
+	OpClose     = "close"     // -> closed, then the network closes the socket
+	OpClosed    = "closed"    // also pushed, with a reason, when the network ends a connection
+	OpError     = "error"     // a request that could not be served: {reason}
+)
+
+// Send result statuses on the wire.
+const (
+	ResultAccepted  = "accepted"
+	ResultDuplicate = "duplicate"
+	ResultError     = "error"
+)
+
+// Frame is one newline-terminated JSON object on the plugin connection.
+// Fields not used by an operation are omitted; an absent shard means 0.
+type Frame struct {
+	Op  string `json:"op"`
+	Seq uint64 `json:"seq,omitempty"`
+
+	KeepaliveMS int64 `json:"keepalive_ms,omitempty"` // hello reply
+
+	Shard  int    `json:"shard,omitempty"`   // connect, connected
+	Epoch  uint64 `json:"epoch,omitempty"`   // connect, connected
+	Node   string `json:"node,omitempty"`    // connect
+	ConnID int64  `json:"conn_id,omitempty"` // connected
+
+	Reason string `json:"reason,omitempty"` // refused, closed, error
+
+	Msgs    []Message `json:"msgs,omitempty"`    // send
+	Results []Result  `json:"results,omitempty"` // sent
+	Event   *Event    `json:"event,omitempty"`   // event
+}
+
+// Message is one outbound message in a send frame.
+type Message struct {
+	ID   string          `json:"id"`
+	To   string          `json:"to"`
+	Type string          `json:"type,omitempty"`
+	Body json.RawMessage `json:"body,omitempty"`
+}
+
+// Result is the network's verdict on one message of a send frame, in the
+// order of the frame's msgs.
+type Result struct {
+	ID     string `json:"id"`
+	Status string `json:"status"` // ResultAccepted, ResultDuplicate or ResultError
+	Error  string `json:"error,omitempty"`
+}
+
+// Event kinds and message statuses, matching plugins/transport.
+const (
+	KindStatus  = "status"
+	KindInbound = "inbound"
+
+	StatusSent      = "sent"
+	StatusDelivered = "delivered"
+	StatusRead      = "read"
+)
+
+// Event is something the network pushes to a shard's connection.
+type Event struct {
+	Kind      string          `json:"kind"`
+	MessageID string          `json:"message_id"`
+	Status    string          `json:"status,omitempty"`
+	Recipient string          `json:"recipient,omitempty"`
+	Timestamp int64           `json:"timestamp"` // Unix seconds
+	Payload   json.RawMessage `json:"payload,omitempty"`
+}
+
+// marshalFrame encodes f as one line.
+func marshalFrame(f Frame) ([]byte, error) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s frame: %w", f.Op, err)
+	}
+	return append(b, '\n'), nil
+}
+
+// maxFrame bounds one frame, so a peer cannot make the other side buffer
+// without limit.
+const maxFrame = 4 << 20

@@ -1,0 +1,370 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/multiconnect/multiconnect/plugins/transport/proto"
+)
+
+// PluginName is the name under which a plugin binary serves its Transport.
+const PluginName = "transport"
+
+// Handshake is shared by the host and every transport plugin. go-plugin
+// refuses to run a binary that was not started by a host with the same
+// cookie, and a host refuses a plugin speaking another protocol version;
+// bump ProtocolVersion on any incompatible change to transport.proto.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  1,
+	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
+	MagicCookieValue: "4c1f3a0e-transport-v1",
+}
+
+// PluginMap is the plugin set a host dispenses from.
+var PluginMap = map[string]plugin.Plugin{PluginName: &GRPCPlugin{}}
+
+// GRPCPlugin serves and consumes a Transport over gRPC. Only gRPC is
+// supported: the Events stream has no net/rpc equivalent.
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	// Impl is the plugin's implementation; the host leaves it nil.
+	Impl Transport
+}
+
+var _ plugin.GRPCPlugin = (*GRPCPlugin)(nil)
+
+// GRPCServer registers the plugin's implementation.
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	pb.RegisterTransportServer(s, &GRPCServer{Impl: p.Impl})
+	return nil
+}
+
+// GRPCClient returns the host's Transport.
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return &GRPCClient{client: pb.NewTransportClient(c)}, nil
+}
+
+// Serve runs impl as a transport plugin; call it from the plugin's main. It
+// returns when the host closes the plugin. Logs go through slog.Default,
+// which a plugin should set to NewPluginLogger so the host can route them.
+//
+// Besides Pdeathsig (set by Start), Serve exits the process when its parent
+// changes: a plugin that outlives its coreapp would keep a connection that
+// the cluster believes gone.
+func Serve(impl Transport) {
+	log := slog.Default()
+	go watchParent(os.Getppid(), log)
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         map[string]plugin.Plugin{PluginName: &GRPCPlugin{Impl: impl}},
+		GRPCServer:      plugin.DefaultGRPCServer,
+		Logger:          newHCLogger(log.Handler(), ""),
+	})
+	if c, ok := impl.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			log.Warn("closing transport after the host left", "err", err)
+		}
+	}
+}
+
+// watchParent exits the process once it has been reparented, which means
+// the host died. Pdeathsig normally kills us first; this catches the cases
+// it misses (it fires when the host's forking thread exits, not the host).
+func watchParent(ppid int, log *slog.Logger) {
+	for range time.Tick(200 * time.Millisecond) {
+		if now := os.Getppid(); now != ppid {
+			log.Error("host process is gone; exiting", "host_pid", ppid, "ppid", now)
+			os.Exit(3)
+		}
+	}
+}
+
+// GRPCClient is the host's Transport: every call goes to the plugin.
+type GRPCClient struct{ client pb.TransportClient }
+
+var _ Transport = (*GRPCClient)(nil)
+
+// Info implements Transport.
+func (c *GRPCClient) Info(ctx context.Context) (Info, error) {
+	r, err := c.client.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		return Info{}, fromStatus("info", err)
+	}
+	return Info{Name: r.GetName(), Version: r.GetVersion(), KeepaliveTimeout: time.Duration(r.GetKeepaliveTimeoutNs())}, nil
+}
+
+// Connect implements Transport.
+func (c *GRPCClient) Connect(ctx context.Context, req ConnectRequest) error {
+	_, err := c.client.Connect(ctx, &pb.ConnectRequest{
+		Shard: int64(req.Shard), Epoch: req.Epoch, Node: req.Node, Deadline: req.Deadline,
+	})
+	return fromStatus("connect", err)
+}
+
+// Extend implements Transport.
+func (c *GRPCClient) Extend(ctx context.Context, epoch uint64, deadline int64) error {
+	_, err := c.client.Extend(ctx, &pb.ExtendRequest{Epoch: epoch, Deadline: deadline})
+	return fromStatus("extend", err)
+}
+
+// Disconnect implements Transport.
+func (c *GRPCClient) Disconnect(ctx context.Context) error {
+	_, err := c.client.Disconnect(ctx, &pb.DisconnectRequest{})
+	return fromStatus("disconnect", err)
+}
+
+// Health implements Transport.
+func (c *GRPCClient) Health(ctx context.Context) (Health, error) {
+	r, err := c.client.Health(ctx, &pb.HealthRequest{})
+	if err != nil {
+		return Health{}, fromStatus("health", err)
+	}
+	return Health{
+		Connected: r.GetConnected(), Shard: int(r.GetShard()), Epoch: r.GetEpoch(),
+		Deadline: r.GetDeadline(), LastError: r.GetLastError(),
+	}, nil
+}
+
+// Send implements Transport.
+func (c *GRPCClient) Send(ctx context.Context, msgs []Message) ([]SendResult, error) {
+	req := &pb.SendRequest{Messages: make([]*pb.Message, len(msgs))}
+	for i, m := range msgs {
+		req.Messages[i] = &pb.Message{Id: m.ID, To: m.To, Type: m.Type, Body: m.Body}
+	}
+	r, err := c.client.Send(ctx, req)
+	if err != nil {
+		return nil, fromStatus("send", err)
+	}
+	if len(r.GetResults()) != len(msgs) {
+		return nil, fmt.Errorf("transport send: plugin returned %d results for %d messages", len(r.GetResults()), len(msgs))
+	}
+	out := make([]SendResult, len(msgs))
+	for i, res := range r.GetResults() {
+		out[i] = SendResult{ID: res.GetId(), Status: sendStatusFromPB(res.GetStatus()), Error: res.GetError()}
+	}
+	return out, nil
+}
+
+// Events implements Transport. The stream is opened before it returns, so
+// an error here means the plugin could not be reached.
+func (c *GRPCClient) Events(ctx context.Context) (<-chan Event, error) {
+	stream, err := c.client.Events(ctx, &pb.EventsRequest{})
+	if err != nil {
+		return nil, fromStatus("events", err)
+	}
+	// Wait for the headers, which the plugin sends once it has subscribed
+	// (see GRPCServer.Events): gRPC would otherwise report a refused
+	// stream only on the first read, and events pushed between this
+	// return and the subscription would be missed.
+	if _, err := stream.Header(); err != nil {
+		return nil, fromStatus("events", err)
+	}
+	ch := make(chan Event)
+	go func() {
+		defer close(ch)
+		for {
+			e, err := stream.Recv()
+			if err != nil {
+				return // io.EOF, cancellation or the plugin is gone
+			}
+			select {
+			case ch <- eventFromPB(e):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// GRPCServer is the plugin's half: it calls the real implementation.
+type GRPCServer struct {
+	pb.UnimplementedTransportServer
+	Impl Transport
+}
+
+// Info implements pb.TransportServer.
+func (s *GRPCServer) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, error) {
+	info, err := s.Impl.Info(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.InfoResponse{Name: info.Name, Version: info.Version, KeepaliveTimeoutNs: int64(info.KeepaliveTimeout)}, nil
+}
+
+// Connect implements pb.TransportServer.
+func (s *GRPCServer) Connect(ctx context.Context, r *pb.ConnectRequest) (*pb.ConnectResponse, error) {
+	err := s.Impl.Connect(ctx, ConnectRequest{Shard: int(r.GetShard()), Epoch: r.GetEpoch(), Node: r.GetNode(), Deadline: r.GetDeadline()})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ConnectResponse{}, nil
+}
+
+// Extend implements pb.TransportServer.
+func (s *GRPCServer) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
+	if err := s.Impl.Extend(ctx, r.GetEpoch(), r.GetDeadline()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.ExtendResponse{}, nil
+}
+
+// Disconnect implements pb.TransportServer.
+func (s *GRPCServer) Disconnect(ctx context.Context, _ *pb.DisconnectRequest) (*pb.DisconnectResponse, error) {
+	if err := s.Impl.Disconnect(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.DisconnectResponse{}, nil
+}
+
+// Health implements pb.TransportServer.
+func (s *GRPCServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.HealthResponse, error) {
+	h, err := s.Impl.Health(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.HealthResponse{
+		Connected: h.Connected, Shard: int64(h.Shard), Epoch: h.Epoch, Deadline: h.Deadline, LastError: h.LastError,
+	}, nil
+}
+
+// Send implements pb.TransportServer.
+func (s *GRPCServer) Send(ctx context.Context, r *pb.SendRequest) (*pb.SendResponse, error) {
+	msgs := make([]Message, len(r.GetMessages()))
+	for i, m := range r.GetMessages() {
+		msgs[i] = Message{ID: m.GetId(), To: m.GetTo(), Type: m.GetType(), Body: m.GetBody()}
+	}
+	res, err := s.Impl.Send(ctx, msgs)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.SendResponse{Results: make([]*pb.SendResult, len(res))}
+	for i, sr := range res {
+		out.Results[i] = &pb.SendResult{Id: sr.ID, Status: sendStatusToPB(sr.Status), Error: sr.Error}
+	}
+	return out, nil
+}
+
+// Events implements pb.TransportServer.
+func (s *GRPCServer) Events(_ *pb.EventsRequest, stream grpc.ServerStreamingServer[pb.Event]) error {
+	ctx := stream.Context()
+	ch, err := s.Impl.Events(ctx)
+	if err != nil {
+		return toStatus(err)
+	}
+	// Send the headers now so the host's Events returns only once the
+	// subscription exists: events pushed after that are not missed.
+	if err := stream.SendHeader(nil); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			if err := stream.Send(eventToPB(e)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// errorCodes gives each sentinel error its own gRPC code so that the host
+// can restore it; the codes are otherwise unused by the plugin server.
+var errorCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{ErrNotConnected, codes.FailedPrecondition},
+	{ErrDeadlinePassed, codes.OutOfRange},
+	{ErrEpochMismatch, codes.Aborted},
+	{ErrRefused, codes.PermissionDenied},
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+}
+
+func toStatus(err error) error {
+	for _, ec := range errorCodes {
+		if errors.Is(err, ec.err) {
+			return status.Error(ec.code, err.Error())
+		}
+	}
+	return status.Error(codes.Unknown, err.Error())
+}
+
+// remoteError is an error returned by the plugin: its text is the
+// plugin's, and it matches the sentinel the plugin's error matched.
+type remoteError struct {
+	op       string
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return "transport " + e.op + ": " + e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+func fromStatus(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("transport %s: %w", op, err)
+	}
+	for _, ec := range errorCodes {
+		if st.Code() == ec.code {
+			return &remoteError{op: op, msg: st.Message(), sentinel: ec.err}
+		}
+	}
+	return &remoteError{op: op, msg: st.Message()}
+}
+
+func sendStatusToPB(s SendStatus) pb.SendStatus {
+	switch s {
+	case SendAccepted:
+		return pb.SendStatus_SEND_STATUS_ACCEPTED
+	case SendDuplicate:
+		return pb.SendStatus_SEND_STATUS_DUPLICATE
+	case SendFailed:
+		return pb.SendStatus_SEND_STATUS_FAILED
+	}
+	return pb.SendStatus_SEND_STATUS_UNSPECIFIED
+}
+
+func sendStatusFromPB(s pb.SendStatus) SendStatus {
+	switch s {
+	case pb.SendStatus_SEND_STATUS_ACCEPTED:
+		return SendAccepted
+	case pb.SendStatus_SEND_STATUS_DUPLICATE:
+		return SendDuplicate
+	}
+	// An unknown verdict must not pass for a delivery.
+	return SendFailed
+}
+
+func eventToPB(e Event) *pb.Event {
+	return &pb.Event{
+		Kind: string(e.Kind), MessageId: e.MessageID, Status: e.Status,
+		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: e.Payload,
+	}
+}
+
+func eventFromPB(e *pb.Event) Event {
+	return Event{
+		Kind: EventKind(e.GetKind()), MessageID: e.GetMessageId(), Status: e.GetStatus(),
+		Recipient: e.GetRecipient(), Timestamp: e.GetTimestamp(), Payload: e.GetPayload(),
+	}
+}

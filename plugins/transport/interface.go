@@ -1,0 +1,205 @@
+// Package transport is the SDK for transport plugins: the programs that
+// connect a coreapp to a messaging network.
+//
+// A coreapp starts its plugin with Start and programs against the Transport
+// interface; the calls travel over gRPC (hashicorp/go-plugin) to the plugin
+// process, whose main calls Serve with its own Transport implementation.
+// Keeping the network client in a separate process lets the coreapp kill it
+// (and with it every socket it holds) without killing itself, and lets the
+// kernel close the plugin's connection when the coreapp dies (Pdeathsig).
+//
+// The cluster's safety rests on one rule that every plugin must enforce: a
+// connection carries an absolute Deadline on the host's CLOCK_MONOTONIC
+// (see MonoNow), and the plugin never writes to the network at or after it
+// and closes the connection itself when it is reached, unless Extend moved
+// it. The coreapp derives the deadline from its lease, so a coreapp that is
+// frozen, partitioned or dead stops being on the network by the time its
+// lease can be given to another node.
+package transport
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Transport is one connection to a messaging network, for one shard at a
+// time. Implementations must be safe for concurrent use.
+type Transport interface {
+	// Info describes the network. It needs no connection.
+	Info(ctx context.Context) (Info, error)
+
+	// Connect opens the connection for req.Shard at req.Epoch on behalf
+	// of req.Node. The plugin keeps the connection alive only until
+	// req.Deadline and closes it itself then, unless Extend moved it. It
+	// refuses a deadline already in the past (ErrDeadlinePassed) and
+	// returns ErrRefused when the network refuses the connection.
+	// Connecting while connected with another shard or epoch first
+	// disconnects; connecting again with the same shard and epoch while
+	// connected only updates the deadline.
+	Connect(ctx context.Context, req ConnectRequest) error
+
+	// Extend moves the current connection's deadline. It fails with
+	// ErrNotConnected when there is no live connection and with
+	// ErrEpochMismatch when the connection is for another epoch, so a
+	// renewal of an old lease can never prolong a newer connection.
+	Extend(ctx context.Context, epoch uint64, deadline int64) error
+
+	// Disconnect closes the current connection, if any. A nil error means
+	// the plugin will not write to the network again for it.
+	Disconnect(ctx context.Context) error
+
+	// Health reports the state of the current connection.
+	Health(ctx context.Context) (Health, error)
+
+	// Send delivers msgs in order over the current connection; it checks
+	// the deadline before writing. The results are per message and in
+	// the order of msgs. The error is for the batch as a whole (not
+	// connected, deadline passed, connection lost while waiting), in
+	// which case the network may or may not have received it; sending
+	// again is safe because the network deduplicates by message ID.
+	Send(ctx context.Context, msgs []Message) ([]SendResult, error)
+
+	// Events streams what the network pushes (message statuses, inbound
+	// messages) from whichever connection is current, until ctx ends.
+	// The channel is closed when the stream ends for any reason,
+	// including the plugin exiting; subscribe again to resume.
+	Events(ctx context.Context) (<-chan Event, error)
+}
+
+// Info describes a messaging network.
+type Info struct {
+	Name    string
+	Version string
+	// KeepaliveTimeout is how long the network keeps a silent connection
+	// before dropping it. The cluster waits at least this long after a
+	// node's deadline before promoting another node, so that the network
+	// has certainly let go of the old connection.
+	KeepaliveTimeout time.Duration
+}
+
+// ConnectRequest asks for the connection of one shard.
+type ConnectRequest struct {
+	Shard int
+	// Epoch increases every time the shard's lease moves to another
+	// holder; the network refuses older epochs.
+	Epoch uint64
+	// Node identifies the coreapp, for the network's records and logs.
+	Node string
+	// Deadline is an absolute CLOCK_MONOTONIC time in nanoseconds (see
+	// MonoNow) after which the plugin must be off the network.
+	Deadline int64
+}
+
+// Health is the state of a plugin's connection.
+type Health struct {
+	Connected bool
+	Shard     int
+	Epoch     uint64
+	// Deadline is the current connection's deadline (MonoNow scale).
+	Deadline int64
+	// LastError says why the last connection ended or failed, if it did.
+	LastError string
+}
+
+// Message is one outbound message.
+type Message struct {
+	// ID is chosen by the sender and unique network-wide; the network
+	// uses it to recognise a message sent twice.
+	ID   string
+	To   string
+	Type string
+	// Body is a JSON document.
+	Body []byte
+}
+
+// SendStatus is the network's verdict on one message of a batch.
+type SendStatus string
+
+const (
+	// SendAccepted means the network took the message.
+	SendAccepted SendStatus = "accepted"
+	// SendDuplicate means the network already had a message with that ID;
+	// it counts as delivered for the sender.
+	SendDuplicate SendStatus = "duplicate"
+	// SendFailed means the network rejected the message; see Error.
+	SendFailed SendStatus = "failed"
+)
+
+// SendResult is the outcome for one message of a Send batch.
+type SendResult struct {
+	ID     string
+	Status SendStatus
+	Error  string // set when Status is SendFailed
+}
+
+// EventKind tells what an Event is about.
+type EventKind string
+
+const (
+	// EventStatus is a status change of an outbound message.
+	EventStatus EventKind = "status"
+	// EventInbound is a message from the network to the coreapp.
+	EventInbound EventKind = "inbound"
+)
+
+// Message statuses carried by EventStatus events, in the order a message
+// normally goes through them.
+const (
+	StatusSent      = "sent"
+	StatusDelivered = "delivered"
+	StatusRead      = "read"
+	StatusFailed    = "failed"
+)
+
+// Event is something the network pushed.
+type Event struct {
+	Kind      EventKind
+	MessageID string
+	// Status is set for EventStatus (StatusSent, ...).
+	Status string
+	// Recipient is the contact the event is about: the addressee of an
+	// outbound message, the sender of an inbound one.
+	Recipient string
+	// Timestamp is when the network recorded the event, in Unix seconds.
+	Timestamp int64
+	// Payload is a JSON document (the message of an inbound event).
+	Payload []byte
+}
+
+// Errors a Transport returns for its documented failure modes. They keep
+// their identity across the gRPC boundary, so a coreapp can test them with
+// errors.Is on whatever the plugin returned.
+var (
+	// ErrNotConnected means there is no live connection.
+	ErrNotConnected = errors.New("transport: not connected")
+	// ErrDeadlinePassed means the deadline given (or the connection's
+	// deadline) is not in the future.
+	ErrDeadlinePassed = errors.New("transport: deadline passed")
+	// ErrEpochMismatch means the call named another epoch than the
+	// current connection's.
+	ErrEpochMismatch = errors.New("transport: epoch mismatch")
+	// ErrRefused means the network refused the connection (for example
+	// an older epoch, or the epoch already connected elsewhere).
+	ErrRefused = errors.New("transport: refused by the network")
+)
+
+// MonoNow returns the host's CLOCK_MONOTONIC in nanoseconds. Unlike the
+// monotonic reading inside Go's time.Time, which is private to a process,
+// this value is comparable between processes on one host, so the coreapp
+// and its plugin agree on what a Deadline means however long either of
+// them is paused in between.
+func MonoNow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		// CLOCK_MONOTONIC always exists on Linux; failing here means
+		// the process cannot keep time and must not keep connections.
+		panic("transport: clock_gettime(CLOCK_MONOTONIC): " + err.Error())
+	}
+	return ts.Nano()
+}
+
+// Until returns how long until the MonoNow instant t; negative if t passed.
+func Until(t int64) time.Duration { return time.Duration(t - MonoNow()) }
