@@ -133,10 +133,13 @@ func (p *Proc) Log() string {
 }
 
 // Children returns the PIDs of the process's direct children (its plugin).
-// Linux lists a child under the thread that forked it, and a Go program
-// forks from whichever thread runs the goroutine, so every thread is read.
-func (p *Proc) Children() []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p.Pid()))
+func (p *Proc) Children() []int { return ChildPIDs(p.Pid()) }
+
+// ChildPIDs returns the direct children of pid. Linux lists a child under
+// the thread that forked it, and a Go program forks from whichever thread
+// runs the goroutine, so every thread is read.
+func ChildPIDs(pid int) []int {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var out []int
 	for _, path := range tasks {
 		b, err := os.ReadFile(path)
