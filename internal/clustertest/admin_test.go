@@ -1,0 +1,108 @@
+package clustertest
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// /v1/support shows every node with its role, version and shard, and the
+// schema; /v1/stats/app gathers every node's metrics in the original's
+// shape and in the Prometheus format. Both are the primary master's: a
+// secondary answers 1017.
+func TestSupportAndAppStats(t *testing.T) {
+	c := New(t, Options{})
+	conn := c.WaitConnected(0, "", 10*time.Second)
+	primary, err := c.PrimaryMasterAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ := c.Internal("GET", primary, "/v1/support", "")
+	if code != 200 {
+		t.Fatalf("support: %d %s", code, body)
+	}
+	var sup struct {
+		Support struct {
+			SchemaVersion int `json:"schema_version"`
+			SchemaLatest  int `json:"schema_latest"`
+			Shards        int `json:"shards"`
+			Nodes         []struct {
+				Key, Node, Role, Version string
+				Shard                    *int
+			}
+		}
+	}
+	if err := json.Unmarshal(body, &sup); err != nil {
+		t.Fatal(err)
+	}
+	s := sup.Support
+	if s.SchemaVersion != s.SchemaLatest || s.SchemaVersion == 0 || s.Shards != 1 {
+		t.Errorf("support: schema %d of %d, %d shards", s.SchemaVersion, s.SchemaLatest, s.Shards)
+	}
+	roles := map[string]int{}
+	for _, n := range s.Nodes {
+		roles[n.Role]++
+		if n.Version == "" {
+			t.Errorf("node %s reports no version", n.Node)
+		}
+		if n.Role == "coreapp" && (n.Shard == nil || (*n.Shard == 0) != (n.Node == conn.Node)) {
+			t.Errorf("coreapp %s: shard %v, but the network has %s on shard 0", n.Node, n.Shard, conn.Node)
+		}
+	}
+	if roles["primary_master"] != 1 || roles["secondary_master"] != 1 || roles["coreapp"] != 3 {
+		t.Errorf("support roles: %v", roles)
+	}
+
+	code, body, _ = c.Internal("GET", primary, "/v1/stats/app", "")
+	if code != 200 {
+		t.Fatalf("stats/app: %d %s", code, body)
+	}
+	var st struct {
+		Stats struct {
+			App map[string]map[string]struct {
+				Data []struct {
+					Value float64
+				}
+				Type string
+			}
+		}
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Stats.App) != 5 {
+		t.Errorf("stats/app has %d nodes, want 5: %s", len(st.Stats.App), body)
+	}
+	primaries := 0.0
+	for key, metrics := range st.Stats.App {
+		if m, ok := metrics["multiconnect_coreapp_is_primary"]; ok {
+			if len(m.Data) != 1 || m.Type != "gauge" {
+				t.Errorf("%s: multiconnect_coreapp_is_primary is %+v", key, m)
+				continue
+			}
+			primaries += m.Data[0].Value
+		}
+	}
+	if primaries != 1 {
+		t.Errorf("stats/app: %v coreapps say they are primary, want 1", primaries)
+	}
+	code, body, _ = c.Internal("GET", primary, "/v1/stats/app?format=prometheus", "")
+	text := string(body)
+	if code != 200 || !strings.Contains(text, "# TYPE multiconnect_coreapp_is_primary gauge") ||
+		strings.Count(text, "multiconnect_coreapp_is_primary{node=") != 3 || !strings.Contains(text, "multiconnect_master_is_primary{node=") {
+		t.Errorf("stats/app?format=prometheus: %d\n%s", code, text)
+	}
+
+	for _, m := range c.Masters {
+		if m.Addr == primary {
+			continue
+		}
+		for _, path := range []string{"/v1/support", "/v1/stats/app"} {
+			code, body, _ := c.Internal("GET", m.Addr, path, "")
+			if code != 503 || !strings.Contains(string(body), `"code":1017`) {
+				t.Errorf("secondary master %s: %d %s, want 503 with 1017", path, code, body)
+			}
+		}
+	}
+}
