@@ -26,6 +26,7 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/settings/application", m.primaryOnly(m.resetSettings))
 	mux.HandleFunc("GET /v1/support", m.primaryOnly(m.support))
 	mux.HandleFunc("GET /v1/stats/app", m.primaryOnly(m.statsApp))
+	mux.HandleFunc("GET /v1/stats/db", m.primaryOnly(m.statsDB))
 	return m.members(mux)
 }
 
