@@ -133,15 +133,20 @@ func (p *Proc) Log() string {
 }
 
 // Children returns the PIDs of the process's direct children (its plugin).
+// Go forks from whichever thread runs the goroutine, so every thread's
+// children list is read.
 func (p *Proc) Children() []int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.Pid(), p.Pid()))
-	if err != nil {
-		return nil
-	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p.Pid()))
 	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
-			out = append(out, n)
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
 		}
 	}
 	return out
@@ -283,6 +288,7 @@ func (c *Cluster) NodeEnv(listen int) []string {
 		"MC_LIVENESS_INTERVAL=1s",
 		"SIMNET_ADDR="+c.SimnetTCP,
 		"MC_LOG_LEVEL=info",
+		"MC_MEDIA_DIR="+filepath.Join(c.Dir, "media"),
 	)
 }
 
