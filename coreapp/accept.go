@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/valyala/fasthttp"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
@@ -32,6 +33,8 @@ const (
 	// request that times out may still commit: the client retries with
 	// its idempotency key.
 	acceptTimeout = 10 * time.Second
+	// acceptFlushers is how many group commits may be in flight at once.
+	acceptFlushers = 3
 )
 
 // acceptReq is one message waiting for a group commit.
@@ -48,9 +51,13 @@ type acceptResult struct {
 }
 
 // acceptor collects concurrent accept requests and commits them in few
-// transactions: one goroutine runs one transaction at a time, and whatever
-// queued up meanwhile goes into the next one (group commit without a timer:
-// an idle coreapp commits at once, a busy one batches by itself).
+// transactions: each of acceptFlushers goroutines runs one transaction at a
+// time, and whatever queued up meanwhile goes into the next one (group
+// commit without a timer: an idle coreapp commits at once, a busy one
+// batches by itself). Several flushers keep the database busy while one
+// waits for its fsync. Order is safe: a request sent after another's 201
+// is inserted after that one committed, so it gets a higher seq; requests
+// in flight together were never ordered.
 type acceptor struct {
 	c  *Coreapp
 	in chan *acceptReq
@@ -107,6 +114,13 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 }
 
 func (a *acceptor) run(ctx context.Context) {
+	for i := 1; i < acceptFlushers; i++ {
+		go a.flush(ctx)
+	}
+	a.flush(ctx)
+}
+
+func (a *acceptor) flush(ctx context.Context) {
 	for {
 		var first *acceptReq
 		select {
@@ -144,6 +158,12 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	qctx, cancel := context.WithTimeout(ctx, acceptTimeout)
 	defer cancel()
 	results, err := a.insert(qctx, st, batch)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1062 {
+		// Another flusher committed the same idempotency key meanwhile;
+		// the lookup finds it this time.
+		results, err = a.insert(qctx, st, batch)
+	}
 	if err != nil {
 		code, details := apierror.ServiceUnavailable, "could not store the message; retry with the same "+IdempotencyHeader
 		if errors.Is(err, errFenced) {
@@ -170,17 +190,14 @@ var errFenced = errors.New("shard claim not held in the database")
 // database's clock, and keeps it so until commit: a promotion must update
 // the shard_map row and waits for the shared lock. It returns the shard count.
 func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int, err error) {
-	var one int
-	err = tx.QueryRowContext(ctx, `SELECT 1 FROM shard_map WHERE shard_id = ? AND node_id = ? AND incarnation = ?
-		AND epoch = ? AND lease_expires > NOW(6) LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&one)
+	err = tx.QueryRowContext(ctx, `SELECT (SELECT shards FROM cluster WHERE id = 1) FROM shard_map
+		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)
+		LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&shards)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, errFenced
 	}
 	if err != nil {
 		return 0, fmt.Errorf("fence shard %d: %w", st.Shard, err)
-	}
-	if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
-		return 0, fmt.Errorf("read shard count: %w", err)
 	}
 	return shards, nil
 }
