@@ -236,7 +236,7 @@ func TestInternalPortsRefuseStrangers(t *testing.T) {
 		}
 	}
 	// A promotion from a stranger must not reach the coreapp.
-	resp := rawHTTP(t, c.Coreapps[0].Addr, "POST /internal/promote HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"shard\":0,\"epoch\":99,\"incarnation\":1} ")
+	resp := rawHTTP(t, c.Coreapps[0].Addr, "POST /internal/promote HTTP/1.1\r\nHost: x\r\nContent-Length: 39\r\nConnection: close\r\n\r\n{\"shard\":0,\"epoch\":99,\"incarnation\":1} ")
 	if !strings.Contains(resp, " 403 ") {
 		t.Errorf("unauthenticated promote: %q", firstLine(resp))
 	}
@@ -336,7 +336,7 @@ func TestBadConfiguration(t *testing.T) {
 	defer c.SQL.Exec(`UPDATE schema_version SET version = version - 1`)
 	for _, bin := range []string{"master", "coreapp"} {
 		p := Start(t, c.Dir, "newer-"+bin, filepath.Join(c.Bin, bin), append(c.NodeEnv(FreePort(t)), plugin))
-		if code := p.Wait(15 * time.Second); code != 1 || !strings.Contains(p.Log(), "newer than this binary knows") {
+		if code := p.Wait(15 * time.Second); code != 1 || !strings.Contains(p.Log(), "newer than this binary") {
 			t.Errorf("%s on a newer schema: exit %d, output %q", bin, code, p.Log())
 		}
 	}
