@@ -45,18 +45,40 @@ func (c *Coreapp) handler() fasthttp.RequestHandler {
 		case path == "/metrics" && method == "GET":
 			metrics(ctx)
 		case strings.HasPrefix(path, "/v1/"):
-			// Users' requests for a shard arrive here through the gateway. The
-			// message path is served by the messaging layer; until then only
-			// the primary answers, and anything else is 1018 so the gateway
-			// reloads its shard map and retries.
+			// Users' requests arrive here through the gateway. Only a primary
+			// answers; anything else is 1018 so the gateway reloads its shard
+			// map and retries elsewhere.
 			if !c.holder.status().Primary {
 				writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
 				return
 			}
-			writeError(ctx, apierror.NotFound, "no such route: "+path)
+			c.userRoute(ctx, method, path)
 		default:
 			writeError(ctx, apierror.NotFound, "no such route: "+path)
 		}
+	}
+}
+
+// userRoute serves the /v1 routes a primary coreapp owns.
+func (c *Coreapp) userRoute(ctx *fasthttp.RequestCtx, method, path string) {
+	switch {
+	case path == "/v1/messages" && method == "POST":
+		c.postMessage(ctx)
+	case path == "/v1/contacts" && method == "POST":
+		c.contacts.serve(ctx)
+	case path == "/v1/media" && method == "POST":
+		c.media.upload(ctx)
+	case strings.HasPrefix(path, "/v1/media/") && (method == "GET" || method == "DELETE"):
+		id := strings.TrimPrefix(path, "/v1/media/")
+		if method == "GET" {
+			c.media.download(ctx, id)
+		} else {
+			c.media.remove(ctx, id)
+		}
+	case path == "/v1/messages" || path == "/v1/contacts" || path == "/v1/media" || strings.HasPrefix(path, "/v1/media/"):
+		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
+	default:
+		writeError(ctx, apierror.NotFound, "no such route: "+path)
 	}
 }
 

@@ -36,6 +36,13 @@ type Coreapp struct {
 	metrics  *metrics
 	plugins  *plugins
 	holder   *holder
+
+	acceptor   *acceptor
+	outbox     *outbox
+	callbacks  *callbackWriter
+	dispatcher *dispatcher
+	media      *mediaStore
+	contacts   *contactChecker
 }
 
 func main() {
@@ -96,6 +103,12 @@ func run() error {
 	c := &Coreapp{id: id, db: db, log: node.Logger(id), metrics: newMetrics()}
 	c.settings = settings.NewCache(db, 0, c.log)
 	c.holder = newHolder(c)
+	c.acceptor, c.outbox = newAcceptor(c), newOutbox(c)
+	c.callbacks, c.dispatcher = newCallbackWriter(c), newDispatcher(c)
+	c.contacts = newContactChecker(c)
+	if c.media, err = newMediaStore(c, os.Getenv("MC_MEDIA_DIR")); err != nil {
+		return err
+	}
 	c.plugins = &plugins{path: plugin, log: c.log, restarts: c.metrics.pluginRestarts.Inc, onCrash: func() {
 		select {
 		case c.holder.nudge <- struct{}{}:
@@ -141,6 +154,11 @@ func run() error {
 	go c.settings.Run(ctx)
 	go c.plugins.watch(ctx)
 	go c.liveness(ctx, liveness)
+	go c.acceptor.run(ctx)
+	go c.outbox.run(ctx)
+	go c.callbacks.subscribe(ctx)
+	go c.callbacks.run(ctx)
+	go c.dispatcher.run(ctx)
 	done := make(chan struct{})
 	go func() { c.holder.run(ctx); close(done) }()
 	<-ctx.Done()

@@ -14,6 +14,14 @@ type metrics struct {
 	heartbeats     prometheus.Counter
 	pluginRestarts prometheus.Counter
 	dbErrors       *prometheus.CounterVec
+
+	accepted           prometheus.Counter
+	delivered          prometheus.Counter
+	acceptBatch        prometheus.Histogram
+	acceptCommit       prometheus.Histogram
+	callbacksStored    prometheus.Counter
+	callbacksDelivered prometheus.Counter
+	webhookFailures    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -34,7 +42,22 @@ func newMetrics() *metrics {
 		dbErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_db_errors_total",
 			Help: "Failed database operations, by operation."}, []string{"op"}),
 	}
+	m.accepted = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_messages_accepted_total",
+		Help: "Messages committed and answered 201."})
+	m.delivered = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_messages_delivered_total",
+		Help: "Messages the network confirmed (accepted or already had)."})
+	m.acceptBatch = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_accept_batch_rows",
+		Help: "Messages per group commit.", Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200}})
+	m.acceptCommit = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_accept_commit_seconds",
+		Help: "Duration of one group commit.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12)})
+	m.callbacksStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_callbacks_stored_total",
+		Help: "Callbacks persisted for the webhook."})
+	m.callbacksDelivered = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_callbacks_delivered_total",
+		Help: "Callbacks the webhook answered with 200."})
+	m.webhookFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_webhook_failures_total",
+		Help: "Webhook requests not answered with 200."})
 	m.shard.Set(-1)
+	m.reg.MustRegister(m.accepted, m.delivered, m.acceptBatch, m.acceptCommit, m.callbacksStored, m.callbacksDelivered, m.webhookFailures)
 	m.reg.MustRegister(m.primary, m.shard, m.connects, m.stepDowns, m.heartbeats, m.pluginRestarts, m.dbErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -291,6 +291,7 @@ func (c *Cluster) NodeEnv(listen int) []string {
 		"MC_LIVENESS_INTERVAL=1s",
 		"SIMNET_ADDR="+c.SimnetTCP,
 		"MC_LOG_LEVEL=info",
+		"MC_MEDIA_DIR="+filepath.Join(c.Dir, "media"),
 	)
 }
 

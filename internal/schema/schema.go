@@ -137,6 +137,62 @@ var Migrations = []Migration{
 			KEY tokens_user (username)
 		) ENGINE=InnoDB`,
 	}},
+	{3, "messages, callbacks, media and contacts", []string{
+		// The outbox. seq is the acceptance order: a shard's sender delivers
+		// its unsent rows (state 0) in seq order, so messages to one
+		// recipient reach the network in the order they were accepted,
+		// whichever coreapp sends them. id is what the network dedupes by.
+		// idem_key makes a client's retry return the first id.
+		`CREATE TABLE IF NOT EXISTS messages (
+			seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+			id VARCHAR(64) NOT NULL,
+			shard_id INT NOT NULL,
+			recipient VARCHAR(64) NOT NULL,
+			type VARCHAR(16) NOT NULL,
+			body MEDIUMBLOB NOT NULL,
+			idem_key VARCHAR(128) NULL,
+			state TINYINT NOT NULL DEFAULT 0,
+			error VARCHAR(255) NULL,
+			accepted_at DATETIME(6) NOT NULL,
+			sent_at DATETIME(6) NULL,
+			UNIQUE KEY messages_id (id),
+			UNIQUE KEY messages_idem (shard_id, idem_key),
+			KEY messages_outbox (shard_id, state, seq)
+		) ENGINE=InnoDB`,
+		// Callbacks for the webhook, in seq order per shard. (shard_id,
+		// net_seq) is the network's event number: an event pushed again
+		// after a failover is stored once. Events the coreapp makes itself
+		// (a send the network rejected) have net_seq NULL.
+		`CREATE TABLE IF NOT EXISTS callbacks (
+			seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+			shard_id INT NOT NULL,
+			net_seq BIGINT NULL,
+			recipient VARCHAR(64) NOT NULL,
+			kind VARCHAR(16) NOT NULL,
+			payload MEDIUMBLOB NOT NULL,
+			delivered TINYINT NOT NULL DEFAULT 0,
+			attempts INT NOT NULL DEFAULT 0,
+			created_at DATETIME(6) NOT NULL,
+			delivered_at DATETIME(6) NULL,
+			UNIQUE KEY callbacks_event (shard_id, net_seq),
+			KEY callbacks_pending (shard_id, delivered, seq)
+		) ENGINE=InnoDB`,
+		// Uploaded media; the bytes live in the shared media directory.
+		`CREATE TABLE IF NOT EXISTS media (
+			id VARCHAR(64) PRIMARY KEY,
+			mime_type VARCHAR(255) NOT NULL,
+			size BIGINT NOT NULL,
+			sha256 CHAR(64) NOT NULL,
+			created_at DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
+		// Contact check results, cached for 7 days as in the original.
+		`CREATE TABLE IF NOT EXISTS contacts (
+			input_digits VARCHAR(64) PRIMARY KEY,
+			status VARCHAR(16) NOT NULL,
+			wa_id VARCHAR(64) NULL,
+			checked_at DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
+	}},
 }
 
 // Latest is the schema version this binary knows.

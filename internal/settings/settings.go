@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,11 +29,74 @@ type Application struct {
 	// and one secondary master) is replaced; also the length of a shard claim.
 	// Default 30. Must exceed HeartbeatInterval.
 	UnhealthyInterval float64 `json:"unhealthy_interval"`
+
+	// CallbackPersist: store callbacks in MySQL until the webhook took them,
+	// so a restart or failover loses none. Default true.
+	CallbackPersist bool `json:"callback_persist"`
+	// CallbackBackoffDelayMS: the first retry of a callback the webhook did
+	// not answer with 200 waits this long; the n-th waits n times it.
+	// Default 3000.
+	CallbackBackoffDelayMS int64 `json:"callback_backoff_delay_ms"`
+	// MaxCallbackBackoffDelayMS caps the wait between retries. Default 900000.
+	MaxCallbackBackoffDelayMS int64 `json:"max_callback_backoff_delay_ms"`
+	// Webhooks: where callbacks go.
+	Webhooks Webhooks `json:"webhooks"`
+	// SentStatus: send a callback when a message reaches the network's
+	// servers (the original's legacy switch; webhooks.message.sent too).
+	// Default false.
+	SentStatus bool `json:"sent_status"`
+}
+
+// Webhooks configures callback delivery.
+type Webhooks struct {
+	// URL receives every callback as a POST; empty sends none (and stores none).
+	URL string `json:"url"`
+	// MaxConcurrentRequests bounds the callback POSTs in flight per shard:
+	// 6, 12, 18 or 24 as in the original. Default 12.
+	MaxConcurrentRequests int `json:"max_concurrent_requests"`
+	// Message selects which outbound message statuses are sent; failed
+	// statuses and inbound messages always are.
+	Message WebhookMessage `json:"message"`
+}
+
+// WebhookMessage selects message statuses. Defaults: sent false, delivered
+// and read true.
+type WebhookMessage struct {
+	Sent      bool `json:"sent"`
+	Delivered bool `json:"delivered"`
+	Read      bool `json:"read"`
 }
 
 // Defaults are the original product's values.
 func Defaults() Application {
-	return Application{HeartbeatInterval: 5, UnhealthyInterval: 30}
+	return Application{
+		HeartbeatInterval: 5, UnhealthyInterval: 30,
+		CallbackPersist: true, CallbackBackoffDelayMS: 3000, MaxCallbackBackoffDelayMS: 900000,
+		Webhooks: Webhooks{MaxConcurrentRequests: 12, Message: WebhookMessage{Delivered: true, Read: true}},
+	}
+}
+
+// CallbackBackoff is the wait before retry n (from 1) of a callback: linear
+// in n, capped at MaxCallbackBackoffDelayMS, as in the original.
+func (a Application) CallbackBackoff(n int) time.Duration {
+	d := int64(n) * a.CallbackBackoffDelayMS
+	if d > a.MaxCallbackBackoffDelayMS || d < 0 {
+		d = a.MaxCallbackBackoffDelayMS
+	}
+	return time.Duration(d) * time.Millisecond
+}
+
+// WantStatus reports whether the webhook wants callbacks for status.
+func (a Application) WantStatus(status string) bool {
+	switch status {
+	case "sent":
+		return a.Webhooks.Message.Sent || a.SentStatus
+	case "delivered":
+		return a.Webhooks.Message.Delivered
+	case "read":
+		return a.Webhooks.Message.Read
+	}
+	return true // failed, and anything new, always
 }
 
 // Heartbeat returns HeartbeatInterval as a duration.
@@ -55,6 +119,22 @@ func (a Application) Validate() error {
 		return fmt.Errorf("%w: unhealthy_interval (%g) must be larger than heartbeat_interval (%g)", ErrInvalid, a.UnhealthyInterval, a.HeartbeatInterval)
 	case a.UnhealthyInterval > 86400:
 		return fmt.Errorf("%w: unhealthy_interval must be at most 86400 seconds", ErrInvalid)
+	case a.CallbackBackoffDelayMS < 1 || a.CallbackBackoffDelayMS > 86400000:
+		return fmt.Errorf("%w: callback_backoff_delay_ms must be between 1 and 86400000", ErrInvalid)
+	case a.MaxCallbackBackoffDelayMS < a.CallbackBackoffDelayMS || a.MaxCallbackBackoffDelayMS > 86400000:
+		return fmt.Errorf("%w: max_callback_backoff_delay_ms (%d) must be between callback_backoff_delay_ms (%d) and 86400000",
+			ErrInvalid, a.MaxCallbackBackoffDelayMS, a.CallbackBackoffDelayMS)
+	}
+	switch a.Webhooks.MaxConcurrentRequests {
+	case 6, 12, 18, 24:
+	default:
+		return fmt.Errorf("%w: webhooks.max_concurrent_requests must be 6, 12, 18 or 24", ErrInvalid)
+	}
+	if u := a.Webhooks.URL; u != "" {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("%w: webhooks.url %q must be an absolute http or https URL", ErrInvalid, u)
+		}
 	}
 	return nil
 }
@@ -175,7 +255,8 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	old := c.cur.Swap(&a)
 	c.version.Store(st.SettingsVersion)
 	if *old != a {
-		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval)
+		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,
+			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist)
 		c.mu.Lock()
 		fs := append([]func(Application){}, c.onChange...)
 		close(c.changed)

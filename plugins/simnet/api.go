@@ -122,6 +122,20 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "delivered": delivered})
 	})
+	mux.HandleFunc("POST /v1/unreachable", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Number string `json:"number"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&in); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("decode: %w", err))
+			return
+		}
+		if err := s.SetUnreachable(in.Number); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	})
 	return mux
 }
 

@@ -194,6 +194,30 @@ func (c *Conn) Send(ctx context.Context, msgs []Message) ([]Result, error) {
 	return r.Results, nil
 }
 
+// Ack tells the network that the shard's events up to seq are stored.
+func (c *Conn) Ack(ctx context.Context, seq uint64) error {
+	r, err := c.request(ctx, Frame{Op: OpAck, AckSeq: seq})
+	if err != nil {
+		return err
+	}
+	if r.Op != OpAcked {
+		return fmt.Errorf("ack: unexpected reply %q", r.Op)
+	}
+	return nil
+}
+
+// Check asks which inputs are accounts; results are in input order.
+func (c *Conn) Check(ctx context.Context, inputs []string) ([]ContactResult, error) {
+	r, err := c.request(ctx, Frame{Op: OpCheck, Inputs: inputs})
+	if err != nil {
+		return nil, err
+	}
+	if r.Op != OpChecked || len(r.Contacts) != len(inputs) {
+		return nil, fmt.Errorf("check: unexpected reply %q with %d results for %d inputs", r.Op, len(r.Contacts), len(inputs))
+	}
+	return r.Contacts, nil
+}
+
 // Close ends the connection politely: it sends close and waits until the
 // network confirms (or ctx ends), then closes the socket. When the write
 // limit has passed it only closes the socket, which is all that is left

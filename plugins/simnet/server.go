@@ -70,6 +70,9 @@ type Server struct {
 	seen      map[string]struct{}
 	received  []Received
 	nextIn    int64
+	// unreachable holds the digits of numbers that are not accounts:
+	// contact checks call them invalid and sends to them fail.
+	unreachable map[string]struct{}
 }
 
 // shardState is what the network knows about one shard.
@@ -77,7 +80,12 @@ type shardState struct {
 	newest   uint64
 	hasEpoch bool
 	open     *conn
-	pending  []Event // for when no connection is open
+	// unacked is every event not yet acknowledged, in Seq order: the
+	// network keeps an event until the coreapp says it stored it, and
+	// pushes what is left to each new connection of the shard.
+	unacked   []Event
+	nextEvent uint64
+	pushedTo  uint64 // highest Seq pushed to the open connection
 }
 
 // Interval is one attached connection as the network recorded it.
@@ -147,6 +155,8 @@ func NewServer(cfg Config) *Server {
 		conns:    map[*conn]struct{}{},
 		shards:   map[int]*shardState{},
 		seen:     map[string]struct{}{},
+
+		unreachable: map[string]struct{}{},
 	}
 }
 
@@ -348,6 +358,10 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 		s.connectLocked(c, f)
 	case OpSend:
 		s.sendLocked(c, f, arrival)
+	case OpAck:
+		s.ackLocked(c, f)
+	case OpCheck:
+		s.checkLocked(c, f)
 	case OpClose:
 		s.endLocked(c, EndClosed, arrival, &Frame{Op: OpClosed, Seq: f.Seq, Reason: EndClosed})
 		return false
@@ -426,10 +440,11 @@ func (s *Server) connectLocked(c *conn, f Frame) {
 			Reason: fmt.Sprintf("%s by epoch %d (connection %d)", EndSuperseded, f.Epoch, c.iv.ID)})
 	}
 	sh.open = c
-	for _, e := range sh.pending {
+	sh.pushedTo = 0
+	for _, e := range sh.unacked {
 		c.out.push(eventFrame(e))
+		sh.pushedTo = e.Seq
 	}
-	sh.pending = nil
 }
 
 // sendLocked stores the new messages of a send frame and schedules their
@@ -461,13 +476,33 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 	c.out.push(Frame{Op: OpSent, Seq: f.Seq, Results: results})
 	if len(accepted) > 0 {
 		shard := c.shard
+		var ok, failed []Message
+		for _, m := range accepted {
+			if _, bad := s.unreachable[string(digits(m.To))]; bad {
+				failed = append(failed, m)
+			} else {
+				ok = append(ok, m)
+			}
+		}
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.emitStatuses(shard, accepted) }()
+		go func() { defer s.wg.Done(); s.emitStatuses(shard, ok, failed) }()
 	}
 }
 
-// emitStatuses emits sent, delivered and read for msgs, in that order.
-func (s *Server) emitStatuses(shard int, msgs []Message) {
+// emitStatuses emits sent, delivered and read for msgs, in that order, and
+// failed for the messages whose recipient is unreachable.
+func (s *Server) emitStatuses(shard int, msgs, failed []Message) {
+	if len(failed) > 0 {
+		s.mu.Lock()
+		ts := time.Now().Unix()
+		for _, m := range failed {
+			s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts})
+		}
+		s.mu.Unlock()
+	}
+	if len(msgs) == 0 {
+		return
+	}
 	for _, st := range []string{StatusSent, StatusDelivered, StatusRead} {
 		if s.cfg.StatusDelay > 0 {
 			select {
@@ -485,23 +520,90 @@ func (s *Server) emitStatuses(shard int, msgs []Message) {
 	}
 }
 
-// emitLocked pushes e to the shard's open connection, or keeps it for the
-// next one. It reports whether a connection was open.
+// maxUnacked bounds the events a shard keeps for a coreapp that never
+// acknowledges; past it the oldest are dropped (and logged).
+const maxUnacked = 1 << 20
+
+// emitLocked numbers e, keeps it until acknowledged and pushes it to the
+// shard's open connection, if any. It reports whether one was open.
 func (s *Server) emitLocked(shard int, e Event) bool {
 	sh := s.shard(shard)
+	sh.nextEvent++
+	e.Shard, e.Seq = shard, sh.nextEvent
+	sh.unacked = append(sh.unacked, e)
+	if over := len(sh.unacked) - maxUnacked; over > 0 {
+		s.log.Warn("events never acknowledged; dropping the oldest", "shard", shard, "dropped", over)
+		sh.unacked = append([]Event(nil), sh.unacked[over:]...)
+	}
 	if sh.open == nil {
-		sh.pending = append(sh.pending, e)
 		return false
 	}
 	sh.open.out.push(eventFrame(e))
+	sh.pushedTo = e.Seq
 	return true
+}
+
+// ackLocked drops the shard's events up to seq: the coreapp stored them.
+// Only the shard's open connection may acknowledge.
+func (s *Server) ackLocked(c *conn, f Frame) {
+	if c.iv == nil || s.shards[c.shard].open != c {
+		c.out.push(Frame{Op: OpError, Seq: f.Seq, Reason: "not connected"})
+		return
+	}
+	sh := s.shards[c.shard]
+	n := sort.Search(len(sh.unacked), func(i int) bool { return sh.unacked[i].Seq > f.AckSeq })
+	sh.unacked = append(sh.unacked[:0:0], sh.unacked[n:]...)
+	c.out.push(Frame{Op: OpAcked, Seq: f.Seq})
+}
+
+// checkLocked answers a contact check: a number is an account when it has
+// 8 to 15 digits, does not start with 0 and was not made unreachable.
+func (s *Server) checkLocked(c *conn, f Frame) {
+	if c.iv == nil || s.shards[c.shard].open != c {
+		c.out.push(Frame{Op: OpError, Seq: f.Seq, Reason: "not connected"})
+		return
+	}
+	out := make([]ContactResult, len(f.Inputs))
+	for i, in := range f.Inputs {
+		d := string(digits(in))
+		_, bad := s.unreachable[d]
+		out[i] = ContactResult{Input: in, Status: ContactInvalid}
+		if !bad && len(d) >= 8 && len(d) <= 15 && d[0] != '0' {
+			out[i].Status, out[i].WAID = ContactValid, d
+		}
+	}
+	c.out.push(Frame{Op: OpChecked, Seq: f.Seq, Contacts: out})
+}
+
+// digits returns the ASCII digits of a phone number as written.
+func digits(s string) []byte {
+	d := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] >= '0' && s[i] <= '9' {
+			d = append(d, s[i])
+		}
+	}
+	return d
+}
+
+// SetUnreachable makes number (any punctuation) not an account: contact
+// checks call it invalid and messages to it get a failed status.
+func (s *Server) SetUnreachable(number string) error {
+	d := string(digits(number))
+	if d == "" {
+		return fmt.Errorf("%q has no digits", number)
+	}
+	s.mu.Lock()
+	s.unreachable[d] = struct{}{}
+	s.mu.Unlock()
+	return nil
 }
 
 func eventFrame(e Event) Frame { return Frame{Op: OpEvent, Event: &e} }
 
 // endLocked ends c at time at (server ns) for reason; final, if not nil,
-// is written before the socket closes. Events queued but not yet written
-// go back to the shard's pending list for its next connection.
+// is written before the socket closes. Events it did not acknowledge stay
+// with the shard for its next connection.
 func (s *Server) endLocked(c *conn, reason string, at int64, final *Frame) {
 	if c.ended {
 		return
@@ -514,17 +616,11 @@ func (s *Server) endLocked(c *conn, reason string, at int64, final *Frame) {
 		return
 	}
 	c.iv.End, c.iv.EndReason, c.iv.Open = s.unix(at), reason, false
+	_ = unsent // events are kept in sh.unacked until acknowledged
 	sh := s.shards[c.shard]
 	if sh.open == c {
-		sh.open = nil
+		sh.open, sh.pushedTo = nil, 0
 	}
-	var back []Event
-	for _, f := range unsent {
-		if f.Op == OpEvent && f.Event != nil {
-			back = append(back, *f.Event)
-		}
-	}
-	sh.pending = append(back, sh.pending...)
 	lvl := slog.LevelInfo
 	if reason != EndClosed {
 		lvl = slog.LevelWarn
@@ -597,8 +693,9 @@ func FindOverlaps(ivs []Interval) Violations {
 type ShardState struct {
 	Shard         int       `json:"shard"`
 	NewestEpoch   uint64    `json:"newest_epoch"`
-	Open          *Interval `json:"open"` // nil when no connection is open
-	PendingEvents int       `json:"pending_events"`
+	Open          *Interval `json:"open"`           // nil when no connection is open
+	PendingEvents int       `json:"pending_events"` // not yet pushed to a connection
+	UnackedEvents int       `json:"unacked_events"` // pushed or not, not yet acknowledged
 	Messages      int       `json:"messages"`
 }
 
@@ -612,7 +709,13 @@ func (s *Server) Shards() []ShardState {
 	}
 	out := make([]ShardState, 0, len(s.shards))
 	for n, sh := range s.shards {
-		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: len(sh.pending), Messages: counts[n]}
+		pending := 0
+		for _, e := range sh.unacked {
+			if sh.open == nil || e.Seq > sh.pushedTo {
+				pending++
+			}
+		}
+		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n]}
 		if sh.open != nil {
 			iv := *sh.open.iv
 			st.Open = &iv

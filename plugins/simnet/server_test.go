@@ -596,3 +596,81 @@ func TestFindOverlaps(t *testing.T) {
 		})
 	}
 }
+
+// Events stay with the shard until acknowledged: the next connection gets
+// the unacknowledged ones again, with the same sequence numbers.
+func TestUnacknowledgedEventsRedelivered(t *testing.T) {
+	s, addr := testServer(t, Config{StatusDelay: time.Hour}, nil)
+	a := connect(t, addr, 3, 1, "a")
+	for i := 1; i <= 3; i++ {
+		if _, _, err := s.Inject(Inbound{Shard: 3, ID: fmt.Sprintf("in%d", i), Recipient: "alice"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seqs []uint64
+	for range 3 {
+		select {
+		case e := <-a.events:
+			if e.Shard != 3 {
+				t.Errorf("event %+v without its shard", e)
+			}
+			seqs = append(seqs, e.Seq)
+		case <-time.After(2 * time.Second):
+			t.Fatal("events not pushed")
+		}
+	}
+	if fmt.Sprint(seqs) != "[1 2 3]" {
+		t.Fatalf("sequence numbers %v, want [1 2 3]", seqs)
+	}
+	if err := a.Ack(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Shards()[0].UnackedEvents; n != 1 {
+		t.Errorf("%d unacknowledged events after acking 2 of 3", n)
+	}
+	if err := a.Close(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	b := connect(t, addr, 3, 2, "b")
+	select {
+	case e := <-b.events:
+		if e.MessageID != "in3" || e.Seq != 3 {
+			t.Errorf("redelivered %+v, want in3 with seq 3", e)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("unacknowledged event not pushed to the next connection")
+	}
+	select {
+	case e := <-b.events:
+		t.Errorf("acknowledged event pushed again: %+v", e)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// Contact checks follow the network's accounts; sends to an unreachable
+// number get a failed status instead of sent/delivered/read.
+func TestContactChecksAndUnreachable(t *testing.T) {
+	s, addr := testServer(t, Config{}, nil)
+	if err := s.SetUnreachable("+1 555 010 9999"); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, addr, 0, 1, "a")
+	res, err := c.Check(ctxT(t), []string{"+1 (555) 010-1234", "15550109999", "123"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Status != ContactValid || res[0].WAID != "15550101234" || res[1].Status != ContactInvalid || res[2].Status != ContactInvalid {
+		t.Errorf("check = %+v", res)
+	}
+	if _, err := c.Send(ctxT(t), []Message{{ID: "u1", To: "15550109999"}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-c.events:
+		if e.MessageID != "u1" || e.Status != StatusFailed {
+			t.Errorf("event %+v, want a failed status for u1", e)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no status for a message to an unreachable number")
+	}
+}

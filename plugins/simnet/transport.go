@@ -358,6 +358,46 @@ func (t *Transport) Send(ctx context.Context, msgs []transport.Message) ([]trans
 	return results, nil
 }
 
+// current returns the live session for shard, or ErrNotConnected.
+func (t *Transport) current(what string, shard int) (*session, error) {
+	t.mu.Lock()
+	s := t.sess
+	t.mu.Unlock()
+	if s == nil || (shard >= 0 && s.shard != shard) {
+		return nil, fmt.Errorf("%s shard %d: %w", what, shard, transport.ErrNotConnected)
+	}
+	return s, nil
+}
+
+// Ack implements transport.Transport.
+func (t *Transport) Ack(ctx context.Context, shard int, seq uint64) error {
+	s, err := t.current("ack", shard)
+	if err != nil {
+		return err
+	}
+	if err := s.conn.Ack(ctx, seq); err != nil {
+		return fmt.Errorf("ack shard %d up to %d: %w", shard, seq, err)
+	}
+	return nil
+}
+
+// CheckContacts implements transport.Transport.
+func (t *Transport) CheckContacts(ctx context.Context, inputs []string) ([]transport.ContactResult, error) {
+	s, err := t.current("check contacts", -1)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.conn.Check(ctx, inputs)
+	if err != nil {
+		return nil, fmt.Errorf("check %d contacts: %w", len(inputs), err)
+	}
+	out := make([]transport.ContactResult, len(res))
+	for i, r := range res {
+		out[i] = transport.ContactResult{Input: r.Input, Status: r.Status, WAID: r.WAID}
+	}
+	return out, nil
+}
+
 // Events implements transport.Transport.
 func (t *Transport) Events(ctx context.Context) (<-chan transport.Event, error) {
 	return t.events.subscribe(ctx), nil
@@ -393,6 +433,7 @@ func (f *fanout) publish(e Event) {
 	te := transport.Event{
 		Kind: transport.EventKind(e.Kind), MessageID: e.MessageID, Status: e.Status,
 		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: []byte(e.Payload),
+		Shard: e.Shard, Seq: e.Seq,
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

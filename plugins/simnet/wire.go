@@ -25,6 +25,10 @@ const (
 	OpClose     = "close"     // -> closed, then the network closes the socket
 	OpClosed    = "closed"    // also pushed, with a reason, when the network ends a connection
 	OpError     = "error"     // a request that could not be served: {reason}
+	OpAck       = "ack"       // {ack_seq}: events of the shard up to ack_seq are stored -> acked
+	OpAcked     = "acked"     //
+	OpCheck     = "check"     // {inputs} -> checked{contacts}
+	OpChecked   = "checked"   //
 )
 
 // Send result statuses on the wire.
@@ -52,7 +56,24 @@ type Frame struct {
 	Msgs    []Message `json:"msgs,omitempty"`    // send
 	Results []Result  `json:"results,omitempty"` // sent
 	Event   *Event    `json:"event,omitempty"`   // event
+
+	AckSeq   uint64          `json:"ack_seq,omitempty"`  // ack
+	Inputs   []string        `json:"inputs,omitempty"`   // check
+	Contacts []ContactResult `json:"contacts,omitempty"` // checked
 }
+
+// ContactResult is the network's verdict on one contact check input.
+type ContactResult struct {
+	Input  string `json:"input"`
+	Status string `json:"status"` // ContactValid or ContactInvalid
+	WAID   string `json:"wa_id,omitempty"`
+}
+
+// Contact check verdicts, matching plugins/transport.
+const (
+	ContactValid   = "valid"
+	ContactInvalid = "invalid"
+)
 
 // Message is one outbound message in a send frame.
 type Message struct {
@@ -78,6 +99,7 @@ const (
 	StatusSent      = "sent"
 	StatusDelivered = "delivered"
 	StatusRead      = "read"
+	StatusFailed    = "failed"
 )
 
 // Event is something the network pushes to a shard's connection.
@@ -88,6 +110,8 @@ type Event struct {
 	Recipient string          `json:"recipient,omitempty"`
 	Timestamp int64           `json:"timestamp"` // Unix seconds
 	Payload   json.RawMessage `json:"payload,omitempty"`
+	Shard     int             `json:"shard,omitempty"`
+	Seq       uint64          `json:"seq,omitempty"` // per shard, from 1; what an ack refers to
 }
 
 // marshalFrame encodes f as one line.

@@ -23,9 +23,10 @@ const PluginName = "transport"
 // Handshake is shared by the host and every transport plugin. go-plugin
 // refuses to run a binary that was not started by a host with the same
 // cookie, and a host refuses a plugin speaking another protocol version;
-// bump ProtocolVersion on any incompatible change to transport.proto.
+// bump ProtocolVersion on any incompatible change to transport.proto
+// (2: event sequence numbers, Ack and CheckContacts).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  1,
+	ProtocolVersion:  2,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
@@ -187,6 +188,28 @@ func (c *GRPCClient) Events(ctx context.Context) (<-chan Event, error) {
 	return ch, nil
 }
 
+// Ack implements Transport.
+func (c *GRPCClient) Ack(ctx context.Context, shard int, seq uint64) error {
+	_, err := c.client.Ack(ctx, &pb.AckRequest{Shard: int64(shard), Seq: seq})
+	return fromStatus("ack", err)
+}
+
+// CheckContacts implements Transport.
+func (c *GRPCClient) CheckContacts(ctx context.Context, inputs []string) ([]ContactResult, error) {
+	r, err := c.client.CheckContacts(ctx, &pb.CheckContactsRequest{Inputs: inputs})
+	if err != nil {
+		return nil, fromStatus("check contacts", err)
+	}
+	if len(r.GetContacts()) != len(inputs) {
+		return nil, fmt.Errorf("transport check contacts: plugin returned %d results for %d inputs", len(r.GetContacts()), len(inputs))
+	}
+	out := make([]ContactResult, len(inputs))
+	for i, cr := range r.GetContacts() {
+		out[i] = ContactResult{Input: cr.GetInput(), Status: cr.GetStatus(), WAID: cr.GetWaId()}
+	}
+	return out, nil
+}
+
 // GRPCServer is the plugin's half: it calls the real implementation.
 type GRPCServer struct {
 	pb.UnimplementedTransportServer
@@ -282,6 +305,27 @@ func (s *GRPCServer) Events(_ *pb.EventsRequest, stream grpc.ServerStreamingServ
 	}
 }
 
+// Ack implements pb.TransportServer.
+func (s *GRPCServer) Ack(ctx context.Context, r *pb.AckRequest) (*pb.AckResponse, error) {
+	if err := s.Impl.Ack(ctx, int(r.GetShard()), r.GetSeq()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.AckResponse{}, nil
+}
+
+// CheckContacts implements pb.TransportServer.
+func (s *GRPCServer) CheckContacts(ctx context.Context, r *pb.CheckContactsRequest) (*pb.CheckContactsResponse, error) {
+	res, err := s.Impl.CheckContacts(ctx, r.GetInputs())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.CheckContactsResponse{Contacts: make([]*pb.ContactResult, len(res))}
+	for i, cr := range res {
+		out.Contacts[i] = &pb.ContactResult{Input: cr.Input, Status: cr.Status, WaId: cr.WAID}
+	}
+	return out, nil
+}
+
 // errorCodes gives each sentinel error its own gRPC code so that the host
 // can restore it; the codes are otherwise unused by the plugin server.
 var errorCodes = []struct {
@@ -359,6 +403,7 @@ func eventToPB(e Event) *pb.Event {
 	return &pb.Event{
 		Kind: string(e.Kind), MessageId: e.MessageID, Status: e.Status,
 		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: e.Payload,
+		Shard: int64(e.Shard), Seq: e.Seq,
 	}
 }
 
@@ -366,5 +411,6 @@ func eventFromPB(e *pb.Event) Event {
 	return Event{
 		Kind: EventKind(e.GetKind()), MessageID: e.GetMessageId(), Status: e.GetStatus(),
 		Recipient: e.GetRecipient(), Timestamp: e.GetTimestamp(), Payload: e.GetPayload(),
+		Shard: int(e.GetShard()), Seq: e.GetSeq(),
 	}
 }

@@ -66,7 +66,36 @@ type Transport interface {
 	// messages) from whichever connection is current, until ctx ends.
 	// The channel is closed when the stream ends for any reason,
 	// including the plugin exiting; subscribe again to resume.
+	//
+	// The network keeps every event until it is acknowledged (Ack) and
+	// pushes the unacknowledged ones again to the shard's next
+	// connection, so an event may arrive twice; Event.Shard and Event.Seq
+	// identify it.
 	Events(ctx context.Context) (<-chan Event, error)
+
+	// Ack tells the network that every event of shard up to and
+	// including seq is safely stored, over the current connection. It
+	// fails with ErrNotConnected when there is no connection for shard;
+	// the events then come again on the shard's next connection.
+	Ack(ctx context.Context, shard int, seq uint64) error
+
+	// CheckContacts asks the network which inputs (phone numbers as a
+	// user typed them) are reachable accounts, over the current
+	// connection. Results are per input, in the order of inputs.
+	CheckContacts(ctx context.Context, inputs []string) ([]ContactResult, error)
+}
+
+// Contact check verdicts.
+const (
+	ContactValid   = "valid"
+	ContactInvalid = "invalid"
+)
+
+// ContactResult is the network's verdict on one contact check input.
+type ContactResult struct {
+	Input  string
+	Status string // ContactValid or ContactInvalid
+	WAID   string // the account id, when valid
 }
 
 // Info describes a messaging network.
@@ -167,6 +196,11 @@ type Event struct {
 	Timestamp int64
 	// Payload is a JSON document (the message of an inbound event).
 	Payload []byte
+	// Shard is the shard whose connection carried the event.
+	Shard int
+	// Seq numbers the shard's events, from 1, in the order the network
+	// emitted them; Ack refers to it.
+	Seq uint64
 }
 
 // Errors a Transport returns for its documented failure modes. They keep

@@ -818,7 +818,11 @@ type Event struct {
 	// Unix seconds.
 	Timestamp int64 `protobuf:"varint,5,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	// JSON payload.
-	Payload       []byte `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"`
+	Payload []byte `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"`
+	// The shard whose connection carried the event.
+	Shard int64 `protobuf:"varint,7,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The network's sequence number of the event within its shard, from 1.
+	Seq           uint64 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -895,6 +899,259 @@ func (x *Event) GetPayload() []byte {
 	return nil
 }
 
+func (x *Event) GetShard() int64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *Event) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+type AckRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         int64                  `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckRequest) Reset() {
+	*x = AckRequest{}
+	mi := &file_transport_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckRequest) ProtoMessage() {}
+
+func (x *AckRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
+func (*AckRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AckRequest) GetShard() int64 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *AckRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+type AckResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckResponse) Reset() {
+	*x = AckResponse{}
+	mi := &file_transport_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckResponse) ProtoMessage() {}
+
+func (x *AckResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
+func (*AckResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{17}
+}
+
+type CheckContactsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Inputs        []string               `protobuf:"bytes,1,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckContactsRequest) Reset() {
+	*x = CheckContactsRequest{}
+	mi := &file_transport_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckContactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckContactsRequest) ProtoMessage() {}
+
+func (x *CheckContactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckContactsRequest.ProtoReflect.Descriptor instead.
+func (*CheckContactsRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CheckContactsRequest) GetInputs() []string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+type ContactResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Input string                 `protobuf:"bytes,1,opt,name=input,proto3" json:"input,omitempty"`
+	// "valid" or "invalid".
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Set when valid.
+	WaId          string `protobuf:"bytes,3,opt,name=wa_id,json=waId,proto3" json:"wa_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContactResult) Reset() {
+	*x = ContactResult{}
+	mi := &file_transport_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContactResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContactResult) ProtoMessage() {}
+
+func (x *ContactResult) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContactResult.ProtoReflect.Descriptor instead.
+func (*ContactResult) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ContactResult) GetInput() string {
+	if x != nil {
+		return x.Input
+	}
+	return ""
+}
+
+func (x *ContactResult) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ContactResult) GetWaId() string {
+	if x != nil {
+		return x.WaId
+	}
+	return ""
+}
+
+type CheckContactsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per input, in request order.
+	Contacts      []*ContactResult `protobuf:"bytes,1,rep,name=contacts,proto3" json:"contacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckContactsResponse) Reset() {
+	*x = CheckContactsResponse{}
+	mi := &file_transport_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckContactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckContactsResponse) ProtoMessage() {}
+
+func (x *CheckContactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckContactsResponse.ProtoReflect.Descriptor instead.
+func (*CheckContactsResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CheckContactsResponse) GetContacts() []*ContactResult {
+	if x != nil {
+		return x.Contacts
+	}
+	return nil
+}
+
 var File_transport_proto protoreflect.FileDescriptor
 
 const file_transport_proto_rawDesc = "" +
@@ -939,7 +1196,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\"O\n" +
 	"\fSendResponse\x12?\n" +
 	"\aresults\x18\x01 \x03(\v2%.multiconnect.transport.v1.SendResultR\aresults\"\x0f\n" +
-	"\rEventsRequest\"\xa8\x01\n" +
+	"\rEventsRequest\"\xd0\x01\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -947,13 +1204,28 @@ const file_transport_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x1c\n" +
 	"\trecipient\x18\x04 \x01(\tR\trecipient\x12\x1c\n" +
 	"\ttimestamp\x18\x05 \x01(\x03R\ttimestamp\x12\x18\n" +
-	"\apayload\x18\x06 \x01(\fR\apayload*v\n" +
+	"\apayload\x18\x06 \x01(\fR\apayload\x12\x14\n" +
+	"\x05shard\x18\a \x01(\x03R\x05shard\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\"4\n" +
+	"\n" +
+	"AckRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\x03R\x05shard\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\r\n" +
+	"\vAckResponse\".\n" +
+	"\x14CheckContactsRequest\x12\x16\n" +
+	"\x06inputs\x18\x01 \x03(\tR\x06inputs\"R\n" +
+	"\rContactResult\x12\x14\n" +
+	"\x05input\x18\x01 \x01(\tR\x05input\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x13\n" +
+	"\x05wa_id\x18\x03 \x01(\tR\x04waId\"]\n" +
+	"\x15CheckContactsResponse\x12D\n" +
+	"\bcontacts\x18\x01 \x03(\v2(.multiconnect.transport.v1.ContactResultR\bcontacts*v\n" +
 	"\n" +
 	"SendStatus\x12\x1b\n" +
 	"\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SEND_STATUS_ACCEPTED\x10\x01\x12\x19\n" +
 	"\x15SEND_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12SEND_STATUS_FAILED\x10\x032\xa0\x05\n" +
+	"\x12SEND_STATUS_FAILED\x10\x032\xea\x06\n" +
 	"\tTransport\x12W\n" +
 	"\x04Info\x12&.multiconnect.transport.v1.InfoRequest\x1a'.multiconnect.transport.v1.InfoResponse\x12`\n" +
 	"\aConnect\x12).multiconnect.transport.v1.ConnectRequest\x1a*.multiconnect.transport.v1.ConnectResponse\x12]\n" +
@@ -962,7 +1234,9 @@ const file_transport_proto_rawDesc = "" +
 	"Disconnect\x12,.multiconnect.transport.v1.DisconnectRequest\x1a-.multiconnect.transport.v1.DisconnectResponse\x12]\n" +
 	"\x06Health\x12(.multiconnect.transport.v1.HealthRequest\x1a).multiconnect.transport.v1.HealthResponse\x12W\n" +
 	"\x04Send\x12&.multiconnect.transport.v1.SendRequest\x1a'.multiconnect.transport.v1.SendResponse\x12V\n" +
-	"\x06Events\x12(.multiconnect.transport.v1.EventsRequest\x1a .multiconnect.transport.v1.Event0\x01B>Z<github.com/multiconnect/multiconnect/plugins/transport/protob\x06proto3"
+	"\x06Events\x12(.multiconnect.transport.v1.EventsRequest\x1a .multiconnect.transport.v1.Event0\x01\x12T\n" +
+	"\x03Ack\x12%.multiconnect.transport.v1.AckRequest\x1a&.multiconnect.transport.v1.AckResponse\x12r\n" +
+	"\rCheckContacts\x12/.multiconnect.transport.v1.CheckContactsRequest\x1a0.multiconnect.transport.v1.CheckContactsResponseB>Z<github.com/multiconnect/multiconnect/plugins/transport/protob\x06proto3"
 
 var (
 	file_transport_proto_rawDescOnce sync.Once
@@ -977,49 +1251,59 @@ func file_transport_proto_rawDescGZIP() []byte {
 }
 
 var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_transport_proto_goTypes = []any{
-	(SendStatus)(0),            // 0: multiconnect.transport.v1.SendStatus
-	(*InfoRequest)(nil),        // 1: multiconnect.transport.v1.InfoRequest
-	(*InfoResponse)(nil),       // 2: multiconnect.transport.v1.InfoResponse
-	(*ConnectRequest)(nil),     // 3: multiconnect.transport.v1.ConnectRequest
-	(*ConnectResponse)(nil),    // 4: multiconnect.transport.v1.ConnectResponse
-	(*ExtendRequest)(nil),      // 5: multiconnect.transport.v1.ExtendRequest
-	(*ExtendResponse)(nil),     // 6: multiconnect.transport.v1.ExtendResponse
-	(*DisconnectRequest)(nil),  // 7: multiconnect.transport.v1.DisconnectRequest
-	(*DisconnectResponse)(nil), // 8: multiconnect.transport.v1.DisconnectResponse
-	(*HealthRequest)(nil),      // 9: multiconnect.transport.v1.HealthRequest
-	(*HealthResponse)(nil),     // 10: multiconnect.transport.v1.HealthResponse
-	(*Message)(nil),            // 11: multiconnect.transport.v1.Message
-	(*SendRequest)(nil),        // 12: multiconnect.transport.v1.SendRequest
-	(*SendResult)(nil),         // 13: multiconnect.transport.v1.SendResult
-	(*SendResponse)(nil),       // 14: multiconnect.transport.v1.SendResponse
-	(*EventsRequest)(nil),      // 15: multiconnect.transport.v1.EventsRequest
-	(*Event)(nil),              // 16: multiconnect.transport.v1.Event
+	(SendStatus)(0),               // 0: multiconnect.transport.v1.SendStatus
+	(*InfoRequest)(nil),           // 1: multiconnect.transport.v1.InfoRequest
+	(*InfoResponse)(nil),          // 2: multiconnect.transport.v1.InfoResponse
+	(*ConnectRequest)(nil),        // 3: multiconnect.transport.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 4: multiconnect.transport.v1.ConnectResponse
+	(*ExtendRequest)(nil),         // 5: multiconnect.transport.v1.ExtendRequest
+	(*ExtendResponse)(nil),        // 6: multiconnect.transport.v1.ExtendResponse
+	(*DisconnectRequest)(nil),     // 7: multiconnect.transport.v1.DisconnectRequest
+	(*DisconnectResponse)(nil),    // 8: multiconnect.transport.v1.DisconnectResponse
+	(*HealthRequest)(nil),         // 9: multiconnect.transport.v1.HealthRequest
+	(*HealthResponse)(nil),        // 10: multiconnect.transport.v1.HealthResponse
+	(*Message)(nil),               // 11: multiconnect.transport.v1.Message
+	(*SendRequest)(nil),           // 12: multiconnect.transport.v1.SendRequest
+	(*SendResult)(nil),            // 13: multiconnect.transport.v1.SendResult
+	(*SendResponse)(nil),          // 14: multiconnect.transport.v1.SendResponse
+	(*EventsRequest)(nil),         // 15: multiconnect.transport.v1.EventsRequest
+	(*Event)(nil),                 // 16: multiconnect.transport.v1.Event
+	(*AckRequest)(nil),            // 17: multiconnect.transport.v1.AckRequest
+	(*AckResponse)(nil),           // 18: multiconnect.transport.v1.AckResponse
+	(*CheckContactsRequest)(nil),  // 19: multiconnect.transport.v1.CheckContactsRequest
+	(*ContactResult)(nil),         // 20: multiconnect.transport.v1.ContactResult
+	(*CheckContactsResponse)(nil), // 21: multiconnect.transport.v1.CheckContactsResponse
 }
 var file_transport_proto_depIdxs = []int32{
 	11, // 0: multiconnect.transport.v1.SendRequest.messages:type_name -> multiconnect.transport.v1.Message
 	0,  // 1: multiconnect.transport.v1.SendResult.status:type_name -> multiconnect.transport.v1.SendStatus
 	13, // 2: multiconnect.transport.v1.SendResponse.results:type_name -> multiconnect.transport.v1.SendResult
-	1,  // 3: multiconnect.transport.v1.Transport.Info:input_type -> multiconnect.transport.v1.InfoRequest
-	3,  // 4: multiconnect.transport.v1.Transport.Connect:input_type -> multiconnect.transport.v1.ConnectRequest
-	5,  // 5: multiconnect.transport.v1.Transport.Extend:input_type -> multiconnect.transport.v1.ExtendRequest
-	7,  // 6: multiconnect.transport.v1.Transport.Disconnect:input_type -> multiconnect.transport.v1.DisconnectRequest
-	9,  // 7: multiconnect.transport.v1.Transport.Health:input_type -> multiconnect.transport.v1.HealthRequest
-	12, // 8: multiconnect.transport.v1.Transport.Send:input_type -> multiconnect.transport.v1.SendRequest
-	15, // 9: multiconnect.transport.v1.Transport.Events:input_type -> multiconnect.transport.v1.EventsRequest
-	2,  // 10: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
-	4,  // 11: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
-	6,  // 12: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
-	8,  // 13: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
-	10, // 14: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
-	14, // 15: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
-	16, // 16: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
-	10, // [10:17] is the sub-list for method output_type
-	3,  // [3:10] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	20, // 3: multiconnect.transport.v1.CheckContactsResponse.contacts:type_name -> multiconnect.transport.v1.ContactResult
+	1,  // 4: multiconnect.transport.v1.Transport.Info:input_type -> multiconnect.transport.v1.InfoRequest
+	3,  // 5: multiconnect.transport.v1.Transport.Connect:input_type -> multiconnect.transport.v1.ConnectRequest
+	5,  // 6: multiconnect.transport.v1.Transport.Extend:input_type -> multiconnect.transport.v1.ExtendRequest
+	7,  // 7: multiconnect.transport.v1.Transport.Disconnect:input_type -> multiconnect.transport.v1.DisconnectRequest
+	9,  // 8: multiconnect.transport.v1.Transport.Health:input_type -> multiconnect.transport.v1.HealthRequest
+	12, // 9: multiconnect.transport.v1.Transport.Send:input_type -> multiconnect.transport.v1.SendRequest
+	15, // 10: multiconnect.transport.v1.Transport.Events:input_type -> multiconnect.transport.v1.EventsRequest
+	17, // 11: multiconnect.transport.v1.Transport.Ack:input_type -> multiconnect.transport.v1.AckRequest
+	19, // 12: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
+	2,  // 13: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
+	4,  // 14: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
+	6,  // 15: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
+	8,  // 16: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
+	10, // 17: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
+	14, // 18: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
+	16, // 19: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
+	18, // 20: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
+	21, // 21: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
+	13, // [13:22] is the sub-list for method output_type
+	4,  // [4:13] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_transport_proto_init() }
@@ -1033,7 +1317,7 @@ func file_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

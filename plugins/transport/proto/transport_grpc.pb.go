@@ -24,13 +24,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Transport_Info_FullMethodName       = "/multiconnect.transport.v1.Transport/Info"
-	Transport_Connect_FullMethodName    = "/multiconnect.transport.v1.Transport/Connect"
-	Transport_Extend_FullMethodName     = "/multiconnect.transport.v1.Transport/Extend"
-	Transport_Disconnect_FullMethodName = "/multiconnect.transport.v1.Transport/Disconnect"
-	Transport_Health_FullMethodName     = "/multiconnect.transport.v1.Transport/Health"
-	Transport_Send_FullMethodName       = "/multiconnect.transport.v1.Transport/Send"
-	Transport_Events_FullMethodName     = "/multiconnect.transport.v1.Transport/Events"
+	Transport_Info_FullMethodName          = "/multiconnect.transport.v1.Transport/Info"
+	Transport_Connect_FullMethodName       = "/multiconnect.transport.v1.Transport/Connect"
+	Transport_Extend_FullMethodName        = "/multiconnect.transport.v1.Transport/Extend"
+	Transport_Disconnect_FullMethodName    = "/multiconnect.transport.v1.Transport/Disconnect"
+	Transport_Health_FullMethodName        = "/multiconnect.transport.v1.Transport/Health"
+	Transport_Send_FullMethodName          = "/multiconnect.transport.v1.Transport/Send"
+	Transport_Events_FullMethodName        = "/multiconnect.transport.v1.Transport/Events"
+	Transport_Ack_FullMethodName           = "/multiconnect.transport.v1.Transport/Ack"
+	Transport_CheckContacts_FullMethodName = "/multiconnect.transport.v1.Transport/CheckContacts"
 )
 
 // TransportClient is the client API for Transport service.
@@ -45,6 +47,10 @@ type TransportClient interface {
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
 	// Events streams what the network pushes until the client cancels.
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// Ack tells the network that every event of a shard up to seq is stored.
+	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
+	// CheckContacts asks the network which inputs are reachable accounts.
+	CheckContacts(ctx context.Context, in *CheckContactsRequest, opts ...grpc.CallOption) (*CheckContactsResponse, error)
 }
 
 type transportClient struct {
@@ -134,6 +140,26 @@ func (c *transportClient) Events(ctx context.Context, in *EventsRequest, opts ..
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Transport_EventsClient = grpc.ServerStreamingClient[Event]
 
+func (c *transportClient) Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckResponse)
+	err := c.cc.Invoke(ctx, Transport_Ack_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *transportClient) CheckContacts(ctx context.Context, in *CheckContactsRequest, opts ...grpc.CallOption) (*CheckContactsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckContactsResponse)
+	err := c.cc.Invoke(ctx, Transport_CheckContacts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TransportServer is the server API for Transport service.
 // All implementations must embed UnimplementedTransportServer
 // for forward compatibility.
@@ -146,6 +172,10 @@ type TransportServer interface {
 	Send(context.Context, *SendRequest) (*SendResponse, error)
 	// Events streams what the network pushes until the client cancels.
 	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
+	// Ack tells the network that every event of a shard up to seq is stored.
+	Ack(context.Context, *AckRequest) (*AckResponse, error)
+	// CheckContacts asks the network which inputs are reachable accounts.
+	CheckContacts(context.Context, *CheckContactsRequest) (*CheckContactsResponse, error)
 	mustEmbedUnimplementedTransportServer()
 }
 
@@ -176,6 +206,12 @@ func (UnimplementedTransportServer) Send(context.Context, *SendRequest) (*SendRe
 }
 func (UnimplementedTransportServer) Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedTransportServer) Ack(context.Context, *AckRequest) (*AckResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ack not implemented")
+}
+func (UnimplementedTransportServer) CheckContacts(context.Context, *CheckContactsRequest) (*CheckContactsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckContacts not implemented")
 }
 func (UnimplementedTransportServer) mustEmbedUnimplementedTransportServer() {}
 func (UnimplementedTransportServer) testEmbeddedByValue()                   {}
@@ -317,6 +353,42 @@ func _Transport_Events_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Transport_EventsServer = grpc.ServerStreamingServer[Event]
 
+func _Transport_Ack_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).Ack(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_Ack_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).Ack(ctx, req.(*AckRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Transport_CheckContacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckContactsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).CheckContacts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_CheckContacts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).CheckContacts(ctx, req.(*CheckContactsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Transport_ServiceDesc is the grpc.ServiceDesc for Transport service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -347,6 +419,14 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Send",
 			Handler:    _Transport_Send_Handler,
+		},
+		{
+			MethodName: "Ack",
+			Handler:    _Transport_Ack_Handler,
+		},
+		{
+			MethodName: "CheckContacts",
+			Handler:    _Transport_CheckContacts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

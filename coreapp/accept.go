@@ -1,0 +1,293 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/valyala/fasthttp"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/shard"
+)
+
+// IdempotencyHeader carries a client's key for POST /v1/messages: a retry
+// with the same key (after a timeout, say) returns the first message's id
+// instead of sending the message twice. Keys are per shard.
+const IdempotencyHeader = "X-Idempotency-Key"
+
+const (
+	maxIdemKey = 128
+	// maxBatchRows and maxBatchBytes bound one group commit: a multi-row
+	// INSERT of 200 rows costs about as much as one row (one fsync), and
+	// stays well under max_allowed_packet.
+	maxBatchRows  = 200
+	maxBatchBytes = 4 << 20
+	// acceptTimeout bounds how long a request waits for its commit. A
+	// request that times out may still commit: the client retries with
+	// its idempotency key.
+	acceptTimeout = 10 * time.Second
+	// acceptFlushers is how many group commits may be in flight at once.
+	acceptFlushers = 3
+)
+
+// acceptReq is one message waiting for a group commit.
+type acceptReq struct {
+	msg  *outMessage
+	key  string // idempotency key, "" when none
+	done chan acceptResult
+}
+
+type acceptResult struct {
+	id      string
+	code    int // 0: committed
+	details string
+}
+
+// acceptor collects concurrent accept requests and commits them in few
+// transactions: each of acceptFlushers goroutines runs one transaction at a
+// time, and whatever queued up meanwhile goes into the next one (group
+// commit without a timer: an idle coreapp commits at once, a busy one
+// batches by itself). Several flushers keep the database busy while one
+// waits for its fsync. Order is safe: a request sent after another's 201
+// is inserted after that one committed, so it gets a higher seq; requests
+// in flight together were never ordered.
+type acceptor struct {
+	c  *Coreapp
+	in chan *acceptReq
+}
+
+func newAcceptor(c *Coreapp) *acceptor {
+	return &acceptor{c: c, in: make(chan *acceptReq, 8192)}
+}
+
+// postMessage serves POST /v1/messages.
+func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
+	if !c.holder.status().Primary {
+		writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
+		return
+	}
+	msg, bad := parseMessage(ctx.PostBody())
+	if bad != nil {
+		writeError(ctx, bad.code, bad.details)
+		return
+	}
+	key := strings.TrimSpace(string(ctx.Request.Header.Peek(IdempotencyHeader)))
+	if len(key) > maxIdemKey {
+		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("%s is longer than %d characters", IdempotencyHeader, maxIdemKey))
+		return
+	}
+	if len(msg.MediaIDs) > 0 {
+		if code, details := c.media.checkIDs(ctx, msg.MediaIDs); code != 0 {
+			writeError(ctx, code, details)
+			return
+		}
+	}
+	req := &acceptReq{msg: msg, key: key, done: make(chan acceptResult, 1)}
+	timer := time.NewTimer(acceptTimeout)
+	defer timer.Stop()
+	select {
+	case c.acceptor.in <- req:
+	case <-timer.C:
+		writeError(ctx, apierror.ServiceUnavailable, "too busy to accept the message; retry with the same "+IdempotencyHeader)
+		return
+	}
+	select {
+	case r := <-req.done:
+		if r.code != 0 {
+			writeError(ctx, r.code, r.details)
+			return
+		}
+		c.metrics.accepted.Inc()
+		ctx.SetContentType("application/json")
+		ctx.SetStatusCode(fasthttp.StatusCreated)
+		ctx.SetBodyString(`{"messages":[{"id":"` + r.id + `"}]}`)
+	case <-timer.C:
+		writeError(ctx, apierror.ServiceUnavailable, "the database did not confirm in time; the message may be stored: retry with the same "+IdempotencyHeader)
+	}
+}
+
+func (a *acceptor) run(ctx context.Context) {
+	for i := 1; i < acceptFlushers; i++ {
+		go a.flush(ctx)
+	}
+	a.flush(ctx)
+}
+
+func (a *acceptor) flush(ctx context.Context) {
+	for {
+		var first *acceptReq
+		select {
+		case <-ctx.Done():
+			return
+		case first = <-a.in:
+		}
+		batch := []*acceptReq{first}
+		size := len(first.msg.Body)
+	drain:
+		for len(batch) < maxBatchRows && size < maxBatchBytes {
+			select {
+			case r := <-a.in:
+				batch = append(batch, r)
+				size += len(r.msg.Body)
+			default:
+				break drain
+			}
+		}
+		a.commit(ctx, batch)
+	}
+}
+
+// commit stores batch in one transaction fenced by the shard claim and
+// answers every request in it.
+func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
+	start := time.Now()
+	st := a.c.holder.status()
+	if !st.Primary {
+		for _, r := range batch {
+			r.done <- acceptResult{code: apierror.NotPrimaryCoreapp, details: "this coreapp is not the primary of any shard"}
+		}
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, acceptTimeout)
+	defer cancel()
+	results, err := a.insert(qctx, st, batch)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1062 {
+		// Another flusher committed the same idempotency key meanwhile;
+		// the lookup finds it this time.
+		results, err = a.insert(qctx, st, batch)
+	}
+	if err != nil {
+		code, details := apierror.ServiceUnavailable, "could not store the message; retry with the same "+IdempotencyHeader
+		if errors.Is(err, errFenced) {
+			code, details = apierror.NotPrimaryCoreapp, "this coreapp no longer holds the shard"
+		} else {
+			a.c.dbError("accept messages", err)
+		}
+		for _, r := range batch {
+			r.done <- acceptResult{code: code, details: details}
+		}
+		return
+	}
+	for i, r := range batch {
+		r.done <- results[i]
+	}
+	a.c.metrics.acceptBatch.Observe(float64(len(batch)))
+	a.c.metrics.acceptCommit.Observe(time.Since(start).Seconds())
+	a.c.outbox.nudge()
+}
+
+var errFenced = errors.New("shard claim not held in the database")
+
+// fence proves, inside tx, that this coreapp still holds st's claim on the
+// database's clock, and keeps it so until commit: a promotion must update
+// the shard_map row and waits for the shared lock. It returns the shard count.
+func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int, err error) {
+	err = tx.QueryRowContext(ctx, `SELECT (SELECT shards FROM cluster WHERE id = 1) FROM shard_map
+		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)
+		LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&shards)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, errFenced
+	}
+	if err != nil {
+		return 0, fmt.Errorf("fence shard %d: %w", st.Shard, err)
+	}
+	return shards, nil
+}
+
+func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, error) {
+	tx, err := a.c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	shards, err := a.c.fence(ctx, tx, st)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]acceptResult, len(batch))
+	// Keys already used: in the database, or earlier in this batch.
+	known := map[string]string{}
+	var keys []any
+	for _, r := range batch {
+		if r.key != "" {
+			keys = append(keys, r.key)
+		}
+	}
+	if len(keys) > 0 {
+		q := `SELECT idem_key, id FROM messages WHERE shard_id = ? AND idem_key IN (?` + strings.Repeat(",?", len(keys)-1) + `)`
+		rows, err := tx.QueryContext(ctx, q, append([]any{st.Shard}, keys...)...)
+		if err != nil {
+			return nil, fmt.Errorf("look up idempotency keys: %w", err)
+		}
+		for rows.Next() {
+			var k, id string
+			if err := rows.Scan(&k, &id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			known[k] = id
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	var sb strings.Builder
+	args := make([]any, 0, len(batch)*6)
+	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, idem_key, accepted_at) VALUES `)
+	n := 0
+	for i, r := range batch {
+		s, err := shard.For(r.msg.To, shards)
+		if err != nil || s != st.Shard {
+			results[i] = acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
+			continue
+		}
+		if r.key != "" {
+			if id, ok := known[r.key]; ok {
+				results[i] = acceptResult{id: id}
+				continue
+			}
+		}
+		id := newMessageID()
+		results[i] = acceptResult{id: id}
+		var key any
+		if r.key != "" {
+			known[r.key] = id
+			key = r.key
+		}
+		if n > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
+		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body, key)
+		n++
+	}
+	if n > 0 {
+		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+			return nil, fmt.Errorf("insert %d messages: %w", n, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit %d messages: %w", n, err)
+	}
+	return results, nil
+}
+
+// newMessageID returns an id shaped like the original's ("gBEG" and
+// base64): 128 random bits, so ids are unique network-wide without
+// coordination.
+func newMessageID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand: " + err.Error()) // cannot happen on Linux
+	}
+	return "gBEG" + base64.RawURLEncoding.EncodeToString(b[:])
+}

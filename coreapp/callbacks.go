@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/shard"
+	"github.com/multiconnect/multiconnect/plugins/transport"
+)
+
+// Callback kinds: a message status, or an inbound message.
+const (
+	kindStatus  = "status"
+	kindInbound = "inbound"
+)
+
+// callback is one webhook notification, before or after it is stored.
+type callback struct {
+	seq       int64  // callbacks.seq once stored (or a memory sequence)
+	shard     int    //
+	netSeq    uint64 // the network's event number; 0 for ones the coreapp made
+	recipient string // the contact it is about: ordering is per recipient
+	kind      string
+	payload   []byte // one status object, or {"contact":...,"message":...}
+	done      chan error
+}
+
+const (
+	callbackBatch = 500
+	// callbackRetry is the pause after the database refused a batch; the
+	// events stay unacknowledged meanwhile, so nothing is lost by waiting.
+	callbackRetry = 200 * time.Millisecond
+)
+
+// callbackWriter turns what the network pushes (statuses, inbound
+// messages) and the sends it refused into callbacks. With callback_persist
+// it stores them in one fenced transaction per batch and only then
+// acknowledges the events to the network, which keeps unacknowledged
+// events for the shard's next connection: a crash anywhere loses none. One
+// goroutine writes, so callbacks.seq follows the network's order.
+type callbackWriter struct {
+	c  *Coreapp
+	in chan *callback
+}
+
+func newCallbackWriter(c *Coreapp) *callbackWriter {
+	return &callbackWriter{c: c, in: make(chan *callback, 4096)}
+}
+
+// subscribe feeds the plugin's event stream to the writer, subscribing
+// again whenever the stream ends (a plugin restart ends it).
+func (w *callbackWriter) subscribe(ctx context.Context) {
+	for ctx.Err() == nil {
+		var ch <-chan transport.Event
+		err := errNoTransport
+		w.c.plugins.withTransport(func(t transport.Transport, _ uint64) { ch, err = t.Events(ctx) })
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		for e := range ch {
+			cb, err := fromEvent(e)
+			if err != nil {
+				w.c.log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
+				continue
+			}
+			select {
+			case w.in <- cb:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// sendFailed makes failed statuses for sends the network refused and waits
+// until they are stored.
+func (w *callbackWriter) sendFailed(ctx context.Context, shardID int, failed []failedSend) error {
+	now := strconv.FormatInt(time.Now().Unix(), 10)
+	var waits []chan error
+	for _, f := range failed {
+		p, _ := json.Marshal(map[string]any{
+			"id": f.row.id, "status": transport.StatusFailed, "timestamp": now, "recipient_id": string(shard.Digits(f.row.recipient)),
+			"errors": []map[string]any{{"code": 1000, "title": "Message failed to send: " + f.reason}},
+		})
+		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, payload: p, done: make(chan error, 1)}
+		waits = append(waits, cb.done)
+		select {
+		case w.in <- cb:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, d := range waits {
+		select {
+		case err := <-d:
+			if err != nil {
+				return fmt.Errorf("store failed status: %w", err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// fromEvent builds the original's payload for an event.
+func fromEvent(e transport.Event) (*callback, error) {
+	cb := &callback{shard: e.Shard, netSeq: e.Seq, recipient: string(shard.Digits(e.Recipient))}
+	ts := strconv.FormatInt(e.Timestamp, 10)
+	switch e.Kind {
+	case transport.EventStatus:
+		cb.kind = kindStatus
+		st := map[string]any{"id": e.MessageID, "status": e.Status, "timestamp": ts, "recipient_id": cb.recipient}
+		if e.Status == transport.StatusFailed {
+			st["errors"] = []map[string]any{{"code": 1000, "title": "Message failed to send: the network could not deliver it"}}
+		}
+		cb.payload, _ = json.Marshal(st)
+	case transport.EventInbound:
+		cb.kind = kindInbound
+		msg := map[string]any{}
+		if len(e.Payload) > 0 {
+			if err := json.Unmarshal(e.Payload, &msg); err != nil {
+				return nil, fmt.Errorf("inbound payload: %w", err)
+			}
+		}
+		name := ""
+		if p, ok := msg["profile"].(map[string]any); ok {
+			name, _ = p["name"].(string)
+			delete(msg, "profile")
+		}
+		msg["from"], msg["id"], msg["timestamp"] = cb.recipient, e.MessageID, ts
+		if _, ok := msg["type"]; !ok {
+			msg["type"] = "text"
+		}
+		cb.payload, _ = json.Marshal(map[string]any{
+			"contact": map[string]any{"profile": map[string]any{"name": name}, "wa_id": cb.recipient},
+			"message": msg,
+		})
+	default:
+		return nil, fmt.Errorf("unknown event kind %q", e.Kind)
+	}
+	return cb, nil
+}
+
+// sleep waits d; false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// statusOf reads the status of a status payload.
+func statusOf(payload []byte) string {
+	var s struct {
+		Status string `json:"status"`
+	}
+	_ = json.Unmarshal(payload, &s)
+	return s.Status
+}
+
+func (w *callbackWriter) run(ctx context.Context) {
+	for {
+		var first *callback
+		select {
+		case <-ctx.Done():
+			return
+		case first = <-w.in:
+		}
+		batch := []*callback{first}
+	drain:
+		for len(batch) < callbackBatch {
+			select {
+			case cb := <-w.in:
+				batch = append(batch, cb)
+			default:
+				break drain
+			}
+		}
+		w.write(ctx, batch)
+	}
+}
+
+// write stores (or queues in memory) what the webhook wants of batch,
+// then acknowledges the batch's events.
+func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
+	s := w.c.settings.Get()
+	var keep []*callback
+	for _, cb := range batch {
+		switch {
+		case s.Webhooks.URL == "":
+			// No webhook: there is nobody to tell, as in the original.
+		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
+		default:
+			keep = append(keep, cb)
+		}
+	}
+	stored := true
+	if len(keep) > 0 && s.CallbackPersist {
+		for {
+			err := w.store(ctx, keep)
+			if err == nil {
+				break
+			}
+			if errors.Is(err, errFenced) || ctx.Err() != nil {
+				// Not ours (any more): leave the events unacknowledged
+				// for the shard's next holder.
+				stored = false
+				break
+			}
+			w.c.dbError("store callbacks", err)
+			if !sleep(ctx, callbackRetry) {
+				stored = false
+				break
+			}
+		}
+	} else if len(keep) > 0 {
+		w.c.dispatcher.remember(keep)
+	}
+	var doneErr error
+	if !stored {
+		doneErr = errFenced
+	}
+	acks := map[int]uint64{}
+	for _, cb := range batch {
+		if cb.done != nil {
+			cb.done <- doneErr
+		}
+		if stored && cb.netSeq > acks[cb.shard] {
+			acks[cb.shard] = cb.netSeq
+		}
+	}
+	if stored && len(keep) > 0 {
+		w.c.dispatcher.nudge()
+	}
+	for sh, seq := range acks {
+		w.c.plugins.withTransport(func(t transport.Transport, _ uint64) {
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if err := t.Ack(actx, sh, seq); err != nil {
+				// The network pushes them again to the next connection;
+				// the unique (shard, net_seq) key stores them once.
+				w.c.log.Debug("could not acknowledge events", "shard", sh, "seq", seq, "err", err)
+			}
+		})
+	}
+}
+
+// store inserts callbacks under the shard claim: after a failover only the
+// new holder adds callbacks, so the dispatcher never sees one appear
+// behind a later one it already delivered.
+func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
+	st := w.c.holder.status()
+	if !st.Primary {
+		return errFenced
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tx, err := w.c.db.BeginTx(qctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := w.c.fence(qctx, tx, st); err != nil {
+		return err
+	}
+	var sb strings.Builder
+	sb.WriteString(`INSERT IGNORE INTO callbacks (shard_id, net_seq, recipient, kind, payload, created_at) VALUES `)
+	args := make([]any, 0, len(cbs)*5)
+	n := 0
+	for _, cb := range cbs {
+		if cb.shard != st.Shard {
+			continue // an event of a shard we held before; its holder gets it again
+		}
+		if n > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`(?,?,?,?,?,NOW(6))`)
+		var ns any
+		if cb.netSeq != 0 {
+			ns = cb.netSeq
+		}
+		args = append(args, cb.shard, ns, cb.recipient, cb.kind, cb.payload)
+		n++
+	}
+	if n == 0 {
+		return errFenced
+	}
+	if _, err := tx.ExecContext(qctx, sb.String(), args...); err != nil {
+		return fmt.Errorf("insert %d callbacks: %w", n, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit %d callbacks: %w", n, err)
+	}
+	w.c.metrics.callbacksStored.Add(float64(n))
+	return nil
+}

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/shard"
+	"github.com/multiconnect/multiconnect/plugins/transport"
+)
+
+const (
+	// contactTTL is how long a check result is reused, as in the original.
+	contactTTL = 7 * 24 * time.Hour
+	// maxContacts bounds one request.
+	maxContacts       = 1000
+	contactTimeout    = 10 * time.Second
+	contactProcessing = "processing"
+	contactFailed     = "failed"
+)
+
+// contactChecker answers /v1/contacts: results come from the network
+// through the plugin and are cached in MySQL for contactTTL.
+type contactChecker struct{ c *Coreapp }
+
+func newContactChecker(c *Coreapp) *contactChecker { return &contactChecker{c: c} }
+
+type contactAnswer struct {
+	Input  string `json:"input"`
+	Status string `json:"status"`
+	WAID   string `json:"wa_id,omitempty"`
+}
+
+func (k *contactChecker) serve(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		Blocking   *string          `json:"blocking"`
+		Contacts   *json.RawMessage `json:"contacts"`
+		ForceCheck *bool            `json:"force_check"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("%s has the wrong type", te.Field))
+			return
+		}
+		writeError(ctx, apierror.RequestNotValid, "the request body is not a valid JSON object: "+err.Error())
+		return
+	}
+	if req.Contacts == nil {
+		writeError(ctx, apierror.ParameterMissing, "contacts is required: an array of phone numbers")
+		return
+	}
+	var inputs []string
+	if err := json.Unmarshal(*req.Contacts, &inputs); err != nil {
+		writeError(ctx, apierror.ParameterInvalid, "contacts must be an array of strings")
+		return
+	}
+	if len(inputs) == 0 || len(inputs) > maxContacts {
+		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("contacts must hold 1 to %d numbers", maxContacts))
+		return
+	}
+	wait := false
+	if req.Blocking != nil {
+		switch *req.Blocking {
+		case "wait":
+			wait = true
+		case "no_wait":
+		default:
+			writeError(ctx, apierror.ParameterInvalid, "blocking must be \"wait\" or \"no_wait\"")
+			return
+		}
+	}
+	force := req.ForceCheck != nil && *req.ForceCheck
+	answers, err := k.check(ctx, inputs, wait, force)
+	if err != nil {
+		k.c.dbError("check contacts", err)
+		writeError(ctx, apierror.ServiceUnavailable, "could not check contacts")
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": answers})
+}
+
+// check answers from the cache, asks the network for the rest (waiting for
+// it when wait, else answering processing and asking in the background).
+func (k *contactChecker) check(ctx context.Context, inputs []string, wait, force bool) ([]contactAnswer, error) {
+	answers := make([]contactAnswer, len(inputs))
+	var ask []string // digits to ask the network about
+	askSet := map[string]bool{}
+	cached := map[string]contactAnswer{}
+	var keys []any
+	for i, in := range inputs {
+		d := string(shard.Digits(in))
+		answers[i] = contactAnswer{Input: in, Status: transport.ContactInvalid}
+		if d == "" || len(d) > 64 {
+			continue
+		}
+		keys = append(keys, d)
+	}
+	if len(keys) > 0 && !force {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		rs, err := k.c.db.QueryContext(qctx, `SELECT input_digits, status, COALESCE(wa_id, '') FROM contacts
+			WHERE checked_at > NOW(6) - INTERVAL ? SECOND AND input_digits IN (?`+strings.Repeat(",?", len(keys)-1)+`)`,
+			append([]any{int64(contactTTL.Seconds())}, keys...)...)
+		if err != nil {
+			return nil, err
+		}
+		for rs.Next() {
+			var d string
+			var a contactAnswer
+			if err := rs.Scan(&d, &a.Status, &a.WAID); err != nil {
+				rs.Close()
+				return nil, err
+			}
+			cached[d] = a
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return nil, err
+		}
+	}
+	for _, key := range keys {
+		d := key.(string)
+		if _, ok := cached[d]; !ok && !askSet[d] {
+			askSet[d] = true
+			ask = append(ask, d)
+		}
+	}
+	var fresh map[string]contactAnswer
+	if len(ask) > 0 {
+		if wait {
+			fresh = k.ask(ctx, ask)
+		} else {
+			go k.ask(context.Background(), ask)
+		}
+	}
+	for i, in := range inputs {
+		d := string(shard.Digits(in))
+		if d == "" || len(d) > 64 {
+			continue
+		}
+		a, ok := cached[d]
+		if !ok {
+			a, ok = fresh[d]
+		}
+		if !ok {
+			a.Status = contactProcessing
+		}
+		answers[i] = contactAnswer{Input: in, Status: a.Status, WAID: a.WAID}
+		if a.Status != transport.ContactValid {
+			answers[i].WAID = ""
+		}
+	}
+	return answers, nil
+}
+
+// ask checks digits with the network and caches the verdicts; a check the
+// network could not answer is "failed" and not cached.
+func (k *contactChecker) ask(ctx context.Context, digits []string) map[string]contactAnswer {
+	out := map[string]contactAnswer{}
+	ctx, cancel := context.WithTimeout(ctx, contactTimeout)
+	defer cancel()
+	var res []transport.ContactResult
+	err := errNoTransport
+	k.c.plugins.withTransport(func(t transport.Transport, _ uint64) { res, err = t.CheckContacts(ctx, digits) })
+	if err != nil {
+		k.c.log.Warn("contact check failed", "contacts", len(digits), "err", err)
+		for _, d := range digits {
+			out[d] = contactAnswer{Status: contactFailed}
+		}
+		return out
+	}
+	var sb strings.Builder
+	args := make([]any, 0, len(res)*3)
+	sb.WriteString(`INSERT INTO contacts (input_digits, status, wa_id, checked_at) VALUES `)
+	for i, r := range res {
+		out[digits[i]] = contactAnswer{Status: r.Status, WAID: r.WAID}
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`(?,?,?,NOW(6))`)
+		args = append(args, digits[i], r.Status, r.WAID)
+	}
+	sb.WriteString(` ON DUPLICATE KEY UPDATE status = VALUES(status), wa_id = VALUES(wa_id), checked_at = VALUES(checked_at)`)
+	if _, err := k.c.db.ExecContext(ctx, sb.String(), args...); err != nil {
+		k.c.dbError("cache contacts", err)
+	}
+	return out
+}

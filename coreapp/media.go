@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"mime"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+)
+
+// maxMedia is the original's upload limit.
+const maxMedia = 100 << 20
+
+// defaultMediaDir is where the original kept media, shared by every node.
+const defaultMediaDir = "/usr/local/wamedia"
+
+var mediaIDRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// mediaStore keeps uploads in the media directory shared by all nodes
+// (MC_MEDIA_DIR; NFS in production), with a row per upload in MySQL so any
+// node can tell whether an id exists.
+type mediaStore struct {
+	c   *Coreapp
+	dir string
+}
+
+func newMediaStore(c *Coreapp, dir string) (*mediaStore, error) {
+	if dir == "" {
+		dir = defaultMediaDir
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("media directory (MC_MEDIA_DIR) %s: %w", dir, err)
+	}
+	return &mediaStore{c: c, dir: dir}, nil
+}
+
+func (m *mediaStore) path(id string) string { return filepath.Join(m.dir, id) }
+
+// upload serves POST /v1/media: the raw body is the file, Content-Type its
+// type. The file is written and synced before the row commits, so an id a
+// client holds always has its bytes.
+func (m *mediaStore) upload(ctx *fasthttp.RequestCtx) {
+	ct := string(ctx.Request.Header.ContentType())
+	if ct == "" {
+		writeError(ctx, apierror.ParameterMissing, "Content-Type is required: the media's MIME type")
+		return
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || mt == "application/json" || mt == "application/x-www-form-urlencoded" || strings.HasPrefix(mt, "multipart/") {
+		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("Content-Type %q is not a media type: send the file as the raw body", ct))
+		return
+	}
+	body := ctx.PostBody()
+	if len(body) == 0 {
+		writeError(ctx, apierror.ParameterMissing, "the request body (the media file) is empty")
+		return
+	}
+	if len(body) > maxMedia {
+		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("media is %d bytes; the limit is %d", len(body), maxMedia))
+		return
+	}
+	id := newMediaID()
+	sum := sha256.Sum256(body)
+	if err := writeSynced(m.path(id), body); err != nil {
+		m.c.log.Error("could not store media", "err", err)
+		writeError(ctx, apierror.GenericError, "could not store the media")
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := m.c.db.ExecContext(qctx, `INSERT INTO media (id, mime_type, size, sha256, created_at) VALUES (?, ?, ?, ?, NOW(6))`,
+		id, mt, len(body), hex.EncodeToString(sum[:])); err != nil {
+		os.Remove(m.path(id))
+		m.c.dbError("store media", err)
+		writeError(ctx, apierror.ServiceUnavailable, "could not record the media")
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusCreated, map[string]any{"media": []map[string]string{{"id": id}}})
+}
+
+func writeSynced(path string, b []byte) error {
+	tmp := path + ".part"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func (m *mediaStore) lookup(ctx context.Context, id string) (mimeType string, err error) {
+	if !mediaIDRE.MatchString(id) {
+		return "", sql.ErrNoRows
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err = m.c.db.QueryRowContext(qctx, `SELECT mime_type FROM media WHERE id = ?`, id).Scan(&mimeType)
+	return mimeType, err
+}
+
+// download serves GET /v1/media/{id}.
+func (m *mediaStore) download(ctx *fasthttp.RequestCtx, id string) {
+	mt, err := m.lookup(ctx, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		writeError(ctx, apierror.NotFound, "no media with id "+id)
+		return
+	}
+	if err != nil {
+		m.c.dbError("look up media", err)
+		writeError(ctx, apierror.ServiceUnavailable, "could not look up the media")
+		return
+	}
+	b, err := os.ReadFile(m.path(id))
+	if err != nil {
+		m.c.log.Error("media row without its file", "id", id, "err", err)
+		writeError(ctx, apierror.NotFound, "the media's file is missing from the media directory")
+		return
+	}
+	ctx.SetContentType(mt)
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBody(b)
+}
+
+// remove serves DELETE /v1/media/{id}.
+func (m *mediaStore) remove(ctx *fasthttp.RequestCtx, id string) {
+	if !mediaIDRE.MatchString(id) {
+		writeError(ctx, apierror.NotFound, "no media with id "+id)
+		return
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := m.c.db.ExecContext(qctx, `DELETE FROM media WHERE id = ?`, id)
+	if err != nil {
+		m.c.dbError("delete media", err)
+		writeError(ctx, apierror.ServiceUnavailable, "could not delete the media")
+		return
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		writeError(ctx, apierror.NotFound, "no media with id "+id)
+		return
+	}
+	if err := os.Remove(m.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.c.log.Warn("media row deleted but its file remains", "id", id, "err", err)
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{})
+}
+
+// checkIDs returns 1006 when a message names media that does not exist.
+func (m *mediaStore) checkIDs(ctx context.Context, ids []string) (code int, details string) {
+	for _, id := range ids {
+		_, err := m.lookup(ctx, id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return apierror.NotFound, "media " + id + " not found: upload it with POST /v1/media first"
+		}
+		if err != nil {
+			m.c.dbError("look up media", err)
+			return apierror.ServiceUnavailable, "could not look up the media"
+		}
+	}
+	return 0, ""
+}
+
+// newMediaID returns a random UUID, the shape of the original's media ids.
+func newMediaID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand: " + err.Error())
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}

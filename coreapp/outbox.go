@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/multiconnect/multiconnect/plugins/transport"
+)
+
+// Message states in the messages table.
+const (
+	stateUnsent = 0
+	stateSent   = 1 // the network has it (accepted or a duplicate)
+	stateFailed = 2 // the network refused it; a failed status was sent
+)
+
+const (
+	// sendBatch is how many messages go to the plugin in one Send: per
+	// message gRPC calls would cap a shard at a few thousand per second.
+	sendBatch = 500
+	// outboxPoll finds rows left by a previous primary, and rows whose
+	// wake-up was missed; commits nudge the sender directly.
+	outboxPoll     = 200 * time.Millisecond
+	outboxMinRetry = 50 * time.Millisecond
+	outboxMaxRetry = 2 * time.Second
+)
+
+// outbox delivers the shard's committed messages to the network: all its
+// unsent rows in seq (acceptance) order, one batch in flight, so messages
+// to one recipient arrive in the order they were accepted. A batch that
+// fails is sent again whole; the network drops the copies by id. Rows are
+// marked sent only after the network answered, so a new primary (or this
+// one after a plugin restart) sends again what might not have arrived.
+type outbox struct {
+	c    *Coreapp
+	wake chan struct{}
+}
+
+func newOutbox(c *Coreapp) *outbox { return &outbox{c: c, wake: make(chan struct{}, 1)} }
+
+func (o *outbox) nudge() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+type outRow struct {
+	seq       int64
+	id        string
+	recipient string
+	typ       string
+	body      []byte
+}
+
+func (o *outbox) run(ctx context.Context) {
+	retry := outboxMinRetry
+	for {
+		wait := outboxPoll
+		progressed, err := o.drain(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			o.c.log.Warn("outbox: sending failed; retrying", "err", err, "in", retry)
+			wait, retry = retry, min(retry*2, outboxMaxRetry)
+		} else if progressed {
+			retry = outboxMinRetry
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-o.wake:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// drain sends unsent rows while there are any and this coreapp is the
+// connected primary. It reports whether it sent anything.
+func (o *outbox) drain(ctx context.Context) (bool, error) {
+	sent := false
+	for {
+		st := o.c.holder.status()
+		if !st.Primary || !st.Connected {
+			return sent, nil
+		}
+		rows, err := o.load(ctx, st.Shard)
+		if err != nil {
+			return sent, err
+		}
+		if len(rows) == 0 {
+			return sent, nil
+		}
+		if err := o.send(ctx, st, rows); err != nil {
+			return sent, err
+		}
+		sent = true
+		if len(rows) < sendBatch {
+			return sent, nil
+		}
+	}
+}
+
+func (o *outbox) load(ctx context.Context, shard int) ([]outRow, error) {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rs, err := o.c.db.QueryContext(qctx, `SELECT seq, id, recipient, type, body FROM messages
+		WHERE shard_id = ? AND state = ? ORDER BY seq LIMIT ?`, shard, stateUnsent, sendBatch)
+	if err != nil {
+		return nil, fmt.Errorf("load outbox of shard %d: %w", shard, err)
+	}
+	defer rs.Close()
+	var out []outRow
+	for rs.Next() {
+		var r outRow
+		if err := rs.Scan(&r.seq, &r.id, &r.recipient, &r.typ, &r.body); err != nil {
+			return nil, fmt.Errorf("load outbox of shard %d: %w", shard, err)
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+var errNoTransport = errors.New("transport plugin not running")
+
+func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
+	msgs := make([]transport.Message, len(rows))
+	for i, r := range rows {
+		msgs[i] = transport.Message{ID: r.id, To: r.recipient, Type: r.typ, Body: r.body}
+	}
+	var results []transport.SendResult
+	err := errNoTransport
+	o.c.plugins.withTransport(func(t transport.Transport, _ uint64) {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		results, err = t.Send(sctx, msgs)
+	})
+	if err != nil {
+		return fmt.Errorf("send %d messages on shard %d: %w", len(msgs), st.Shard, err)
+	}
+	var ok []any
+	var failed []failedSend
+	for i, r := range results {
+		switch r.Status {
+		case transport.SendAccepted, transport.SendDuplicate:
+			ok = append(ok, rows[i].seq)
+		default:
+			failed = append(failed, failedSend{row: rows[i], reason: r.Error})
+		}
+	}
+	o.c.metrics.delivered.Add(float64(len(ok)))
+	if len(failed) > 0 {
+		// The failed statuses go through the callback writer, which keeps
+		// callbacks in one order; a lost one would be made again on resend.
+		if err := o.c.callbacks.sendFailed(ctx, st.Shard, failed); err != nil {
+			return err
+		}
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if len(ok) > 0 {
+		q := `UPDATE messages SET state = ?, sent_at = NOW(6) WHERE seq IN (?` + strings.Repeat(",?", len(ok)-1) + `)`
+		if _, err := o.c.db.ExecContext(qctx, q, append([]any{stateSent}, ok...)...); err != nil {
+			return fmt.Errorf("mark %d messages sent: %w", len(ok), err)
+		}
+	}
+	for _, f := range failed {
+		if _, err := o.c.db.ExecContext(qctx, `UPDATE messages SET state = ?, error = ?, sent_at = NOW(6) WHERE seq = ?`,
+			stateFailed, truncate(f.reason, 255), f.row.seq); err != nil {
+			return fmt.Errorf("mark message failed: %w", err)
+		}
+	}
+	return nil
+}
+
+type failedSend struct {
+	row    outRow
+	reason string
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,148 @@
+package clustertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// sendUntilAccepted posts one message, retrying with the same idempotency
+// key until a coreapp answers 201 (a failover answers 1018 or drops the
+// connection meanwhile). The key makes a retry of a request that was
+// committed but whose answer was lost return the first id.
+func sendUntilAccepted(ctx context.Context, c *Cluster, to, body, key string) (string, error) {
+	var last string
+	for ctx.Err() == nil {
+		code, id, b, err := c.PostMessage(ctx, to, body, key)
+		if err == nil && code == 201 {
+			return id, nil
+		}
+		last = fmt.Sprintf("HTTP %d %s %v", code, b, err)
+		if code == 400 || code == 404 {
+			return "", errors.New(last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return "", fmt.Errorf("not accepted before the deadline: %s", last)
+}
+
+// recipients returns n recipients spread over every shard of c.
+func recipients(c *Cluster, n int) []string {
+	var out []string
+	perShard := map[int]int{}
+	for i := 0; len(out) < n; i++ {
+		to := strconv.Itoa(15550100000 + i*7919)
+		if s := c.ShardOf(to); perShard[s] < (n+c.Opts.Shards-1)/c.Opts.Shards {
+			perShard[s]++
+			out = append(out, to)
+		}
+	}
+	return out
+}
+
+// Many clients send to many recipients on 4 shards while a primary coreapp
+// and another primary's transport plugin are SIGKILLed. At the network,
+// every acknowledged message must have arrived exactly once, and the
+// messages of each recipient in the order they were accepted.
+func TestMessagesExactlyOnceInOrderAcrossKills(t *testing.T) {
+	c := New(t, Options{Shards: 4, Coreapps: 6})
+	const perRecipient = 30
+	tos := recipients(c, 48)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	accepted := make([][]string, len(tos))
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, len(tos))
+	for i, to := range tos {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < perRecipient; j++ {
+				body := fmt.Sprintf(`{"to":%q,"type":"text","text":{"body":"message %d to %s"}}`, to, j, to)
+				id, err := sendUntilAccepted(ctx, c, to, body, fmt.Sprintf("%s-%d", to, j))
+				if err != nil {
+					errs <- fmt.Errorf("recipient %s message %d: %w", to, j, err)
+					return
+				}
+				accepted[i] = append(accepted[i], id)
+				total.Add(1)
+			}
+		}()
+	}
+
+	// Mid-stream: kill the primary coreapp of shard 0, and the transport
+	// plugin of shard 1's primary.
+	want := int64(len(tos) * perRecipient)
+	c.Eventually(60*time.Second, "a third of the messages accepted", func() error {
+		if n := total.Load(); n < want/3 {
+			return fmt.Errorf("%d accepted", n)
+		}
+		return nil
+	})
+	p0, err := c.ShardPrimary(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, err := c.ShardPrimary(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugin := c.CoreappByAddr(p1).Children()
+	if len(plugin) != 1 {
+		t.Fatalf("shard 1's primary %s has children %v, want its one plugin", p1, plugin)
+	}
+	c.CoreappByAddr(p0).Kill()
+	if err := syscall.Kill(plugin[0], syscall.SIGKILL); err != nil {
+		t.Fatalf("kill plugin %d: %v", plugin[0], err)
+	}
+	t.Logf("killed coreapp %s (shard 0) and plugin %d of %s (shard 1) after %d accepted", p0, plugin[0], p1, total.Load())
+
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	c.Eventually(30*time.Second, "every accepted message at the network", func() error {
+		if n := len(c.NetworkMessages("")); int64(n) < want {
+			return fmt.Errorf("%d of %d at the network", n, want)
+		}
+		return nil
+	})
+	all := c.NetworkMessages("")
+	// The kills must have happened mid-stream: shard 0's messages came
+	// over two epochs, shard 1's over two connections.
+	epochs0, conns1 := map[uint64]bool{}, map[string]bool{}
+	for _, m := range all {
+		if m.Shard == 0 {
+			epochs0[m.Epoch] = true
+		}
+		if m.Shard == 1 {
+			conns1[fmt.Sprint(m.ConnID)] = true
+		}
+	}
+	if len(epochs0) < 2 || len(conns1) < 2 {
+		t.Errorf("shard 0 sent over epochs %v, shard 1 over connections %v: a kill did not land mid-stream", epochs0, conns1)
+	}
+	if len(all) != int(want) {
+		t.Errorf("the network received %d messages, want exactly the %d accepted", len(all), want)
+	}
+	for i, to := range tos {
+		got := c.NetworkMessages(to)
+		ids := make([]string, len(got))
+		for k, m := range got {
+			ids[k] = m.ID
+		}
+		if fmt.Sprint(ids) != fmt.Sprint(accepted[i]) {
+			t.Errorf("recipient %s: the network received\n%v\nwant, in acceptance order,\n%v", to, ids, accepted[i])
+		}
+	}
+	c.RequireNoViolations()
+}
