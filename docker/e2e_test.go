@@ -8,6 +8,7 @@ package docker
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -44,6 +45,7 @@ type stack struct {
 	simnet  string // the simulated network's API, host:port on loopback
 	token   string
 	http    *http.Client
+	sql     *sql.DB // the cluster's database, to read the shard map
 }
 
 func TestSingleServerCompose(t *testing.T) {
@@ -68,7 +70,20 @@ func TestSingleServerCompose(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("PATCH settings: %d %s", code, body)
 	}
-	time.Sleep(time.Duration(2 * unhealthy * float64(time.Second))) // claims renewed at the new length
+	// A claim taken under the old 30 s never shrinks under its holder
+	// (renewals only extend it), so the new length governs failover only
+	// once the old expiry has passed: wait for that on the database.
+	s.eventually(45*time.Second, "shard claims renewed at the new unhealthy_interval", func() error {
+		var left float64
+		err := s.sql.QueryRow(`SELECT COALESCE(MAX(TIMESTAMPDIFF(MICROSECOND, NOW(6), lease_expires)), 0) / 1e6 FROM shard_map WHERE node_id IS NOT NULL`).Scan(&left)
+		if err != nil {
+			return err
+		}
+		if left > unhealthy {
+			return fmt.Errorf("a claim still runs %.1f s", left)
+		}
+		return nil
+	})
 
 	sent := s.sendMessages("before", 10)
 	s.eventually(60*time.Second, "every container reports healthy", func() error {
@@ -138,6 +153,10 @@ func (s *stack) up(ctx context.Context) {
 		t.Fatalf("MariaDB on %s: %v", gw, err)
 	}
 	t.Cleanup(db.Remove)
+	if s.sql, err = db.Open("multiconnect"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.sql.Close() })
 
 	compose, err := os.ReadFile(filepath.Join(clustertest.RepoRoot(), "docker", "multiconnect-compose.yml"))
 	if err != nil {
@@ -335,12 +354,14 @@ func (s *stack) openConnection(sh int) interval {
 }
 
 // waitServedAgain waits for shard 0 to be connected at a newer epoch than
-// old, and checks it took no longer than the configured interval allows:
-// the old claim's expiry (unhealthy_interval) plus the network's keepalive,
-// with a second of slack for the renewal period and Docker.
+// old, and checks it took no longer than the configured intervals allow
+// (README, "The failure model"): the old claim runs unhealthy_interval
+// from its last renewal, then the network's keepalive must pass, and the
+// renewal period and the master's next evaluation add up to a heartbeat
+// each; one second of slack for Docker on a busy machine.
 func (s *stack) waitServedAgain(old interval, since time.Time) interval {
 	s.t.Helper()
-	limit := time.Duration(unhealthy*float64(time.Second)) + keepalive + time.Second
+	limit := time.Duration((unhealthy+2*heartbeat)*float64(time.Second)) + keepalive + time.Second
 	var next interval
 	s.eventually(limit+10*time.Second, "shard 0 served again", func() error {
 		c, err := s.open(0)
@@ -356,7 +377,7 @@ func (s *stack) waitServedAgain(old interval, since time.Time) interval {
 	took := time.Duration(next.Start - since.UnixNano())
 	s.t.Logf("shard 0 served again by %s (epoch %d) %v after losing %s", next.Node, next.Epoch, took.Round(time.Millisecond), old.Node)
 	if took > limit {
-		s.t.Errorf("shard 0 was unserved for %v, more than unhealthy_interval + keepalive + 1 s = %v", took, limit)
+		s.t.Errorf("shard 0 was unserved for %v, more than unhealthy_interval + 2 heartbeat_interval + keepalive + 1 s = %v", took, limit)
 	}
 	return next
 }
