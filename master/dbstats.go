@@ -49,8 +49,11 @@ func (m *Master) statsDB(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("format") == "prometheus" {
 		var buf bytes.Buffer
 		for _, f := range fams {
+			if len(f.Metric) == 0 {
+				continue // the text format has no empty family
+			}
 			if _, err := expfmt.MetricFamilyToText(&buf, f); err != nil {
-				apierror.Write(w, apierror.GenericError, err.Error())
+				apierror.Write(w, apierror.GenericError, "render "+f.GetName()+": "+err.Error())
 				return
 			}
 		}

@@ -1,7 +1,9 @@
 package clustertest
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -104,5 +106,59 @@ func TestSupportAndAppStats(t *testing.T) {
 				t.Errorf("secondary master %s: %d %s, want 503 with 1017", path, code, body)
 			}
 		}
+	}
+}
+
+// /v1/stats/db counts what the database holds, in the original's gauges.
+func TestDBStats(t *testing.T) {
+	c := New(t, Options{Coreapps: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		code, _, body, err := c.PostMessage(ctx, "15550001", fmt.Sprintf(`{"to":"15550001","type":"text","text":{"body":"stats %d"}}`, i), "")
+		if err != nil || code != 201 {
+			t.Fatalf("send: %d %s %v", code, body, err)
+		}
+	}
+	primary, _ := c.PrimaryMasterAddr()
+	type gauge struct {
+		Data []struct {
+			Labels map[string]string
+			Value  float64
+		}
+		Type string
+	}
+	c.Eventually(10*time.Second, "stats/db shows the messages, none pending", func() error {
+		code, body, err := c.Internal("GET", primary, "/v1/stats/db", "")
+		if err != nil || code != 200 {
+			return fmt.Errorf("stats/db: %d %s %v", code, body, err)
+		}
+		var st struct {
+			Stats struct{ DB map[string]map[string]gauge }
+		}
+		if err := json.Unmarshal(body, &st); err != nil {
+			return err
+		}
+		if len(st.Stats.DB) != 1 {
+			return fmt.Errorf("stats/db reports %d nodes, want the primary master alone: %s", len(st.Stats.DB), body)
+		}
+		for _, g := range st.Stats.DB {
+			for _, name := range []string{"db_contacts", "db_message_receipts", "db_messages", "db_pending_callbacks", "db_pending_messages"} {
+				if g[name].Type != "gauge" {
+					return fmt.Errorf("%s missing: %s", name, body)
+				}
+			}
+			if m := g["db_messages"]; len(m.Data) != 1 || m.Data[0].Labels["type"] != "text" || m.Data[0].Value != 3 {
+				return fmt.Errorf("db_messages: %+v", m)
+			}
+			if p := g["db_pending_messages"]; len(p.Data) != 1 || p.Data[0].Value != 0 {
+				return fmt.Errorf("db_pending_messages: %+v", p)
+			}
+		}
+		return nil
+	})
+	code, body, _ := c.Internal("GET", primary, "/v1/stats/db?format=prometheus", "")
+	if code != 200 || !strings.Contains(string(body), `db_messages{type="text"} 3`) || !strings.Contains(string(body), "# TYPE db_pending_messages gauge") {
+		t.Errorf("stats/db?format=prometheus: %d\n%s", code, body)
 	}
 }

@@ -144,6 +144,9 @@ func WriteText(w io.Writer, byNode map[string][]*dto.MetricFamily) error {
 	}
 	sort.Strings(names)
 	for _, n := range names {
+		if len(merged[n].Metric) == 0 {
+			continue // the text format has no empty family
+		}
 		if _, err := expfmt.MetricFamilyToText(w, merged[n]); err != nil {
 			return err
 		}
