@@ -13,6 +13,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,15 +40,75 @@ type Application struct {
 	// CallbackBackoffDelayMS: the first retry of a callback the webhook did
 	// not answer with 200 waits this long; the n-th waits n times it.
 	// Default 3000.
-	CallbackBackoffDelayMS int64 `json:"callback_backoff_delay_ms"`
+	// The original documents it as a string ("3000"); both forms are taken.
+	CallbackBackoffDelayMS Millis `json:"callback_backoff_delay_ms"`
 	// MaxCallbackBackoffDelayMS caps the wait between retries. Default 900000.
-	MaxCallbackBackoffDelayMS int64 `json:"max_callback_backoff_delay_ms"`
+	MaxCallbackBackoffDelayMS Millis `json:"max_callback_backoff_delay_ms"`
 	// Webhooks: where callbacks go.
 	Webhooks Webhooks `json:"webhooks"`
 	// SentStatus: send a callback when a message reaches the network's
 	// servers (the original's legacy switch; webhooks.message.sent too).
 	// Default false.
 	SentStatus bool `json:"sent_status"`
+
+	// GarbageCollector: the primary master deletes, every hour, what is
+	// older than MC_GC_RETENTION (default 30 days): with messages, sent and
+	// failed messages and delivered callbacks; with media, uploads (row and
+	// file). Unsent messages and undelivered callbacks are never touched.
+	// Default messages true, media false, as in the original.
+	GarbageCollector GarbageCollector `json:"garbagecollector_enable"`
+	// Media.AutoDownload lists the inbound media types the original fetched
+	// ahead of a request. Kept for compatibility: the simulated network's
+	// inbound media carry links, so there is nothing to fetch. Default all.
+	Media MediaSettings `json:"media"`
+	// NotifyUserChangeNumber and ShowSecurityNotifications switched the
+	// original's system callbacks; the simulated network emits none. Kept
+	// for compatibility. Default true.
+	NotifyUserChangeNumber    bool `json:"notify_user_change_number"`
+	ShowSecurityNotifications bool `json:"show_security_notifications"`
+	// PassThrough can no longer be enabled, as in the original since
+	// v2.35: messages are kept until the garbage collector removes them.
+	PassThrough bool `json:"pass_through"`
+}
+
+// GarbageCollector selects what the garbage collector removes.
+type GarbageCollector struct {
+	Media    bool `json:"media"`
+	Messages bool `json:"messages"`
+}
+
+// MediaSettings is the original's media object.
+type MediaSettings struct {
+	AutoDownload []string `json:"auto_download"`
+}
+
+// MediaTypes are the values auto_download accepts.
+var MediaTypes = []string{"audio", "document", "image", "sticker", "video", "voice"}
+
+// Millis is a count of milliseconds, written as a number and read from a
+// number or a string of digits.
+type Millis int64
+
+// UnmarshalJSON takes 3000 or "3000".
+func (m *Millis) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number of milliseconds", s)
+		}
+		*m = Millis(n)
+		return nil
+	}
+	var n int64
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("%s is not a whole number of milliseconds", b)
+	}
+	*m = Millis(n)
+	return nil
 }
 
 // Webhooks configures callback delivery.
@@ -72,16 +136,20 @@ func Defaults() Application {
 	return Application{
 		HeartbeatInterval: 5, UnhealthyInterval: 30,
 		CallbackPersist: true, CallbackBackoffDelayMS: 3000, MaxCallbackBackoffDelayMS: 900000,
-		Webhooks: Webhooks{MaxConcurrentRequests: 12, Message: WebhookMessage{Delivered: true, Read: true}},
+		Webhooks:         Webhooks{MaxConcurrentRequests: 12, Message: WebhookMessage{Delivered: true, Read: true}},
+		GarbageCollector: GarbageCollector{Messages: true},
+		Media:            MediaSettings{AutoDownload: append([]string(nil), MediaTypes...)},
+
+		NotifyUserChangeNumber: true, ShowSecurityNotifications: true,
 	}
 }
 
 // CallbackBackoff is the wait before retry n (from 1) of a callback: linear
 // in n, capped at MaxCallbackBackoffDelayMS, as in the original.
 func (a Application) CallbackBackoff(n int) time.Duration {
-	d := int64(n) * a.CallbackBackoffDelayMS
-	if d > a.MaxCallbackBackoffDelayMS || d < 0 {
-		d = a.MaxCallbackBackoffDelayMS
+	d := int64(n) * int64(a.CallbackBackoffDelayMS)
+	if d > int64(a.MaxCallbackBackoffDelayMS) || d < 0 {
+		d = int64(a.MaxCallbackBackoffDelayMS)
 	}
 	return time.Duration(d) * time.Millisecond
 }
@@ -129,6 +197,14 @@ func (a Application) Validate() error {
 	case 6, 12, 18, 24:
 	default:
 		return fmt.Errorf("%w: webhooks.max_concurrent_requests must be 6, 12, 18 or 24", ErrInvalid)
+	}
+	if a.PassThrough {
+		return fmt.Errorf("%w: pass_through can no longer be enabled", ErrInvalid)
+	}
+	for _, t := range a.Media.AutoDownload {
+		if !slices.Contains(MediaTypes, t) {
+			return fmt.Errorf("%w: media.auto_download: %q is not one of %s", ErrInvalid, t, strings.Join(MediaTypes, ", "))
+		}
 	}
 	if u := a.Webhooks.URL; u != "" {
 		p, err := url.Parse(u)
@@ -254,7 +330,7 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	}
 	old := c.cur.Swap(&a)
 	c.version.Store(st.SettingsVersion)
-	if *old != a {
+	if !reflect.DeepEqual(*old, a) {
 		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,
 			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist)
 		c.mu.Lock()

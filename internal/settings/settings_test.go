@@ -1,7 +1,9 @@
 package settings
 
 import (
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -51,5 +53,45 @@ func TestWantStatus(t *testing.T) {
 	a.SentStatus = true
 	if !a.WantStatus("sent") {
 		t.Error("sent_status true does not enable sent callbacks")
+	}
+}
+
+// The original's other settings: milliseconds as numbers or strings,
+// pass_through refused, auto_download types checked, unknown fields refused.
+func TestOriginalSettingsDocument(t *testing.T) {
+	a := Defaults()
+	if err := json.Unmarshal([]byte(`{"callback_backoff_delay_ms":"2500","max_callback_backoff_delay_ms":60000,
+		"garbagecollector_enable":{"media":true},"media":{"auto_download":["image","voice"]}}`), &a); err != nil {
+		t.Fatal(err)
+	}
+	if a.CallbackBackoffDelayMS != 2500 || a.MaxCallbackBackoffDelayMS != 60000 || !a.GarbageCollector.Media ||
+		!a.GarbageCollector.Messages || len(a.Media.AutoDownload) != 2 {
+		t.Errorf("decoded %+v", a)
+	}
+	if err := a.Validate(); err != nil {
+		t.Errorf("valid document refused: %v", err)
+	}
+	for _, doc := range []string{`{"callback_backoff_delay_ms":"soon"}`, `{"callback_backoff_delay_ms":1.5}`} {
+		b := Defaults()
+		if err := json.Unmarshal([]byte(doc), &b); err == nil {
+			t.Errorf("%s decoded without error", doc)
+		}
+	}
+	for name, mutate := range map[string]func(*Application){
+		"pass_through":       func(a *Application) { a.PassThrough = true },
+		"auto_download gifs": func(a *Application) { a.Media.AutoDownload = []string{"image", "gif"} },
+	} {
+		b := Defaults()
+		mutate(&b)
+		if err := b.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+	}
+	out, _ := json.Marshal(Defaults())
+	for _, field := range []string{`"garbagecollector_enable":{"media":false,"messages":true}`, `"auto_download":["audio","document","image","sticker","video","voice"]`,
+		`"notify_user_change_number":true`, `"show_security_notifications":true`, `"pass_through":false`, `"callback_backoff_delay_ms":3000`} {
+		if !strings.Contains(string(out), field) {
+			t.Errorf("defaults lack %s: %s", field, out)
+		}
 	}
 }
