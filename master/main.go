@@ -38,6 +38,7 @@ type Master struct {
 	metrics  *metrics
 	mon      *monitor
 	shards   int // MC_SHARDS: the shard count a new cluster starts with
+	gc       gcConfig
 
 	secretV         atomic.Value // string, once the cluster row exists
 	mu              sync.Mutex
@@ -59,6 +60,7 @@ type config struct {
 	shards   int
 	leaseTTL time.Duration
 	liveness time.Duration
+	gc       gcConfig
 }
 
 func configFromEnv() (config, error) {
@@ -87,6 +89,9 @@ func configFromEnv() (config, error) {
 	if c.liveness, err = node.EnvDuration("MC_LIVENESS_INTERVAL", 60*time.Second); err != nil {
 		return c, err
 	}
+	if c.gc, err = gcFromEnv(); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 
@@ -107,7 +112,7 @@ func run() error {
 		return err
 	}
 	defer db.Close()
-	m := &Master{id: cfg.id, db: db, log: node.Logger(cfg.id), metrics: newMetrics(), shards: cfg.shards}
+	m := &Master{id: cfg.id, db: db, log: node.Logger(cfg.id), metrics: newMetrics(), shards: cfg.shards, gc: cfg.gc}
 	m.lease = &masterLease{db: db, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL}
 	m.settings = settings.NewCache(db, 0, m.log)
 	m.mon = newMonitor(m)
@@ -201,6 +206,7 @@ func (m *Master) becamePrimary(epoch int64) {
 		for ctx.Err() == nil && m.lease.valid.Valid() {
 			err := m.primaryDuties(ctx)
 			if err == nil {
+				m.collectGarbage(ctx) // until this master is primary no more
 				return
 			}
 			if errors.Is(err, schema.ErrTooNew) {

@@ -16,6 +16,7 @@ type metrics struct {
 	heartbeats   *prometheus.CounterVec
 	heartbeatRTT prometheus.Histogram
 	dbErrors     *prometheus.CounterVec
+	gcDeleted    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -35,8 +36,10 @@ func newMetrics() *metrics {
 			Help: "Round trip of answered heartbeats.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)}),
 		dbErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_db_errors_total",
 			Help: "Failed database operations, by operation."}, []string{"op"}),
+		gcDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_master_gc_deleted_total",
+			Help: "Rows the garbage collector deleted, by table (messages, callbacks, media)."}, []string{"table"}),
 	}
-	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors,
+	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -197,6 +197,7 @@ type Options struct {
 	Unhealthy   float64       // unhealthy_interval seconds, 1
 	Keepalive   time.Duration // the network's keepalive timeout, 250ms
 	MasterLease time.Duration // MC_MASTER_LEASE, 2s
+	MasterEnv   []string      // more environment for every master
 }
 
 // Cluster is a running test cluster.
@@ -256,7 +257,7 @@ func New(t testing.TB, o Options) *Cluster {
 	c.SQL = c.DB.Open(DBName)
 	c.StartSimnet()
 	for i := 0; i < o.Masters; i++ {
-		c.StartMaster()
+		c.StartMaster(o.MasterEnv...)
 	}
 	c.waitReady()
 	c.SetSettings(o.Heartbeat, o.Unhealthy)

@@ -1,0 +1,78 @@
+package clustertest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// The garbage collector removes what is finished and old, only what
+// garbagecollector_enable selects, and never an unsent message.
+func TestGarbageCollector(t *testing.T) {
+	c := New(t, Options{Coreapps: 2, MasterEnv: []string{"MC_GC_INTERVAL=200ms", "MC_GC_RETENTION=1s"}})
+	c.PatchSettings(`{"garbagecollector_enable":{"messages":false,"media":false}}`)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		if code, _, body, err := c.PostMessage(ctx, "15550002", fmt.Sprintf(`{"to":"15550002","text":{"body":"gc %d"}}`, i), ""); err != nil || code != 201 {
+			t.Fatalf("send: %d %s %v", code, body, err)
+		}
+	}
+	primary, err := c.ShardPrimary(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, body := c.raw("POST", primary, "/v1/media", "image/png", []byte("\x89PNG gc"))
+	var up struct {
+		Media []struct{ ID string } `json:"media"`
+	}
+	if code != 201 || json.Unmarshal(body, &up) != nil || len(up.Media) != 1 {
+		t.Fatalf("upload: %d %s", code, body)
+	}
+	file := filepath.Join(c.Dir, "media", up.Media[0].ID)
+	if _, err := os.Stat(file); err != nil {
+		t.Fatalf("uploaded media not in the media directory: %v", err)
+	}
+	// An unsent message whose shard has no sender: however old, it stays.
+	if _, err := c.SQL.Exec(`INSERT INTO messages (id, shard_id, recipient, type, body, state, accepted_at)
+		VALUES ('gc-unsent', 99, '15550003', 'text', '{}', 0, NOW(6) - INTERVAL 1 DAY)`); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually(10*time.Second, "the three messages sent", func() error {
+		var n int
+		c.SQL.QueryRow(`SELECT COUNT(*) FROM messages WHERE state = 1`).Scan(&n)
+		if n != 3 {
+			return fmt.Errorf("%d sent", n)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second) // older than the retention, several collector rounds
+	if n := c.countRows("messages"); n != 4 {
+		t.Errorf("with the collector off for messages, %d rows remain, want 4", n)
+	}
+	if n := c.countRows("media"); n != 1 {
+		t.Errorf("with the collector off for media, %d media rows remain, want 1", n)
+	}
+
+	c.PatchSettings(`{"garbagecollector_enable":{"messages":true,"media":true}}`)
+	c.Eventually(10*time.Second, "sent messages and old media collected", func() error {
+		if n := c.countRows("messages"); n != 1 {
+			return fmt.Errorf("%d messages remain", n)
+		}
+		if n := c.countRows("media"); n != 0 {
+			return fmt.Errorf("%d media rows remain", n)
+		}
+		if _, err := os.Stat(file); !os.IsNotExist(err) {
+			return fmt.Errorf("media file still there: %v", err)
+		}
+		return nil
+	})
+	var id string
+	if err := c.SQL.QueryRow(`SELECT id FROM messages`).Scan(&id); err != nil || id != "gc-unsent" {
+		t.Errorf("the remaining message is %q (%v), want the unsent one", id, err)
+	}
+}
