@@ -19,7 +19,7 @@ import (
 
 // IdempotencyHeader carries a client's key for POST /v1/messages: a retry
 // with the same key (after a timeout, say) returns the first message's id
-// instead of sending the message twice. Keys are per shard.
+// instead of sending the message twice. Keys are per recipient.
 const IdempotencyHeader = "X-Idempotency-Key"
 
 const (
@@ -190,9 +190,12 @@ var errFenced = errors.New("shard claim not held in the database")
 // database's clock, and keeps it so until commit: a promotion must update
 // the shard_map row and waits for the shared lock. It returns the shard count.
 func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int, err error) {
-	err = tx.QueryRowContext(ctx, `SELECT (SELECT shards FROM cluster WHERE id = 1) FROM shard_map
-		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)
-		LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&shards)
+	// The join share-locks the cluster row as well: a change of the shard
+	// count (which locks it for update) waits for this commit, and this one
+	// checks recipients under the count it read.
+	err = tx.QueryRowContext(ctx, `SELECT c.shards FROM shard_map s JOIN cluster c ON c.id = 1
+		WHERE s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
+		AND s.shard_id < c.shards LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&shards)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, errFenced
 	}
@@ -213,27 +216,28 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		return nil, err
 	}
 	results := make([]acceptResult, len(batch))
-	// Keys already used: in the database, or earlier in this batch.
+	// Keys already used for the recipient: in the database, or earlier in
+	// this batch.
 	known := map[string]string{}
-	var keys []any
+	var pairs []any
 	for _, r := range batch {
 		if r.key != "" {
-			keys = append(keys, r.key)
+			pairs = append(pairs, r.msg.To, r.key)
 		}
 	}
-	if len(keys) > 0 {
-		q := `SELECT idem_key, id FROM messages WHERE shard_id = ? AND idem_key IN (?` + strings.Repeat(",?", len(keys)-1) + `)`
-		rows, err := tx.QueryContext(ctx, q, append([]any{st.Shard}, keys...)...)
+	if len(pairs) > 0 {
+		q := `SELECT recipient, idem_key, id FROM messages WHERE (recipient, idem_key) IN ((?,?)` + strings.Repeat(",(?,?)", len(pairs)/2-1) + `)`
+		rows, err := tx.QueryContext(ctx, q, pairs...)
 		if err != nil {
 			return nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 		for rows.Next() {
-			var k, id string
-			if err := rows.Scan(&k, &id); err != nil {
+			var to, k, id string
+			if err := rows.Scan(&to, &k, &id); err != nil {
 				rows.Close()
 				return nil, err
 			}
-			known[k] = id
+			known[to+"\x00"+k] = id
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -250,8 +254,9 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 			results[i] = acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
 			continue
 		}
+		idem := r.msg.To + "\x00" + r.key
 		if r.key != "" {
-			if id, ok := known[r.key]; ok {
+			if id, ok := known[idem]; ok {
 				results[i] = acceptResult{id: id}
 				continue
 			}
@@ -260,7 +265,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		results[i] = acceptResult{id: id}
 		var key any
 		if r.key != "" {
-			known[r.key] = id
+			known[idem] = id
 			key = r.key
 		}
 		if n > 0 {

@@ -24,6 +24,8 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("GET /v1/settings/application", m.primaryOnly(m.getSettings))
 	mux.HandleFunc("PATCH /v1/settings/application", m.primaryOnly(m.patchSettings))
 	mux.HandleFunc("DELETE /v1/settings/application", m.primaryOnly(m.resetSettings))
+	mux.HandleFunc("GET /v1/account/shards", m.primaryOnly(m.getShards))
+	mux.HandleFunc("POST /v1/account/shards", m.primaryOnly(m.postShards))
 	mux.HandleFunc("GET /v1/support", m.primaryOnly(m.support))
 	mux.HandleFunc("GET /v1/stats/app", m.primaryOnly(m.statsApp))
 	mux.HandleFunc("GET /v1/stats/db", m.primaryOnly(m.statsDB))

@@ -17,6 +17,7 @@ type metrics struct {
 	heartbeatRTT prometheus.Histogram
 	dbErrors     *prometheus.CounterVec
 	gcDeleted    *prometheus.CounterVec
+	reshards     prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -38,8 +39,10 @@ func newMetrics() *metrics {
 			Help: "Failed database operations, by operation."}, []string{"op"}),
 		gcDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "multiconnect_master_gc_deleted_total",
 			Help: "Rows the garbage collector deleted, by table (messages, callbacks, media)."}, []string{"table"}),
+		reshards: prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_master_reshards_total",
+			Help: "Changes of the shard count this master made (POST /v1/account/shards)."}),
 	}
-	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted,
+	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted, m.reshards,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

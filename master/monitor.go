@@ -59,10 +59,11 @@ type monitor struct {
 	client *http.Client
 	mu     sync.Mutex
 	peers  map[string]*peer
+	wake   chan struct{} // an evaluation is wanted now (a shard was added)
 }
 
 func newMonitor(m *Master) *monitor {
-	return &monitor{m: m, peers: map[string]*peer{}, client: &http.Client{
+	return &monitor{m: m, peers: map[string]*peer{}, wake: make(chan struct{}, 1), client: &http.Client{
 		Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute},
 	}}
 }
@@ -82,8 +83,17 @@ func (mon *monitor) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 		case <-changed:
+		case <-mon.wake:
 		case <-time.After(hb - time.Since(start)):
 		}
+	}
+}
+
+// nudge asks for an evaluation at once instead of at the next heartbeat.
+func (mon *monitor) nudge() {
+	select {
+	case mon.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -142,7 +142,8 @@ var Migrations = []Migration{
 		// its unsent rows (state 0) in seq order, so messages to one
 		// recipient reach the network in the order they were accepted,
 		// whichever coreapp sends them. id is what the network dedupes by.
-		// idem_key makes a client's retry return the first id.
+		// idem_key makes a client's retry return the first id; keys are per
+		// recipient, not per shard, so re-sharding moves rows freely.
 		`CREATE TABLE IF NOT EXISTS messages (
 			seq BIGINT AUTO_INCREMENT PRIMARY KEY,
 			id VARCHAR(64) NOT NULL,
@@ -156,7 +157,7 @@ var Migrations = []Migration{
 			accepted_at DATETIME(6) NOT NULL,
 			sent_at DATETIME(6) NULL,
 			UNIQUE KEY messages_id (id),
-			UNIQUE KEY messages_idem (shard_id, idem_key),
+			UNIQUE KEY messages_idem (recipient, idem_key),
 			KEY messages_outbox (shard_id, state, seq)
 		) ENGINE=InnoDB`,
 		// Callbacks for the webhook, in seq order per shard. (shard_id,

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/monotime"
+	"github.com/multiconnect/multiconnect/internal/shard"
+)
+
+// errTooFewCoreapps refuses a shard count the cluster cannot serve.
+var errTooFewCoreapps = errors.New("too few healthy coreapps")
+
+// getShards is GET /v1/account/shards.
+func (m *Master) getShards(w http.ResponseWriter, r *http.Request) {
+	st, err := cluster.ReadState(r.Context(), m.db)
+	if err != nil {
+		apierror.Write(w, apierror.GenericError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"account": []map[string]any{{"shards": st.Shards}}, "meta": meta()})
+}
+
+// postShards is POST /v1/account/shards {"shards": N}: the shard count
+// changes online, in one fenced transaction (see reshard).
+func (m *Master) postShards(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+	var req struct {
+		Shards *json.Number `json:"shards"`
+	}
+	if err != nil || json.Unmarshal(body, &req) != nil {
+		apierror.Write(w, apierror.RequestNotValid, `the body must be a JSON object such as {"shards": 2}`)
+		return
+	}
+	if req.Shards == nil {
+		apierror.Write(w, apierror.ParameterMissing, "shards is required")
+		return
+	}
+	n, err := req.Shards.Int64()
+	if err != nil || !shard.ValidCount(int(n)) {
+		apierror.Write(w, apierror.ParameterInvalid, fmt.Sprintf("shards must be one of %v", shard.Counts))
+		return
+	}
+	from, err := m.reshard(r.Context(), int(n))
+	switch {
+	case errors.Is(err, errTooFewCoreapps):
+		apierror.Write(w, apierror.ParameterInvalid, err.Error())
+		return
+	case errors.Is(err, ErrNotPrimary):
+		apierror.Write(w, apierror.NotPrimaryMaster, err.Error())
+		return
+	case err != nil:
+		apierror.Write(w, apierror.GenericError, err.Error())
+		return
+	}
+	if from != int(n) {
+		m.log.Info("shard count changed", "from", from, "to", n)
+		m.metrics.reshards.Inc()
+		m.mon.nudge()
+	}
+	writeJSON(w, http.StatusCreated, map[string]any{"account": []map[string]any{{"shards": n, "previous": from}}, "meta": meta()})
+}
+
+// healthyCoreapps counts the coreapps that answered this master's recent
+// heartbeats, from their current incarnation, with a working plugin:
+// the ones that can hold a shard.
+func (m *Master) healthyCoreapps() int {
+	s := m.settings.Get()
+	recent := 3 * s.Heartbeat()
+	if recent < time.Second {
+		recent = time.Second
+	}
+	now := monotime.Now()
+	m.mon.mu.Lock()
+	defer m.mon.mu.Unlock()
+	n := 0
+	for _, p := range m.mon.peers {
+		if p.lastOK != 0 && time.Duration(now-p.lastOK) <= recent && p.last.Incarnation == p.incarnation && p.last.TransportOK {
+			n++
+		}
+	}
+	return n
+}
+
+// reshard changes the shard count to n and returns the old count. Within
+// one transaction fenced by the master lease:
+//
+//   - the cluster row is locked FOR UPDATE. Every group commit of accepted
+//     messages holds it in share mode (with its shard claim) and checks the
+//     recipient's shard under that count, so no message is accepted under
+//     the old count once this commits, and none committed under it is
+//     missed below;
+//   - unsent messages are relabelled to their shard under the new count,
+//     so each recipient's backlog moves whole, in seq order, to the one
+//     shard that now sends for it. A batch the old shard had in flight may
+//     reach the network again from the new one: the network drops it by id,
+//     and what arrives first still arrives in seq order, so no recipient's
+//     order changes;
+//   - undelivered callbacks move the same way (their network event number
+//     belongs to the old shard, so it is cleared);
+//   - a removed shard's row is released: its holder's next renewal fails
+//     and it steps down. The row keeps its epoch and a connect_after past
+//     the old claim and keepalive, so a later holder of that shard id
+//     connects at a higher epoch and never beside the old one;
+//   - new shards get rows (or their old ones back, unassigned), which the
+//     monitor fills with warm secondaries like any unassigned shard.
+func (m *Master) reshard(ctx context.Context, n int) (int, error) {
+	var from int
+	err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
+		if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`).Scan(&from); err != nil {
+			return fmt.Errorf("reshard: %w", err)
+		}
+		if from == n {
+			return nil
+		}
+		if have := m.healthyCoreapps(); have < n {
+			return fmt.Errorf("%w: %d shards need %d healthy coreapps and %d are healthy; start more coreapps first (shards + 1 to survive a failure)",
+				errTooFewCoreapps, n, n, have)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE cluster SET shards = ? WHERE id = 1`, n); err != nil {
+			return fmt.Errorf("reshard: %w", err)
+		}
+		var kaMS int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(keepalive_ms), 0) FROM nodes`).Scan(&kaMS); err != nil {
+			return fmt.Errorf("reshard: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
+				connect_after = GREATEST(connect_after, lease_expires + INTERVAL ? MICROSECOND),
+				node_id = NULL, incarnation = 0, master_epoch = ?
+			WHERE shard_id >= ?`, kaMS*1000, m.lease.epoch, n); err != nil {
+			return fmt.Errorf("reshard: release removed shards: %w", err)
+		}
+		for s := from; s < n; s++ {
+			if _, err := tx.ExecContext(ctx, `INSERT IGNORE INTO shard_map (shard_id, lease_expires, connect_after) VALUES (?, '2000-01-01', '2000-01-01')`, s); err != nil {
+				return fmt.Errorf("reshard: create shard %d: %w", s, err)
+			}
+		}
+		// CRC32 over the recipient's digits is shard.For in SQL: MySQL's
+		// CRC32 is the IEEE polynomial Go's crc32.ChecksumIEEE uses.
+		const newShard = `CRC32(REGEXP_REPLACE(recipient, '[^0-9]', '')) % ?`
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET shard_id = `+newShard+`
+			WHERE state = 0 AND shard_id <> `+newShard, n, n); err != nil {
+			return fmt.Errorf("reshard: move unsent messages: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE callbacks SET shard_id = `+newShard+`, net_seq = NULL
+			WHERE delivered = 0 AND shard_id <> `+newShard, n, n); err != nil {
+			return fmt.Errorf("reshard: move undelivered callbacks: %w", err)
+		}
+		return cluster.BumpMap(ctx, tx)
+	})
+	return from, err
+}
