@@ -159,6 +159,7 @@ func run() error {
 	go c.callbacks.subscribe(ctx)
 	go c.callbacks.run(ctx)
 	go c.dispatcher.run(ctx)
+	go c.measureDepth(ctx)
 	done := make(chan struct{})
 	go func() { c.holder.run(ctx); close(done) }()
 	<-ctx.Done()

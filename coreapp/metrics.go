@@ -22,11 +22,17 @@ type metrics struct {
 	callbacksStored    prometheus.Counter
 	callbacksDelivered prometheus.Counter
 	webhookFailures    prometheus.Counter
+	outboxDepth        prometheus.Gauge
+	callbackDepth      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
+		outboxDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_coreapp_outbox_depth",
+			Help: "Accepted messages of this coreapp's shard not yet at the network (0 when secondary)."}),
+		callbackDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_coreapp_callback_queue_depth",
+			Help: "Stored callbacks of this coreapp's shard not yet taken by the webhook (0 when secondary)."}),
 		primary: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_coreapp_is_primary",
 			Help: "1 while this coreapp holds a valid shard claim."}),
 		shard: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_coreapp_shard",
@@ -57,7 +63,8 @@ func newMetrics() *metrics {
 	m.webhookFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_webhook_failures_total",
 		Help: "Webhook requests not answered with 200."})
 	m.shard.Set(-1)
-	m.reg.MustRegister(m.accepted, m.delivered, m.acceptBatch, m.acceptCommit, m.callbacksStored, m.callbacksDelivered, m.webhookFailures)
+	m.reg.MustRegister(m.accepted, m.delivered, m.acceptBatch, m.acceptCommit, m.callbacksStored, m.callbacksDelivered, m.webhookFailures,
+		m.outboxDepth, m.callbackDepth)
 	m.reg.MustRegister(m.primary, m.shard, m.connects, m.stepDowns, m.heartbeats, m.pluginRestarts, m.dbErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -18,6 +18,10 @@ type metrics struct {
 	dbErrors     *prometheus.CounterVec
 	gcDeleted    *prometheus.CounterVec
 	reshards     prometheus.Counter
+	mapChanges   prometheus.Counter
+	// failoverSeconds: from the replaced holder's last claim renewal to
+	// the promotion of its successor, the detection part of a failover.
+	failoverSeconds prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -41,8 +45,13 @@ func newMetrics() *metrics {
 			Help: "Rows the garbage collector deleted, by table (messages, callbacks, media)."}, []string{"table"}),
 		reshards: prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_master_reshards_total",
 			Help: "Changes of the shard count this master made (POST /v1/account/shards)."}),
+		mapChanges: prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_master_shard_map_changes_total",
+			Help: "Changes this master made to the shard map: promotions and shard count changes."}),
+		failoverSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_master_failover_seconds",
+			Help:    "From a replaced primary coreapp's last claim renewal to its successor's promotion.",
+			Buckets: []float64{0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 45, 60, 120, 180}}),
 	}
-	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted, m.reshards,
+	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted, m.reshards, m.mapChanges, m.failoverSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

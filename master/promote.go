@@ -26,15 +26,18 @@ var errMapChanged = errors.New("shard map changed under evaluation")
 func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason string) error {
 	unhealthy := m.settings.Get().Unhealthy()
 	var epoch int64
+	var sinceRenewal time.Duration // of the previous holder: how long the shard went unclaimed
 	err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
 		var node string
-		var cur int64
-		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch FROM shard_map WHERE shard_id = ? FOR UPDATE`, s.shard).Scan(&node, &cur); err != nil {
+		var cur, us int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1)
+			FROM shard_map WHERE shard_id = ? FOR UPDATE`, s.shard).Scan(&node, &cur, &us); err != nil {
 			return fmt.Errorf("promote shard %d: %w", s.shard, err)
 		}
 		if node != s.node || cur != s.epoch {
 			return errMapChanged
 		}
+		sinceRenewal = time.Duration(us) * time.Microsecond
 		var busy int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shard_map WHERE node_id = ? AND shard_id <> ?`, cand.id, s.shard).Scan(&busy); err != nil {
 			return fmt.Errorf("promote shard %d: %w", s.shard, err)
@@ -72,6 +75,10 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 	}
 	m.log.Info("promoted coreapp", "shard", s.shard, "coreapp", cand.id, "epoch", epoch, "previous", s.node, "reason", reason)
 	m.metrics.failover(reason)
+	m.metrics.mapChanges.Inc()
+	if s.node != "" && sinceRenewal >= 0 {
+		m.metrics.failoverSeconds.Observe(sinceRenewal.Seconds())
+	}
 	go m.notify(cand.id, "/internal/promote", map[string]any{"shard": s.shard, "epoch": epoch, "incarnation": cand.incarnation}, unhealthy)
 	if s.node != "" && s.node != cand.id {
 		// Best effort: the old holder also finds out at its next renewal.

@@ -64,6 +64,7 @@ func (m *Master) postShards(w http.ResponseWriter, r *http.Request) {
 	if from != int(n) {
 		m.log.Info("shard count changed", "from", from, "to", n)
 		m.metrics.reshards.Inc()
+		m.metrics.mapChanges.Inc()
 		m.mon.nudge()
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"account": []map[string]any{{"shards": n, "previous": from}}, "meta": meta()})
