@@ -175,13 +175,46 @@ func networkUnavailable(w http.ResponseWriter, err error) {
 	apierror.Write(w, apierror.ServiceUnavailable, "the messaging network did not answer; nothing was stored, try again: "+err.Error())
 }
 
-// transport returns the plugin's Transport, starting the plugin on first
-// use and again after it died.
-func (m *Master) transport(ctx context.Context) (transport.Transport, error) {
+// withTransport calls f with the plugin's Transport, starting the plugin on
+// first use and again after it died. A call that failed because the plugin
+// died under it is made once more on a new plugin; an answer from the
+// network (ErrBadCert, ErrBadCode, ErrNoCode) is final.
+func (m *Master) withTransport(ctx context.Context, f func(transport.Transport) error) error {
 	if m.pluginErr != nil {
-		return nil, m.pluginErr
+		return m.pluginErr
 	}
-	return m.plugin.Ensure(ctx)
+	for attempt := 0; ; attempt++ {
+		t, err := m.plugin.Ensure(ctx)
+		if err != nil {
+			return err
+		}
+		err = f(t)
+		if err == nil || attempt > 0 || networkAnswer(err) || !m.pluginDied(ctx) {
+			return err
+		}
+		m.log.Warn("transport plugin died during a registration call; retrying on a new one", "err", err)
+	}
+}
+
+func networkAnswer(err error) bool {
+	return errors.Is(err, transport.ErrBadCert) || errors.Is(err, transport.ErrBadCode) || errors.Is(err, transport.ErrNoCode)
+}
+
+// pluginDied reports whether the plugin is seen exited within a moment: a
+// call fails as soon as the plugin's socket closes, a little before the
+// process is reaped.
+func (m *Master) pluginDied(ctx context.Context) bool {
+	for i := 0; i < 50; i++ {
+		if !m.plugin.Running() {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return false
 }
 
 // register is POST /v1/account.
@@ -203,12 +236,12 @@ func (m *Master) register(w http.ResponseWriter, r *http.Request) {
 	}
 	nctx, cancel := context.WithTimeout(ctx, networkTimeout)
 	defer cancel()
-	t, err := m.transport(nctx)
-	if err != nil {
-		networkUnavailable(w, err)
-		return
-	}
-	res, err := t.RequestCode(nctx, transport.RegistrationRequest{CC: req.CC, Phone: req.Phone, Method: req.Method, Cert: req.Cert, Pin: req.Pin})
+	var res transport.RegistrationResult
+	err = m.withTransport(nctx, func(t transport.Transport) error {
+		var err error
+		res, err = t.RequestCode(nctx, transport.RegistrationRequest{CC: req.CC, Phone: req.Phone, Method: req.Method, Cert: req.Cert, Pin: req.Pin})
+		return err
+	})
 	switch {
 	case errors.Is(err, transport.ErrBadCert):
 		apierror.Write(w, apierror.ParameterInvalid, "cert: the network could not read the certificate: "+err.Error())
@@ -272,12 +305,9 @@ func (m *Master) verify(w http.ResponseWriter, r *http.Request) {
 	}
 	nctx, cancel := context.WithTimeout(ctx, networkTimeout)
 	defer cancel()
-	t, err := m.transport(nctx)
-	if err != nil {
-		networkUnavailable(w, err)
-		return
-	}
-	err = t.VerifyCode(nctx, transport.VerifyRequest{CC: cc, Phone: phone, Code: code})
+	err = m.withTransport(nctx, func(t transport.Transport) error {
+		return t.VerifyCode(nctx, transport.VerifyRequest{CC: cc, Phone: phone, Code: code})
+	})
 	switch {
 	case errors.Is(err, transport.ErrBadCode):
 		apierror.Write(w, apierror.ParameterInvalid, fmt.Sprintf("code: not the code the network sent to +%s %s", cc, phone))
