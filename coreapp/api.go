@@ -86,7 +86,7 @@ func (c *Coreapp) report() map[string]any {
 	st := c.holder.status()
 	return map[string]any{
 		"node": c.id.ID, "incarnation": c.id.Incarnation, "primary": st.Primary, "shard": st.Shard,
-		"epoch": st.Epoch, "connected": st.Connected, "transport_ok": c.plugins.ok(),
+		"epoch": st.Epoch, "connected": st.Connected, "transport_ok": c.plugins.Running(),
 	}
 }
 

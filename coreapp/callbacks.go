@@ -58,7 +58,7 @@ func (w *callbackWriter) subscribe(ctx context.Context) {
 	for ctx.Err() == nil {
 		var ch <-chan transport.Event
 		err := errNoTransport
-		w.c.plugins.withTransport(func(t transport.Transport, _ uint64) { ch, err = t.Events(ctx) })
+		w.c.plugins.With(func(t transport.Transport, _ uint64) { ch, err = t.Events(ctx) })
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -248,7 +248,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 		w.c.dispatcher.nudge()
 	}
 	for sh, seq := range acks {
-		w.c.plugins.withTransport(func(t transport.Transport, _ uint64) {
+		w.c.plugins.With(func(t transport.Transport, _ uint64) {
 			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			if err := t.Ack(actx, sh, seq); err != nil {

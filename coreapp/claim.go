@@ -251,7 +251,7 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
 	}
 	c.valid.Renewed(sent, unhealthy)
 	if c.connected {
-		h.c.plugins.withTransport(func(t transport.Transport, gen uint64) {
+		h.c.plugins.With(func(t transport.Transport, gen uint64) {
 			if gen != c.pluginGen {
 				return
 			}
@@ -272,7 +272,7 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim) {
 	if monotime.Now() < c.connectAt {
 		return
 	}
-	h.c.plugins.withTransport(func(t transport.Transport, gen uint64) {
+	h.c.plugins.With(func(t transport.Transport, gen uint64) {
 		if c.connected && gen == c.pluginGen {
 			hctx, cancel := context.WithTimeout(ctx, time.Second)
 			hl, err := t.Health(hctx)
@@ -318,7 +318,7 @@ func (h *holder) stepDown(reason string) (disconnected bool) {
 	if cur == nil {
 		return true
 	}
-	h.c.plugins.withTransport(func(t transport.Transport, _ uint64) {
+	h.c.plugins.With(func(t transport.Transport, _ uint64) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if err := t.Disconnect(ctx); err != nil {
@@ -346,7 +346,7 @@ func (h *holder) shutdown() {
 	if cur == nil {
 		return
 	}
-	if !h.stepDown("shutting down") && !h.c.plugins.kill() {
+	if !h.stepDown("shutting down") && !h.c.plugins.Kill() {
 		return // the claim lapses by itself
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -168,7 +168,7 @@ func (k *contactChecker) ask(ctx context.Context, digits []string) map[string]co
 	defer cancel()
 	var res []transport.ContactResult
 	err := errNoTransport
-	k.c.plugins.withTransport(func(t transport.Transport, _ uint64) { res, err = t.CheckContacts(ctx, digits) })
+	k.c.plugins.With(func(t transport.Transport, _ uint64) { res, err = t.CheckContacts(ctx, digits) })
 	if err != nil {
 		k.c.log.Warn("contact check failed", "contacts", len(digits), "err", err)
 		for _, d := range digits {

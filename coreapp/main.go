@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/node"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
+	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 // Coreapp is one coreapp process.
@@ -34,7 +34,7 @@ type Coreapp struct {
 	secret   string
 	settings *settings.Cache
 	metrics  *metrics
-	plugins  *plugins
+	plugins  *transport.Supervisor
 	holder   *holder
 
 	acceptor   *acceptor
@@ -52,26 +52,6 @@ func main() {
 	}
 }
 
-func transportPath() (string, error) {
-	p := os.Getenv("MC_TRANSPORT")
-	if p == "" {
-		// Beside the coreapp binary, as `go build -o bin/ ./...` lays them out.
-		exe, err := os.Executable()
-		if err != nil {
-			return "", fmt.Errorf("MC_TRANSPORT is not set and the coreapp's own path is unknown: %w", err)
-		}
-		p = filepath.Join(filepath.Dir(exe), "transport-simnet")
-	}
-	st, err := os.Stat(p)
-	if err != nil {
-		return "", fmt.Errorf("transport plugin (MC_TRANSPORT): %w", err)
-	}
-	if st.IsDir() || st.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("transport plugin (MC_TRANSPORT) %s is not an executable file", p)
-	}
-	return p, nil
-}
-
 func run() error {
 	id, err := node.FromEnv(node.RoleCoreapp, ":6250", "COREAPP_EXTERNAL_PORTS")
 	if err != nil {
@@ -85,7 +65,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	plugin, err := transportPath()
+	plugin, err := transport.PathFromEnv()
 	if err != nil {
 		return err
 	}
@@ -109,7 +89,7 @@ func run() error {
 	if c.media, err = newMediaStore(c, os.Getenv("MC_MEDIA_DIR")); err != nil {
 		return err
 	}
-	c.plugins = &plugins{path: plugin, log: c.log, restarts: c.metrics.pluginRestarts.Inc, onCrash: func() {
+	c.plugins = &transport.Supervisor{Path: plugin, Log: c.log, OnExit: c.metrics.pluginRestarts.Inc, OnRestart: func() {
 		select {
 		case c.holder.nudge <- struct{}{}:
 		default:
@@ -140,10 +120,10 @@ func run() error {
 		c.log.Warn("could not load settings; using defaults until the next poll", "err", err)
 	}
 	// Warm secondary: the plugin runs, but connects only once promoted.
-	if err := c.plugins.start(ctx); err != nil {
+	if err := c.plugins.Start(ctx); err != nil {
 		return nil // only ctx ends it
 	}
-	if err := node.Register(ctx, db, id, c.plugins.keepalive().Milliseconds()); err != nil {
+	if err := node.Register(ctx, db, id, c.plugins.Info().KeepaliveTimeout.Milliseconds()); err != nil {
 		return err
 	}
 	srv := &fasthttp.Server{Handler: c.handler(), Name: "multiconnect-coreapp", ReadTimeout: 30 * time.Second,
@@ -152,7 +132,7 @@ func run() error {
 	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", node.Version)
 
 	go c.settings.Run(ctx)
-	go c.plugins.watch(ctx)
+	go c.plugins.Watch(ctx)
 	go c.liveness(ctx, liveness)
 	go c.acceptor.run(ctx)
 	go c.outbox.run(ctx)
@@ -166,7 +146,7 @@ func run() error {
 	c.log.Info("coreapp stopping")
 	<-done
 	srv.Shutdown()
-	c.plugins.kill()
+	c.plugins.Kill()
 	return nil
 }
 

@@ -134,7 +134,7 @@ func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
 	}
 	var results []transport.SendResult
 	err := errNoTransport
-	o.c.plugins.withTransport(func(t transport.Transport, _ uint64) {
+	o.c.plugins.With(func(t transport.Transport, _ uint64) {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		results, err = t.Send(sctx, msgs)

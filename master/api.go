@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,8 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("DELETE /v1/settings/application", m.primaryOnly(m.resetSettings))
 	mux.HandleFunc("GET /v1/account/shards", m.primaryOnly(m.getShards))
 	mux.HandleFunc("POST /v1/account/shards", m.primaryOnly(m.postShards))
+	mux.HandleFunc("POST /v1/account", m.primaryOnly(m.register))
+	mux.HandleFunc("POST /v1/account/verify", m.primaryOnly(m.verify))
 	mux.HandleFunc("GET /v1/support", m.primaryOnly(m.support))
 	mux.HandleFunc("GET /v1/stats/app", m.primaryOnly(m.statsApp))
 	mux.HandleFunc("GET /v1/stats/db", m.primaryOnly(m.statsDB))
@@ -75,7 +78,34 @@ func (m *Master) getSettings(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, apierror.GenericError, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": a}})
+	doc, err := m.applicationDoc(r.Context(), a)
+	if err != nil {
+		apierror.Write(w, apierror.GenericError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": doc}})
+}
+
+// applicationDoc is the settings document as the API shows it: the
+// settings plus, once the account is registered, its read-only wa_id (the
+// account table's, as in the original, where registration sets it).
+func (m *Master) applicationDoc(ctx context.Context, a settings.Application) (map[string]json.RawMessage, error) {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, err
+	}
+	id, err := m.registeredWAID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" {
+		doc["wa_id"], _ = json.Marshal(id)
+	}
+	return doc, nil
 }
 
 func (m *Master) patchSettings(w http.ResponseWriter, r *http.Request) {
@@ -113,7 +143,14 @@ func (m *Master) settingsAnswer(w http.ResponseWriter, a settings.Application, e
 		apierror.Write(w, apierror.GenericError, err.Error())
 	default:
 		m.log.Info("settings updated", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval)
-		writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": a}})
+		doc, err := m.applicationDoc(context.Background(), a)
+		if err != nil {
+			// The change is committed; answer it without the wa_id.
+			m.log.Warn("settings answer without wa_id", "err", err)
+			writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": a}})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"settings": map[string]any{"application": doc}})
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
+	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 // Master is one master process.
@@ -39,6 +40,10 @@ type Master struct {
 	mon      *monitor
 	shards   int // MC_SHARDS: the shard count a new cluster starts with
 	gc       gcConfig
+	// plugin is the transport plugin registration talks to the network
+	// through, started on first use; pluginErr says why there is none.
+	plugin    *transport.Supervisor
+	pluginErr error
 
 	secretV         atomic.Value // string, once the cluster row exists
 	mu              sync.Mutex
@@ -61,6 +66,11 @@ type config struct {
 	leaseTTL time.Duration
 	liveness time.Duration
 	gc       gcConfig
+	// plugin is the transport plugin binary (MC_TRANSPORT); pluginErr is
+	// set when the default one is missing, which only disables
+	// registration.
+	plugin    string
+	pluginErr error
 }
 
 func configFromEnv() (config, error) {
@@ -92,6 +102,12 @@ func configFromEnv() (config, error) {
 	if c.gc, err = gcFromEnv(); err != nil {
 		return c, err
 	}
+	// A master needs the plugin only to register the account, so a
+	// missing default plugin is a warning; a wrong MC_TRANSPORT is a
+	// configuration error.
+	if c.plugin, c.pluginErr = transport.PathFromEnv(); c.pluginErr != nil && os.Getenv("MC_TRANSPORT") != "" {
+		return c, c.pluginErr
+	}
 	return c, nil
 }
 
@@ -116,6 +132,11 @@ func run() error {
 	m.lease = &masterLease{db: db, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL}
 	m.settings = settings.NewCache(db, 0, m.log)
 	m.mon = newMonitor(m)
+	m.plugin = &transport.Supervisor{Path: cfg.plugin, Log: m.log}
+	if cfg.pluginErr != nil {
+		m.pluginErr = fmt.Errorf("registration is unavailable: %w", cfg.pluginErr)
+		m.log.Warn("no transport plugin: this master cannot register the account", "err", cfg.pluginErr)
+	}
 
 	if _, err := schema.Check(ctx, db); err != nil {
 		return err
@@ -151,6 +172,7 @@ func run() error {
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	m.plugin.Kill()
 	return nil
 }
 

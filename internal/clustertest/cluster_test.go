@@ -310,6 +310,7 @@ func TestBadConfiguration(t *testing.T) {
 		{"master port in use", "master", []string{"MC_LISTEN=" + busy}, "listen on " + busy},
 		{"coreapp port in use", "coreapp", []string{"MC_LISTEN=" + busy, plugin}, "listen on " + busy},
 		{"missing plugin", "coreapp", []string{"MC_TRANSPORT=/nonexistent/transport"}, "transport plugin"},
+		{"master missing plugin", "master", []string{"MC_TRANSPORT=/nonexistent/transport"}, "transport plugin"},
 		{"bad db port", "master", []string{"WA_DB_PORT=abc"}, "WA_DB_PORT"},
 		{"bad engine", "coreapp", []string{"WA_DB_ENGINE=SQLITE", plugin}, "WA_DB_ENGINE"},
 	}

@@ -194,6 +194,27 @@ var Migrations = []Migration{
 			checked_at DATETIME(6) NOT NULL
 		) ENGINE=InnoDB`,
 	}},
+	{4, "registration", []string{
+		// The business account(s) the primary master registered or is
+		// registering (POST /v1/account and /v1/account/verify). state is
+		// pending (a code was requested; the newest pending row is the one
+		// a code verifies), registered (verified; wa_id is cc followed by
+		// phone_number) or superseded (a newer request or registration
+		// replaced it). At most one row is registered at a time.
+		`CREATE TABLE IF NOT EXISTS account (
+			cc VARCHAR(3) NOT NULL,
+			phone_number VARCHAR(15) NOT NULL,
+			method VARCHAR(8) NOT NULL,
+			vname VARCHAR(512) CHARACTER SET utf8mb4 NOT NULL,
+			state VARCHAR(16) NOT NULL,
+			wa_id VARCHAR(18) NULL,
+			requested_at DATETIME(6) NOT NULL,
+			registered_at DATETIME(6) NULL,
+			master_epoch BIGINT NOT NULL DEFAULT 0,
+			PRIMARY KEY (cc, phone_number),
+			KEY account_state (state, requested_at)
+		) ENGINE=InnoDB`,
+	}},
 }
 
 // Latest is the schema version this binary knows.

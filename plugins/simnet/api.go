@@ -107,6 +107,18 @@ func (s *Server) Handler() http.Handler {
 		f.To = r.URL.Query().Get("to")
 		writeJSON(w, http.StatusOK, map[string][]Received{"messages": s.Messages(f)})
 	})
+	// The registration codes the network issued: it stands in for the
+	// SMS or voice call. Filter with ?cc=&phone_number=.
+	mux.HandleFunc("GET /v1/registrations", func(w http.ResponseWriter, r *http.Request) {
+		cc, phone := r.URL.Query().Get("cc"), r.URL.Query().Get("phone_number")
+		out := []Registration{}
+		for _, reg := range s.Registrations() {
+			if (cc == "" || reg.CC == cc) && (phone == "" || reg.PhoneNumber == phone) {
+				out = append(out, reg)
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string][]Registration{"registrations": out})
+	})
 	mux.HandleFunc("POST /v1/inbound", func(w http.ResponseWriter, r *http.Request) {
 		var in Inbound
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFrame))

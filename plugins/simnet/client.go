@@ -218,6 +218,62 @@ func (c *Conn) Check(ctx context.Context, inputs []string) ([]ContactResult, err
 	return r.Contacts, nil
 }
 
+// RejectedError is the network's refusal of a registration request. It
+// matches the transport error its Kind stands for (ErrBadCert, ErrBadCode,
+// ErrNoCode).
+type RejectedError struct {
+	Kind   string // one of the Reject* constants
+	Reason string
+}
+
+func (e *RejectedError) Error() string { return "rejected by the network: " + e.Reason }
+
+// Unwrap maps the rejection to its transport error.
+func (e *RejectedError) Unwrap() error {
+	switch e.Kind {
+	case RejectBadCert:
+		return transport.ErrBadCert
+	case RejectBadCode:
+		return transport.ErrBadCode
+	case RejectNoCode:
+		return transport.ErrNoCode
+	}
+	return nil
+}
+
+// Register asks the network to send a registration code for r's number.
+// It returns the name the certificate carries and whether the number was
+// already verified for it (then no code was sent). It needs no connect.
+func (c *Conn) Register(ctx context.Context, r RegistrationFrame) (vname string, registered bool, err error) {
+	f, err := c.request(ctx, Frame{Op: OpRegister, Reg: &r})
+	if err != nil {
+		return "", false, err
+	}
+	switch f.Op {
+	case OpCodeSent:
+		return f.VName, f.Registered, nil
+	case OpRejected:
+		return "", false, &RejectedError{Kind: f.Error, Reason: f.Reason}
+	}
+	return "", false, fmt.Errorf("register: unexpected reply %q", f.Op)
+}
+
+// Verify checks r.Code against the code the network issued for r's
+// number. It needs no connect.
+func (c *Conn) Verify(ctx context.Context, r RegistrationFrame) error {
+	f, err := c.request(ctx, Frame{Op: OpVerify, Reg: &r})
+	if err != nil {
+		return err
+	}
+	switch f.Op {
+	case OpVerified:
+		return nil
+	case OpRejected:
+		return &RejectedError{Kind: f.Error, Reason: f.Reason}
+	}
+	return fmt.Errorf("verify: unexpected reply %q", f.Op)
+}
+
 // Close ends the connection politely: it sends close and waits until the
 // network confirms (or ctx ends), then closes the socket. When the write
 // limit has passed it only closes the socket, which is all that is left

@@ -73,6 +73,9 @@ type Server struct {
 	// unreachable holds the digits of numbers that are not accounts:
 	// contact checks call them invalid and sends to them fail.
 	unreachable map[string]struct{}
+	// registrations is every number a code was requested for, by regKey.
+	registrations map[string]*Registration
+	nextReg       int64
 }
 
 // shardState is what the network knows about one shard.
@@ -156,7 +159,8 @@ func NewServer(cfg Config) *Server {
 		shards:   map[int]*shardState{},
 		seen:     map[string]struct{}{},
 
-		unreachable: map[string]struct{}{},
+		unreachable:   map[string]struct{}{},
+		registrations: map[string]*Registration{},
 	}
 }
 
@@ -362,6 +366,10 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 		s.ackLocked(c, f)
 	case OpCheck:
 		s.checkLocked(c, f)
+	case OpRegister:
+		s.registerLocked(c, f)
+	case OpVerify:
+		s.verifyLocked(c, f)
 	case OpClose:
 		s.endLocked(c, EndClosed, arrival, &Frame{Op: OpClosed, Seq: f.Seq, Reason: EndClosed})
 		return false

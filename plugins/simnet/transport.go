@@ -398,6 +398,37 @@ func (t *Transport) CheckContacts(ctx context.Context, inputs []string) ([]trans
 	return out, nil
 }
 
+// RequestCode implements transport.Transport over a short connection of
+// its own, like Info: registration needs no shard connection.
+func (t *Transport) RequestCode(ctx context.Context, req transport.RegistrationRequest) (transport.RegistrationResult, error) {
+	c, err := Dial(ctx, t.addr, nil)
+	if err != nil {
+		return transport.RegistrationResult{}, fmt.Errorf("request code: %w", err)
+	}
+	defer c.Abort()
+	vname, registered, err := c.Register(ctx, RegistrationFrame{
+		CC: req.CC, PhoneNumber: req.Phone, Method: req.Method, Cert: req.Cert, Pin: req.Pin,
+	})
+	if err != nil {
+		return transport.RegistrationResult{}, fmt.Errorf("request code for +%s %s: %w", req.CC, req.Phone, err)
+	}
+	return transport.RegistrationResult{VName: vname, AlreadyRegistered: registered}, nil
+}
+
+// VerifyCode implements transport.Transport over a short connection of its
+// own.
+func (t *Transport) VerifyCode(ctx context.Context, req transport.VerifyRequest) error {
+	c, err := Dial(ctx, t.addr, nil)
+	if err != nil {
+		return fmt.Errorf("verify code: %w", err)
+	}
+	defer c.Abort()
+	if err := c.Verify(ctx, RegistrationFrame{CC: req.CC, PhoneNumber: req.Phone, Code: req.Code}); err != nil {
+		return fmt.Errorf("verify code for +%s %s: %w", req.CC, req.Phone, err)
+	}
+	return nil
+}
+
 // Events implements transport.Transport.
 func (t *Transport) Events(ctx context.Context) (<-chan transport.Event, error) {
 	return t.events.subscribe(ctx), nil

@@ -7,7 +7,8 @@ import (
 
 // ProtocolVersion is the version of the wire protocol and of the network's
 // behaviour, reported by Transport.Info.
-const ProtocolVersion = "1"
+// (2: registration codes).
+const ProtocolVersion = "2"
 
 // Frame operations. Requests carry a Seq that the reply echoes; frames the
 // network pushes on its own (event, and closed when it ends a connection)
@@ -29,6 +30,19 @@ const (
 	OpAcked     = "acked"     //
 	OpCheck     = "check"     // {inputs} -> checked{contacts}
 	OpChecked   = "checked"   //
+	OpRegister  = "register"  // {registration} -> code_sent{vname, registered} | rejected{reason, error}
+	OpCodeSent  = "code_sent" //
+	OpVerify    = "verify"    // {registration with code} -> verified | rejected{reason, error}
+	OpVerified  = "verified"  //
+	OpRejected  = "rejected"  // a registration request the network turned down
+)
+
+// Why the network rejected a registration request (Frame.Error).
+const (
+	RejectBadCert = "bad_cert" // the certificate carries no readable name
+	RejectBadCode = "bad_code" // not the code the network issued
+	RejectNoCode  = "no_code"  // no code outstanding for the number
+	RejectInvalid = "invalid"  // the request itself is malformed
 )
 
 // Send result statuses on the wire.
@@ -60,6 +74,21 @@ type Frame struct {
 	AckSeq   uint64          `json:"ack_seq,omitempty"`  // ack
 	Inputs   []string        `json:"inputs,omitempty"`   // check
 	Contacts []ContactResult `json:"contacts,omitempty"` // checked
+
+	Reg        *RegistrationFrame `json:"reg,omitempty"`        // register, verify
+	VName      string             `json:"vname,omitempty"`      // code_sent
+	Registered bool               `json:"registered,omitempty"` // code_sent: already verified, no code sent
+	Error      string             `json:"error,omitempty"`      // rejected: one of the Reject* constants
+}
+
+// RegistrationFrame carries a registration request or a code to verify.
+type RegistrationFrame struct {
+	CC          string `json:"cc"`
+	PhoneNumber string `json:"phone_number"`
+	Method      string `json:"method,omitempty"` // register: sms or voice
+	Cert        []byte `json:"cert,omitempty"`   // register (base64 in JSON)
+	Pin         string `json:"pin,omitempty"`    // register
+	Code        string `json:"code,omitempty"`   // verify
 }
 
 // ContactResult is the network's verdict on one contact check input.

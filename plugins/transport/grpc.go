@@ -24,9 +24,10 @@ const PluginName = "transport"
 // refuses to run a binary that was not started by a host with the same
 // cookie, and a host refuses a plugin speaking another protocol version;
 // bump ProtocolVersion on any incompatible change to transport.proto
-// (2: event sequence numbers, Ack and CheckContacts).
+// (2: event sequence numbers, Ack and CheckContacts; 3: RequestCode and
+// VerifyCode).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  2,
+	ProtocolVersion:  3,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
@@ -210,6 +211,23 @@ func (c *GRPCClient) CheckContacts(ctx context.Context, inputs []string) ([]Cont
 	return out, nil
 }
 
+// RequestCode implements Transport.
+func (c *GRPCClient) RequestCode(ctx context.Context, req RegistrationRequest) (RegistrationResult, error) {
+	r, err := c.client.RequestCode(ctx, &pb.RequestCodeRequest{
+		Cc: req.CC, PhoneNumber: req.Phone, Method: req.Method, Cert: req.Cert, Pin: req.Pin,
+	})
+	if err != nil {
+		return RegistrationResult{}, fromStatus("request code", err)
+	}
+	return RegistrationResult{VName: r.GetVname(), AlreadyRegistered: r.GetAlreadyRegistered()}, nil
+}
+
+// VerifyCode implements Transport.
+func (c *GRPCClient) VerifyCode(ctx context.Context, req VerifyRequest) error {
+	_, err := c.client.VerifyCode(ctx, &pb.VerifyCodeRequest{Cc: req.CC, PhoneNumber: req.Phone, Code: req.Code})
+	return fromStatus("verify code", err)
+}
+
 // GRPCServer is the plugin's half: it calls the real implementation.
 type GRPCServer struct {
 	pb.UnimplementedTransportServer
@@ -326,6 +344,25 @@ func (s *GRPCServer) CheckContacts(ctx context.Context, r *pb.CheckContactsReque
 	return out, nil
 }
 
+// RequestCode implements pb.TransportServer.
+func (s *GRPCServer) RequestCode(ctx context.Context, r *pb.RequestCodeRequest) (*pb.RequestCodeResponse, error) {
+	res, err := s.Impl.RequestCode(ctx, RegistrationRequest{
+		CC: r.GetCc(), Phone: r.GetPhoneNumber(), Method: r.GetMethod(), Cert: r.GetCert(), Pin: r.GetPin(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RequestCodeResponse{Vname: res.VName, AlreadyRegistered: res.AlreadyRegistered}, nil
+}
+
+// VerifyCode implements pb.TransportServer.
+func (s *GRPCServer) VerifyCode(ctx context.Context, r *pb.VerifyCodeRequest) (*pb.VerifyCodeResponse, error) {
+	if err := s.Impl.VerifyCode(ctx, VerifyRequest{CC: r.GetCc(), Phone: r.GetPhoneNumber(), Code: r.GetCode()}); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.VerifyCodeResponse{}, nil
+}
+
 // errorCodes gives each sentinel error its own gRPC code so that the host
 // can restore it; the codes are otherwise unused by the plugin server.
 var errorCodes = []struct {
@@ -336,6 +373,9 @@ var errorCodes = []struct {
 	{ErrDeadlinePassed, codes.OutOfRange},
 	{ErrEpochMismatch, codes.Aborted},
 	{ErrRefused, codes.PermissionDenied},
+	{ErrBadCert, codes.Unauthenticated},
+	{ErrBadCode, codes.InvalidArgument},
+	{ErrNoCode, codes.NotFound},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

@@ -83,6 +83,53 @@ type Transport interface {
 	// user typed them) are reachable accounts, over the current
 	// connection. Results are per input, in the order of inputs.
 	CheckContacts(ctx context.Context, inputs []string) ([]ContactResult, error)
+
+	// RequestCode asks the network to send a registration code for the
+	// account req names, by SMS or voice call. It needs no connection. The
+	// result carries the verified name the network read from the
+	// certificate; AlreadyRegistered means the network already has this
+	// number verified for this certificate, so no code was sent. It fails
+	// with ErrBadCert when the network cannot read the certificate.
+	RequestCode(ctx context.Context, req RegistrationRequest) (RegistrationResult, error)
+
+	// VerifyCode checks a registration code against the one the network
+	// issued for the account. It needs no connection. It fails with
+	// ErrBadCode when the code is wrong and ErrNoCode when the network has
+	// no code outstanding for the account.
+	VerifyCode(ctx context.Context, req VerifyRequest) error
+}
+
+// Registration methods: how the network delivers the code.
+const (
+	MethodSMS   = "sms"
+	MethodVoice = "voice"
+)
+
+// RegistrationRequest asks for a registration code.
+type RegistrationRequest struct {
+	CC     string // country calling code, digits
+	Phone  string // national number, digits
+	Method string // MethodSMS or MethodVoice
+	// Cert is the business's certificate (decoded from the API's base64).
+	Cert []byte
+	// Pin is the account's two-step verification PIN, if it has one.
+	Pin string
+}
+
+// RegistrationResult is the network's answer to RequestCode.
+type RegistrationResult struct {
+	// VName is the verified business name the certificate carries.
+	VName string
+	// AlreadyRegistered means no code was sent: the number is already
+	// verified for this certificate.
+	AlreadyRegistered bool
+}
+
+// VerifyRequest checks a registration code.
+type VerifyRequest struct {
+	CC    string
+	Phone string
+	Code  string
 }
 
 // Contact check verdicts.
@@ -218,6 +265,15 @@ var (
 	// ErrRefused means the network refused the connection (for example
 	// an older epoch, or the epoch already connected elsewhere).
 	ErrRefused = errors.New("transport: refused by the network")
+	// ErrBadCert means the network could not read the registration
+	// certificate.
+	ErrBadCert = errors.New("transport: certificate not valid")
+	// ErrBadCode means the registration code is not the one the network
+	// issued.
+	ErrBadCode = errors.New("transport: wrong registration code")
+	// ErrNoCode means the network has no registration code outstanding
+	// for the account (none was requested, or it was already used).
+	ErrNoCode = errors.New("transport: no registration code outstanding")
 )
 
 // MonoNow returns the host's CLOCK_MONOTONIC in nanoseconds. Unlike the

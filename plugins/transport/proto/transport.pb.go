@@ -1152,6 +1152,235 @@ func (x *CheckContactsResponse) GetContacts() []*ContactResult {
 	return nil
 }
 
+type RequestCodeRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Cc          string                 `protobuf:"bytes,1,opt,name=cc,proto3" json:"cc,omitempty"`
+	PhoneNumber string                 `protobuf:"bytes,2,opt,name=phone_number,json=phoneNumber,proto3" json:"phone_number,omitempty"`
+	// "sms" or "voice".
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// The certificate, decoded from the API's base64.
+	Cert []byte `protobuf:"bytes,4,opt,name=cert,proto3" json:"cert,omitempty"`
+	// Two-step verification PIN, if the account has one.
+	Pin           string `protobuf:"bytes,5,opt,name=pin,proto3" json:"pin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestCodeRequest) Reset() {
+	*x = RequestCodeRequest{}
+	mi := &file_transport_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestCodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestCodeRequest) ProtoMessage() {}
+
+func (x *RequestCodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestCodeRequest.ProtoReflect.Descriptor instead.
+func (*RequestCodeRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RequestCodeRequest) GetCc() string {
+	if x != nil {
+		return x.Cc
+	}
+	return ""
+}
+
+func (x *RequestCodeRequest) GetPhoneNumber() string {
+	if x != nil {
+		return x.PhoneNumber
+	}
+	return ""
+}
+
+func (x *RequestCodeRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RequestCodeRequest) GetCert() []byte {
+	if x != nil {
+		return x.Cert
+	}
+	return nil
+}
+
+func (x *RequestCodeRequest) GetPin() string {
+	if x != nil {
+		return x.Pin
+	}
+	return ""
+}
+
+type RequestCodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The verified name the certificate carries.
+	Vname string `protobuf:"bytes,1,opt,name=vname,proto3" json:"vname,omitempty"`
+	// No code was sent: the number is already verified for this certificate.
+	AlreadyRegistered bool `protobuf:"varint,2,opt,name=already_registered,json=alreadyRegistered,proto3" json:"already_registered,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RequestCodeResponse) Reset() {
+	*x = RequestCodeResponse{}
+	mi := &file_transport_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestCodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestCodeResponse) ProtoMessage() {}
+
+func (x *RequestCodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestCodeResponse.ProtoReflect.Descriptor instead.
+func (*RequestCodeResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RequestCodeResponse) GetVname() string {
+	if x != nil {
+		return x.Vname
+	}
+	return ""
+}
+
+func (x *RequestCodeResponse) GetAlreadyRegistered() bool {
+	if x != nil {
+		return x.AlreadyRegistered
+	}
+	return false
+}
+
+type VerifyCodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cc            string                 `protobuf:"bytes,1,opt,name=cc,proto3" json:"cc,omitempty"`
+	PhoneNumber   string                 `protobuf:"bytes,2,opt,name=phone_number,json=phoneNumber,proto3" json:"phone_number,omitempty"`
+	Code          string                 `protobuf:"bytes,3,opt,name=code,proto3" json:"code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyCodeRequest) Reset() {
+	*x = VerifyCodeRequest{}
+	mi := &file_transport_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyCodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyCodeRequest) ProtoMessage() {}
+
+func (x *VerifyCodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyCodeRequest.ProtoReflect.Descriptor instead.
+func (*VerifyCodeRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *VerifyCodeRequest) GetCc() string {
+	if x != nil {
+		return x.Cc
+	}
+	return ""
+}
+
+func (x *VerifyCodeRequest) GetPhoneNumber() string {
+	if x != nil {
+		return x.PhoneNumber
+	}
+	return ""
+}
+
+func (x *VerifyCodeRequest) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+type VerifyCodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyCodeResponse) Reset() {
+	*x = VerifyCodeResponse{}
+	mi := &file_transport_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyCodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyCodeResponse) ProtoMessage() {}
+
+func (x *VerifyCodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyCodeResponse.ProtoReflect.Descriptor instead.
+func (*VerifyCodeResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{24}
+}
+
 var File_transport_proto protoreflect.FileDescriptor
 
 const file_transport_proto_rawDesc = "" +
@@ -1219,13 +1448,27 @@ const file_transport_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x13\n" +
 	"\x05wa_id\x18\x03 \x01(\tR\x04waId\"]\n" +
 	"\x15CheckContactsResponse\x12D\n" +
-	"\bcontacts\x18\x01 \x03(\v2(.multiconnect.transport.v1.ContactResultR\bcontacts*v\n" +
+	"\bcontacts\x18\x01 \x03(\v2(.multiconnect.transport.v1.ContactResultR\bcontacts\"\x85\x01\n" +
+	"\x12RequestCodeRequest\x12\x0e\n" +
+	"\x02cc\x18\x01 \x01(\tR\x02cc\x12!\n" +
+	"\fphone_number\x18\x02 \x01(\tR\vphoneNumber\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x12\n" +
+	"\x04cert\x18\x04 \x01(\fR\x04cert\x12\x10\n" +
+	"\x03pin\x18\x05 \x01(\tR\x03pin\"Z\n" +
+	"\x13RequestCodeResponse\x12\x14\n" +
+	"\x05vname\x18\x01 \x01(\tR\x05vname\x12-\n" +
+	"\x12already_registered\x18\x02 \x01(\bR\x11alreadyRegistered\"Z\n" +
+	"\x11VerifyCodeRequest\x12\x0e\n" +
+	"\x02cc\x18\x01 \x01(\tR\x02cc\x12!\n" +
+	"\fphone_number\x18\x02 \x01(\tR\vphoneNumber\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\tR\x04code\"\x14\n" +
+	"\x12VerifyCodeResponse*v\n" +
 	"\n" +
 	"SendStatus\x12\x1b\n" +
 	"\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SEND_STATUS_ACCEPTED\x10\x01\x12\x19\n" +
 	"\x15SEND_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12SEND_STATUS_FAILED\x10\x032\xea\x06\n" +
+	"\x12SEND_STATUS_FAILED\x10\x032\xc3\b\n" +
 	"\tTransport\x12W\n" +
 	"\x04Info\x12&.multiconnect.transport.v1.InfoRequest\x1a'.multiconnect.transport.v1.InfoResponse\x12`\n" +
 	"\aConnect\x12).multiconnect.transport.v1.ConnectRequest\x1a*.multiconnect.transport.v1.ConnectResponse\x12]\n" +
@@ -1236,7 +1479,10 @@ const file_transport_proto_rawDesc = "" +
 	"\x04Send\x12&.multiconnect.transport.v1.SendRequest\x1a'.multiconnect.transport.v1.SendResponse\x12V\n" +
 	"\x06Events\x12(.multiconnect.transport.v1.EventsRequest\x1a .multiconnect.transport.v1.Event0\x01\x12T\n" +
 	"\x03Ack\x12%.multiconnect.transport.v1.AckRequest\x1a&.multiconnect.transport.v1.AckResponse\x12r\n" +
-	"\rCheckContacts\x12/.multiconnect.transport.v1.CheckContactsRequest\x1a0.multiconnect.transport.v1.CheckContactsResponseB>Z<github.com/multiconnect/multiconnect/plugins/transport/protob\x06proto3"
+	"\rCheckContacts\x12/.multiconnect.transport.v1.CheckContactsRequest\x1a0.multiconnect.transport.v1.CheckContactsResponse\x12l\n" +
+	"\vRequestCode\x12-.multiconnect.transport.v1.RequestCodeRequest\x1a..multiconnect.transport.v1.RequestCodeResponse\x12i\n" +
+	"\n" +
+	"VerifyCode\x12,.multiconnect.transport.v1.VerifyCodeRequest\x1a-.multiconnect.transport.v1.VerifyCodeResponseB>Z<github.com/multiconnect/multiconnect/plugins/transport/protob\x06proto3"
 
 var (
 	file_transport_proto_rawDescOnce sync.Once
@@ -1251,7 +1497,7 @@ func file_transport_proto_rawDescGZIP() []byte {
 }
 
 var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_transport_proto_goTypes = []any{
 	(SendStatus)(0),               // 0: multiconnect.transport.v1.SendStatus
 	(*InfoRequest)(nil),           // 1: multiconnect.transport.v1.InfoRequest
@@ -1275,6 +1521,10 @@ var file_transport_proto_goTypes = []any{
 	(*CheckContactsRequest)(nil),  // 19: multiconnect.transport.v1.CheckContactsRequest
 	(*ContactResult)(nil),         // 20: multiconnect.transport.v1.ContactResult
 	(*CheckContactsResponse)(nil), // 21: multiconnect.transport.v1.CheckContactsResponse
+	(*RequestCodeRequest)(nil),    // 22: multiconnect.transport.v1.RequestCodeRequest
+	(*RequestCodeResponse)(nil),   // 23: multiconnect.transport.v1.RequestCodeResponse
+	(*VerifyCodeRequest)(nil),     // 24: multiconnect.transport.v1.VerifyCodeRequest
+	(*VerifyCodeResponse)(nil),    // 25: multiconnect.transport.v1.VerifyCodeResponse
 }
 var file_transport_proto_depIdxs = []int32{
 	11, // 0: multiconnect.transport.v1.SendRequest.messages:type_name -> multiconnect.transport.v1.Message
@@ -1290,17 +1540,21 @@ var file_transport_proto_depIdxs = []int32{
 	15, // 10: multiconnect.transport.v1.Transport.Events:input_type -> multiconnect.transport.v1.EventsRequest
 	17, // 11: multiconnect.transport.v1.Transport.Ack:input_type -> multiconnect.transport.v1.AckRequest
 	19, // 12: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
-	2,  // 13: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
-	4,  // 14: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
-	6,  // 15: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
-	8,  // 16: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
-	10, // 17: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
-	14, // 18: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
-	16, // 19: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
-	18, // 20: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
-	21, // 21: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
-	13, // [13:22] is the sub-list for method output_type
-	4,  // [4:13] is the sub-list for method input_type
+	22, // 13: multiconnect.transport.v1.Transport.RequestCode:input_type -> multiconnect.transport.v1.RequestCodeRequest
+	24, // 14: multiconnect.transport.v1.Transport.VerifyCode:input_type -> multiconnect.transport.v1.VerifyCodeRequest
+	2,  // 15: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
+	4,  // 16: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
+	6,  // 17: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
+	8,  // 18: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
+	10, // 19: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
+	14, // 20: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
+	16, // 21: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
+	18, // 22: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
+	21, // 23: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
+	23, // 24: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
+	25, // 25: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
+	15, // [15:26] is the sub-list for method output_type
+	4,  // [4:15] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1317,7 +1571,7 @@ func file_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,8 @@ const (
 	Transport_Events_FullMethodName        = "/multiconnect.transport.v1.Transport/Events"
 	Transport_Ack_FullMethodName           = "/multiconnect.transport.v1.Transport/Ack"
 	Transport_CheckContacts_FullMethodName = "/multiconnect.transport.v1.Transport/CheckContacts"
+	Transport_RequestCode_FullMethodName   = "/multiconnect.transport.v1.Transport/RequestCode"
+	Transport_VerifyCode_FullMethodName    = "/multiconnect.transport.v1.Transport/VerifyCode"
 )
 
 // TransportClient is the client API for Transport service.
@@ -51,6 +53,11 @@ type TransportClient interface {
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
 	// CheckContacts asks the network which inputs are reachable accounts.
 	CheckContacts(ctx context.Context, in *CheckContactsRequest, opts ...grpc.CallOption) (*CheckContactsResponse, error)
+	// RequestCode asks the network to send a registration code; no
+	// connection needed.
+	RequestCode(ctx context.Context, in *RequestCodeRequest, opts ...grpc.CallOption) (*RequestCodeResponse, error)
+	// VerifyCode checks a registration code; no connection needed.
+	VerifyCode(ctx context.Context, in *VerifyCodeRequest, opts ...grpc.CallOption) (*VerifyCodeResponse, error)
 }
 
 type transportClient struct {
@@ -160,6 +167,26 @@ func (c *transportClient) CheckContacts(ctx context.Context, in *CheckContactsRe
 	return out, nil
 }
 
+func (c *transportClient) RequestCode(ctx context.Context, in *RequestCodeRequest, opts ...grpc.CallOption) (*RequestCodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequestCodeResponse)
+	err := c.cc.Invoke(ctx, Transport_RequestCode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *transportClient) VerifyCode(ctx context.Context, in *VerifyCodeRequest, opts ...grpc.CallOption) (*VerifyCodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyCodeResponse)
+	err := c.cc.Invoke(ctx, Transport_VerifyCode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TransportServer is the server API for Transport service.
 // All implementations must embed UnimplementedTransportServer
 // for forward compatibility.
@@ -176,6 +203,11 @@ type TransportServer interface {
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
 	// CheckContacts asks the network which inputs are reachable accounts.
 	CheckContacts(context.Context, *CheckContactsRequest) (*CheckContactsResponse, error)
+	// RequestCode asks the network to send a registration code; no
+	// connection needed.
+	RequestCode(context.Context, *RequestCodeRequest) (*RequestCodeResponse, error)
+	// VerifyCode checks a registration code; no connection needed.
+	VerifyCode(context.Context, *VerifyCodeRequest) (*VerifyCodeResponse, error)
 	mustEmbedUnimplementedTransportServer()
 }
 
@@ -212,6 +244,12 @@ func (UnimplementedTransportServer) Ack(context.Context, *AckRequest) (*AckRespo
 }
 func (UnimplementedTransportServer) CheckContacts(context.Context, *CheckContactsRequest) (*CheckContactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckContacts not implemented")
+}
+func (UnimplementedTransportServer) RequestCode(context.Context, *RequestCodeRequest) (*RequestCodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestCode not implemented")
+}
+func (UnimplementedTransportServer) VerifyCode(context.Context, *VerifyCodeRequest) (*VerifyCodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyCode not implemented")
 }
 func (UnimplementedTransportServer) mustEmbedUnimplementedTransportServer() {}
 func (UnimplementedTransportServer) testEmbeddedByValue()                   {}
@@ -389,6 +427,42 @@ func _Transport_CheckContacts_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Transport_RequestCode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequestCodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).RequestCode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_RequestCode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).RequestCode(ctx, req.(*RequestCodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Transport_VerifyCode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyCodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).VerifyCode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_VerifyCode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).VerifyCode(ctx, req.(*VerifyCodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Transport_ServiceDesc is the grpc.ServiceDesc for Transport service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -427,6 +501,14 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckContacts",
 			Handler:    _Transport_CheckContacts_Handler,
+		},
+		{
+			MethodName: "RequestCode",
+			Handler:    _Transport_RequestCode_Handler,
+		},
+		{
+			MethodName: "VerifyCode",
+			Handler:    _Transport_VerifyCode_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
