@@ -334,21 +334,7 @@ func (c *Cluster) waitReady() {
 // SetSettings writes heartbeat and unhealthy intervals through the primary
 // master's API, as an operator would.
 func (c *Cluster) SetSettings(hb, unhealthy float64) {
-	body := fmt.Sprintf(`{"heartbeat_interval":%g,"unhealthy_interval":%g}`, hb, unhealthy)
-	c.eventually(10*time.Second, "settings accepted by the primary master", func() error {
-		addr, err := c.PrimaryMasterAddr()
-		if err != nil {
-			return err
-		}
-		code, out, err := c.Internal("PATCH", addr, "/v1/settings/application", body)
-		if err != nil {
-			return err
-		}
-		if code != 200 {
-			return fmt.Errorf("HTTP %d: %s", code, out)
-		}
-		return nil
-	})
+	c.PatchSettings(fmt.Sprintf(`{"heartbeat_interval":%g,"unhealthy_interval":%g}`, hb, unhealthy))
 }
 
 // Internal makes a request to a node's internal port with the cluster secret.

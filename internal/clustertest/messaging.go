@@ -149,3 +149,34 @@ func (c *Cluster) SimnetPost(path string, body any) error {
 	}
 	return nil
 }
+
+// RequireInOrderOnce checks, at the network, that tos[i] received exactly
+// accepted[i] (the ids its sends got 201 for), in that order, and that the
+// network received nothing else: every acknowledged message arrived once
+// and in acceptance order per recipient.
+func (c *Cluster) RequireInOrderOnce(tos []string, accepted [][]string) {
+	c.T.Helper()
+	want := 0
+	for _, ids := range accepted {
+		want += len(ids)
+	}
+	c.Eventually(30*time.Second, "every accepted message at the network", func() error {
+		if n := len(c.NetworkMessages("")); n < want {
+			return fmt.Errorf("%d of %d at the network", n, want)
+		}
+		return nil
+	})
+	if n := len(c.NetworkMessages("")); n != want {
+		c.T.Errorf("the network received %d messages, want exactly the %d accepted", n, want)
+	}
+	for i, to := range tos {
+		got := c.NetworkMessages(to)
+		ids := make([]string, len(got))
+		for k, m := range got {
+			ids[k] = m.ID
+		}
+		if fmt.Sprint(ids) != fmt.Sprint(accepted[i]) {
+			c.T.Errorf("recipient %s: the network received\n%v\nwant, in acceptance order,\n%v", to, ids, accepted[i])
+		}
+	}
+}
