@@ -291,8 +291,16 @@ type gateway struct {
 const testAPIKey = "test-api-key-0123456789"
 
 // startGateway runs bin/caddy with the multiconnect directive (plus extra
-// settings) on a free port, with the database taken from db.env variables.
+// settings) on a free port, with the database taken from db.env variables
+// and WA_API_KEY set to testAPIKey.
 func (c *testCluster) startGateway(extra string) *gateway {
+	c.t.Helper()
+	return c.startGatewayEnv(extra, []string{"WA_API_KEY=" + testAPIKey}, map[string]string{"Authorization": "Apikey " + testAPIKey})
+}
+
+// startGatewayEnv is startGateway with extra environment variables; ready
+// is the Authorization the readiness probe (GET /metrics) sends.
+func (c *testCluster) startGatewayEnv(extra string, env []string, ready map[string]string) *gateway {
 	c.t.Helper()
 	bin := buildCaddy(c.t)
 	dir := c.t.TempDir()
@@ -321,7 +329,8 @@ func (c *testCluster) startGateway(extra string) *gateway {
 	}
 	cmd := exec.Command(bin, "run", "--config", filepath.Join(dir, "Caddyfile"), "--adapter", "caddyfile")
 	cmd.Env = append(c.srv.Env(), "MC_DB_NAME="+testDB, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir,
-		"PATH="+os.Getenv("PATH"), "WA_API_KEY="+testAPIKey)
+		"PATH="+os.Getenv("PATH"))
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -338,7 +347,7 @@ func (c *testCluster) startGateway(extra string) *gateway {
 			c.t.Logf("caddy log (tail):\n%s", tailString(string(b), 6000))
 		}
 	})
-	g.waitReady()
+	g.waitReady(ready)
 	return g
 }
 
@@ -351,7 +360,7 @@ func tailString(s string, n int) string {
 
 // waitReady waits until the gateway has loaded the shard map, which its
 // own metrics tell.
-func (g *gateway) waitReady() {
+func (g *gateway) waitReady(auth map[string]string) {
 	g.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -361,7 +370,7 @@ func (g *gateway) waitReady() {
 			g.t.Fatalf("caddy exited while starting:\n%s", b)
 		default:
 		}
-		st, body := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+		st, body := g.do("GET", "/metrics", "", auth)
 		if st == 200 && strings.Contains(body, "multiconnect_gateway_shard_map_age_seconds") &&
 			!strings.Contains(body, "multiconnect_gateway_shard_map_age_seconds -1") {
 			return
