@@ -302,7 +302,6 @@ func (c *testCluster) startGateway(extra string) *gateway {
 // is the Authorization the readiness probe (GET /metrics) sends.
 func (c *testCluster) startGatewayEnv(extra string, env []string, ready map[string]string) *gateway {
 	c.t.Helper()
-	bin := buildCaddy(c.t)
 	dir := c.t.TempDir()
 	port := freePort(c.t)
 	caddyfile := fmt.Sprintf(`{
@@ -319,15 +318,25 @@ func (c *testCluster) startGatewayEnv(extra string, env []string, ready map[stri
 	}
 }
 `, port, extra)
-	if err := os.WriteFile(filepath.Join(dir, "Caddyfile"), []byte(caddyfile), 0o600); err != nil {
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
+	return c.runCaddy(port, env, ready, "run", "--config", path, "--adapter", "caddyfile")
+}
+
+// runCaddy starts bin/caddy with args and the cluster's db.env (plus env),
+// expecting the API on port, and waits until it is ready.
+func (c *testCluster) runCaddy(port int, env []string, ready map[string]string, args ...string) *gateway {
+	c.t.Helper()
+	bin := buildCaddy(c.t)
+	dir := c.t.TempDir()
 	logPath := filepath.Join(dir, "caddy.log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "--config", filepath.Join(dir, "Caddyfile"), "--adapter", "caddyfile")
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(c.srv.Env(), "MC_DB_NAME="+testDB, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir,
 		"PATH="+os.Getenv("PATH"))
 	cmd.Env = append(cmd.Env, env...)
