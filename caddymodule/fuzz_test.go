@@ -125,3 +125,29 @@ func FuzzRoutePath(f *testing.F) {
 		}
 	})
 }
+
+// TestReadBodyFraming covers what the fuzzer cannot produce through
+// httptest: a Content-Length that does not match the body.
+func TestReadBodyFraming(t *testing.T) {
+	for _, tc := range []struct {
+		body     string
+		declared int64
+		status   int
+	}{
+		{`{"to":"1"}`, 10, 0},
+		{`{"to":"1"}`, 20, http.StatusBadRequest},                 // shorter than declared
+		{`{"to":"1"}`, 5, http.StatusRequestEntityTooLarge},       // longer than declared
+		{``, 3, http.StatusBadRequest},                            // declared, nothing sent
+		{`{"to":"1"}`, 1 << 30, http.StatusRequestEntityTooLarge}, // refused before reading
+	} {
+		r := httptest.NewRequest("POST", "/v1/messages", strings.NewReader(tc.body))
+		r.ContentLength = tc.declared
+		got, rerr := readBody(r, 1<<20)
+		switch {
+		case tc.status == 0 && (rerr != nil || string(got) != tc.body):
+			t.Errorf("%q declared %d: %q, %+v", tc.body, tc.declared, got, rerr)
+		case tc.status != 0 && (rerr == nil || rerr.status != tc.status || rerr.code != apierror.RequestNotValid):
+			t.Errorf("%q declared %d: %+v, want HTTP %d with 1025", tc.body, tc.declared, rerr, tc.status)
+		}
+	}
+}
