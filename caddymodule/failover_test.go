@@ -376,3 +376,75 @@ func TestHealth(t *testing.T) {
 	st, body = g.do("POST", "/v1/health", "", bearer(token))
 	expect(t, "POST /v1/health", st, body, 405, apierror.RequestNotValid)
 }
+
+// TestMapChangeSeenByPolling checks the cached shard map alone, with no
+// failed request to trigger a reload: when a shard is reassigned while its
+// old primary still answers, requests move to the new primary within the
+// refresh interval (100 ms by default), well under a second. It also checks
+// a shard count change (the map is reloaded whole).
+func TestMapChangeSeenByPolling(t *testing.T) {
+	c := newTestCluster(t, 1)
+	old, next := c.addNode("coreapp"), c.addNode("coreapp")
+	old.shard.Store(0)
+	c.assign(0, old, 1)
+	g := c.startGateway("")
+	token := g.loginAdmin()
+	to := "15551234567"
+	if st, body := g.do("POST", "/v1/messages", messageBody(to), bearer(token)); st != 201 || !strings.Contains(body, old.addr) {
+		t.Fatalf("before: HTTP %d %s", st, body)
+	}
+	var worst time.Duration
+	for round := int64(0); round < 5; round++ {
+		from, to2 := old, next
+		if round%2 == 1 {
+			from, to2 = next, old
+		}
+		to2.shard.Store(0) // both answer for shard 0: only the map decides
+		start := c.assign(0, to2, 2+round)
+		for {
+			st, body := g.do("POST", "/v1/messages", messageBody(to), bearer(token))
+			if st == 201 && strings.Contains(body, to2.addr) {
+				break
+			}
+			if st != 201 || !strings.Contains(body, from.addr) {
+				t.Fatalf("round %d: HTTP %d %s", round, st, body)
+			}
+			if time.Since(start) > time.Second {
+				t.Fatalf("round %d: requests still go to the old primary %s after the map changed", round, time.Since(start))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		worst = max(worst, time.Since(start))
+		from.shard.Store(-1)
+	}
+	t.Logf("requests moved to the reassigned primary within %s of the map change (worst of 5)", worst.Round(time.Millisecond))
+	if worst > 500*time.Millisecond {
+		t.Errorf("map changes took up to %s to be seen, want well under a second", worst)
+	}
+
+	// Doubling the shard count: recipients of the new shard 1 go to its primary.
+	third := c.addNode("coreapp")
+	third.shard.Store(1)
+	tx, err := c.db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`UPDATE cluster SET shards = 2 WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	tx.Commit()
+	c.shards.Store(2)
+	c.assign(1, third, 1)
+	to1 := recipientFor(t, 1, 2, 3)
+	deadline := time.Now().Add(time.Second)
+	for {
+		st, body := g.do("POST", "/v1/messages", messageBody(to1), bearer(token))
+		if st == 201 && strings.Contains(body, third.addr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after doubling the shards, a shard-1 recipient got HTTP %d %s", st, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -92,7 +92,7 @@ type testCluster struct {
 	srv    *mariadbtest.Server
 	db     *sql.DB
 	secret string
-	shards int
+	shards atomic.Int64 // read by the stub nodes while they serve
 	nodes  []*stubNode
 }
 
@@ -114,7 +114,9 @@ func newTestCluster(t testing.TB, shards int) *testCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testCluster{t: t, srv: srv, db: db, secret: secret, shards: shards}
+	c := &testCluster{t: t, srv: srv, db: db, secret: secret}
+	c.shards.Store(int64(shards))
+	return c
 }
 
 func (c *testCluster) exec(q string, args ...any) {
@@ -246,7 +248,7 @@ func (n *stubNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		json.Unmarshal(body, &m)
 		req.to = m.To
-		s, err := shard.For(m.To, n.c.shards)
+		s, err := shard.For(m.To, int(n.c.shards.Load()))
 		if err != nil || int64(s) != own {
 			n.refused.Add(1)
 			apierror.Write(w, apierror.NotPrimaryCoreapp, "not the primary of this recipient's shard")
