@@ -97,6 +97,7 @@ type failoverEvent struct {
 	promoting time.Time // the new primary's assignment began
 	promoted  time.Time // the new primary's assignment committed
 	newNode   *stubNode
+	oldAddr   string
 	killed    bool
 	// window is how long requests may legitimately fail: none when the
 	// promotion comes within retry_wait, because they wait for it.
@@ -136,7 +137,7 @@ func TestFailoverWithin1s(t *testing.T) {
 
 	var events []failoverEvent
 	promote := func(name string, old, next *stubNode, kill bool, delay time.Duration, epoch int64, mayFail bool) {
-		ev := failoverEvent{name: name, newNode: next, killed: kill, mayFail: mayFail}
+		ev := failoverEvent{name: name, newNode: next, oldAddr: old.addr, killed: kill, mayFail: mayFail}
 		if kill {
 			old.kill()
 		} else {
@@ -159,9 +160,9 @@ func TestFailoverWithin1s(t *testing.T) {
 	if n := len(between(rs, 0, time.Time{}, events[0].down)); n < 20 {
 		t.Fatalf("only %d requests before the first failover: the load did not run", n)
 	}
-	// Every failed request must be one a failover forced: in flight to a
-	// node at the instant it was killed (502, "may have been applied":
-	// the node may have acted on it, so it is not resent), or, only when
+	// Every failed request must be one a failover forced: sent to a node
+	// on a connection the kill broke (502, "may have been applied": the
+	// node may have acted on it, so it is not resent), or, only when
 	// the promotion took longer than retry_wait, sent while the shard had
 	// no live primary (503 in the original's shape).
 	failed := make([]int, len(events))
@@ -174,7 +175,11 @@ func TestFailoverWithin1s(t *testing.T) {
 			inFlightAtDown := r.sent.Before(ev.down) && r.done.After(ev.down.Add(-50*time.Millisecond))
 			duringOutage := !r.sent.Before(ev.down.Add(-50*time.Millisecond)) && r.sent.Before(ev.promoted)
 			switch {
-			case ev.killed && inFlightAtDown && r.status == http.StatusBadGateway && r.code == apierror.GenericError:
+			case ev.killed && r.status == http.StatusBadGateway && r.code == apierror.GenericError &&
+				strings.Contains(r.body, ev.oldAddr) && r.sent.Before(ev.down.Add(250*time.Millisecond)):
+				// Sent on a pooled connection the kill had closed
+				// before the gateway's transport noticed: the request
+				// was written, so it may have been read; not resent.
 				justified = true
 			case ev.mayFail && (inFlightAtDown || duringOutage) && r.status == http.StatusServiceUnavailable &&
 				(r.code == apierror.ServiceUnavailable || r.code == apierror.NotPrimaryCoreapp):
@@ -230,6 +235,7 @@ func TestFailoverWithin1s(t *testing.T) {
 		t.Logf("%s: first answer from the new primary %s after the promotion began; slowest request %s after it; %d requests failed (in flight at the kill, or sent during an outage longer than retry_wait)",
 			ev.name, first.Sub(ev.promoting).Round(time.Millisecond), maxWait.Round(time.Millisecond), failed[i])
 	}
+	// At most one broken connection per load worker (4 on shard 0).
 	if failed[0] != 0 || failed[1] > 4 {
 		t.Errorf("failures per failover %v: want none for a demotion and at most a few in-flight ones for a kill promoted within retry_wait", failed)
 	}
