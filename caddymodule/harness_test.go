@@ -92,7 +92,7 @@ type testCluster struct {
 	srv    *mariadbtest.Server
 	db     *sql.DB
 	secret string
-	shards int
+	shards atomic.Int64 // read by the stub nodes while they serve
 	nodes  []*stubNode
 }
 
@@ -114,7 +114,9 @@ func newTestCluster(t testing.TB, shards int) *testCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testCluster{t: t, srv: srv, db: db, secret: secret, shards: shards}
+	c := &testCluster{t: t, srv: srv, db: db, secret: secret}
+	c.shards.Store(int64(shards))
+	return c
 }
 
 func (c *testCluster) exec(q string, args ...any) {
@@ -246,7 +248,7 @@ func (n *stubNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		json.Unmarshal(body, &m)
 		req.to = m.To
-		s, err := shard.For(m.To, n.c.shards)
+		s, err := shard.For(m.To, int(n.c.shards.Load()))
 		if err != nil || int64(s) != own {
 			n.refused.Add(1)
 			apierror.Write(w, apierror.NotPrimaryCoreapp, "not the primary of this recipient's shard")
@@ -291,10 +293,17 @@ type gateway struct {
 const testAPIKey = "test-api-key-0123456789"
 
 // startGateway runs bin/caddy with the multiconnect directive (plus extra
-// settings) on a free port, with the database taken from db.env variables.
+// settings) on a free port, with the database taken from db.env variables
+// and WA_API_KEY set to testAPIKey.
 func (c *testCluster) startGateway(extra string) *gateway {
 	c.t.Helper()
-	bin := buildCaddy(c.t)
+	return c.startGatewayEnv(extra, []string{"WA_API_KEY=" + testAPIKey}, map[string]string{"Authorization": "Apikey " + testAPIKey})
+}
+
+// startGatewayEnv is startGateway with extra environment variables; ready
+// is the Authorization the readiness probe (GET /metrics) sends.
+func (c *testCluster) startGatewayEnv(extra string, env []string, ready map[string]string) *gateway {
+	c.t.Helper()
 	dir := c.t.TempDir()
 	port := freePort(c.t)
 	caddyfile := fmt.Sprintf(`{
@@ -311,17 +320,28 @@ func (c *testCluster) startGateway(extra string) *gateway {
 	}
 }
 `, port, extra)
-	if err := os.WriteFile(filepath.Join(dir, "Caddyfile"), []byte(caddyfile), 0o600); err != nil {
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
+	return c.runCaddy(port, env, ready, "run", "--config", path, "--adapter", "caddyfile")
+}
+
+// runCaddy starts bin/caddy with args and the cluster's db.env (plus env),
+// expecting the API on port, and waits until it is ready.
+func (c *testCluster) runCaddy(port int, env []string, ready map[string]string, args ...string) *gateway {
+	c.t.Helper()
+	bin := buildCaddy(c.t)
+	dir := c.t.TempDir()
 	logPath := filepath.Join(dir, "caddy.log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "run", "--config", filepath.Join(dir, "Caddyfile"), "--adapter", "caddyfile")
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(c.srv.Env(), "MC_DB_NAME="+testDB, "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir,
-		"PATH="+os.Getenv("PATH"), "WA_API_KEY="+testAPIKey)
+		"PATH="+os.Getenv("PATH"))
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -338,7 +358,7 @@ func (c *testCluster) startGateway(extra string) *gateway {
 			c.t.Logf("caddy log (tail):\n%s", tailString(string(b), 6000))
 		}
 	})
-	g.waitReady()
+	g.waitReady(ready)
 	return g
 }
 
@@ -351,7 +371,7 @@ func tailString(s string, n int) string {
 
 // waitReady waits until the gateway has loaded the shard map, which its
 // own metrics tell.
-func (g *gateway) waitReady() {
+func (g *gateway) waitReady(auth map[string]string) {
 	g.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -361,7 +381,7 @@ func (g *gateway) waitReady() {
 			g.t.Fatalf("caddy exited while starting:\n%s", b)
 		default:
 		}
-		st, body := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+		st, body := g.do("GET", "/metrics", "", auth)
 		if st == 200 && strings.Contains(body, "multiconnect_gateway_shard_map_age_seconds") &&
 			!strings.Contains(body, "multiconnect_gateway_shard_map_age_seconds -1") {
 			return

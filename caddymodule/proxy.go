@@ -247,6 +247,10 @@ func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route,
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
 			r.TransferEncoding = nil
+			// With GetBody, Go's transport may resend on a fresh connection
+			// when a pooled one to a node that just died fails before any
+			// byte was written; without it that case is a 502.
+			r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		}
 		hw := holdingWriter{w: w, canHold: attempt == 0, expected: expected}
 		if hw.canHold {

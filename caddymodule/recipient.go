@@ -39,12 +39,28 @@ func readBody(r *http.Request, limit int64) ([]byte, *requestError) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, nil
 	}
-	var buf bytes.Buffer
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	} else {
-		buf.Grow(512)
+		// The common case: one allocation of the declared size, and a
+		// one-byte read to prove the body ends there (a body longer than
+		// declared is a framing error the server reports).
+		buf := make([]byte, r.ContentLength+1)
+		n, err := io.ReadFull(r.Body, buf)
+		switch {
+		case int64(n) > r.ContentLength:
+			return nil, tooLarge
+		case err == io.ErrUnexpectedEOF && int64(n) == r.ContentLength:
+			return buf[:n], nil
+		case err == io.ErrUnexpectedEOF || err == io.EOF:
+			return nil, &requestError{http.StatusBadRequest, apierror.RequestNotValid, "the request body is shorter than its Content-Length"}
+		}
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, tooLarge
+		}
+		return nil, &requestError{http.StatusBadRequest, apierror.RequestNotValid, "reading the request body: " + err.Error()}
 	}
+	var buf bytes.Buffer
+	buf.Grow(512)
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if n > limit {
 		return nil, tooLarge
