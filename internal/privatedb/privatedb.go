@@ -97,9 +97,14 @@ func (s *Server) install() error {
 	if _, err := os.Stat(filepath.Join(data, "mysql")); err == nil {
 		return nil // initialised by an earlier run: reuse it
 	}
+	if err := os.MkdirAll(s.tmpDir(), 0o700); err != nil {
+		return fmt.Errorf("private MariaDB: %w", err)
+	}
 	install, _ := lookPath("mariadb-install-db")
-	out, err := exec.Command(install, "--no-defaults", "--datadir="+data, "--user=root",
-		"--auth-root-authentication-method=normal", "--skip-test-db").CombinedOutput()
+	cmd := exec.Command(install, "--no-defaults", "--datadir="+data, "--user=root",
+		"--auth-root-authentication-method=normal", "--skip-test-db")
+	cmd.Env = append(os.Environ(), "TMPDIR="+s.tmpDir())
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mariadb-install-db: %v\n%s", err, out)
 	}
@@ -109,6 +114,11 @@ func (s *Server) install() error {
 	}
 	return nil
 }
+
+// tmpDir is the server's own temporary directory. Servers sharing /tmp
+// were seen failing to bootstrap ("Error on delete of
+// '/tmp/#sql-temptable-...'") when several tests ran at once.
+func (s *Server) tmpDir() string { return filepath.Join(s.Dir, "tmp") }
 
 func lookPath(bin string) (string, error) {
 	if p, err := exec.LookPath(bin); err == nil {
@@ -135,6 +145,9 @@ func freePort(host string) (int, error) {
 // Start runs mariadbd on the existing data directory and waits until it
 // answers (30 s at most).
 func (s *Server) Start() error {
+	if err := os.MkdirAll(s.tmpDir(), 0o700); err != nil {
+		return fmt.Errorf("private MariaDB: %w", err)
+	}
 	bin, _ := lookPath("mariadbd")
 	logf, err := os.OpenFile(filepath.Join(s.Dir, "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -144,7 +157,7 @@ func (s *Server) Start() error {
 		"--socket="+filepath.Join(s.Dir, "sock"), "--port="+strconv.Itoa(s.Port), "--bind-address="+s.Bind,
 		"--skip-name-resolve", "--skip-log-bin", "--log-error="+filepath.Join(s.Dir, "err.log"),
 		"--pid-file="+filepath.Join(s.Dir, "pid"), "--init-file="+filepath.Join(s.Dir, "init.sql"),
-		"--innodb-buffer-pool-size=64M", "--max-connections=500")
+		"--innodb-buffer-pool-size=64M", "--max-connections=500", "--tmpdir="+s.tmpDir())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
