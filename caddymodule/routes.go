@@ -80,9 +80,9 @@ func classify(method, p string) route {
 		return route{"contacts", toCoreapp, user}
 	case under(p, "/v1/media"):
 		return route{"media", toCoreapp, user}
-	case under(p, "/v1/stats/app"):
-		return route{"stats", toCoreapp, monitor}
-	case under(p, "/v1/stats/db"):
+	case under(p, "/v1/stats"):
+		// The primary master gathers every node's app stats and reports
+		// the database's.
 		return route{"stats", toMaster, monitor}
 	case under(p, "/v1/settings"):
 		return route{"settings", toMaster, admin}

@@ -79,11 +79,11 @@ func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 		{"PATCH", "/v1/settings/application", master},
 		{"POST", "/v1/account/shards", master},
 		{"GET", "/v1/stats/db", master},
+		{"GET", "/v1/stats/app", master},
 		{"POST", "/v1/support", master},
 		{"POST", "/v1/contacts", nil},
 		{"GET", "/v1/media/abc", nil},
 		{"PUT", "/v1/messages/gBEGkYiEB1VXAglK1ZEqA1YKPrU", nil},
-		{"GET", "/v1/stats/app", nil},
 	} {
 		st, body := g.do(tc.method, tc.path, `{"x":1}`, bearer(token))
 		if st != 200 {
