@@ -85,6 +85,26 @@ func TestSingleServerCompose(t *testing.T) {
 		return nil
 	})
 
+	// The images' version reaches /v1/support, for every node.
+	code, body = s.api("GET", "/v1/support", "")
+	var sup struct {
+		Support struct {
+			Version string
+			Nodes   []struct{ Node, Version string }
+		}
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &sup) != nil || sup.Support.Version != version || len(sup.Support.Nodes) != 5 {
+		t.Fatalf("GET /v1/support: %d %s, want version %s and 5 nodes", code, body, version)
+	}
+	for _, n := range sup.Support.Nodes {
+		if n.Version != version {
+			t.Errorf("node %s runs version %q, want %q", n.Node, n.Version, version)
+		}
+	}
+	if label := strings.TrimSpace(s.docker(ctx, "inspect", "-f", `{{index .Config.Labels "org.opencontainers.image.version"}}`, s.container("waweb"))); label != version {
+		t.Errorf("the gateway image's version label is %q, want %q", label, version)
+	}
+
 	sent := s.sendMessages("before", 10)
 	s.eventually(60*time.Second, "every container reports healthy", func() error {
 		for _, svc := range []string{"waweb", "master1", "master2", "wacore1", "wacore2", "wacore3", "simnet"} {
