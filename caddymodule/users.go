@@ -126,11 +126,17 @@ func decodeObject(r *http.Request, v any, required bool) *requestError {
 	return nil
 }
 
+// db is the database for the users routes, once the gateway is ready: the
+// schema current and the default admin created. Before that a login would
+// find no admin and be counted as a failed attempt; it gets 503 instead.
 func (g *Gateway) db() (*sql.DB, *requestError) {
+	if why := g.view.notReady(); why != "" {
+		return nil, &requestError{0, apierror.ServiceUnavailable, "gateway not ready: " + why}
+	}
 	if db := g.view.db.Load(); db != nil {
 		return db, nil
 	}
-	return nil, &requestError{0, apierror.ServiceUnavailable, "gateway not ready: " + g.view.notReady()}
+	return nil, &requestError{0, apierror.ServiceUnavailable, "gateway not ready"}
 }
 
 func dbUnavailable(err error) *requestError {
@@ -155,6 +161,13 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 	failed := false
 	defer func() { g.view.logins.end(ip, failed, time.Now()) }()
 
+	// Not ready comes first: a client (or a readiness probe) learns to wait
+	// rather than that its credentials are wrong.
+	db, rerr := g.db()
+	if rerr != nil {
+		rerr.write(w)
+		return
+	}
 	username, password, ok := r.BasicAuth()
 	if !ok {
 		m.WithLabelValues("no_credentials").Inc()
@@ -166,11 +179,6 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 		NewPassword string `json:"new_password"`
 	}
 	if rerr := decodeObject(r, &req, false); rerr != nil {
-		rerr.write(w)
-		return
-	}
-	db, rerr := g.db()
-	if rerr != nil {
 		rerr.write(w)
 		return
 	}
