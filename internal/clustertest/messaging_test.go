@@ -46,6 +46,60 @@ func recipients(c *Cluster, n int) []string {
 	return out
 }
 
+// senders is one client per recipient, each sending its messages one after
+// another (the next only after the previous got its 201), so acceptance
+// order per recipient is well defined.
+type senders struct {
+	accepted [][]string // per recipient, the ids in acceptance order
+	total    atomic.Int64
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	errs     chan error
+}
+
+// startSenders starts them: each sends up to n messages (0: until stop),
+// pausing between sends.
+func startSenders(ctx context.Context, c *Cluster, tos []string, n int, pause time.Duration) *senders {
+	s := &senders{accepted: make([][]string, len(tos)), stop: make(chan struct{}), errs: make(chan error, len(tos))}
+	for i, to := range tos {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for j := 0; n == 0 || j < n; j++ {
+				select {
+				case <-s.stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf(`{"to":%q,"type":"text","text":{"body":"message %d to %s"}}`, to, j, to)
+				id, err := sendUntilAccepted(ctx, c, to, body, fmt.Sprintf("%s-%d", to, j))
+				if err != nil {
+					s.errs <- fmt.Errorf("recipient %s message %d: %w", to, j, err)
+					return
+				}
+				s.accepted[i] = append(s.accepted[i], id)
+				s.total.Add(1)
+				time.Sleep(pause)
+			}
+		}()
+	}
+	return s
+}
+
+// wait waits for the senders to finish (stopping them first when stop is
+// set) and fails the test on any send that was never accepted.
+func (s *senders) wait(t *testing.T, stop bool) {
+	t.Helper()
+	if stop {
+		close(s.stop)
+	}
+	s.wg.Wait()
+	close(s.errs)
+	for err := range s.errs {
+		t.Fatal(err)
+	}
+}
+
 // Many clients send to many recipients on 4 shards while a primary coreapp
 // and another primary's transport plugin are SIGKILLed. At the network,
 // every acknowledged message must have arrived exactly once, and the
@@ -57,32 +111,13 @@ func TestMessagesExactlyOnceInOrderAcrossKills(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
-	accepted := make([][]string, len(tos))
-	var total atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, len(tos))
-	for i, to := range tos {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; j < perRecipient; j++ {
-				body := fmt.Sprintf(`{"to":%q,"type":"text","text":{"body":"message %d to %s"}}`, to, j, to)
-				id, err := sendUntilAccepted(ctx, c, to, body, fmt.Sprintf("%s-%d", to, j))
-				if err != nil {
-					errs <- fmt.Errorf("recipient %s message %d: %w", to, j, err)
-					return
-				}
-				accepted[i] = append(accepted[i], id)
-				total.Add(1)
-			}
-		}()
-	}
+	snd := startSenders(ctx, c, tos, perRecipient, 0)
 
 	// Mid-stream: kill the primary coreapp of shard 0, and the transport
 	// plugin of shard 1's primary.
 	want := int64(len(tos) * perRecipient)
 	c.Eventually(60*time.Second, "a third of the messages accepted", func() error {
-		if n := total.Load(); n < want/3 {
+		if n := snd.total.Load(); n < want/3 {
 			return fmt.Errorf("%d accepted", n)
 		}
 		return nil
@@ -103,14 +138,10 @@ func TestMessagesExactlyOnceInOrderAcrossKills(t *testing.T) {
 	if err := syscall.Kill(plugin[0], syscall.SIGKILL); err != nil {
 		t.Fatalf("kill plugin %d: %v", plugin[0], err)
 	}
-	t.Logf("killed coreapp %s (shard 0) and plugin %d of %s (shard 1) after %d accepted", p0, plugin[0], p1, total.Load())
+	t.Logf("killed coreapp %s (shard 0) and plugin %d of %s (shard 1) after %d accepted", p0, plugin[0], p1, snd.total.Load())
 
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	c.RequireInOrderOnce(tos, accepted)
+	snd.wait(t, false)
+	c.RequireInOrderOnce(tos, snd.accepted)
 	all := c.NetworkMessages("")
 	// The kills must have happened mid-stream: shard 0's messages came
 	// over two epochs, shard 1's over two connections.

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -42,38 +40,12 @@ func TestReshardingUnderTraffic(t *testing.T) {
 		t.Fatalf("refused requests changed the shard count to %d", n)
 	}
 
-	stop := make(chan struct{})
-	accepted := make([][]string, len(tos))
-	var total atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, len(tos))
-	for i, to := range tos {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; ; j++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				body := fmt.Sprintf(`{"to":%q,"type":"text","text":{"body":"message %d to %s"}}`, to, j, to)
-				id, err := sendUntilAccepted(ctx, c, to, body, fmt.Sprintf("%s-%d", to, j))
-				if err != nil {
-					errs <- fmt.Errorf("recipient %s message %d: %w", to, j, err)
-					return
-				}
-				accepted[i] = append(accepted[i], id)
-				total.Add(1)
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-	}
+	snd := startSenders(ctx, c, tos, 0, 20*time.Millisecond)
 
 	steady := func(what string) {
-		before := total.Load()
+		before := snd.total.Load()
 		time.Sleep(1500 * time.Millisecond)
-		if total.Load() == before {
+		if snd.total.Load() == before {
 			t.Fatalf("no message accepted for 1.5 s %s", what)
 		}
 	}
@@ -124,17 +96,11 @@ func TestReshardingUnderTraffic(t *testing.T) {
 			return nil
 		})
 		t.Logf("%d -> %d shards with %d messages unsent: every shard connected %v after the request, %d messages accepted so far",
-			from, n, backlog, time.Since(started).Round(time.Millisecond), total.Load())
+			from, n, backlog, time.Since(started).Round(time.Millisecond), snd.total.Load())
 		steady(fmt.Sprintf("after re-sharding to %d", n))
 	}
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-
-	c.RequireInOrderOnce(tos, accepted)
+	snd.wait(t, true)
+	c.RequireInOrderOnce(tos, snd.accepted)
 	shardsUsed := map[int]bool{}
 	for _, m := range c.NetworkMessages("") {
 		shardsUsed[m.Shard] = true
