@@ -42,6 +42,13 @@ type peer struct {
 	last        report
 }
 
+// healthy: the coreapp answered this master within recent, from the
+// incarnation the nodes table knows, with a working transport plugin.
+func (p *peer) healthy(now int64, recent time.Duration) bool {
+	return p.lastOK != 0 && time.Duration(now-p.lastOK) <= recent &&
+		p.last.Incarnation == p.incarnation && p.last.TransportOK
+}
+
 // silence is how long the coreapp has not answered this master, counted
 // from when this master started watching it if it never answered.
 func (p *peer) silence(now int64) time.Duration {
@@ -382,10 +389,7 @@ func (mon *monitor) candidate(assigned map[string]bool, unhealthy, hb time.Durat
 	defer mon.mu.Unlock()
 	var ok []*peer
 	for _, p := range mon.peers {
-		if p.lastOK == 0 || time.Duration(now-p.lastOK) > recent || assigned[p.id] {
-			continue
-		}
-		if p.last.Incarnation != p.incarnation || p.last.Shard >= 0 || !p.last.TransportOK {
+		if !p.healthy(now, recent) || assigned[p.id] || p.last.Shard >= 0 {
 			continue
 		}
 		ok = append(ok, p)

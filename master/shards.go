@@ -70,9 +70,8 @@ func (m *Master) postShards(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]any{"account": []map[string]any{{"shards": n, "previous": from}}, "meta": meta()})
 }
 
-// healthyCoreapps counts the coreapps that answered this master's recent
-// heartbeats, from their current incarnation, with a working plugin:
-// the ones that can hold a shard.
+// healthyCoreapps counts the coreapps that can hold a shard (peer.healthy,
+// the test a promotion candidate passes too).
 func (m *Master) healthyCoreapps() int {
 	s := m.settings.Get()
 	recent := 3 * s.Heartbeat()
@@ -84,7 +83,7 @@ func (m *Master) healthyCoreapps() int {
 	defer m.mon.mu.Unlock()
 	n := 0
 	for _, p := range m.mon.peers {
-		if p.lastOK != 0 && time.Duration(now-p.lastOK) <= recent && p.last.Incarnation == p.incarnation && p.last.TransportOK {
+		if p.healthy(now, recent) {
 			n++
 		}
 	}
