@@ -225,6 +225,7 @@ func (g *Gateway) databaseConfig(repl *caddy.Replacer) (database.Config, error) 
 	if err != nil {
 		return cfg, fmt.Errorf("multiconnect database: %w", err)
 	}
+	cfg.MaxOpen = database.GatewayPool
 	d := g.Database
 	if d == nil {
 		return cfg, nil

@@ -84,7 +84,12 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if len(msg.MediaIDs) > 0 {
-		if code, details := c.media.checkIDs(ctx, msg.MediaIDs); code != 0 {
+		if !c.slots.acquire(ctx) {
+			return
+		}
+		code, details := c.media.checkIDs(ctx, msg.MediaIDs)
+		c.slots.release()
+		if code != 0 {
 			writeError(ctx, code, details)
 			return
 		}

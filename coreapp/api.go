@@ -61,9 +61,15 @@ func (c *Coreapp) handler() fasthttp.RequestHandler {
 
 // userRoute serves the /v1 routes a primary coreapp owns.
 func (c *Coreapp) userRoute(ctx *fasthttp.RequestCtx, method, path string) {
+	if path == "/v1/messages" && method == "POST" {
+		c.postMessage(ctx) // its database work is bounded by acceptFlushers and, for media, by slots
+		return
+	}
+	if !c.slots.acquire(ctx) {
+		return
+	}
+	defer c.slots.release()
 	switch {
-	case path == "/v1/messages" && method == "POST":
-		c.postMessage(ctx)
 	case path == "/v1/contacts" && method == "POST":
 		c.contacts.serve(ctx)
 	case path == "/v1/media" && method == "POST":

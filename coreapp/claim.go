@@ -154,7 +154,7 @@ func (h *holder) discover(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var a assignment
-	err := h.c.db.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
+	err := h.c.claimDB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
 		WHERE node_id = ? AND incarnation = ? AND lease_expires > NOW(6) ORDER BY epoch DESC LIMIT 1`,
 		h.c.id.ID, h.c.id.Incarnation).Scan(&a.shard, &a.epoch)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -209,7 +209,7 @@ func (h *holder) take(ctx context.Context, a assignment) {
 var errNotOurs = errors.New("assignment is not ours or has lapsed")
 
 func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (waitUS int64, err error) {
-	tx, err := h.c.db.BeginTx(ctx, nil)
+	tx, err := h.c.claimDB.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -239,7 +239,7 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
 	qctx, cancel := context.WithTimeout(ctx, c.valid.Remaining())
 	defer cancel()
 	sent := monotime.Now()
-	res, err := h.c.db.ExecContext(qctx, `UPDATE shard_map
+	res, err := h.c.claimDB.ExecContext(qctx, `UPDATE shard_map
 		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
 		unhealthy.Microseconds(), c.shard, h.c.id.ID, h.c.id.Incarnation, c.epoch)
@@ -351,6 +351,6 @@ func (h *holder) shutdown() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	h.c.db.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
+	h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.c.id.ID, h.c.id.Incarnation, cur.epoch)
 }

@@ -30,6 +30,8 @@ import (
 type Coreapp struct {
 	id       node.Identity
 	db       *sql.DB
+	claimDB  *sql.DB // reserved for the shard claim: never queues behind requests
+	slots    slots   // users' requests doing database work at once
 	log      *slog.Logger
 	secret   string
 	settings *settings.Cache
@@ -75,12 +77,18 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	dbcfg.MaxOpen = database.CoreappPool
 	db, err := database.Open(ctx, dbcfg)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	c := &Coreapp{id: id, db: db, log: node.Logger(id), metrics: newMetrics()}
+	claimDB, err := database.OpenReserved(ctx, dbcfg, database.CoreappClaimPool)
+	if err != nil {
+		return err
+	}
+	defer claimDB.Close()
+	c := &Coreapp{id: id, db: db, claimDB: claimDB, slots: newSlots(requestSlots), log: node.Logger(id), metrics: newMetrics()}
 	c.settings = settings.NewCache(db, 0, c.log)
 	c.holder = newHolder(c)
 	c.acceptor, c.outbox = newAcceptor(c), newOutbox(c)

@@ -21,8 +21,9 @@ var ErrNotPrimary = errors.New("not the primary master")
 // may fail before the lease is lost) and a retry period for secondaries short
 // enough that a lapsed lease is taken within the ttl plus a fraction.
 type masterLease struct {
-	db     *sql.DB
-	holder string // this process: node id + incarnation, never reused
+	db     *sql.DB // fenced transactions
+	own    *sql.DB // reserved connections: acquire, renew, release
+	holder string  // this process: node id + incarnation, never reused
 	addr   string
 	ttl    time.Duration
 	valid  lease.Validity
@@ -44,7 +45,7 @@ func (l *masterLease) retryEvery() time.Duration {
 // no read-then-write race between two secondaries.
 func (l *masterLease) tryAcquire(ctx context.Context) (bool, error) {
 	sent := monotime.Now()
-	res, err := l.db.ExecContext(ctx, `UPDATE master_lease
+	res, err := l.own.ExecContext(ctx, `UPDATE master_lease
 		SET holder = ?, holder_addr = ?, epoch = LAST_INSERT_ID(epoch + 1),
 		    expires_at = NOW(6) + INTERVAL ? MICROSECOND, acquired_at = NOW(6)
 		WHERE id = 1 AND expires_at <= NOW(6)`, l.holder, l.addr, l.ttl.Microseconds())
@@ -68,7 +69,7 @@ func (l *masterLease) tryAcquire(ctx context.Context) (bool, error) {
 // locally.
 func (l *masterLease) renew(ctx context.Context) (lost bool, err error) {
 	sent := monotime.Now()
-	res, err := l.db.ExecContext(ctx, `UPDATE master_lease SET expires_at = NOW(6) + INTERVAL ? MICROSECOND
+	res, err := l.own.ExecContext(ctx, `UPDATE master_lease SET expires_at = NOW(6) + INTERVAL ? MICROSECOND
 		WHERE id = 1 AND holder = ? AND epoch = ? AND expires_at > NOW(6)`, l.ttl.Microseconds(), l.holder, l.epoch)
 	if err != nil {
 		return false, fmt.Errorf("renew master lease: %w", err)
@@ -82,14 +83,21 @@ func (l *masterLease) renew(ctx context.Context) (lost bool, err error) {
 
 // release gives the lease up at shutdown so a secondary takes over at once.
 func (l *masterLease) release(ctx context.Context) {
-	l.db.ExecContext(ctx, `UPDATE master_lease SET expires_at = NOW(6) WHERE id = 1 AND holder = ? AND epoch = ?`, l.holder, l.epoch)
+	l.own.ExecContext(ctx, `UPDATE master_lease SET expires_at = NOW(6) WHERE id = 1 AND holder = ? AND epoch = ?`, l.holder, l.epoch)
 	l.valid.Drop()
 }
 
-// fenced runs fn in a transaction that first proves, under a shared lock on
-// the lease row, that this master still holds the lease at its epoch. A
-// takeover must write that row, so it waits for this transaction: a deposed
-// primary can change nothing.
+// fenced runs fn in a transaction that commits only if this master still
+// holds the lease at its epoch, proven at the end, under a shared lock on the
+// lease row held until COMMIT: a takeover must write that row, so it either
+// happened before the check (which then fails, and nothing of fn commits) or
+// waits the few microseconds until COMMIT. The epoch only grows, so holding
+// it at the end means holding it throughout.
+//
+// The check comes last, not first, so the lease row is never share-locked
+// while fn waits for other rows (a frozen coreapp's fence on its shard_map
+// row, say): the lease renewal, which updates that row, must never queue
+// behind a lock held by someone else (README, "The failure model").
 func (l *masterLease) fenced(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if !l.valid.Valid() {
 		return ErrNotPrimary
@@ -99,6 +107,9 @@ func (l *masterLease) fenced(ctx context.Context, fn func(tx *sql.Tx) error) err
 		return fmt.Errorf("fenced write: %w", err)
 	}
 	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
 	var n int
 	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM master_lease
 		WHERE id = 1 AND holder = ? AND epoch = ? AND expires_at > NOW(6) LOCK IN SHARE MODE`, l.holder, l.epoch).Scan(&n); err != nil {
@@ -106,9 +117,6 @@ func (l *masterLease) fenced(ctx context.Context, fn func(tx *sql.Tx) error) err
 	}
 	if n != 1 {
 		return ErrNotPrimary
-	}
-	if err := fn(tx); err != nil {
-		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("fenced write: commit: %w", err)

@@ -27,8 +27,8 @@ func leaseDB(t *testing.T) *sql.DB {
 func TestLeaseElectsOneAndFencesTheDeposed(t *testing.T) {
 	db := leaseDB(t)
 	ctx := context.Background()
-	a := &masterLease{db: db, holder: "a#1", addr: "a", ttl: 2 * time.Second}
-	b := &masterLease{db: db, holder: "b#1", addr: "b", ttl: 2 * time.Second}
+	a := &masterLease{db: db, own: db, holder: "a#1", addr: "a", ttl: 2 * time.Second}
+	b := &masterLease{db: db, own: db, holder: "b#1", addr: "b", ttl: 2 * time.Second}
 	if ok, err := a.tryAcquire(ctx); !ok || err != nil {
 		t.Fatalf("a could not take a free lease: %v %v", ok, err)
 	}
@@ -72,13 +72,15 @@ func TestLeaseElectsOneAndFencesTheDeposed(t *testing.T) {
 	}
 }
 
-// A takeover cannot slip between a primary's lease check and its write: it
-// waits for the fenced transaction to finish.
-func TestTakeoverWaitsForFencedTransaction(t *testing.T) {
+// A takeover that slips in while a fenced transaction runs voids it: the
+// lease is checked, under a shared lock, right before COMMIT. Meanwhile the
+// lease row is not locked, so the holder's renewal never waits for a
+// fenced transaction (which may itself wait for a stalled coreapp's lock).
+func TestTakeoverDuringFencedTransactionVoidsIt(t *testing.T) {
 	db := leaseDB(t)
 	ctx := context.Background()
-	a := &masterLease{db: db, holder: "a#1", addr: "a", ttl: 5 * time.Second}
-	b := &masterLease{db: db, holder: "b#1", addr: "b", ttl: 5 * time.Second}
+	a := &masterLease{db: db, own: db, holder: "a#1", addr: "a", ttl: 5 * time.Second}
+	b := &masterLease{db: db, own: db, holder: "b#1", addr: "b", ttl: 5 * time.Second}
 	if ok, _ := a.tryAcquire(ctx); !ok {
 		t.Fatal("a could not take the lease")
 	}
@@ -87,33 +89,34 @@ func TestTakeoverWaitsForFencedTransaction(t *testing.T) {
 	done := make(chan error)
 	go func() {
 		done <- a.fenced(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES ('probe', 'a', NOW(6))`); err != nil {
+				return err
+			}
 			close(inTx)
 			<-release
-			_, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES ('probe', 'a', NOW(6))`)
-			return err
+			return nil
 		})
 	}()
 	<-inTx
-	// Expire the lease from a third connection without waiting on a's lock:
-	// the lease row is share-locked, so this must block too.
-	expired := make(chan error)
-	go func() {
-		_, err := db.Exec(`UPDATE master_lease SET expires_at = NOW(6) WHERE id = 1`)
-		expired <- err
-	}()
-	select {
-	case <-expired:
-		t.Fatal("the lease row changed while a fenced transaction held it")
-	case <-time.After(300 * time.Millisecond):
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	lost, err := a.renew(rctx)
+	cancel()
+	if lost || err != nil {
+		t.Fatalf("renewal during a fenced transaction: lost=%v err=%v; want it through at once", lost, err)
 	}
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatalf("fenced write: %v", err)
-	}
-	if err := <-expired; err != nil {
+	if _, err := db.Exec(`UPDATE master_lease SET expires_at = NOW(6) WHERE id = 1`); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := b.tryAcquire(ctx); !ok || err != nil {
-		t.Fatalf("b after a's transaction: %v %v", ok, err)
+		t.Fatalf("b could not take the lapsed lease during a's transaction: %v %v", ok, err)
+	}
+	close(release)
+	if err := <-done; !errors.Is(err, ErrNotPrimary) {
+		t.Fatalf("a's fenced write after the takeover: %v, want ErrNotPrimary", err)
+	}
+	var n int
+	db.QueryRow(`SELECT COUNT(*) FROM settings WHERE name = 'probe'`).Scan(&n)
+	if n != 0 {
+		t.Fatal("the deposed primary's fenced write committed")
 	}
 }

@@ -50,6 +50,9 @@ type Master struct {
 	stopDuty        context.CancelFunc // ends the primary's one-off duties
 	ready           atomic.Bool        // schema current, registered
 	lastNoCandidate time.Time
+	// stalledBySeconds: the server has no PROCESSLIST.TIME_MS (MySQL), so
+	// killStalled judges idle time in whole seconds.
+	stalledBySeconds atomic.Bool
 }
 
 func main() {
@@ -123,13 +126,19 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	cfg.db.MaxOpen = database.MasterPool
 	db, err := database.Open(ctx, cfg.db)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	leaseDB, err := database.OpenReserved(ctx, cfg.db, database.MasterLeasePool)
+	if err != nil {
+		return err
+	}
+	defer leaseDB.Close()
 	m := &Master{id: cfg.id, db: db, log: node.Logger(cfg.id), metrics: newMetrics(), shards: cfg.shards, gc: cfg.gc}
-	m.lease = &masterLease{db: db, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL}
+	m.lease = &masterLease{db: db, own: leaseDB, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL}
 	m.settings = settings.NewCache(db, 0, m.log)
 	m.mon = newMonitor(m)
 	m.plugin = &transport.Supervisor{Path: cfg.plugin, Log: m.log}

@@ -27,49 +27,28 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 	unhealthy := m.settings.Get().Unhealthy()
 	var epoch int64
 	var sinceRenewal time.Duration // of the previous holder: how long the shard went unclaimed
-	err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
-		var node string
-		var cur, us int64
-		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1)
-			FROM shard_map WHERE shard_id = ? FOR UPDATE`, s.shard).Scan(&node, &cur, &us); err != nil {
-			return fmt.Errorf("promote shard %d: %w", s.shard, err)
+	// The old holder, frozen inside an accept or callback transaction,
+	// share-locks its shard_map row and the cluster row until it wakes. So
+	// the row is asked for with NOWAIT, and when it (or the cluster row,
+	// after the session's innodb_lock_wait_timeout) is busy, stalled
+	// transactions are ended and the promotion tried again.
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = m.lease.fenced(ctx, func(tx *sql.Tx) error { return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, &epoch, &sinceRenewal) })
+		if !lockBusy(err) || attempt == promoteAttempts || ctx.Err() != nil {
+			break
 		}
-		if node != s.node || cur != s.epoch {
-			return errMapChanged
+		n, kerr := m.killStalled(ctx)
+		if kerr != nil {
+			m.log.Warn("promotion blocked by a lock, and stalled transactions could not be ended", "shard", s.shard, "err", kerr)
 		}
-		sinceRenewal = time.Duration(us) * time.Microsecond
-		var busy int
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shard_map WHERE node_id = ? AND shard_id <> ?`, cand.id, s.shard).Scan(&busy); err != nil {
-			return fmt.Errorf("promote shard %d: %w", s.shard, err)
+		if n == 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
-		if busy > 0 {
-			return fmt.Errorf("promote shard %d: %s already holds a shard", s.shard, cand.id)
-		}
-		// The network's keepalive as reported by the transports of the old
-		// holder and the candidate; the larger is the safe one.
-		var kaMS int64
-		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(keepalive_ms), 0) FROM nodes WHERE id IN (?, ?)`, s.node, cand.id).Scan(&kaMS); err != nil {
-			return fmt.Errorf("promote shard %d: %w", s.shard, err)
-		}
-		if kaMS < cand.keepaliveMS {
-			kaMS = cand.keepaliveMS
-		}
-		// MySQL evaluates SET left to right: connect_after must read the old
-		// lease_expires before it is overwritten.
-		if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
-				connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND),
-				lease_expires = NOW(6) + INTERVAL ? MICROSECOND,
-				node_id = ?, incarnation = ?, epoch = epoch + 1, assigned_at = NOW(6), master_epoch = ?
-			WHERE shard_id = ?`, kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
-			return fmt.Errorf("promote shard %d: %w", s.shard, err)
-		}
-		epoch = s.epoch + 1
-		if _, err := tx.ExecContext(ctx, `INSERT INTO failovers (shard_id, old_node, new_node, epoch, reason, master_epoch, at)
-			VALUES (?, NULLIF(?, ''), ?, ?, ?, ?, NOW(6))`, s.shard, s.node, cand.id, epoch, reason, m.lease.epoch); err != nil {
-			return fmt.Errorf("promote shard %d: audit: %w", s.shard, err)
-		}
-		return cluster.BumpMap(ctx, tx)
-	})
+	}
 	if err != nil {
 		return err
 	}
@@ -85,6 +64,52 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 		go m.notify(s.node, "/internal/demote", map[string]any{"shard": s.shard, "epoch": epoch}, time.Second)
 	}
 	return nil
+}
+
+// promoteTx is promote's fenced transaction.
+func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *peer, reason string, unhealthy time.Duration,
+	epoch *int64, sinceRenewal *time.Duration) error {
+	var node string
+	var cur, us int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1)
+		FROM shard_map WHERE shard_id = ? FOR UPDATE NOWAIT`, s.shard).Scan(&node, &cur, &us); err != nil {
+		return fmt.Errorf("promote shard %d: %w", s.shard, err)
+	}
+	if node != s.node || cur != s.epoch {
+		return errMapChanged
+	}
+	*sinceRenewal = time.Duration(us) * time.Microsecond
+	var busy int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM shard_map WHERE node_id = ? AND shard_id <> ?`, cand.id, s.shard).Scan(&busy); err != nil {
+		return fmt.Errorf("promote shard %d: %w", s.shard, err)
+	}
+	if busy > 0 {
+		return fmt.Errorf("promote shard %d: %s already holds a shard", s.shard, cand.id)
+	}
+	// The network's keepalive as reported by the transports of the old
+	// holder and the candidate; the larger is the safe one.
+	var kaMS int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(keepalive_ms), 0) FROM nodes WHERE id IN (?, ?)`, s.node, cand.id).Scan(&kaMS); err != nil {
+		return fmt.Errorf("promote shard %d: %w", s.shard, err)
+	}
+	if kaMS < cand.keepaliveMS {
+		kaMS = cand.keepaliveMS
+	}
+	// MySQL evaluates SET left to right: connect_after must read the old
+	// lease_expires before it is overwritten.
+	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
+			connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND),
+			lease_expires = NOW(6) + INTERVAL ? MICROSECOND,
+			node_id = ?, incarnation = ?, epoch = epoch + 1, assigned_at = NOW(6), master_epoch = ?
+		WHERE shard_id = ?`, kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
+		return fmt.Errorf("promote shard %d: %w", s.shard, err)
+	}
+	*epoch = s.epoch + 1
+	if _, err := tx.ExecContext(ctx, `INSERT INTO failovers (shard_id, old_node, new_node, epoch, reason, master_epoch, at)
+		VALUES (?, NULLIF(?, ''), ?, ?, ?, ?, NOW(6))`, s.shard, s.node, cand.id, *epoch, reason, m.lease.epoch); err != nil {
+		return fmt.Errorf("promote shard %d: audit: %w", s.shard, err)
+	}
+	return cluster.BumpMap(ctx, tx)
 }
 
 // notify posts to a coreapp, retrying for up to within. The coreapp also

@@ -198,6 +198,7 @@ type Options struct {
 	Keepalive   time.Duration // the network's keepalive timeout, 250ms
 	MasterLease time.Duration // MC_MASTER_LEASE, 2s
 	MasterEnv   []string      // more environment for every master
+	DBLatency   time.Duration // if set, nodes reach MariaDB through a LatencyProxy adding this to every round trip
 }
 
 // Cluster is a running test cluster.
@@ -214,6 +215,7 @@ type Cluster struct {
 	Masters    []*Proc
 	Coreapps   []*Proc
 	Secret     string
+	DBProxy    *LatencyProxy // nil unless Options.DBLatency
 	http       *http.Client
 }
 
@@ -255,6 +257,9 @@ func New(t testing.TB, o Options) *Cluster {
 	})
 	c.DB = mariadbtest.Start(t)
 	c.SQL = c.DB.Open(DBName)
+	if o.DBLatency > 0 {
+		c.DBProxy = StartLatencyProxy(t, net.JoinHostPort(c.DB.Bind, strconv.Itoa(c.DB.Port)), o.DBLatency)
+	}
 	c.StartSimnet()
 	for i := 0; i < o.Masters; i++ {
 		c.StartMaster(o.MasterEnv...)
@@ -282,7 +287,11 @@ func (c *Cluster) StartSimnet() {
 
 // NodeEnv is the environment a node of this cluster gets.
 func (c *Cluster) NodeEnv(listen int) []string {
-	return append(c.DB.Env(),
+	db := c.DB.Env()
+	if c.DBProxy != nil { // the later value of a variable wins in exec
+		db = append(db, "WA_DB_HOSTNAME=127.0.0.1", "WA_DB_PORT="+strconv.Itoa(c.DBProxy.Addr().Port))
+	}
+	return append(db,
 		"MC_DB_NAME="+DBName,
 		"EXTERNAL_HOSTNAME=127.0.0.1",
 		fmt.Sprintf("MC_LISTEN=127.0.0.1:%d", listen),

@@ -31,6 +31,13 @@ type Config struct {
 	// (MC_DB_WAIT, Go duration, default 30s): in a compose file the database
 	// may come up after the nodes. A refused login is never retried.
 	Wait time.Duration
+	// MaxOpen caps the pool's connections (see budget.go; 0: DefaultPool).
+	MaxOpen int
+	// LockWait is the session's innodb_lock_wait_timeout, rounded up to
+	// whole seconds (the server's unit; 0: LockWait). Every transaction of
+	// ours is a few primary-key statements, so a row lock held longer
+	// than this belongs to a stalled holder; waiting for it must end.
+	LockWait time.Duration
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)
@@ -93,7 +100,8 @@ func (c Config) dsn(db string) string {
 	m.Timeout = 3 * time.Second
 	// Expiry is always judged by the server's NOW(6); pin the session zone so
 	// a DST change on the DB host cannot move stored deadlines.
-	m.Params = map[string]string{"time_zone": "'+00:00'"}
+	m.Params = map[string]string{"time_zone": "'+00:00'",
+		"innodb_lock_wait_timeout": strconv.Itoa(c.lockWaitSeconds())}
 	m.InterpolateParams = true // one round trip per statement instead of prepare+exec
 	return m.FormatDSN()
 }
@@ -134,13 +142,47 @@ func open(ctx context.Context, c Config) (*sql.DB, error) {
 		return nil, err
 	}
 	db.SetConnMaxIdleTime(c.IdleTimeout)
-	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(16)
+	configure(db, c, c.MaxOpen)
 	if err := db.PingContext(pctx); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return db, nil
+}
+
+// OpenReserved opens a second, small pool of n connections to the same
+// database (created by Open first): work that must never queue behind
+// request traffic for a connection (lease and claim renewals) gets its own.
+func OpenReserved(ctx context.Context, c Config, n int) (*sql.DB, error) {
+	db, err := sql.Open("mysql", c.dsn(c.Name))
+	if err != nil {
+		return nil, Explain(c, err)
+	}
+	configure(db, c, n)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		return nil, Explain(c, err)
+	}
+	return db, nil
+}
+
+func configure(db *sql.DB, c Config, maxOpen int) {
+	if maxOpen <= 0 {
+		maxOpen = DefaultPool
+	}
+	db.SetConnMaxIdleTime(c.IdleTimeout)
+	db.SetMaxOpenConns(maxOpen)
+	db.SetMaxIdleConns(maxOpen)
+}
+
+func (c Config) lockWaitSeconds() int {
+	d := c.LockWait
+	if d <= 0 {
+		d = LockWait
+	}
+	return int((d + time.Second - 1) / time.Second)
 }
 
 // Transient reports whether err may pass by itself (server down or
@@ -152,7 +194,7 @@ func Transient(err error) bool {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
 		switch me.Number {
-		case 1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013: // too many conns, shutdown, lock wait, deadlock, gone away
+		case 1040, 1053, 1205, 1213, 3572, 2002, 2003, 2006, 2013: // too many conns, shutdown, lock wait, deadlock, NOWAIT, gone away
 			return true
 		}
 		return false
