@@ -18,8 +18,10 @@ const (
 )
 
 const (
-	// sendBatch is how many messages go to the plugin in one Send: per
-	// message gRPC calls would cap a shard at a few thousand per second.
+	// sendBatch is how many messages go to the plugin in one Send at most:
+	// per message gRPC calls would cap a shard at a few thousand per
+	// second. A batch is also cut at transport.MaxSendBytes, so that large
+	// messages never make a Send the plugin or the network cannot take.
 	sendBatch = 500
 	// outboxPoll finds rows left by a previous primary, and rows whose
 	// wake-up was missed; commits nudge the sender directly.
@@ -54,6 +56,8 @@ type outRow struct {
 	recipient string
 	typ       string
 	body      []byte
+	size      int  // transport.MessageSize of the row
+	tooBig    bool // over transport.MaxMessageBytes: it fails without being sent
 }
 
 func (o *outbox) run(ctx context.Context) {
@@ -88,7 +92,7 @@ func (o *outbox) drain(ctx context.Context) (bool, error) {
 		if !st.Primary || !st.Connected {
 			return sent, nil
 		}
-		rows, err := o.load(ctx, st.Shard)
+		rows, more, err := o.load(ctx, st.Shard)
 		if err != nil {
 			return sent, err
 		}
@@ -99,48 +103,109 @@ func (o *outbox) drain(ctx context.Context) (bool, error) {
 			return sent, err
 		}
 		sent = true
-		if len(rows) < sendBatch {
+		if !more {
 			return sent, nil
 		}
 	}
 }
 
-func (o *outbox) load(ctx context.Context, shard int) ([]outRow, error) {
+// load returns the shard's next batch: its first unsent rows in seq order,
+// at most sendBatch of them and, unless the first alone is larger, at most
+// transport.MaxSendBytes. more reports that unsent rows were left out. It
+// reads the sizes first and then only the bodies it sends, so a backlog of
+// large messages is not read again whole for every batch.
+func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool, err error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	rs, err := o.c.db.QueryContext(qctx, `SELECT seq, id, recipient, type, body FROM messages
+	rs, err := o.c.db.QueryContext(qctx, `SELECT seq, id, recipient, type,
+			LENGTH(id) + LENGTH(recipient) + LENGTH(type) + LENGTH(body) FROM messages
 		WHERE shard_id = ? AND state = ? ORDER BY seq LIMIT ?`, shard, stateUnsent, sendBatch)
 	if err != nil {
-		return nil, fmt.Errorf("load outbox of shard %d: %w", shard, err)
+		return nil, false, fmt.Errorf("load outbox of shard %d: %w", shard, err)
 	}
 	defer rs.Close()
-	var out []outRow
+	total, n := 0, 0
 	for rs.Next() {
+		n++
 		var r outRow
-		if err := rs.Scan(&r.seq, &r.id, &r.recipient, &r.typ, &r.body); err != nil {
-			return nil, fmt.Errorf("load outbox of shard %d: %w", shard, err)
+		if err := rs.Scan(&r.seq, &r.id, &r.recipient, &r.typ, &r.size); err != nil {
+			return nil, false, fmt.Errorf("load outbox of shard %d: %w", shard, err)
 		}
-		out = append(out, r)
+		r.tooBig = r.size > transport.MaxMessageBytes
+		if !r.tooBig {
+			if len(rows) > 0 && total+r.size > transport.MaxSendBytes {
+				more = true
+				break
+			}
+			total += r.size
+		}
+		rows = append(rows, r)
 	}
-	return out, rs.Err()
+	if err := rs.Err(); err != nil {
+		return nil, false, fmt.Errorf("load outbox of shard %d: %w", shard, err)
+	}
+	rs.Close()
+	more = more || n == sendBatch
+	var seqs []any
+	byseq := map[int64]*outRow{}
+	for i := range rows {
+		if !rows[i].tooBig {
+			seqs = append(seqs, rows[i].seq)
+			byseq[rows[i].seq] = &rows[i]
+		}
+	}
+	if len(seqs) == 0 {
+		return rows, more, nil
+	}
+	bs, err := o.c.db.QueryContext(qctx, `SELECT seq, body FROM messages WHERE seq IN (?`+strings.Repeat(",?", len(seqs)-1)+`)`, seqs...)
+	if err != nil {
+		return nil, false, fmt.Errorf("load %d bodies of shard %d: %w", len(seqs), shard, err)
+	}
+	defer bs.Close()
+	for bs.Next() {
+		var seq int64
+		var body []byte
+		if err := bs.Scan(&seq, &body); err != nil {
+			return nil, false, fmt.Errorf("load bodies of shard %d: %w", shard, err)
+		}
+		if r := byseq[seq]; r != nil {
+			r.body = body
+		}
+	}
+	return rows, more, bs.Err()
 }
 
 var errNoTransport = errors.New("transport plugin not running")
 
 func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
-	msgs := make([]transport.Message, len(rows))
+	var msgs []transport.Message
+	var index []int // rows[index[i]] is msgs[i]
+	results := make([]transport.SendResult, len(rows))
 	for i, r := range rows {
-		msgs[i] = transport.Message{ID: r.id, To: r.recipient, Type: r.typ, Body: r.body}
+		if r.tooBig {
+			// No Send can carry it: it fails alone instead of
+			// failing its batch again and again.
+			results[i] = transport.SendResult{ID: r.id, Status: transport.SendFailed,
+				Error: fmt.Sprintf("message of %d bytes is larger than the transport allows (%d bytes)", r.size, transport.MaxMessageBytes)}
+			continue
+		}
+		msgs = append(msgs, transport.Message{ID: r.id, To: r.recipient, Type: r.typ, Body: r.body})
+		index = append(index, i)
 	}
-	var results []transport.SendResult
-	err := errNoTransport
-	o.c.plugins.With(func(t transport.Transport, _ uint64) {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		results, err = t.Send(sctx, msgs)
-	})
-	if err != nil {
-		return fmt.Errorf("send %d messages on shard %d: %w", len(msgs), st.Shard, err)
+	if len(msgs) > 0 {
+		var res []transport.SendResult
+		err := errNoTransport
+		o.c.plugins.With(func(t transport.Transport, _ uint64) {
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			res, err = t.Send(sctx, msgs)
+		})
+		if err != nil {
+			return fmt.Errorf("send %d messages on shard %d: %w", len(msgs), st.Shard, err)
+		}
+		for j, r := range res {
+			results[index[j]] = r
+		}
 	}
 	var ok []any
 	var failed []failedSend

@@ -323,39 +323,75 @@ func (t *Transport) Send(ctx context.Context, msgs []transport.Message) ([]trans
 		return nil, fmt.Errorf("send: %w", transport.ErrDeadlinePassed)
 	}
 	results := make([]transport.SendResult, len(msgs))
-	var wire []Message
-	var index []int
+	// frames are the send frames, each under maxSendFrame encoded;
+	// index maps their messages back to msgs.
+	var frames [][]Message
+	var index [][]int
+	size := maxSendFrame // forces a new frame for the first message
 	for i, m := range msgs {
 		results[i].ID = m.ID
+		w := Message{ID: m.ID, To: m.To, Type: m.Type, Body: m.Body}
+		n := 0
 		switch {
 		case m.ID == "":
 			results[i].Status, results[i].Error = transport.SendFailed, "missing id"
+			continue
 		case len(m.Body) > 0 && !json.Valid(m.Body):
 			results[i].Status, results[i].Error = transport.SendFailed, "body is not valid JSON"
+			continue
 		default:
-			wire = append(wire, Message{ID: m.ID, To: m.To, Type: m.Type, Body: m.Body})
-			index = append(index, i)
+			n = encodedSize(w)
 		}
-	}
-	if len(wire) == 0 {
-		return results, nil
-	}
-	res, err := s.conn.Send(ctx, wire)
-	if err != nil {
-		return nil, fmt.Errorf("send %d messages on shard %d epoch %d: %w", len(wire), s.shard, s.epoch, err)
-	}
-	for j, r := range res {
-		sr := &results[index[j]]
-		switch r.Status {
-		case ResultAccepted:
-			sr.Status = transport.SendAccepted
-		case ResultDuplicate:
-			sr.Status = transport.SendDuplicate
-		default:
-			sr.Status, sr.Error = transport.SendFailed, r.Error
+		if n > maxSendFrame {
+			// It can never be sent: failing the batch would send it
+			// again forever and hold up every later message.
+			results[i].Status = transport.SendFailed
+			results[i].Error = fmt.Sprintf("message of %d bytes is larger than the network's frame limit (%d bytes)", n, maxSendFrame)
+			continue
 		}
+		if size+n > maxSendFrame {
+			frames, index, size = append(frames, nil), append(index, nil), 0
+		}
+		k := len(frames) - 1
+		frames[k], index[k], size = append(frames[k], w), append(index[k], i), size+n
+	}
+	sent := 0
+	for k, wire := range frames {
+		res, err := s.conn.Send(ctx, wire)
+		if err != nil {
+			// The frames before this one were answered; the host sends
+			// the whole batch again and the network drops the copies.
+			return nil, fmt.Errorf("send %d messages on shard %d epoch %d (%d sent before): %w", len(wire), s.shard, s.epoch, sent, err)
+		}
+		for j, r := range res {
+			sr := &results[index[k][j]]
+			switch r.Status {
+			case ResultAccepted:
+				sr.Status = transport.SendAccepted
+			case ResultDuplicate:
+				sr.Status = transport.SendDuplicate
+			default:
+				sr.Status, sr.Error = transport.SendFailed, r.Error
+			}
+		}
+		sent += len(wire)
 	}
 	return results, nil
+}
+
+// maxSendFrame bounds the encoded messages of one send frame: maxFrame less
+// room for the frame's own fields.
+const maxSendFrame = maxFrame - 4<<10
+
+// encodedSize is the bytes m takes in a send frame, its comma included.
+// json.Marshal may grow a body (it escapes <, > and &), so the size is
+// measured, not estimated.
+func encodedSize(m Message) int {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return maxFrame + 1 // cannot be encoded: cannot be sent
+	}
+	return len(b) + 1
 }
 
 // current returns the live session for shard, or ErrNotConnected.

@@ -32,6 +32,38 @@ var Handshake = plugin.HandshakeConfig{
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
 
+// Size bounds on the host-plugin path. gRPC refuses messages over 4 MiB
+// unless told otherwise, which a batch of large messages easily is; both
+// sides set MaxGRPCMessage explicitly so the bound is one number, and
+// hosts keep a Send under MaxSendBytes, well below it.
+const (
+	// MaxGRPCMessage is the largest gRPC message host and plugin accept
+	// from each other, either way.
+	MaxGRPCMessage = 32 << 20
+	// MaxSendBytes bounds the messages of one Send (ids, addresses, types
+	// and bodies added up, see MessageSize) that a host batches together;
+	// a single message larger than this still goes alone.
+	MaxSendBytes = 1 << 20
+	// MaxMessageBytes is the largest message (see MessageSize) that can
+	// cross to the plugin at all: a host fails a larger one itself. It
+	// leaves MaxGRPCMessage room for protobuf framing.
+	MaxMessageBytes = MaxGRPCMessage - 64<<10
+)
+
+// MessageSize is what m counts for against MaxSendBytes and
+// MaxMessageBytes.
+func MessageSize(m Message) int { return len(m.ID) + len(m.To) + len(m.Type) + len(m.Body) }
+
+// grpcServer is the plugin's gRPC server, with the message size bound.
+func grpcServer(opts []grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxGRPCMessage), grpc.MaxSendMsgSize(MaxGRPCMessage))...)
+}
+
+// grpcDialOptions set the host's side of the message size bound.
+var grpcDialOptions = []grpc.DialOption{
+	grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxGRPCMessage), grpc.MaxCallSendMsgSize(MaxGRPCMessage)),
+}
+
 // PluginMap is the plugin set a host dispenses from.
 var PluginMap = map[string]plugin.Plugin{PluginName: &GRPCPlugin{}}
 
@@ -69,7 +101,7 @@ func Serve(impl Transport) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         map[string]plugin.Plugin{PluginName: &GRPCPlugin{Impl: impl}},
-		GRPCServer:      plugin.DefaultGRPCServer,
+		GRPCServer:      grpcServer,
 		Logger:          newHCLogger(log.Handler(), ""),
 	})
 	if c, ok := impl.(io.Closer); ok {

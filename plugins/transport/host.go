@@ -42,6 +42,7 @@ func Start(path string, logger *slog.Logger) (*Plugin, error) {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           newHCLogger(logger.Handler(), ""),
 		StartTimeout:     startTimeout,
+		GRPCDialOptions:  grpcDialOptions,
 	})
 	rpc, err := client.Client()
 	if err != nil {

@@ -60,6 +60,10 @@ type Transport interface {
 	// connected, deadline passed, connection lost while waiting), in
 	// which case the network may or may not have received it; sending
 	// again is safe because the network deduplicates by message ID.
+	// A message the network could never take (larger than its frames,
+	// say) must fail alone (SendFailed) rather than fail the batch, or
+	// every later message of the shard would wait behind it; a plugin
+	// splits a batch into as many network writes as its limits need.
 	Send(ctx context.Context, msgs []Message) ([]SendResult, error)
 
 	// Events streams what the network pushes (message statuses, inbound
