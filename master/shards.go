@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
@@ -104,8 +105,8 @@ func (m *Master) healthyCoreapps() int {
 //     reach the network again from the new one: the network drops it by id,
 //     and what arrives first still arrives in seq order, so no recipient's
 //     order changes;
-//   - undelivered callbacks move the same way (their network event number
-//     belongs to the old shard, so it is cleared);
+//   - undelivered callbacks move the same way, renumbered after every
+//     callback stored so far (see moveUndelivered);
 //   - a removed shard's row is released: its holder's next renewal fails
 //     and it steps down. The row keeps its epoch and a connect_after past
 //     the old claim and keepalive, so a later holder of that shard id
@@ -143,18 +144,111 @@ func (m *Master) reshard(ctx context.Context, n int) (int, error) {
 				return fmt.Errorf("reshard: create shard %d: %w", s, err)
 			}
 		}
-		// CRC32 over the recipient's digits is shard.For in SQL: MySQL's
-		// CRC32 is the IEEE polynomial Go's crc32.ChecksumIEEE uses.
-		const newShard = `CRC32(REGEXP_REPLACE(recipient, '[^0-9]', '')) % ?`
-		if _, err := tx.ExecContext(ctx, `UPDATE messages SET shard_id = `+newShard+`
-			WHERE state = 0 AND shard_id <> `+newShard, n, n); err != nil {
-			return fmt.Errorf("reshard: move unsent messages: %w", err)
+		if err := moveUnsent(ctx, tx, n); err != nil {
+			return fmt.Errorf("reshard: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE callbacks SET shard_id = `+newShard+`, net_seq = NULL
-			WHERE delivered = 0 AND shard_id <> `+newShard, n, n); err != nil {
-			return fmt.Errorf("reshard: move undelivered callbacks: %w", err)
+		if err := moveUndelivered(ctx, tx, n); err != nil {
+			return fmt.Errorf("reshard: %w", err)
 		}
 		return cluster.BumpMap(ctx, tx)
 	})
 	return from, err
+}
+
+// moveBatch bounds the seqs one statement names when rows move.
+const moveBatch = 1000
+
+// moveUnsent relabels the unsent messages whose recipient now belongs to
+// another shard. The shard is computed here with shard.For rather than in
+// SQL (REGEXP_REPLACE needs MySQL 8.0.4), over the unsent rows only, which
+// the messages_unsent index finds without reading the sent ones: the
+// transaction stays as short as the backlog, however many messages are
+// stored. The rows are locked (FOR UPDATE) until commit, so no outbox marks
+// one sent meanwhile.
+func moveUnsent(ctx context.Context, tx *sql.Tx, n int) error {
+	moves, err := movedRows(ctx, tx, `SELECT seq, recipient, shard_id FROM messages WHERE state = 0 ORDER BY seq FOR UPDATE`, n)
+	if err != nil {
+		return fmt.Errorf("find unsent messages: %w", err)
+	}
+	return inBatches(moves, func(to int, seqs []any) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET shard_id = ? WHERE seq IN (`+placeholders(len(seqs))+`)`,
+			append([]any{to}, seqs...)...); err != nil {
+			return fmt.Errorf("move unsent messages to shard %d: %w", to, err)
+		}
+		return nil
+	})
+}
+
+// moveUndelivered moves the undelivered callbacks whose recipient now
+// belongs to another shard, renumbered: each is inserted again (in seq
+// order, so a recipient's order holds) and the old row deleted. A
+// surviving shard's dispatcher loads only callbacks past the last seq it
+// loaded, so a callback moved in with its old, lower seq would never be
+// delivered. The new seqs are above every callback stored so far, and no
+// callback is stored while this runs (storing one share-locks the cluster
+// row this transaction holds for update), so none is committed below them
+// later. A moving recipient's undelivered callbacks all move together and
+// its later ones are stored after the commit, so its order is kept. Their
+// network event number belonged to the old shard, so it is cleared.
+func moveUndelivered(ctx context.Context, tx *sql.Tx, n int) error {
+	moves, err := movedRows(ctx, tx, `SELECT seq, recipient, shard_id FROM callbacks WHERE delivered = 0 ORDER BY seq FOR UPDATE`, n)
+	if err != nil {
+		return fmt.Errorf("find undelivered callbacks: %w", err)
+	}
+	return inBatches(moves, func(to int, seqs []any) error {
+		in := placeholders(len(seqs))
+		if _, err := tx.ExecContext(ctx, `INSERT INTO callbacks (shard_id, net_seq, recipient, kind, payload, attempts, created_at)
+			SELECT ?, NULL, recipient, kind, payload, attempts, created_at FROM callbacks WHERE seq IN (`+in+`) ORDER BY seq`,
+			append([]any{to}, seqs...)...); err != nil {
+			return fmt.Errorf("move undelivered callbacks to shard %d: %w", to, err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM callbacks WHERE seq IN (`+in+`)`, seqs...); err != nil {
+			return fmt.Errorf("move undelivered callbacks to shard %d: %w", to, err)
+		}
+		return nil
+	})
+}
+
+// movedRows runs query (seq, recipient, shard_id in seq order) and returns,
+// per new shard under count n, the seqs of the rows that must move there,
+// ascending. A recipient without digits was never accepted; it stays.
+func movedRows(ctx context.Context, tx *sql.Tx, query string, n int) (map[int][]any, error) {
+	rows, err := tx.QueryContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	moves := map[int][]any{}
+	for rows.Next() {
+		var seq int64
+		var recipient string
+		var from int
+		if err := rows.Scan(&seq, &recipient, &from); err != nil {
+			return nil, err
+		}
+		if to, err := shard.For(recipient, n); err == nil && to != from {
+			moves[to] = append(moves[to], seq)
+		}
+	}
+	return moves, rows.Err()
+}
+
+// inBatches calls move for each new shard's seqs, moveBatch at a time, in
+// ascending order.
+func inBatches(moves map[int][]any, move func(to int, seqs []any) error) error {
+	for to, seqs := range moves {
+		for len(seqs) > 0 {
+			k := min(len(seqs), moveBatch)
+			if err := move(to, seqs[:k]); err != nil {
+				return err
+			}
+			seqs = seqs[k:]
+		}
+	}
+	return nil
+}
+
+// placeholders returns "?,?,...,?" with k marks.
+func placeholders(k int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", k), ",")
 }

@@ -13,10 +13,12 @@ import (
 	"time"
 )
 
-// hookReceiver is a webhook that refuses (HTTP 500) while failing is set
-// and records, in arrival order, the callbacks it took.
+// hookReceiver is a webhook that refuses (HTTP 500) while failing is set,
+// or a request naming one of the recipients in failFor, and records, in
+// arrival order, the callbacks it took.
 type hookReceiver struct {
 	failing  atomic.Bool
+	failFor  atomic.Pointer[map[string]bool]
 	refused  atomic.Int64
 	mu       sync.Mutex
 	statuses []hookStatus
@@ -50,11 +52,6 @@ func startHook(t *testing.T) *hookReceiver {
 	}
 	h.url = "http://" + ln.Addr().String() + "/hook"
 	h.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if h.failing.Load() {
-			h.refused.Add(1)
-			http.Error(w, "down", http.StatusInternalServerError)
-			return
-		}
 		b, _ := io.ReadAll(r.Body)
 		var p struct {
 			Statuses []hookStatus     `json:"statuses"`
@@ -63,6 +60,20 @@ func startHook(t *testing.T) *hookReceiver {
 		}
 		if err := json.Unmarshal(b, &p); err != nil || len(p.Contacts) != len(p.Messages) {
 			t.Errorf("webhook payload not in the original's shape: %s", b)
+		}
+		refuse := h.failing.Load()
+		if f := h.failFor.Load(); f != nil {
+			for _, s := range p.Statuses {
+				refuse = refuse || (*f)[s.RecipientID]
+			}
+			for _, m := range p.Messages {
+				refuse = refuse || (*f)[m.From]
+			}
+		}
+		if refuse {
+			h.refused.Add(1)
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
 		}
 		h.mu.Lock()
 		h.statuses = append(h.statuses, p.Statuses...)
@@ -122,39 +133,55 @@ func TestWebhookFailsThenRecovers(t *testing.T) {
 	hook.failing.Store(false)
 
 	c.Eventually(30*time.Second, "every callback delivered", func() error {
-		hook.mu.Lock()
-		defer hook.mu.Unlock()
-		got := map[string]bool{}
-		for _, s := range hook.statuses {
-			got[s.ID+" "+s.Status] = true
-		}
-		for _, m := range hook.inbound {
-			got[m.ID] = true
-		}
-		for _, to := range tos {
-			for _, id := range sent[to] {
-				for _, st := range []string{"sent", "delivered", "read"} {
-					if !got[id+" "+st] {
-						return fmt.Errorf("no %s status for %s", st, id)
-					}
-				}
-			}
-			for _, id := range inbound[to] {
-				if !got[id] {
-					return fmt.Errorf("inbound message %s not delivered", id)
-				}
-			}
-		}
-		return nil
+		return hook.missing(tos, sent, inbound)
 	})
+	hook.checkOrder(t, tos, sent, inbound)
 	hook.mu.Lock()
 	defer hook.mu.Unlock()
+	t.Logf("webhook refused %d requests; took %d statuses and %d inbound messages", hook.refused.Load(), len(hook.statuses), len(hook.inbound))
+}
+
+// missing names a callback the webhook has not taken yet: the sent,
+// delivered and read statuses of every message in sent and every inbound
+// message in inbound (per recipient).
+func (h *hookReceiver) missing(tos []string, sent, inbound map[string][]string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	got := map[string]bool{}
+	for _, s := range h.statuses {
+		got[s.ID+" "+s.Status] = true
+	}
+	for _, m := range h.inbound {
+		got[m.ID] = true
+	}
+	for _, to := range tos {
+		for _, id := range sent[to] {
+			for _, st := range []string{"sent", "delivered", "read"} {
+				if !got[id+" "+st] {
+					return fmt.Errorf("no %s status for %s", st, id)
+				}
+			}
+		}
+		for _, id := range inbound[to] {
+			if !got[id] {
+				return fmt.Errorf("inbound message %s not delivered", id)
+			}
+		}
+	}
+	return nil
+}
+
+// checkOrder checks the order per recipient of what the webhook took.
+func (h *hookReceiver) checkOrder(t *testing.T, tos []string, sent, inbound map[string][]string) {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	// Order per recipient, judged on each callback's first delivery (a
 	// failover may deliver one again): a message's statuses go sent,
 	// delivered, read; one status of a recipient's messages follows the
 	// order they were sent in; inbound messages come in the order written.
 	first := map[string]int{}
-	for i, s := range hook.statuses {
+	for i, s := range h.statuses {
 		if s.RecipientID == "" || s.Timestamp == "" {
 			t.Errorf("status without recipient_id or timestamp: %+v", s)
 		}
@@ -178,7 +205,7 @@ func TestWebhookFailsThenRecovers(t *testing.T) {
 		}
 		var order []string
 		seen := map[string]bool{}
-		for _, m := range hook.inbound {
+		for _, m := range h.inbound {
 			if m.From == to && !seen[m.ID] {
 				seen[m.ID] = true
 				order = append(order, m.ID)
@@ -191,5 +218,4 @@ func TestWebhookFailsThenRecovers(t *testing.T) {
 			t.Errorf("recipient %s: inbound messages arrived as %v, want %v", to, order, inbound[to])
 		}
 	}
-	t.Logf("webhook refused %d requests; took %d statuses and %d inbound messages", hook.refused.Load(), len(hook.statuses), len(hook.inbound))
 }

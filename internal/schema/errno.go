@@ -6,6 +6,9 @@ import (
 	"github.com/go-sql-driver/mysql"
 )
 
+// errDupKeyName is MySQL's ER_DUP_KEYNAME: the index already exists.
+const errDupKeyName = 1061
+
 func errorNumber(err error) uint16 {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {

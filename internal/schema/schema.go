@@ -20,7 +20,10 @@ import (
 
 // Migration is one schema step. Statements must be idempotent (IF NOT EXISTS,
 // INSERT IGNORE): MySQL commits DDL implicitly, so a master that dies half-way
-// leaves a step for its successor to run again.
+// leaves a step for its successor to run again. An ALTER TABLE adding one
+// index counts as idempotent too: run again, it fails with "duplicate key
+// name" (1061), which Upgrade takes as done (MySQL has no ADD INDEX IF NOT
+// EXISTS).
 type Migration struct {
 	Version    int
 	Name       string
@@ -215,6 +218,20 @@ var Migrations = []Migration{
 			KEY account_state (state, requested_at)
 		) ENGINE=InnoDB`,
 	}},
+	{5, "indexes for re-sharding and the garbage collector", []string{
+		// Re-sharding reads only unsent messages and undelivered callbacks,
+		// inside the master's fenced transaction: without these it scanned
+		// every stored row while accepts waited on the cluster row.
+		`ALTER TABLE messages ADD INDEX messages_unsent (state)`,
+		`ALTER TABLE callbacks ADD INDEX callbacks_undelivered (delivered)`,
+		// The collector's range scans: each batch reads the rows it deletes,
+		// not the table, and a run ends without a full scan.
+		`ALTER TABLE messages ADD INDEX messages_finished (sent_at)`,
+		`ALTER TABLE callbacks ADD INDEX callbacks_finished (delivered_at)`,
+		`ALTER TABLE media ADD INDEX media_created (created_at)`,
+		`ALTER TABLE tokens ADD INDEX tokens_expiry (expires_at)`,
+		`ALTER TABLE failovers ADD INDEX failovers_at (at)`,
+	}},
 }
 
 // Latest is the schema version this binary knows.
@@ -310,7 +327,7 @@ func Upgrade(ctx context.Context, db *sql.DB, stillPrimary func(context.Context)
 			return fmt.Errorf("schema upgrade to %d: %w", m.Version, err)
 		}
 		for _, s := range m.Statements {
-			if _, err := conn.ExecContext(ctx, s); err != nil {
+			if _, err := conn.ExecContext(ctx, s); err != nil && errorNumber(err) != errDupKeyName {
 				return fmt.Errorf("schema upgrade to %d (%s): %w", m.Version, m.Name, err)
 			}
 		}
