@@ -286,8 +286,10 @@ func (g *Gateway) Cleanup() error {
 // ServeHTTP routes one API request.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	// Only the gateway may speak for the cluster: a client's copy of the
-	// secret header is dropped before anything else looks at the request.
+	// secret and user headers is dropped before anything else looks at the
+	// request.
 	delete(r.Header, cluster.SecretHeader)
+	delete(r.Header, cluster.UserHeader)
 
 	p := cleanPath(r.URL.Path)
 	if p != r.URL.Path {
@@ -312,7 +314,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		logField(r, zap.String("user", who.username))
 	}
 	if rt.target != toGateway {
-		return g.serveProxied(w, r, rt, next)
+		return g.serveProxied(w, r, rt, who, next)
 	}
 	g.view.metrics.routed.WithLabelValues(rt.name, rt.target.String()).Inc()
 	switch rt.name {

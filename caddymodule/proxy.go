@@ -165,18 +165,20 @@ func (g *Gateway) awaitFailover(ctx context.Context, rt route, recipient string,
 // connection or answered that it is not the primary (1018 from a coreapp,
 // 1017 from a master): in both cases the node did not act on the request,
 // so a second attempt cannot apply it twice.
-func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route, next caddyhttp.Handler) error {
+func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route, who principal, next caddyhttp.Handler) error {
 	v := g.view
 	if reason := v.notReady(); reason != "" {
 		v.metrics.unroutable.WithLabelValues("not_ready").Inc()
 		writeError(w, 0, apierror.ServiceUnavailable, "gateway not ready: "+reason)
 		return nil
 	}
-	// A declared trailer could smuggle the secret past the header check
-	// below; no route of the API uses trailers.
-	if _, ok := r.Trailer[cluster.SecretHeader]; ok {
-		writeError(w, 0, apierror.RequestNotValid, "the "+cluster.SecretHeader+" trailer is not allowed")
-		return nil
+	// A declared trailer could smuggle the secret or the user past the
+	// header checks; no route of the API uses trailers.
+	for _, h := range []string{cluster.SecretHeader, cluster.UserHeader} {
+		if _, ok := r.Trailer[h]; ok {
+			writeError(w, 0, apierror.RequestNotValid, "the "+h+" trailer is not allowed")
+			return nil
+		}
 	}
 
 	// Bodies small enough are read first, so the second attempt can resend
@@ -212,12 +214,17 @@ func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route,
 
 	// The nodes trust the cluster secret, not the user's token: the token
 	// stays here, and the secret is removed again before Caddy logs the
-	// request.
+	// request. The user's name goes along: a coreapp scopes idempotency
+	// keys by it.
 	auth, hadAuth := r.Header["Authorization"]
 	delete(r.Header, "Authorization")
 	r.Header[cluster.SecretHeader] = *v.secret.Load()
+	if who.username != "" {
+		r.Header.Set(cluster.UserHeader, who.username)
+	}
 	defer func() {
 		delete(r.Header, cluster.SecretHeader)
+		delete(r.Header, cluster.UserHeader)
 		if hadAuth {
 			r.Header["Authorization"] = auth
 		}

@@ -19,8 +19,10 @@ import (
 )
 
 // Migration is one schema step. Statements must be idempotent (IF NOT EXISTS,
-// INSERT IGNORE): MySQL commits DDL implicitly, so a master that dies half-way
-// leaves a step for its successor to run again.
+// INSERT IGNORE, or an ALTER whose re-run fails only with "duplicate column"
+// or "duplicate key name", which Upgrade skips): MySQL commits DDL
+// implicitly, so a master that dies half-way leaves a step for its successor
+// to run again.
 type Migration struct {
 	Version    int
 	Name       string
@@ -215,6 +217,15 @@ var Migrations = []Migration{
 			KEY account_state (state, requested_at)
 		) ENGINE=InnoDB`,
 	}},
+	{5, "idempotency keys per user and recipient", []string{
+		// idem_scope is SHA-256 over (user, the recipient's digits, key),
+		// body_hash over the canonical request: the same key to the same
+		// number from the same user is one message, whatever the spelling
+		// of the number, and a different message under it is refused.
+		// idem_key (per raw recipient) is no longer written.
+		`ALTER TABLE messages ADD COLUMN idem_scope CHAR(64) NULL, ADD COLUMN body_hash CHAR(64) NULL,
+			ADD UNIQUE KEY messages_idem_scope (idem_scope)`,
+	}},
 }
 
 // Latest is the schema version this binary knows.
@@ -311,6 +322,11 @@ func Upgrade(ctx context.Context, db *sql.DB, stillPrimary func(context.Context)
 		}
 		for _, s := range m.Statements {
 			if _, err := conn.ExecContext(ctx, s); err != nil {
+				if n := errorNumber(err); n == 1060 || n == 1061 {
+					// Duplicate column or key name: an ALTER a predecessor
+					// already applied (MySQL has no ADD COLUMN IF NOT EXISTS).
+					continue
+				}
 				return fmt.Errorf("schema upgrade to %d (%s): %w", m.Version, m.Name, err)
 			}
 		}
