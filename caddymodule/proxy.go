@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -22,6 +23,10 @@ import (
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/internal/shardmap"
 )
+
+// idempotencyHeader is the coreapps' key header for POST /v1/messages,
+// named in answers that tell a client to resend.
+const idempotencyHeader = "X-Idempotency-Key"
 
 // choice is where one attempt of a request goes.
 type choice struct {
@@ -309,16 +314,20 @@ func (g *Gateway) proxyError(w http.ResponseWriter, err error, c choice) error {
 		writeError(w, 0, apierror.ServiceUnavailable, where+" is unreachable; retry shortly")
 		return nil
 	}
-	status := http.StatusBadGateway
 	var he caddyhttp.HandlerError
-	if errors.As(err, &he) && he.StatusCode != 0 {
-		status = he.StatusCode
-	}
-	if status == 499 { // the client went away; nobody to answer
+	if errors.As(err, &he) && he.StatusCode == 499 { // the client went away; nobody to answer
 		return nil
 	}
+	// 502 for every failure after the request was sent, a timeout too
+	// (Caddy would say 504): clients handle one answer, "may have been
+	// applied, resend with the idempotency key".
+	what := "failed while handling the request"
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		what = fmt.Sprintf("did not answer within response_timeout (%s)", time.Duration(g.ResponseTimeout))
+	}
 	g.log.Warn("proxy error after the request was sent", zap.String("upstream", c.addrs[0]), zap.Error(err))
-	writeError(w, status, apierror.GenericError, where+" failed while handling the request; it may have been applied, check before resending")
+	writeError(w, http.StatusBadGateway, apierror.GenericError, where+" "+what+"; it may have been applied: resend with the same "+idempotencyHeader)
 	return nil
 }
 
