@@ -31,6 +31,7 @@ func init() {
 //	    }
 //	    refresh_interval <duration>
 //	    retry_wait       <duration>
+//	    response_timeout <duration>
 //	    max_body_size    <size>
 //	    token_ttl        <duration>
 //	    token_cache      <duration>
@@ -104,7 +105,7 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 					return nil, d.ArgErr()
 				}
 			}
-		case "refresh_interval", "retry_wait", "token_ttl", "token_cache", "token_grace", "health_timeout", "forget_after":
+		case "refresh_interval", "retry_wait", "response_timeout", "token_ttl", "token_cache", "token_grace", "health_timeout", "forget_after":
 			v, err := oneArg(d)
 			if err != nil {
 				return nil, err
@@ -114,7 +115,7 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 				return nil, d.Errf("%s: %v", key, err)
 			}
 			*map[string]*caddy.Duration{
-				"refresh_interval": &g.RefreshInterval, "retry_wait": &g.RetryWait, "token_ttl": &g.TokenTTL,
+				"refresh_interval": &g.RefreshInterval, "retry_wait": &g.RetryWait, "response_timeout": &g.ResponseTimeout, "token_ttl": &g.TokenTTL,
 				"token_cache": &g.TokenCache, "token_grace": &g.TokenGrace, "health_timeout": &g.HealthTimeout,
 				"forget_after": &g.ForgetAfter,
 			}[key] = caddy.Duration(dur)

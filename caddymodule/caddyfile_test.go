@@ -147,6 +147,7 @@ func TestCaddyfileSyntax(t *testing.T) {
 		}
 		refresh_interval 50ms
 		retry_wait 2s
+		response_timeout 7s
 		max_body_size 256KiB
 		token_ttl 24h
 		token_cache 1s
@@ -168,7 +169,7 @@ func TestCaddyfileSyntax(t *testing.T) {
 	want := Gateway{
 		Database:        &DatabaseConfig{Hostname: "db.internal", Port: "3307", Username: "wa", Password: "{env.DB_PW}", Name: "cluster1"},
 		RefreshInterval: caddy.Duration(50 * time.Millisecond), RetryWait: caddy.Duration(2 * time.Second),
-		MaxBodySize: 256 << 10, TokenTTL: caddy.Duration(24 * time.Hour), TokenCache: caddy.Duration(time.Second),
+		ResponseTimeout: caddy.Duration(7 * time.Second), MaxBodySize: 256 << 10, TokenTTL: caddy.Duration(24 * time.Hour), TokenCache: caddy.Duration(time.Second),
 		TokenGrace: caddy.Duration(time.Minute), APIKey: "{env.KEY}", LoginFailures: 10, LoginWindow: caddy.Duration(30 * time.Minute),
 		BcryptCost: 12, HealthTimeout: caddy.Duration(3 * time.Second), ForgetAfter: caddy.Duration(10 * time.Minute),
 	}

@@ -60,6 +60,16 @@ type Gateway struct {
 	// to -1 to retry only on a map already changed.
 	RetryWait caddy.Duration `json:"retry_wait,omitempty"`
 
+	// How long the gateway waits for a node's answer (its response
+	// headers) once the request is sent. A node that does not answer in
+	// time (frozen, hung) gets the client 502 with code 1000: the request
+	// may have been applied, resend it with its idempotency key. Fills the
+	// HTTP transport's response_header_timeout unless that is set.
+	// Default: 20s, above every node's own bound (a coreapp answers an
+	// accept within 10 s, a contact check within 10 s, the master a
+	// registration within 15 s). Set to -1 to wait without a bound.
+	ResponseTimeout caddy.Duration `json:"response_timeout,omitempty"`
+
 	// The largest body the gateway reads to find the recipient; a larger
 	// POST /v1/messages is refused with HTTP 413. Larger bodies of other
 	// routes (media uploads) stream through. Default: 1048576 (1 MiB).
@@ -140,6 +150,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.log = ctx.Logger()
 	setDefault(&g.RefreshInterval, 100*time.Millisecond)
 	setDefault(&g.RetryWait, time.Second)
+	setDefault(&g.ResponseTimeout, 20*time.Second)
 	setDefault(&g.TokenTTL, 7*24*time.Hour)
 	setDefault(&g.TokenCache, 2*time.Second)
 	setDefault(&g.TokenGrace, 5*time.Minute)
@@ -174,6 +185,11 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.ProxyRaw == nil {
 		g.ProxyRaw = caddyconfig.JSONModuleObject(defaultProxy(), "handler", "reverse_proxy", nil)
 	}
+	if g.ResponseTimeout > 0 {
+		if g.ProxyRaw, err = withResponseTimeout(g.ProxyRaw, time.Duration(g.ResponseTimeout)); err != nil {
+			return err
+		}
+	}
 	mod, err := ctx.LoadModule(g, "ProxyRaw")
 	if err != nil {
 		return fmt.Errorf("loading the proxy handler: %w", err)
@@ -204,6 +220,34 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 		IdleConnTimeout:     time.Minute,
 	}}
 	return nil
+}
+
+// withResponseTimeout sets the HTTP transport's response_header_timeout in
+// the reverse_proxy configuration raw to d, unless it is set already.
+func withResponseTimeout(raw json.RawMessage, d time.Duration) (json.RawMessage, error) {
+	var h map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return nil, fmt.Errorf("proxy configuration: %w", err)
+	}
+	tr := map[string]any{"protocol": "http"}
+	if t, ok := h["transport"]; ok {
+		if err := json.Unmarshal(t, &tr); err != nil {
+			return nil, fmt.Errorf("proxy transport: %w", err)
+		}
+		if tr["protocol"] != "http" {
+			return raw, nil // another transport has its own settings
+		}
+	}
+	if _, set := tr["response_header_timeout"]; set {
+		return raw, nil
+	}
+	tr["response_header_timeout"] = d.String()
+	b, err := json.Marshal(tr)
+	if err != nil {
+		return nil, fmt.Errorf("proxy transport: %w", err)
+	}
+	h["transport"] = b
+	return json.Marshal(h)
 }
 
 // defaultProxy is reverse_proxy with the multiconnect upstream source.
@@ -287,8 +331,10 @@ func (g *Gateway) Cleanup() error {
 // ServeHTTP routes one API request.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	// Only the gateway may speak for the cluster: a client's copy of the
-	// secret header is dropped before anything else looks at the request.
+	// secret and user headers is dropped before anything else looks at the
+	// request.
 	delete(r.Header, cluster.SecretHeader)
+	delete(r.Header, cluster.UserHeader)
 
 	p := cleanPath(r.URL.Path)
 	if p != r.URL.Path {
@@ -313,7 +359,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		logField(r, zap.String("user", who.username))
 	}
 	if rt.target != toGateway {
-		return g.serveProxied(w, r, rt, next)
+		return g.serveProxied(w, r, rt, who, next)
 	}
 	g.view.metrics.routed.WithLabelValues(rt.name, rt.target.String()).Inc()
 	switch rt.name {

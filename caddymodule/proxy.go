@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -22,6 +23,10 @@ import (
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/internal/shardmap"
 )
+
+// idempotencyHeader is the coreapps' key header for POST /v1/messages,
+// named in answers that tell a client to resend.
+const idempotencyHeader = "X-Idempotency-Key"
 
 // choice is where one attempt of a request goes.
 type choice struct {
@@ -165,18 +170,20 @@ func (g *Gateway) awaitFailover(ctx context.Context, rt route, recipient string,
 // connection or answered that it is not the primary (1018 from a coreapp,
 // 1017 from a master): in both cases the node did not act on the request,
 // so a second attempt cannot apply it twice.
-func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route, next caddyhttp.Handler) error {
+func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route, who principal, next caddyhttp.Handler) error {
 	v := g.view
 	if reason := v.notReady(); reason != "" {
 		v.metrics.unroutable.WithLabelValues("not_ready").Inc()
 		writeError(w, 0, apierror.ServiceUnavailable, "gateway not ready: "+reason)
 		return nil
 	}
-	// A declared trailer could smuggle the secret past the header check
-	// below; no route of the API uses trailers.
-	if _, ok := r.Trailer[cluster.SecretHeader]; ok {
-		writeError(w, 0, apierror.RequestNotValid, "the "+cluster.SecretHeader+" trailer is not allowed")
-		return nil
+	// A declared trailer could smuggle the secret or the user past the
+	// header checks; no route of the API uses trailers.
+	for _, h := range []string{cluster.SecretHeader, cluster.UserHeader} {
+		if _, ok := r.Trailer[h]; ok {
+			writeError(w, 0, apierror.RequestNotValid, "the "+h+" trailer is not allowed")
+			return nil
+		}
 	}
 
 	// Bodies small enough are read first, so the second attempt can resend
@@ -212,12 +219,17 @@ func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route,
 
 	// The nodes trust the cluster secret, not the user's token: the token
 	// stays here, and the secret is removed again before Caddy logs the
-	// request.
+	// request. The user's name goes along: a coreapp scopes idempotency
+	// keys by it.
 	auth, hadAuth := r.Header["Authorization"]
 	delete(r.Header, "Authorization")
 	r.Header[cluster.SecretHeader] = *v.secret.Load()
+	if who.username != "" {
+		r.Header.Set(cluster.UserHeader, who.username)
+	}
 	defer func() {
 		delete(r.Header, cluster.SecretHeader)
+		delete(r.Header, cluster.UserHeader)
 		if hadAuth {
 			r.Header["Authorization"] = auth
 		}
@@ -302,16 +314,20 @@ func (g *Gateway) proxyError(w http.ResponseWriter, err error, c choice) error {
 		writeError(w, 0, apierror.ServiceUnavailable, where+" is unreachable; retry shortly")
 		return nil
 	}
-	status := http.StatusBadGateway
 	var he caddyhttp.HandlerError
-	if errors.As(err, &he) && he.StatusCode != 0 {
-		status = he.StatusCode
-	}
-	if status == 499 { // the client went away; nobody to answer
+	if errors.As(err, &he) && he.StatusCode == 499 { // the client went away; nobody to answer
 		return nil
 	}
+	// 502 for every failure after the request was sent, a timeout too
+	// (Caddy would say 504): clients handle one answer, "may have been
+	// applied, resend with the idempotency key".
+	what := "failed while handling the request"
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		what = fmt.Sprintf("did not answer within response_timeout (%s)", time.Duration(g.ResponseTimeout))
+	}
 	g.log.Warn("proxy error after the request was sent", zap.String("upstream", c.addrs[0]), zap.Error(err))
-	writeError(w, status, apierror.GenericError, where+" failed while handling the request; it may have been applied, check before resending")
+	writeError(w, http.StatusBadGateway, apierror.GenericError, where+" "+what+"; it may have been applied: resend with the same "+idempotencyHeader)
 	return nil
 }
 

@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
 	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,12 +17,15 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/shard"
 )
 
 // IdempotencyHeader carries a client's key for POST /v1/messages: a retry
 // with the same key (after a timeout, say) returns the first message's id
-// instead of sending the message twice. Keys are per recipient.
+// instead of sending the message twice. A key is scoped by the user (the
+// gateway's cluster.UserHeader) and the recipient's digits, and bound to
+// the message: the same key with another message is refused with 422.
 const IdempotencyHeader = "X-Idempotency-Key"
 
 const (
@@ -39,15 +45,40 @@ const (
 
 // acceptReq is one message waiting for a group commit.
 type acceptReq struct {
-	msg  *outMessage
-	key  string // idempotency key, "" when none
-	done chan acceptResult
+	msg   *outMessage
+	scope string // idemScope of the idempotency key, "" when none
+	done  chan acceptResult
 }
 
 type acceptResult struct {
 	id      string
 	code    int // 0: committed
+	status  int // HTTP status when not the code's usual one
 	details string
+}
+
+// idemScope is what an idempotency key is stored as: a hash of the user,
+// the recipient's digits and the key, so the same key means the same
+// message only for one user and one recipient however it is written.
+func idemScope(user, to, key string) string {
+	h := sha256.New()
+	for _, part := range [][]byte{[]byte(user), shard.Digits(to), []byte(key)} {
+		// Length-prefixed, so no two different triples hash the same bytes.
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		h.Write(n[:])
+		h.Write(part)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// keyReused answers a request whose idempotency key was already used, for
+// the same user and recipient, with a different message. 422 (as the IETF
+// Idempotency-Key draft answers a reused key) with 1009: the header's
+// value is not valid for this body. Nothing is stored.
+func keyReused(id string) acceptResult {
+	return acceptResult{code: apierror.ParameterInvalid, status: fasthttp.StatusUnprocessableEntity,
+		details: IdempotencyHeader + " was already used for a different message (" + id + ") to this recipient; use a new key for a new message"}
 }
 
 // acceptor collects concurrent accept requests and commits them in few
@@ -94,7 +125,12 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
-	req := &acceptReq{msg: msg, key: key, done: make(chan acceptResult, 1)}
+	req := &acceptReq{msg: msg, done: make(chan acceptResult, 1)}
+	if key != "" {
+		// The user header is believed: the request carried the cluster
+		// secret, and the gateway sets the header after dropping a client's.
+		req.scope = idemScope(string(ctx.Request.Header.Peek(cluster.UserHeader)), msg.To, key)
+	}
 	timer := time.NewTimer(acceptTimeout)
 	defer timer.Stop()
 	select {
@@ -107,6 +143,9 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 	case r := <-req.done:
 		if r.code != 0 {
 			writeError(ctx, r.code, r.details)
+			if r.status != 0 {
+				ctx.SetStatusCode(r.status)
+			}
 			return
 		}
 		c.metrics.accepted.Inc()
@@ -221,37 +260,39 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		return nil, err
 	}
 	results := make([]acceptResult, len(batch))
-	// Keys already used for the recipient: in the database, or earlier in
-	// this batch.
-	known := map[string]string{}
-	var pairs []any
+	// Keys already used (same user, recipient and key): in the database,
+	// or earlier in this batch.
+	type used struct{ id, bodyHash string }
+	known := map[string]used{}
+	var scopes []any
 	for _, r := range batch {
-		if r.key != "" {
-			pairs = append(pairs, r.msg.To, r.key)
+		if r.scope != "" {
+			scopes = append(scopes, r.scope)
 		}
 	}
-	if len(pairs) > 0 {
-		q := `SELECT recipient, idem_key, id FROM messages WHERE (recipient, idem_key) IN ((?,?)` + strings.Repeat(",(?,?)", len(pairs)/2-1) + `)`
-		rows, err := tx.QueryContext(ctx, q, pairs...)
+	if len(scopes) > 0 {
+		q := `SELECT idem_scope, id, body_hash FROM messages WHERE idem_scope IN (?` + strings.Repeat(",?", len(scopes)-1) + `)`
+		rows, err := tx.QueryContext(ctx, q, scopes...)
 		if err != nil {
 			return nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 		for rows.Next() {
-			var to, k, id string
-			if err := rows.Scan(&to, &k, &id); err != nil {
+			var scope string
+			var u used
+			if err := rows.Scan(&scope, &u.id, &u.bodyHash); err != nil {
 				rows.Close()
-				return nil, err
+				return nil, fmt.Errorf("look up idempotency keys: %w", err)
 			}
-			known[to+"\x00"+k] = id
+			known[scope] = u
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 	}
 	var sb strings.Builder
-	args := make([]any, 0, len(batch)*6)
-	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, idem_key, accepted_at) VALUES `)
+	args := make([]any, 0, len(batch)*7)
+	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, idem_scope, body_hash, accepted_at) VALUES `)
 	n := 0
 	for i, r := range batch {
 		s, err := shard.For(r.msg.To, shards)
@@ -259,25 +300,29 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 			results[i] = acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
 			continue
 		}
-		idem := r.msg.To + "\x00" + r.key
-		if r.key != "" {
-			if id, ok := known[idem]; ok {
-				results[i] = acceptResult{id: id}
+		bodyHash := hex.EncodeToString(r.msg.BodyHash[:])
+		if r.scope != "" {
+			if u, ok := known[r.scope]; ok {
+				if u.bodyHash == bodyHash {
+					results[i] = acceptResult{id: u.id}
+				} else {
+					results[i] = keyReused(u.id)
+				}
 				continue
 			}
 		}
 		id := newMessageID()
 		results[i] = acceptResult{id: id}
-		var key any
-		if r.key != "" {
-			known[idem] = id
-			key = r.key
+		var scope, hash any
+		if r.scope != "" {
+			known[r.scope] = used{id, bodyHash}
+			scope, hash = r.scope, bodyHash
 		}
 		if n > 0 {
 			sb.WriteByte(',')
 		}
-		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
-		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body, key)
+		sb.WriteString(`(?,?,?,?,?,?,?,NOW(6))`)
+		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body, scope, hash)
 		n++
 	}
 	if n > 0 {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
@@ -12,17 +14,71 @@ import (
 	"github.com/multiconnect/multiconnect/internal/cluster"
 )
 
+const (
+	// maxBody bounds a member's request (a 100 MB media upload and its
+	// headers).
+	maxBody = 110 << 20
+	// maxStrangerBody bounds what is read of a request without the
+	// cluster secret: enough for its 403, never a stranger's upload.
+	maxStrangerBody = 4 << 10
+	// maxConnections caps the connections served at once (gateways,
+	// masters, and whoever else connects); past it fasthttp answers 503
+	// and closes. Each costs a few KiB of buffers when idle.
+	maxConnections = 4096
+)
+
+// server is the coreapp's internal port. The cluster secret is checked as
+// soon as a request's headers are in, before its body is read: a request
+// without it may carry at most maxStrangerBody bytes, so strangers cost
+// neither memory nor time.
+func (c *Coreapp) server() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:            c.handler(),
+		Name:               "multiconnect-coreapp",
+		ReadTimeout:        30 * time.Second,
+		MaxRequestBodySize: maxBody,
+		Concurrency:        maxConnections,
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			if c.member(h) {
+				return fasthttp.RequestConfig{}
+			}
+			return fasthttp.RequestConfig{MaxRequestBodySize: maxStrangerBody, ReadTimeout: 5 * time.Second}
+		},
+		// A request that failed before the handler (a stranger's large
+		// body, bad framing) still gets the API's error shape.
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			ctx.SetConnectionClose()
+			switch {
+			case !c.member(&ctx.Request.Header):
+				c.log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()), "err", err)
+				writeError(ctx, apierror.AccessDenied, "internal port: cluster members only")
+			case errors.Is(err, fasthttp.ErrBodyTooLarge):
+				writeError(ctx, apierror.RequestNotValid, "the request body is too large")
+				ctx.SetStatusCode(fasthttp.StatusRequestEntityTooLarge)
+			default:
+				writeError(ctx, apierror.RequestNotValid, "cannot read the request: "+err.Error())
+			}
+		},
+	}
+}
+
+// member reports whether a request's headers carry the cluster secret (in
+// its header, or as a bearer token).
+func (c *Coreapp) member(h *fasthttp.RequestHeader) bool {
+	presented := string(h.Peek(cluster.SecretHeader))
+	if presented == "" {
+		presented = strings.TrimPrefix(string(h.Peek("Authorization")), "Bearer ")
+	}
+	return cluster.Authorized(presented, c.secret)
+}
+
 // handler serves the coreapp's internal port (fasthttp: it carries the
 // message path). Every request must carry the cluster secret: masters send
 // heartbeats and promotions, the gateway forwards users' requests.
 func (c *Coreapp) handler() fasthttp.RequestHandler {
 	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
 	return func(ctx *fasthttp.RequestCtx) {
-		presented := string(ctx.Request.Header.Peek(cluster.SecretHeader))
-		if presented == "" {
-			presented = strings.TrimPrefix(string(ctx.Request.Header.Peek("Authorization")), "Bearer ")
-		}
-		if !cluster.Authorized(presented, c.secret) {
+		if !c.member(&ctx.Request.Header) {
 			c.log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()))
 			writeError(ctx, apierror.AccessDenied, "internal port: cluster members only")
 			return

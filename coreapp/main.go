@@ -16,8 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/valyala/fasthttp"
-
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
@@ -134,8 +132,7 @@ func run() error {
 	if err := node.Register(ctx, db, id, c.plugins.Info().KeepaliveTimeout.Milliseconds()); err != nil {
 		return err
 	}
-	srv := &fasthttp.Server{Handler: c.handler(), Name: "multiconnect-coreapp", ReadTimeout: 30 * time.Second,
-		MaxRequestBodySize: 110 << 20}
+	srv := c.server()
 	go srv.Serve(ln)
 	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", node.Version)
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -33,6 +34,7 @@ type outMessage struct {
 	To       string
 	Type     string
 	Body     []byte   // the request, compacted: what the network receives
+	BodyHash [32]byte // SHA-256 of the canonical request, see parseMessage
 	MediaIDs []string // uploaded media the message refers to by id
 }
 
@@ -133,6 +135,17 @@ func parseMessage(body []byte) (*outMessage, *badRequest) {
 		b, _ := json.Marshal(m)
 		msg.Body = b
 	}
+	// An idempotency key is bound to this hash: the request decoded and
+	// encoded again (keys sorted, no insignificant whitespace, the type
+	// made explicit) with to as its digits, so a retry that writes the
+	// recipient or the JSON differently is still the same message, and a
+	// different message under a used key is told apart.
+	m["to"] = string(shard.Digits(to))
+	canon, err2 := json.Marshal(m)
+	if err2 != nil {
+		return nil, &badRequest{apierror.RequestNotValid, "the request body is not valid JSON"}
+	}
+	msg.BodyHash = sha256.Sum256(canon)
 	return msg, nil
 }
 

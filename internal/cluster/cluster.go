@@ -17,6 +17,11 @@ import (
 // out whoever can reach a node's port but not the database.
 const SecretHeader = "X-Multiconnect-Cluster"
 
+// UserHeader names the user a request came from. Only the gateway sets it
+// (it drops a client's copy), and a node believes it only on a request that
+// carries the cluster secret: idempotency keys are scoped by it.
+const UserHeader = "X-Multiconnect-User"
+
 // State is the cluster row.
 type State struct {
 	Shards          int

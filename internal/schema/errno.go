@@ -9,6 +9,9 @@ import (
 // errDupKeyName is MySQL's ER_DUP_KEYNAME: the index already exists.
 const errDupKeyName = 1061
 
+// errDupColumn is MySQL's ER_DUP_FIELDNAME: the column already exists.
+const errDupColumn = 1060
+
 func errorNumber(err error) uint16 {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {

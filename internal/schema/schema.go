@@ -20,10 +20,10 @@ import (
 
 // Migration is one schema step. Statements must be idempotent (IF NOT EXISTS,
 // INSERT IGNORE): MySQL commits DDL implicitly, so a master that dies half-way
-// leaves a step for its successor to run again. An ALTER TABLE adding one
-// index counts as idempotent too: run again, it fails with "duplicate key
-// name" (1061), which Upgrade takes as done (MySQL has no ADD INDEX IF NOT
-// EXISTS).
+// leaves a step for its successor to run again. An ALTER TABLE adding an
+// index or a column counts as idempotent too: run again, it fails with
+// "duplicate key name" (1061) or "duplicate column" (1060), which Upgrade
+// takes as done (MySQL has no ADD INDEX/COLUMN IF NOT EXISTS).
 type Migration struct {
 	Version    int
 	Name       string
@@ -232,6 +232,15 @@ var Migrations = []Migration{
 		`ALTER TABLE tokens ADD INDEX tokens_expiry (expires_at)`,
 		`ALTER TABLE failovers ADD INDEX failovers_at (at)`,
 	}},
+	{6, "idempotency keys per user and recipient", []string{
+		// idem_scope is SHA-256 over (user, the recipient's digits, key),
+		// body_hash over the canonical request: the same key to the same
+		// number from the same user is one message, whatever the spelling
+		// of the number, and a different message under it is refused.
+		// idem_key (per raw recipient) is no longer written.
+		`ALTER TABLE messages ADD COLUMN idem_scope CHAR(64) NULL, ADD COLUMN body_hash CHAR(64) NULL,
+			ADD UNIQUE KEY messages_idem_scope (idem_scope)`,
+	}},
 }
 
 // Latest is the schema version this binary knows.
@@ -327,7 +336,12 @@ func Upgrade(ctx context.Context, db *sql.DB, stillPrimary func(context.Context)
 			return fmt.Errorf("schema upgrade to %d: %w", m.Version, err)
 		}
 		for _, s := range m.Statements {
-			if _, err := conn.ExecContext(ctx, s); err != nil && errorNumber(err) != errDupKeyName {
+			if _, err := conn.ExecContext(ctx, s); err != nil {
+				if n := errorNumber(err); n == errDupColumn || n == errDupKeyName {
+					// Duplicate column or key name: an ALTER a predecessor
+					// already applied (MySQL has no ADD COLUMN IF NOT EXISTS).
+					continue
+				}
 				return fmt.Errorf("schema upgrade to %d (%s): %w", m.Version, m.Name, err)
 			}
 		}
