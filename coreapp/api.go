@@ -92,6 +92,8 @@ func (c *Coreapp) handler() fasthttp.RequestHandler {
 			writeJSON(ctx, fasthttp.StatusOK, c.health())
 		case path == "/internal/promote" && method == "POST":
 			c.promote(ctx)
+		case path == "/internal/release" && method == "POST":
+			c.release(ctx)
 		case path == "/internal/demote" && method == "POST":
 			select {
 			case c.holder.nudge <- struct{}{}:
@@ -148,7 +150,8 @@ func (c *Coreapp) report() map[string]any {
 	st := c.holder.status()
 	return map[string]any{
 		"node": c.id.ID, "incarnation": c.id.Incarnation, "primary": st.Primary, "shard": st.Shard,
-		"epoch": st.Epoch, "connected": st.Connected, "transport_ok": c.plugins.Running(),
+		"epoch": st.Epoch, "connected": st.Connected, "connect_due": st.ConnectDue, "transport_ok": c.plugins.Running(),
+		"db_age_ms": c.holder.dbAgeMS(),
 	}
 }
 
@@ -180,6 +183,32 @@ func (c *Coreapp) promote(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, apierror.ServiceUnavailable, "busy; the assignment will be found in the shard map")
 	}
 }
+
+// release is the master's request that a primary it found not connected to
+// the network give up its claim (see holder.giveUp). 200 with released
+// true: the claim is handed back; false: it was dropped and lapses by itself.
+func (c *Coreapp) release(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		Shard *int  `json:"shard"`
+		Epoch int64 `json:"epoch"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil || req.Shard == nil || req.Epoch <= 0 {
+		writeError(ctx, apierror.RequestNotValid, "release needs shard and epoch")
+		return
+	}
+	r := releaseReq{shard: *req.Shard, epoch: req.Epoch, done: make(chan bool, 1)}
+	select {
+	case c.holder.release <- r:
+	case <-time.After(releaseWait):
+		writeError(ctx, apierror.ServiceUnavailable, "busy; the claim lapses by itself")
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]bool{"released": <-r.done})
+}
+
+// releaseWait bounds how long a release waits for the holder's loop, which
+// may be inside a connect attempt (bounded by unhealthy_interval/2).
+const releaseWait = 2 * time.Second
 
 func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 	b, _ := json.Marshal(v)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/lease"
@@ -40,15 +41,29 @@ type assignment struct {
 //     itself at it, so even a frozen coreapp's connection ends on time;
 //   - a renewal the database refuses, or no renewal in time, means step down.
 type holder struct {
-	c      *Coreapp
-	assign chan assignment
-	nudge  chan struct{}
-	mu     sync.Mutex
-	cur    *claim
+	c       *Coreapp
+	assign  chan assignment
+	nudge   chan struct{}
+	release chan releaseReq
+	mu      sync.Mutex
+	cur     *claim
+	// dbOK is the monotime of the holder's last database statement that
+	// succeeded (0: none yet). Heartbeats report its age: the master
+	// promotes only a coreapp that reached MySQL recently.
+	dbOK atomic.Int64
+}
+
+// releaseReq is the master's request to give up a claim whose holder is
+// not connected to the network; done gets whether the claim was handed
+// back (expired in the database), not only dropped.
+type releaseReq struct {
+	shard int
+	epoch int64
+	done  chan bool
 }
 
 func newHolder(c *Coreapp) *holder {
-	return &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1)}
+	return &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq)}
 }
 
 // status is the snapshot heartbeats and health report.
@@ -57,6 +72,9 @@ type status struct {
 	Shard     int
 	Epoch     int64
 	Connected bool
+	// ConnectDue: connect_after has passed, so the holder should be
+	// connected; until then not being connected is expected.
+	ConnectDue bool
 }
 
 func (h *holder) status() status {
@@ -65,8 +83,21 @@ func (h *holder) status() status {
 	if h.cur == nil || !h.cur.valid.Valid() {
 		return status{Shard: -1}
 	}
-	return status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected}
+	return status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
+		ConnectDue: monotime.Now() >= h.cur.connectAt}
 }
+
+// dbAgeMS is how many milliseconds ago the holder's last database
+// statement succeeded, or -1 if none has.
+func (h *holder) dbAgeMS() int64 {
+	t := h.dbOK.Load()
+	if t == 0 {
+		return -1
+	}
+	return time.Duration(monotime.Now() - t).Milliseconds()
+}
+
+func (h *holder) reachedDB() { h.dbOK.Store(monotime.Now()) }
 
 // primaryFor reports whether this coreapp may serve shard right now.
 func (h *holder) primaryFor(shard int) bool {
@@ -111,6 +142,8 @@ func (h *holder) run(ctx context.Context) {
 			h.take(ctx, a)
 		case <-h.nudge:
 			h.tick(ctx, true)
+		case r := <-h.release:
+			r.done <- h.giveUp(r)
 		case <-changed:
 			h.tick(ctx, true)
 		case <-time.After(wait):
@@ -158,6 +191,7 @@ func (h *holder) discover(ctx context.Context) {
 		WHERE node_id = ? AND incarnation = ? AND lease_expires > NOW(6) ORDER BY epoch DESC LIMIT 1`,
 		h.c.id.ID, h.c.id.Incarnation).Scan(&a.shard, &a.epoch)
 	if errors.Is(err, sql.ErrNoRows) {
+		h.reachedDB()
 		return
 	}
 	if err != nil {
@@ -166,6 +200,7 @@ func (h *holder) discover(ctx context.Context) {
 		}
 		return
 	}
+	h.reachedDB()
 	h.take(ctx, a)
 }
 
@@ -195,6 +230,7 @@ func (h *holder) take(ctx context.Context, a assignment) {
 		h.c.log.Warn("could not take assigned shard", "shard", a.shard, "epoch", a.epoch, "err", err)
 		return
 	}
+	h.reachedDB()
 	c := &claim{shard: a.shard, epoch: a.epoch, connectAt: received + waitUS*1000}
 	c.valid.Renewed(sent, unhealthy)
 	h.mu.Lock()
@@ -246,6 +282,7 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	h.reachedDB()
 	if n, _ := res.RowsAffected(); n != 1 {
 		return true, nil
 	}
@@ -288,7 +325,14 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim) {
 		if deadline == 0 || monotime.Now() >= deadline {
 			return
 		}
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(deadline-monotime.Now()))
+		// A network that swallows packets makes a connect hang; bound the
+		// attempt so renewals (and a master's release) are not held up
+		// behind it. The next tick tries again.
+		wait := time.Duration(deadline - monotime.Now())
+		if half := h.c.settings.Get().Unhealthy() / 2; half < wait {
+			wait = half
+		}
+		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline})
 		if err != nil {
@@ -349,8 +393,38 @@ func (h *holder) shutdown() {
 	if !h.stepDown("shutting down") && !h.c.plugins.Kill() {
 		return // the claim lapses by itself
 	}
+	h.handBack(cur)
+}
+
+// giveUp serves the master's release: a holder that has not been connected
+// to the network for unhealthy_interval steps down, and hands its claim back
+// when the plugin confirms it is disconnected, so the successor waits only
+// the network's keepalive instead of the rest of this claim too. It reports
+// whether the claim was handed back.
+func (h *holder) giveUp(r releaseReq) bool {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur == nil || cur.shard != r.shard || cur.epoch != r.epoch {
+		return false
+	}
+	if !h.stepDown("the master found this coreapp not connected to the network") {
+		return false // the claim lapses by itself; the plugin's deadline ends any connection
+	}
+	return h.handBack(cur)
+}
+
+// handBack expires the claim in the database now; call it only once the
+// connection is certainly closed.
+func (h *holder) handBack(cur *claim) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
+	res, err := h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.c.id.ID, h.c.id.Incarnation, cur.epoch)
+	if err != nil {
+		h.c.dbError("hand back claim", err)
+		return false
+	}
+	n, _ := res.RowsAffected()
+	return n == 1
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +42,30 @@ type dispatcher struct {
 	mu   sync.Mutex
 	mem  []*callback // callbacks not persisted (callback_persist false)
 	next int64       // memory sequence, negative so it never meets a stored seq
+	// posts numbers this holder's POSTs for postsOf (shard and epoch), in
+	// the order they are sent: the X-Multiconnect-Sequence header.
+	posts   int64
+	postsOf [2]int64
+}
+
+// Headers every webhook POST carries, so a receiver can tell which holder
+// sent it and order POSTs: epochs of a shard only grow, and within one
+// epoch the sequence grows with every POST (retries included).
+const (
+	hdrShard    = "X-Multiconnect-Shard"
+	hdrEpoch    = "X-Multiconnect-Epoch"
+	hdrSequence = "X-Multiconnect-Sequence"
+)
+
+// nextPost returns the sequence number of the next POST of st's term.
+func (d *dispatcher) nextPost(st status) int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if of := [2]int64{int64(st.Shard), st.Epoch}; d.postsOf != of {
+		d.postsOf, d.posts = of, 0
+	}
+	d.posts++
+	return d.posts
 }
 
 func newDispatcher(c *Coreapp) *dispatcher {
@@ -130,7 +156,7 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.serveLane(ctx, client, hooks.URL, l, func(cbs []*callback) {
+			d.serveLane(ctx, client, hooks.URL, st, l, func(cbs []*callback) {
 				for _, cb := range cbs {
 					if cb.seq > 0 {
 						select {
@@ -216,7 +242,7 @@ func (d *dispatcher) load(ctx context.Context, shard int, after, limit int64) ([
 }
 
 // serveLane posts the lane's callbacks in order until ctx ends.
-func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url string, l *lane, delivered func([]*callback)) {
+func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url string, st status, l *lane, delivered func([]*callback)) {
 	attempts := 0
 	for {
 		l.mu.Lock()
@@ -234,8 +260,8 @@ func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url str
 				continue
 			}
 		}
-		err := d.post(ctx, client, url, batch)
-		if ctx.Err() != nil {
+		err := d.post(ctx, client, url, st, batch)
+		if ctx.Err() != nil || errors.Is(err, errNotHolder) {
 			return
 		}
 		if err != nil {
@@ -257,9 +283,12 @@ func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url str
 	}
 }
 
+// errNotHolder: the term's claim ended; its callbacks are the next holder's.
+var errNotHolder = errors.New("no longer the shard's primary")
+
 // post sends one batch of callbacks of one kind in the original's payload,
 // with no envelope. Only a 200 counts as delivered, as in the original.
-func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, batch []*callback) error {
+func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, st status, batch []*callback) error {
 	var b bytes.Buffer
 	if batch[0].kind == kindStatus {
 		b.WriteString(`{"statuses":[`)
@@ -285,6 +314,17 @@ func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, 
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(hdrShard, strconv.Itoa(st.Shard))
+	req.Header.Set(hdrEpoch, strconv.FormatInt(st.Epoch, 10))
+	req.Header.Set(hdrSequence, strconv.FormatInt(d.nextPost(st), 10))
+	// The claim is read here, on the monotonic clock, right before the
+	// request goes out: a primary frozen anywhere before this line finds
+	// its claim over when it wakes and posts nothing. (One frozen inside
+	// the write can still finish it on waking; the epoch header lets the
+	// receiver drop it.)
+	if cur := d.c.holder.status(); !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch {
+		return errNotHolder
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return err

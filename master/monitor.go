@@ -29,7 +29,9 @@ type report struct {
 	Shard       int    `json:"shard"`
 	Epoch       int64  `json:"epoch"`
 	Connected   bool   `json:"connected"`
+	ConnectDue  bool   `json:"connect_due"` // past connect_after: should be connected
 	TransportOK bool   `json:"transport_ok"`
+	DBAgeMS     *int64 `json:"db_age_ms"` // since its last successful database statement; -1: none
 }
 
 // peer is what this master knows of one coreapp.
@@ -40,6 +42,27 @@ type peer struct {
 	firstSeen   int64 // monotime this master started watching it
 	lastOK      int64 // monotime of its last answer, 0 if none
 	last        report
+	// offSince is the monotime of the first answer in which it said it holds
+	// epoch offEpoch, should be connected and is not; 0 once it says it is.
+	offSince int64
+	offEpoch int64
+}
+
+// noteConnection updates offSince from the answer just stored in last.
+func (p *peer) noteConnection(now int64) {
+	off := p.last.Primary && p.last.ConnectDue && !p.last.Connected
+	switch {
+	case !off:
+		p.offSince = 0
+	case p.offSince == 0 || p.offEpoch != p.last.Epoch:
+		p.offSince, p.offEpoch = now, p.last.Epoch
+	}
+}
+
+// reachedDB: its last successful database statement is at most within old.
+func (p *peer) reachedDB(within time.Duration) bool {
+	a := p.last.DBAgeMS
+	return a != nil && *a >= 0 && time.Duration(*a)*time.Millisecond <= within
 }
 
 // healthy: the coreapp answered this master within recent, from the
@@ -66,11 +89,51 @@ type monitor struct {
 	client *http.Client
 	mu     sync.Mutex
 	peers  map[string]*peer
-	wake   chan struct{} // an evaluation is wanted now (a shard was added)
+	claims map[int]claimSeen // by shard, read every round by every master
+	wake   chan struct{}     // an evaluation is wanted now (a shard was added)
+}
+
+// claimSeen is what this master last saw of a shard's claim, and when on its
+// own monotonic clock it first saw the claim renewed to that expiry. A
+// holder's validity ends within unhealthy_interval of its last renewal, and
+// that renewal committed before this master read it: so the holder is done
+// by at+unhealthy_interval on this master's clock, whatever the database's
+// clock did meanwhile.
+type claimSeen struct {
+	epoch      int64
+	leaseUS    int64 // lease_expires as stored (µs since 2000-01-01, the database's clock)
+	at         int64 // monotime this master first read this epoch or a longer lease
+	handedBack bool  // the holder shortened its lease: it let go, disconnected
+}
+
+// observe records the claims of one round.
+func (mon *monitor) observe(shards []shardRow, now int64) {
+	mon.mu.Lock()
+	defer mon.mu.Unlock()
+	for _, s := range shards {
+		prev, ok := mon.claims[s.shard]
+		switch {
+		case !ok || prev.epoch != s.epoch || s.leaseUS > prev.leaseUS:
+			mon.claims[s.shard] = claimSeen{epoch: s.epoch, leaseUS: s.leaseUS, at: now}
+		case s.leaseUS < prev.leaseUS:
+			// Renewals never shorten a lease (GREATEST) and a clock step
+			// does not change a stored value: only a hand-back does, after
+			// the holder's plugin confirmed the disconnect.
+			prev.leaseUS, prev.handedBack = s.leaseUS, true
+			mon.claims[s.shard] = prev
+		}
+	}
+}
+
+func (mon *monitor) claim(shard int) (claimSeen, bool) {
+	mon.mu.Lock()
+	defer mon.mu.Unlock()
+	c, ok := mon.claims[shard]
+	return c, ok
 }
 
 func newMonitor(m *Master) *monitor {
-	return &monitor{m: m, peers: map[string]*peer{}, wake: make(chan struct{}, 1), client: &http.Client{
+	return &monitor{m: m, peers: map[string]*peer{}, claims: map[int]claimSeen{}, wake: make(chan struct{}, 1), client: &http.Client{
 		Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute},
 	}}
 }
@@ -82,8 +145,20 @@ func (mon *monitor) run(ctx context.Context) {
 		set := mon.m.settings.Get()
 		hb := set.Heartbeat()
 		mon.round(ctx, hb)
-		if mon.m.lease.valid.Valid() {
-			if err := mon.evaluate(ctx, set.Unhealthy(), hb); err != nil && !errors.Is(err, ErrNotPrimary) && ctx.Err() == nil {
+		// Every master reads the claims every round, so one that becomes
+		// primary already knows when each was last renewed on its own clock.
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second+hb)
+		shards, err := mon.loadShards(qctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				mon.m.dbError("load shards", err)
+			}
+		} else {
+			mon.observe(shards, monotime.Now())
+		}
+		if err == nil && mon.m.lease.valid.Valid() {
+			if err := mon.evaluate(ctx, shards, set.Unhealthy(), hb); err != nil && !errors.Is(err, ErrNotPrimary) && ctx.Err() == nil {
 				mon.m.log.Warn("shard evaluation failed", "err", err)
 			}
 		}
@@ -155,7 +230,9 @@ func (mon *monitor) round(ctx context.Context, hb time.Duration) {
 			}
 			mon.mu.Lock()
 			if p := mon.peers[id]; p != nil {
-				p.lastOK, p.last = monotime.Now(), r
+				now := monotime.Now()
+				p.lastOK, p.last = now, r
+				p.noteConnection(now)
 			}
 			mon.mu.Unlock()
 		}(id)
@@ -249,6 +326,7 @@ type shardRow struct {
 	incarnation  int64
 	epoch        int64
 	leaseLeft    time.Duration // negative: the claim lapsed
+	leaseUS      int64         // lease_expires as stored, µs since 2000-01-01
 	nodeInc      int64         // the holder's current incarnation in nodes, 0 if gone
 	livenessAge  time.Duration
 	holderHasRow bool
@@ -256,13 +334,9 @@ type shardRow struct {
 
 // evaluate finds shards whose primary coreapp is lost and promotes a
 // healthy warm secondary for each.
-func (mon *monitor) evaluate(ctx context.Context, unhealthy, hb time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second+hb)
+func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealthy, hb time.Duration) error {
+	ctx, cancel := context.WithTimeout(parent, 2*time.Second+hb)
 	defer cancel()
-	shards, err := mon.loadShards(ctx)
-	if err != nil {
-		return err
-	}
 	secondary, err := mon.secondaryViews(ctx, hb)
 	if err != nil {
 		return err
@@ -284,7 +358,16 @@ func (mon *monitor) evaluate(ctx context.Context, unhealthy, hb time.Duration) e
 			mon.m.noCandidate(s.shard, reason)
 			continue
 		}
-		if err := mon.m.promote(ctx, s, cand, reason); err != nil {
+		pctx := ctx
+		if reason == reasonOffline {
+			// Ask the holder to let go first: a confirmed disconnect lets
+			// the successor connect after the keepalive alone.
+			mon.releaseClaim(parent, s)
+			var pcancel context.CancelFunc
+			pctx, pcancel = context.WithTimeout(parent, 2*time.Second+hb)
+			defer pcancel()
+		}
+		if err := mon.m.promote(pctx, s, cand, reason); err != nil {
 			if errors.Is(err, ErrNotPrimary) {
 				return err
 			}
@@ -294,6 +377,37 @@ func (mon *monitor) evaluate(ctx context.Context, unhealthy, hb time.Duration) e
 		assigned[cand.id] = true
 	}
 	return nil
+}
+
+// reasonOffline: the holder answers heartbeats but has told this master for
+// unhealthy_interval that it is not connected to the network.
+const reasonOffline = "holder not connected to the network"
+
+// releaseClaim asks the holder of s, found not connected, to step down and
+// hand its claim back. Best effort: whatever it answers, the promotion that
+// follows waits for the claim to run out unless it was handed back.
+func (mon *monitor) releaseClaim(ctx context.Context, s shardRow) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	b, _ := json.Marshal(map[string]any{"shard": s.shard, "epoch": s.epoch})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+s.node+"/internal/release", bytes.NewReader(b))
+	if err != nil {
+		return
+	}
+	req.Header.Set(cluster.SecretHeader, mon.m.secret())
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := mon.client.Do(req)
+	if err != nil {
+		mon.m.log.Warn("could not ask the holder to release its claim", "shard", s.shard, "coreapp", s.node, "err", err)
+		return
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Released bool `json:"released"`
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	mon.m.log.Info("asked the holder not connected to the network to release its claim", "shard", s.shard, "coreapp", s.node,
+		"status", resp.StatusCode, "released", out.Released)
 }
 
 // lost says why shard s needs a new primary coreapp, or "" if it does not.
@@ -314,8 +428,13 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 	if p != nil {
 		own = p.silence(now)
 	}
+	offline := p != nil && p.offSince != 0 && p.last.Shard == s.shard && p.last.Epoch == s.epoch &&
+		time.Duration(now-p.offSince) >= unhealthy
 	mon.mu.Unlock()
 	if own < unhealthy {
+		if offline {
+			return reasonOffline
+		}
 		return ""
 	}
 	// Heartbeat-based monitoring applies when more than one master runs: the
@@ -330,7 +449,7 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 
 func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
 	rows, err := mon.m.db.QueryContext(ctx, `SELECT s.shard_id, COALESCE(s.node_id, ''), s.incarnation, s.epoch,
-			TIMESTAMPDIFF(MICROSECOND, NOW(6), s.lease_expires),
+			TIMESTAMPDIFF(MICROSECOND, NOW(6), s.lease_expires), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', s.lease_expires),
 			COALESCE(n.incarnation, 0), COALESCE(TIMESTAMPDIFF(MICROSECOND, n.last_seen, NOW(6)), 0), n.id IS NOT NULL
 		FROM shard_map s JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards
 		LEFT JOIN nodes n ON n.id = s.node_id ORDER BY s.shard_id`)
@@ -342,7 +461,7 @@ func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
 	for rows.Next() {
 		var s shardRow
 		var left, age int64
-		if err := rows.Scan(&s.shard, &s.node, &s.incarnation, &s.epoch, &left, &s.nodeInc, &age, &s.holderHasRow); err != nil {
+		if err := rows.Scan(&s.shard, &s.node, &s.incarnation, &s.epoch, &left, &s.leaseUS, &s.nodeInc, &age, &s.holderHasRow); err != nil {
 			return nil, fmt.Errorf("load shards: %w", err)
 		}
 		s.leaseLeft, s.livenessAge = time.Duration(left)*time.Microsecond, time.Duration(age)*time.Microsecond
@@ -378,8 +497,9 @@ func (mon *monitor) secondaryViews(ctx context.Context, hb time.Duration) (map[s
 }
 
 // candidate picks a healthy warm secondary: it answered this master
-// recently, from the incarnation the nodes table knows, holds no shard and
-// has a working transport plugin.
+// recently, from the incarnation the nodes table knows, holds no shard, has
+// a working transport plugin and reached MySQL within unhealthy_interval
+// (one that cannot could not take the shard, which would wait on it).
 func (mon *monitor) candidate(assigned map[string]bool, unhealthy, hb time.Duration, now int64) *peer {
 	recent := 3 * hb
 	if recent > unhealthy {
@@ -389,7 +509,7 @@ func (mon *monitor) candidate(assigned map[string]bool, unhealthy, hb time.Durat
 	defer mon.mu.Unlock()
 	var ok []*peer
 	for _, p := range mon.peers {
-		if !p.healthy(now, recent) || assigned[p.id] || p.last.Shard >= 0 {
+		if !p.healthy(now, recent) || assigned[p.id] || p.last.Shard >= 0 || !p.reachedDB(unhealthy) {
 			continue
 		}
 		ok = append(ok, p)

@@ -199,6 +199,9 @@ type Options struct {
 	MasterLease time.Duration // MC_MASTER_LEASE, 2s
 	MasterEnv   []string      // more environment for every master
 	DBLatency   time.Duration // if set, nodes reach MariaDB through a LatencyProxy adding this to every round trip
+	// CoreappEnv, when set, gives coreapp i (0-based) more environment;
+	// it runs once the network and MariaDB are up.
+	CoreappEnv func(c *Cluster, i int) []string
 }
 
 // Cluster is a running test cluster.
@@ -267,7 +270,11 @@ func New(t testing.TB, o Options) *Cluster {
 	c.waitReady()
 	c.SetSettings(o.Heartbeat, o.Unhealthy)
 	for i := 0; i < o.Coreapps; i++ {
-		c.StartCoreapp()
+		var env []string
+		if o.CoreappEnv != nil {
+			env = o.CoreappEnv(c, i)
+		}
+		c.StartCoreapp(env...)
 	}
 	c.WaitAllShardsConnected(15 * time.Second)
 	return c

@@ -41,6 +41,9 @@ type Conn struct {
 	writeBefore atomic.Int64
 	wmu         sync.Mutex
 	seq         atomic.Uint64
+	// lastRead is the MonoNow time of the last frame read from the network
+	// (the dial time before the first), so a silent network is noticed.
+	lastRead atomic.Int64
 
 	mu      sync.Mutex
 	waiters map[uint64]chan Frame
@@ -58,6 +61,7 @@ func Dial(ctx context.Context, addr string, onEvent func(Event)) (*Conn, error) 
 		return nil, fmt.Errorf("dial network %s: %w", addr, err)
 	}
 	c := &Conn{nc: nc, onEvent: onEvent, waiters: map[uint64]chan Frame{}, done: make(chan struct{})}
+	c.lastRead.Store(transport.MonoNow())
 	go c.read()
 	return c, nil
 }
@@ -181,6 +185,11 @@ func (c *Conn) Connect(ctx context.Context, shard int, epoch uint64, node string
 // Ping tells the network the connection is alive; it does not wait for
 // the pong.
 func (c *Conn) Ping() error { return c.write(Frame{Op: OpPing, Seq: c.seq.Add(1)}) }
+
+// Silence is how long the network has sent nothing on this connection.
+// Every ping is answered, so a silence past the keepalive means the path is
+// cut: the network has dropped the connection by then.
+func (c *Conn) Silence() time.Duration { return time.Duration(transport.MonoNow() - c.lastRead.Load()) }
 
 // Send delivers msgs and returns the network's per-message results.
 func (c *Conn) Send(ctx context.Context, msgs []Message) ([]Result, error) {
@@ -310,6 +319,7 @@ func (c *Conn) read() {
 	sc.Split(splitFrames)
 	var closed *ClosedError
 	for sc.Scan() {
+		c.lastRead.Store(transport.MonoNow())
 		var f Frame
 		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
 			c.fail(fmt.Errorf("malformed frame from the network: %w", err))
