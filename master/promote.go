@@ -39,7 +39,7 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 			break
 		}
 		n, kerr := m.killStalled(ctx)
-		if kerr != nil {
+		if kerr != nil && attempt == 1 {
 			m.log.Warn("promotion blocked by a lock, and stalled transactions could not be ended", "shard", s.shard, "err", kerr)
 		}
 		if n == 0 {
@@ -72,7 +72,10 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	var node string
 	var cur, us int64
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1)
-		FROM shard_map WHERE shard_id = ? FOR UPDATE NOWAIT`, s.shard).Scan(&node, &cur, &us); err != nil {
+		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait(), s.shard).Scan(&node, &cur, &us); err != nil {
+		if m.noNowait(err) {
+			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, epoch, sinceRenewal)
+		}
 		return fmt.Errorf("promote shard %d: %w", s.shard, err)
 	}
 	if node != s.node || cur != s.epoch {
