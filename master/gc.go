@@ -41,10 +41,24 @@ func gcFromEnv() (gcConfig, error) {
 	return c, nil
 }
 
+// Bounds of the collector's housekeeping: nodes and observations go only
+// after MC_GC_RETENTION and at least this long without a sign of life, so a
+// short test retention never removes a node that is merely slow.
+const (
+	gcSilentFloor = time.Hour
+	gcNodeFloor   = 24 * time.Hour
+	// gcBatchTimeout bounds one batch's statement.
+	gcBatchTimeout = 10 * time.Second
+)
+
 // collectGarbage runs while this master is primary. It only ever deletes
 // what is finished: sent or failed messages, delivered callbacks, and
 // media uploads, each older than the retention; an unsent message or an
-// undelivered callback stays however old it is.
+// undelivered callback stays however old it is. Whatever the setting, it
+// also purges the cluster's own bookkeeping: tokens expired or revoked,
+// failovers (the audit trail) older than the retention, observations not
+// updated and nodes not seen for the retention (at least 1 h and 24 h),
+// a node only while it holds no shard.
 func (m *Master) collectGarbage(ctx context.Context) {
 	for {
 		select {
@@ -52,37 +66,54 @@ func (m *Master) collectGarbage(ctx context.Context) {
 			return
 		case <-time.After(m.gc.interval):
 		}
+		ret := m.gc.retention.Microseconds()
 		gc := m.settings.Get().GarbageCollector
 		if gc.Messages {
-			m.gcRows(ctx, "messages", `DELETE FROM messages WHERE state <> 0 AND sent_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`)
-			m.gcRows(ctx, "callbacks", `DELETE FROM callbacks WHERE delivered = 1 AND delivered_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`)
+			m.gcRows(ctx, "messages", `DELETE FROM messages WHERE sent_at < NOW(6) - INTERVAL ? MICROSECOND AND state <> 0 LIMIT ?`, ret)
+			m.gcRows(ctx, "callbacks", `DELETE FROM callbacks WHERE delivered_at < NOW(6) - INTERVAL ? MICROSECOND AND delivered = 1 LIMIT ?`, ret)
 		}
 		if gc.Media {
 			m.gcMedia(ctx)
 		}
+		m.gcRows(ctx, "tokens", `DELETE FROM tokens WHERE revoked = 1 LIMIT ?`)
+		m.gcRows(ctx, "tokens", `DELETE FROM tokens WHERE revoked = 0 AND expires_at < NOW(6) LIMIT ?`)
+		m.gcRows(ctx, "failovers", `DELETE FROM failovers WHERE at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`, ret)
+		m.gcRows(ctx, "observations", `DELETE FROM observations WHERE updated_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`,
+			max(m.gc.retention, gcSilentFloor).Microseconds())
+		m.gcRows(ctx, "nodes", `DELETE FROM nodes WHERE last_seen < NOW(6) - INTERVAL ? MICROSECOND
+			AND id NOT IN (SELECT node_id FROM shard_map WHERE node_id IS NOT NULL) LIMIT ?`,
+			max(m.gc.retention, gcNodeFloor).Microseconds())
 	}
 }
 
-// gcRows deletes in batches, each fenced by the master lease, until a
-// batch comes back short.
-func (m *Master) gcRows(ctx context.Context, table, query string) {
-	for ctx.Err() == nil {
+// gcRows runs query (its last argument is the batch size) until a batch
+// comes back short, while this master holds the lease. Each batch is its
+// own autocommitted statement, not a fenced transaction, so no batch holds
+// the lease row (a fenced transaction share-locks it and the lease renewal
+// would wait), and each finds its rows by an index range (schema 5), so
+// it reads about what it deletes. That is safe without the fence: every
+// row these queries match is finished for good (sent, delivered, expired,
+// revoked, silent past the bound) and never changes back, so a deposed
+// master finishing a batch deletes only what the new primary would delete
+// too, and deleting a row twice is a no-op.
+func (m *Master) gcRows(ctx context.Context, table, query string, args ...any) {
+	args = append(args, gcBatch)
+	for ctx.Err() == nil && m.lease.valid.Valid() {
+		start := time.Now()
+		qctx, cancel := context.WithTimeout(ctx, gcBatchTimeout)
+		res, err := m.db.ExecContext(qctx, query, args...)
+		cancel()
 		var n int64
-		err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
-			res, err := tx.ExecContext(ctx, query, m.gc.retention.Microseconds(), gcBatch)
-			if err != nil {
-				return err
-			}
+		if err == nil {
 			n, err = res.RowsAffected()
-			return err
-		})
+		}
 		if err != nil {
-			m.dbError("gc "+table, err)
+			m.dbError("gc "+table, fmt.Errorf("delete a batch: %w", err))
 			return
 		}
 		if n > 0 {
 			m.metrics.gcDeleted.WithLabelValues(table).Add(float64(n))
-			m.log.Info("garbage collected", "table", table, "rows", n)
+			m.log.Info("garbage collected", "table", table, "rows", n, "seconds", time.Since(start).Seconds())
 		}
 		if n < gcBatch {
 			return

@@ -76,3 +76,63 @@ func TestGarbageCollector(t *testing.T) {
 		t.Errorf("the remaining message is %q (%v), want the unsent one", id, err)
 	}
 }
+
+// The collector also purges the cluster's bookkeeping, whatever
+// garbagecollector_enable says: expired and revoked tokens, failovers past
+// the retention, observations not updated for the retention (at least
+// 1 h), and nodes not seen for the retention (at least 24 h) that hold no
+// shard. Live rows stay.
+func TestGarbageCollectorPurgesBookkeeping(t *testing.T) {
+	c := New(t, Options{Coreapps: 1, MasterEnv: []string{"MC_GC_INTERVAL=200ms", "MC_GC_RETENTION=1s"}})
+	c.PatchSettings(`{"garbagecollector_enable":{"messages":false,"media":false}}`)
+	for _, q := range []string{
+		`INSERT INTO tokens VALUES (REPEAT('a', 64), 'admin', NOW(6) - INTERVAL 1 MINUTE, 0, NOW(6) - INTERVAL 1 DAY),
+			(REPEAT('b', 64), 'admin', NOW(6) + INTERVAL 1 DAY, 1, NOW(6)),
+			(REPEAT('c', 64), 'admin', NOW(6) + INTERVAL 1 DAY, 0, NOW(6))`,
+		`INSERT INTO failovers (shard_id, old_node, new_node, epoch, reason, master_epoch, at) VALUES
+			(0, NULL, 'x', 1, 'gc-old', 1, NOW(6) - INTERVAL 1 HOUR), (0, NULL, 'x', 1, 'gc-future', 1, NOW(6) + INTERVAL 1 DAY)`,
+		`INSERT INTO observations VALUES ('ghost-master', 'gone-node', NULL, NOW(6) - INTERVAL 2 HOUR),
+			('ghost-master', 'quiet-node', NULL, NOW(6) - INTERVAL 30 MINUTE)`,
+		`INSERT INTO nodes (id, role, hostname, container, incarnation, started_at, last_seen) VALUES
+			('dead:1', 'coreapp', 'h', 'c', 1, NOW(6) - INTERVAL 3 DAY, NOW(6) - INTERVAL 2 DAY),
+			('dead:2', 'coreapp', 'h', 'c', 1, NOW(6) - INTERVAL 3 DAY, NOW(6) - INTERVAL 2 DAY),
+			('quiet:1', 'coreapp', 'h', 'c', 1, NOW(6) - INTERVAL 3 DAY, NOW(6) - INTERVAL 12 HOUR)`,
+		// A node that holds a shard stays however silent (a removed shard
+		// id here, so the monitor leaves the row alone).
+		`INSERT INTO shard_map (shard_id, node_id, lease_expires, connect_after) VALUES (31, 'dead:2', '2000-01-01', '2000-01-01')`,
+	} {
+		if _, err := c.SQL.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(q string) string {
+		rows, err := c.SQL.Query(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var s string
+			rows.Scan(&s)
+			out = append(out, s)
+		}
+		return fmt.Sprint(out)
+	}
+	want := map[string]string{
+		`SELECT LEFT(token_hash, 1) FROM tokens ORDER BY 1`:                                    "[c]",
+		`SELECT reason FROM failovers WHERE reason LIKE 'gc-%'`:                                "[gc-future]",
+		`SELECT node_id FROM observations WHERE master_id = 'ghost-master' ORDER BY 1`:         "[quiet-node]",
+		`SELECT id FROM nodes WHERE id IN ('dead:1', 'dead:2', 'quiet:1') ORDER BY 1`:          "[dead:2 quiet:1]",
+		`SELECT COUNT(*) FROM nodes WHERE last_seen > NOW(6) - INTERVAL 10 SECOND`:             "[3]",
+		`SELECT COUNT(*) > 0 FROM observations WHERE updated_at > NOW(6) - INTERVAL 10 SECOND`: "[1]",
+	}
+	c.Eventually(10*time.Second, "the bookkeeping purged", func() error {
+		for q, w := range want {
+			if got := list(q); got != w {
+				return fmt.Errorf("%s: %s, want %s", q, got, w)
+			}
+		}
+		return nil
+	})
+}

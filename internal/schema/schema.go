@@ -229,7 +229,7 @@ var Migrations = []Migration{
 		`ALTER TABLE messages ADD INDEX messages_finished (sent_at)`,
 		`ALTER TABLE callbacks ADD INDEX callbacks_finished (delivered_at)`,
 		`ALTER TABLE media ADD INDEX media_created (created_at)`,
-		`ALTER TABLE tokens ADD INDEX tokens_expiry (expires_at)`,
+		`ALTER TABLE tokens ADD INDEX tokens_dead (revoked, expires_at)`,
 		`ALTER TABLE failovers ADD INDEX failovers_at (at)`,
 	}},
 	{6, "idempotency keys per user and recipient", []string{
