@@ -46,13 +46,37 @@ type tokenEntry struct {
 type tokenCache struct {
 	mu sync.RWMutex
 	m  map[[32]byte]tokenEntry
+
+	// unknown holds tokens MySQL did not know (never issued, expired or
+	// revoked): none of them can become valid (a new token is random), so
+	// a client repeating one costs no query.
+	nmu     sync.Mutex
+	unknown *generations[[32]byte, struct{}]
 }
+
+// maxUnknownTokens bounds the negative cache (two generations of it).
+const maxUnknownTokens = 100000
 
 // maxCachedTokens bounds the memory a flood of distinct valid tokens can
 // take; past it, tokens are checked against MySQL every time.
 const maxCachedTokens = 100000
 
-func newTokenCache() *tokenCache { return &tokenCache{m: make(map[[32]byte]tokenEntry)} }
+func newTokenCache() *tokenCache {
+	return &tokenCache{m: make(map[[32]byte]tokenEntry), unknown: newGenerations[[32]byte, struct{}](maxUnknownTokens)}
+}
+
+func (c *tokenCache) isUnknown(h [32]byte) bool {
+	c.nmu.Lock()
+	_, ok := c.unknown.get(h)
+	c.nmu.Unlock()
+	return ok
+}
+
+func (c *tokenCache) markUnknown(h [32]byte) {
+	c.nmu.Lock()
+	c.unknown.put(h, struct{}{})
+	c.nmu.Unlock()
+}
 
 func (c *tokenCache) get(h [32]byte) (tokenEntry, bool) {
 	c.mu.RLock()
@@ -154,6 +178,21 @@ func (g *Gateway) verifyToken(ctx context.Context, token string) (principal, *re
 		v.metrics.tokenCache.WithLabelValues("hit").Inc()
 		return principal{username: e.username, role: e.role, tokenHash: h}, nil
 	}
+	if !cached {
+		// A token this gateway has not confirmed: known to be unknown, or
+		// asked about at most token_lookup_rate times a second, so random
+		// tokens cannot turn into a flood of MySQL queries. Tokens in the
+		// cache are re-checked without this limit.
+		if v.tokens.isUnknown(h) {
+			v.metrics.tokenCache.WithLabelValues("unknown").Inc()
+			v.metrics.authFail.WithLabelValues("token").Inc()
+			return principal{}, unauthenticated("the token is invalid, expired or revoked: log in again")
+		}
+		if g.lookups != nil && !g.lookups.Allow() {
+			v.metrics.authFail.WithLabelValues("token_rate").Inc()
+			return principal{}, &requestError{http.StatusTooManyRequests, apierror.TooManyRequests, "too many checks of unknown tokens right now; retry in a second"}
+		}
+	}
 	v.metrics.tokenCache.WithLabelValues("miss").Inc()
 	db := v.db.Load()
 	var err error
@@ -175,6 +214,7 @@ func (g *Gateway) verifyToken(ctx context.Context, token string) (principal, *re
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		v.tokens.drop(h)
+		v.tokens.markUnknown(h)
 		v.metrics.authFail.WithLabelValues("token").Inc()
 		return principal{}, unauthenticated("the token is invalid, expired or revoked: log in again")
 	}

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -479,7 +480,50 @@ func TestLoginLimiterWindow(t *testing.T) {
 		l.end("other", false, t0)
 	}
 	l.sweep(t0.Add(48 * time.Hour))
-	if len(l.m) != 0 {
-		t.Errorf("sweep kept %d idle addresses", len(l.m))
+	if l.m.len() != 0 {
+		t.Errorf("sweep kept %d idle addresses", l.m.len())
+	}
+}
+
+// TestLoginLimiterFloodOfAddresses fills the limiter with maxTrackedIPs
+// addresses that all failed recently, then times 20,000 more new ones: a
+// new address must cost O(1), not a sweep of every tracked one, memory
+// stays bounded, and an address that keeps failing during the flood stays
+// limited.
+func TestLoginLimiterFloodOfAddresses(t *testing.T) {
+	l := newLoginLimiter()
+	now := time.Unix(1_700_000_000, 0)
+	attempt := func(ip string) bool {
+		_, ok := l.begin(ip, 3, time.Hour, now)
+		if ok {
+			l.end(ip, true, now)
+		}
+		return ok
+	}
+	for i := 0; i < maxTrackedIPs; i++ {
+		attempt(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255))
+	}
+	for i := 0; i < 3; i++ {
+		attempt("attacker")
+	}
+	const more = 20000
+	start := time.Now()
+	limited := 0
+	for i := 0; i < more; i++ {
+		attempt(fmt.Sprintf("11.%d.%d.%d", i>>16, i>>8&255, i&255))
+		if i%100 == 0 && !attempt("attacker") {
+			limited++
+		}
+	}
+	took := time.Since(start)
+	t.Logf("%d new addresses with %d tracked took %s (%s each); %d addresses tracked", more, maxTrackedIPs, took, took/more, l.m.len())
+	if took > 2*time.Second {
+		t.Errorf("%d new addresses took %s: a new address costs a sweep", more, took)
+	}
+	if l.m.len() > maxTrackedIPs {
+		t.Errorf("%d addresses tracked, more than %d", l.m.len(), maxTrackedIPs)
+	}
+	if limited != more/100 {
+		t.Errorf("the attacker was refused %d of %d times during the flood", limited, more/100)
 	}
 }

@@ -36,6 +36,7 @@ func init() {
 //	    token_ttl        <duration>
 //	    token_cache      <duration>
 //	    token_grace      <duration>
+//	    token_lookup_rate <per second>
 //	    api_key          <key>
 //	    login_failures   <count> [<window>]
 //	    bcrypt_cost      <cost>
@@ -152,6 +153,16 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 				}
 				g.LoginWindow = caddy.Duration(dur)
 			}
+		case "token_lookup_rate":
+			v, err := oneArg(d)
+			if err != nil {
+				return nil, err
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil || n == 0 || n < -1 {
+				return nil, d.Errf("token_lookup_rate: %q is not a positive rate per second (or -1 for no limit)", v)
+			}
+			g.TokenLookupRate = n
 		case "bcrypt_cost":
 			v, err := oneArg(d)
 			if err != nil {

@@ -152,6 +152,7 @@ func TestCaddyfileSyntax(t *testing.T) {
 		token_ttl 24h
 		token_cache 1s
 		token_grace 1m
+		token_lookup_rate 50
 		api_key {env.KEY}
 		login_failures 10 30m
 		bcrypt_cost 12
@@ -170,7 +171,7 @@ func TestCaddyfileSyntax(t *testing.T) {
 		Database:        &DatabaseConfig{Hostname: "db.internal", Port: "3307", Username: "wa", Password: "{env.DB_PW}", Name: "cluster1"},
 		RefreshInterval: caddy.Duration(50 * time.Millisecond), RetryWait: caddy.Duration(2 * time.Second),
 		ResponseTimeout: caddy.Duration(7 * time.Second), MaxBodySize: 256 << 10, TokenTTL: caddy.Duration(24 * time.Hour), TokenCache: caddy.Duration(time.Second),
-		TokenGrace: caddy.Duration(time.Minute), APIKey: "{env.KEY}", LoginFailures: 10, LoginWindow: caddy.Duration(30 * time.Minute),
+		TokenGrace: caddy.Duration(time.Minute), TokenLookupRate: 50, APIKey: "{env.KEY}", LoginFailures: 10, LoginWindow: caddy.Duration(30 * time.Minute),
 		BcryptCost: 12, HealthTimeout: caddy.Duration(3 * time.Second), ForgetAfter: caddy.Duration(10 * time.Minute),
 	}
 	got := *g

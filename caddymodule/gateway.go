@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
@@ -88,6 +89,14 @@ type Gateway struct {
 	// refuse every token whose cache entry expired during an outage.
 	TokenGrace caddy.Duration `json:"token_grace,omitempty"`
 
+	// How many times a second this gateway may ask MySQL about a bearer
+	// token it has not confirmed (tokens in its cache are re-checked
+	// without this limit); past it, such a token gets 429 (1015) with
+	// Retry-After. Tokens MySQL did not know are remembered, so repeating
+	// one costs nothing. Default: 200 (the burst is the same). Set to -1
+	// for no limit.
+	TokenLookupRate int `json:"token_lookup_rate,omitempty"`
+
 	// The key accepted as "Authorization: Apikey <key>" on /v1/health,
 	// /metrics and /v1/stats. Default: the WA_API_KEY environment
 	// variable; empty disables API keys.
@@ -123,6 +132,7 @@ type Gateway struct {
 	metrics      http.Handler
 	healthClient *http.Client
 	dummyHash    func() []byte
+	lookups      *rate.Limiter // nil: unlimited
 }
 
 // DatabaseConfig overrides db.env; see Gateway.Database.
@@ -165,6 +175,12 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	if g.BcryptCost == 0 {
 		g.BcryptCost = bcrypt.DefaultCost
+	}
+	if g.TokenLookupRate == 0 {
+		g.TokenLookupRate = 200
+	}
+	if g.TokenLookupRate > 0 {
+		g.lookups = rate.NewLimiter(rate.Limit(g.TokenLookupRate), g.TokenLookupRate)
 	}
 	repl := caddy.NewReplacer()
 	g.apiKey = os.Getenv("WA_API_KEY")
@@ -350,8 +366,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if rt.access != anyone {
 		var rerr *requestError
 		if who, rerr = g.authenticate(r, rt); rerr != nil {
-			if rerr.status == http.StatusUnauthorized {
+			switch rerr.status {
+			case http.StatusUnauthorized:
 				w.Header().Set("WWW-Authenticate", `Bearer realm="multiconnect"`)
+			case http.StatusTooManyRequests:
+				w.Header().Set("Retry-After", "1")
 			}
 			rerr.write(w)
 			return nil

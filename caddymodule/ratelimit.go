@@ -12,7 +12,7 @@ import (
 // balancer with N gateways an address gets up to N times the limit.
 type loginLimiter struct {
 	mu sync.Mutex
-	m  map[string]*loginRecord
+	m  *generations[string, *loginRecord]
 }
 
 type loginRecord struct {
@@ -20,12 +20,15 @@ type loginRecord struct {
 	pending  int
 }
 
-// maxTrackedIPs bounds memory under a flood of spoofed sources; past it the
-// oldest records are dropped first by sweep, and new addresses are still
-// counted.
+// maxTrackedIPs bounds memory under a flood of distinct sources: the
+// records rotate in two generations of half this, so an address is
+// forgotten only after this many others were seen since it last tried,
+// and a new address costs O(1) however many are tracked.
 const maxTrackedIPs = 200000
 
-func newLoginLimiter() *loginLimiter { return &loginLimiter{m: make(map[string]*loginRecord)} }
+func newLoginLimiter() *loginLimiter {
+	return &loginLimiter{m: newGenerations[string, *loginRecord](maxTrackedIPs / 2)}
+}
 
 // begin reserves an attempt for ip. It refuses, returning how long until
 // the oldest failure leaves the window, when limit failures (counting those
@@ -33,13 +36,10 @@ func newLoginLimiter() *loginLimiter { return &loginLimiter{m: make(map[string]*
 func (l *loginLimiter) begin(ip string, limit int, window time.Duration, now time.Time) (retryAfter time.Duration, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rec := l.m[ip]
-	if rec == nil {
-		if len(l.m) >= maxTrackedIPs {
-			l.sweepLocked(now, window)
-		}
+	rec, found := l.m.get(ip)
+	if !found {
 		rec = &loginRecord{}
-		l.m[ip] = rec
+		l.m.put(ip, rec)
 	}
 	rec.prune(now, window)
 	if len(rec.failures)+rec.pending >= limit {
@@ -56,8 +56,8 @@ func (l *loginLimiter) begin(ip string, limit int, window time.Duration, now tim
 func (l *loginLimiter) end(ip string, failed bool, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rec := l.m[ip]
-	if rec == nil {
+	rec, found := l.m.get(ip)
+	if !found {
 		return
 	}
 	rec.pending--
@@ -77,18 +77,13 @@ func (r *loginRecord) prune(now time.Time, window time.Duration) {
 }
 
 // sweep forgets addresses with no failure in the last day (the longest
-// window worth keeping) and nothing in flight.
+// window worth keeping) and nothing in flight. It runs periodically, not
+// per request.
 func (l *loginLimiter) sweep(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.sweepLocked(now, 24*time.Hour)
-}
-
-func (l *loginLimiter) sweepLocked(now time.Time, window time.Duration) {
-	for ip, rec := range l.m {
-		rec.prune(now, window)
-		if len(rec.failures) == 0 && rec.pending == 0 {
-			delete(l.m, ip)
-		}
-	}
+	l.m.sweep(func(_ string, rec *loginRecord) bool {
+		rec.prune(now, 24*time.Hour)
+		return len(rec.failures) > 0 || rec.pending > 0
+	})
 }

@@ -1,0 +1,131 @@
+package caddymodule
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/clustertest"
+)
+
+// questions is MariaDB's count of statements the server was sent.
+func questions(t *testing.T, cl *clustertest.Cluster) int64 {
+	t.Helper()
+	var name string
+	var n int64
+	if err := cl.SQL.QueryRow(`SHOW GLOBAL STATUS LIKE 'Questions'`).Scan(&name, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestUnknownTokensLeaveMySQLBounded sends 5,000 random bearer tokens a
+// second to the gateway for 5 s while a user with a real token sends
+// messages: the statements MySQL receives beyond its idle rate stay within
+// token_lookup_rate (plus slack), the user's requests all succeed, and the
+// shard's primary keeps its connection (its claim renewals were on time:
+// no step-down).
+func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
+	const (
+		rate      = 5000
+		workers   = 50
+		flood     = 5 * time.Second
+		maxExtraS = 400 // statements per second above idle: token_lookup_rate 200, plus slack
+	)
+	cl := clustertest.New(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1})
+	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
+	c.shards.Store(1)
+	g := c.startGateway("")
+	admin := g.loginAdmin()
+	conns0 := cl.Connections()
+
+	// The idle rate: masters, coreapps and the gateway's own polls.
+	q0 := questions(t, cl)
+	idleStart := time.Now()
+	time.Sleep(3 * time.Second)
+	q1 := questions(t, cl)
+	idleRate := float64(q1-q0) / time.Since(idleStart).Seconds()
+
+	var sent, refused atomic.Int64
+	statuses := sync.Map{}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			per := time.Second * workers / rate
+			next := time.Now()
+			for time.Since(start) < flood {
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+				next = next.Add(per)
+				var tok [32]byte
+				rand.Read(tok[:])
+				req, _ := http.NewRequest("GET", g.url+"/v1/health", nil)
+				req.Header.Set("Authorization", "Bearer "+hex.EncodeToString(tok[:]))
+				resp, err := client.Do(req)
+				sent.Add(1)
+				if err != nil {
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusTooManyRequests {
+					refused.Add(1)
+				}
+				n, _ := statuses.LoadOrStore(resp.StatusCode, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+			}
+		}()
+	}
+	// Meanwhile a real user sends messages with a real token.
+	userOK, userFailed := 0, []string{}
+	for time.Since(start) < flood {
+		st, body := g.do("POST", "/v1/messages", messageBody("15550109999"), jsonHeaders(bearer(admin)))
+		if st == http.StatusCreated {
+			userOK++
+		} else if len(userFailed) < 5 {
+			userFailed = append(userFailed, fmt.Sprintf("HTTP %d %s", st, body))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	q2 := questions(t, cl)
+	extra := float64(q2-q1)/elapsed.Seconds() - idleRate
+	got := map[int]int64{}
+	statuses.Range(func(k, v any) bool { got[k.(int)] = v.(*atomic.Int64).Load(); return true })
+	t.Logf("sent %d random tokens in %s (%.0f/s); answers %v; MySQL statements: idle %.0f/s, during the flood %.0f/s above idle; the user's messages: %d accepted",
+		sent.Load(), elapsed.Round(time.Millisecond), float64(sent.Load())/elapsed.Seconds(), got, idleRate, extra, userOK)
+	if refused.Load() > 0 {
+		t.Errorf("%d random tokens got an answer other than 401 or 429", refused.Load())
+	}
+	if extra > maxExtraS {
+		t.Errorf("MySQL received %.0f statements/s above idle during the flood, more than %d: every unknown token costs a query", extra, maxExtraS)
+	}
+	if len(userFailed) > 0 || userOK == 0 {
+		t.Errorf("the real user's messages failed during the flood (%d accepted): %v", userOK, userFailed)
+	}
+	if float64(sent.Load())/elapsed.Seconds() > 2*200 && got[http.StatusTooManyRequests] == 0 {
+		t.Errorf("over twice token_lookup_rate of unknown tokens, and none was refused with 429")
+	}
+	// A token issued now is looked up at once (the limiter refills).
+	if tok := g.loginAdmin(); tok == "" {
+		t.Error("no token")
+	} else if st, body := g.do("GET", "/v1/users/admin", "", bearer(tok)); st != http.StatusOK {
+		t.Errorf("a new token right after the flood: HTTP %d %s", st, body)
+	}
+	conns1 := cl.Connections()
+	if len(conns1) != len(conns0) || !conns1[len(conns1)-1].Open {
+		t.Errorf("the shard's connection changed during the flood (a step-down): before %+v, after %+v", conns0, conns1)
+	}
+}
