@@ -358,16 +358,17 @@ func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealth
 			mon.m.noCandidate(s.shard, reason)
 			continue
 		}
-		pctx := ctx
+		pctx, pcancel := ctx, context.CancelFunc(func() {})
 		if reason == reasonOffline {
 			// Ask the holder to let go first: a confirmed disconnect lets
-			// the successor connect after the keepalive alone.
+			// the successor connect after the keepalive alone. The release
+			// may take seconds, so the promotion gets its own time.
 			mon.releaseClaim(parent, s)
-			var pcancel context.CancelFunc
 			pctx, pcancel = context.WithTimeout(parent, 2*time.Second+hb)
-			defer pcancel()
 		}
-		if err := mon.m.promote(pctx, s, cand, reason); err != nil {
+		err := mon.m.promote(pctx, s, cand, reason)
+		pcancel()
+		if err != nil {
 			if errors.Is(err, ErrNotPrimary) {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/monotime"
 )
 
 var errMapChanged = errors.New("shard map changed under evaluation")
@@ -23,8 +24,13 @@ var errMapChanged = errors.New("shard map changed under evaluation")
 // the network's keepalive timeout (after which the network has dropped a
 // connection whose holder froze). That is what keeps one connection per shard
 // even when the old holder is alive, partitioned or paused, not dead.
+//
+// The claim's expiry is on the database's clock, which may step (NTP, a VM
+// restored): so connect_after is also never before the old holder's end as
+// this master judges it on its own monotonic clock (heldFor).
 func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason string) error {
 	unhealthy := m.settings.Get().Unhealthy()
+	seen, observed := m.mon.claim(s.shard)
 	var epoch int64
 	var sinceRenewal time.Duration // of the previous holder: how long the shard went unclaimed
 	// The old holder, frozen inside an accept or callback transaction,
@@ -34,7 +40,9 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 	// transactions are ended and the promotion tried again.
 	var err error
 	for attempt := 1; ; attempt++ {
-		err = m.lease.fenced(ctx, func(tx *sql.Tx) error { return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, &epoch, &sinceRenewal) })
+		err = m.lease.fenced(ctx, func(tx *sql.Tx) error {
+			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, seen, observed, &epoch, &sinceRenewal)
+		})
 		if !lockBusy(err) || attempt == promoteAttempts || ctx.Err() != nil {
 			break
 		}
@@ -68,18 +76,23 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 
 // promoteTx is promote's fenced transaction.
 func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *peer, reason string, unhealthy time.Duration,
-	epoch *int64, sinceRenewal *time.Duration) error {
+	seen claimSeen, observed bool, epoch *int64, sinceRenewal *time.Duration) error {
 	var node string
-	var cur, us int64
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1)
-		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait(), s.shard).Scan(&node, &cur, &us); err != nil {
+	var cur, us, leaseUS int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1),
+			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', lease_expires)
+		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait(), s.shard).Scan(&node, &cur, &us, &leaseUS); err != nil {
 		if m.noNowait(err) {
-			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, epoch, sinceRenewal)
+			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, seen, observed, epoch, sinceRenewal)
 		}
 		return fmt.Errorf("promote shard %d: %w", s.shard, err)
 	}
 	if node != s.node || cur != s.epoch {
 		return errMapChanged
+	}
+	var hold time.Duration
+	if node != "" {
+		hold = heldFor(seen, observed, cur, leaseUS, unhealthy)
 	}
 	*sinceRenewal = time.Duration(us) * time.Microsecond
 	var busy int
@@ -101,10 +114,10 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	// MySQL evaluates SET left to right: connect_after must read the old
 	// lease_expires before it is overwritten.
 	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
-			connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND),
+			connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND, NOW(6) + INTERVAL ? MICROSECOND),
 			lease_expires = NOW(6) + INTERVAL ? MICROSECOND,
 			node_id = ?, incarnation = ?, epoch = epoch + 1, assigned_at = NOW(6), master_epoch = ?
-		WHERE shard_id = ?`, kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
+		WHERE shard_id = ?`, kaMS*1000, hold.Microseconds()+kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
 		return fmt.Errorf("promote shard %d: %w", s.shard, err)
 	}
 	*epoch = s.epoch + 1
@@ -113,6 +126,22 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 		return fmt.Errorf("promote shard %d: audit: %w", s.shard, err)
 	}
 	return cluster.BumpMap(ctx, tx)
+}
+
+// heldFor is how much longer, on this master's monotonic clock, the holder
+// of a claim (epoch, lease_expires as leaseUS) may still be connected: its
+// validity ends within unhealthy_interval of its last renewal, which this
+// master saw at seen.at or later. A claim not seen at this epoch, or renewed
+// since the last look, may have been renewed just now; one handed back is
+// over (its holder confirmed the disconnect first).
+func heldFor(seen claimSeen, observed bool, epoch, leaseUS int64, unhealthy time.Duration) time.Duration {
+	switch {
+	case !observed || seen.epoch != epoch || leaseUS > seen.leaseUS:
+		return unhealthy
+	case leaseUS < seen.leaseUS || seen.handedBack:
+		return 0
+	}
+	return max(0, unhealthy-time.Duration(monotime.Now()-seen.at))
 }
 
 // notify posts to a coreapp, retrying for up to within. The coreapp also

@@ -27,6 +27,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
+	"github.com/multiconnect/multiconnect/internal/privatedb"
 	"github.com/multiconnect/multiconnect/internal/schema"
 )
 
@@ -202,6 +203,9 @@ type Options struct {
 	// CoreappEnv, when set, gives coreapp i (0-based) more environment;
 	// it runs once the network and MariaDB are up.
 	CoreappEnv func(c *Cluster, i int) []string
+	// DBClockFile, when set, runs MariaDB under libfaketime reading its
+	// clock offset from this file (see privatedb.Options.ClockFile).
+	DBClockFile string
 }
 
 // Cluster is a running test cluster.
@@ -258,7 +262,7 @@ func New(t testing.TB, o Options) *Cluster {
 		}
 		os.RemoveAll(dir)
 	})
-	c.DB = mariadbtest.Start(t)
+	c.DB = mariadbtest.StartWith(t, privatedb.Options{ClockFile: o.DBClockFile})
 	c.SQL = c.DB.Open(DBName)
 	if o.DBLatency > 0 {
 		c.DBProxy = StartLatencyProxy(t, net.JoinHostPort(c.DB.Bind, strconv.Itoa(c.DB.Port)), o.DBLatency)

@@ -97,7 +97,7 @@ func (c *Cluster) waitRegistered(addr string) {
 
 // netCutBound is the README's bound ("The failure model", Detection) for a
 // primary cut from the network to be replaced: the plugin notices the
-// network's silence within 1.25 x keepalive, the holder reports it at its
+// network's silence within 1.75 x keepalive, the holder reports it at its
 // next renewal tick and the master at its next heartbeat (2 x heartbeat),
 // the master waits unhealthy_interval, asks the holder to step down (up to
 // unhealthy/2 while the holder is inside a connect attempt), and the
@@ -105,7 +105,7 @@ func (c *Cluster) waitRegistered(addr string) {
 // database round trips and the connect itself.
 func netCutBound(o Options) time.Duration {
 	hb, unhealthy := seconds(o.Heartbeat), seconds(o.Unhealthy)
-	return o.Keepalive*5/4 + 2*hb + unhealthy + unhealthy/2 + o.Keepalive + time.Second
+	return o.Keepalive*7/4 + 2*hb + unhealthy + unhealthy/2 + o.Keepalive + time.Second
 }
 
 // Scenario 4 of issue 12: a primary whose plugin can no longer reach the

@@ -21,7 +21,13 @@ type Server struct {
 // It fails the test, naming the package to install, when mariadbd is missing.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	srv, err := privatedb.Launch(privatedb.Options{})
+	return StartWith(t, privatedb.Options{})
+}
+
+// StartWith is Start with options (a ClockFile, say).
+func StartWith(t testing.TB, o privatedb.Options) *Server {
+	t.Helper()
+	srv, err := privatedb.Launch(o)
 	if err != nil {
 		t.Fatalf("private MariaDB (tests need a real one): %v", err)
 	}

@@ -187,8 +187,8 @@ func (c *Conn) Connect(ctx context.Context, shard int, epoch uint64, node string
 func (c *Conn) Ping() error { return c.write(Frame{Op: OpPing, Seq: c.seq.Add(1)}) }
 
 // Silence is how long the network has sent nothing on this connection.
-// Every ping is answered, so a silence past the keepalive means the path is
-// cut: the network has dropped the connection by then.
+// Every ping is answered, so a silence well past the keepalive means the
+// path is cut: the network has dropped the connection by then.
 func (c *Conn) Silence() time.Duration { return time.Duration(transport.MonoNow() - c.lastRead.Load()) }
 
 // Send delivers msgs and returns the network's per-message results.

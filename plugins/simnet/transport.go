@@ -203,10 +203,11 @@ func (t *Transport) keepAlive(s *session) {
 		if ended || transport.Until(deadline) <= 0 {
 			return // the deadline timer closes the connection
 		}
-		if quiet := s.conn.Silence(); quiet > s.keepalive {
-			// Not even a pong for a keepalive: the network has dropped
-			// us, though no FIN came (a cut path swallows it). Say so, so
-			// the holder reconnects and, failing that, is replaced.
+		if quiet := s.conn.Silence(); quiet > s.keepalive*3/2 {
+			// Not even a pong for over a keepalive: the network has
+			// dropped us, though no FIN came (a cut path swallows it). Say
+			// so, so the holder reconnects and, failing that, is replaced.
+			// (Half a keepalive more spares a network merely slow to pong.)
 			s.conn.fail(fmt.Errorf("no answer from the network for %v (keepalive %v)", quiet.Round(time.Millisecond), s.keepalive))
 			return
 		}
