@@ -198,6 +198,12 @@ type Options struct {
 	Keepalive   time.Duration // the network's keepalive timeout, 250ms
 	MasterLease time.Duration // MC_MASTER_LEASE, 2s
 	MasterEnv   []string      // more environment for every master
+	// DBProxy puts a Proxy between every node and MariaDB (the nodes'
+	// WA_DB_PORT names it), so a test can slow that path.
+	DBProxy bool
+	// CoreappEnv, when set, gives coreapp i (0-based) more environment;
+	// it runs once the network and MariaDB are up.
+	CoreappEnv func(c *Cluster, i int) []string
 }
 
 // Cluster is a running test cluster.
@@ -214,6 +220,7 @@ type Cluster struct {
 	Masters    []*Proc
 	Coreapps   []*Proc
 	Secret     string
+	DBProxy    *Proxy // nil unless Options.DBProxy
 	http       *http.Client
 }
 
@@ -255,6 +262,9 @@ func New(t testing.TB, o Options) *Cluster {
 	})
 	c.DB = mariadbtest.Start(t)
 	c.SQL = c.DB.Open(DBName)
+	if o.DBProxy {
+		c.DBProxy = StartProxy(t, c.DB.Addr())
+	}
 	c.StartSimnet()
 	for i := 0; i < o.Masters; i++ {
 		c.StartMaster(o.MasterEnv...)
@@ -262,7 +272,11 @@ func New(t testing.TB, o Options) *Cluster {
 	c.waitReady()
 	c.SetSettings(o.Heartbeat, o.Unhealthy)
 	for i := 0; i < o.Coreapps; i++ {
-		c.StartCoreapp()
+		var env []string
+		if o.CoreappEnv != nil {
+			env = o.CoreappEnv(c, i)
+		}
+		c.StartCoreapp(env...)
 	}
 	c.WaitAllShardsConnected(15 * time.Second)
 	return c
@@ -282,7 +296,12 @@ func (c *Cluster) StartSimnet() {
 
 // NodeEnv is the environment a node of this cluster gets.
 func (c *Cluster) NodeEnv(listen int) []string {
-	return append(c.DB.Env(),
+	db := c.DB.Env()
+	if c.DBProxy != nil {
+		// Later entries win: exec keeps the last value of a duplicate key.
+		db = append(db, "WA_DB_HOSTNAME=127.0.0.1", "WA_DB_PORT="+strconv.Itoa(c.DBProxy.Port()))
+	}
+	return append(db,
 		"MC_DB_NAME="+DBName,
 		"EXTERNAL_HOSTNAME=127.0.0.1",
 		fmt.Sprintf("MC_LISTEN=127.0.0.1:%d", listen),
@@ -314,6 +333,19 @@ func (c *Cluster) StartCoreapp(extraEnv ...string) *Proc {
 	p.Addr = fmt.Sprintf("127.0.0.1:%d", port)
 	c.Coreapps = append(c.Coreapps, p)
 	return p
+}
+
+// Restart starts p's program again with the same arguments and environment
+// (so the same address), under a new log name, once p has ended. The caller
+// replaces p with it wherever it keeps it.
+func (c *Cluster) Restart(p *Proc, name string) *Proc {
+	c.T.Helper()
+	if !p.Exited() {
+		c.T.Errorf("restart %s: still running", p.Name)
+	}
+	np := Start(c.T, c.Dir, name, p.Cmd.Path, p.Cmd.Env[2:], p.Cmd.Args[1:]...)
+	np.Addr = p.Addr
+	return np
 }
 
 func (c *Cluster) waitReady() {
