@@ -218,9 +218,9 @@ func TestNemesis(t *testing.T) {
 		t.Errorf("not drained %v after the faults ended: %s", drainEnd.Sub(faultsEnd), drainErr)
 		n.whereStuck(t)
 	}
-	checkNetwork(t, senders, net)
+	checkNetwork(senders, net).report(t)
 	c.RequireNoViolations()
-	checkCallbacks(t, hook, senders, inbound)
+	checkCallbacks(hook, senders, inbound).report(t)
 	if t.Failed() {
 		t.Logf("reproduce with MC_NEMESIS_SEED=%d MC_NEMESIS_DURATION=%v MC_NEMESIS_FAULTS=%s", seed, dur, strings.Join(kinds, ","))
 	}
@@ -370,24 +370,25 @@ func (s *nemesisSender) post(hc *http.Client, gw, token, body, key string) (int,
 	return resp.StatusCode, "", fmt.Sprintf("HTTP %d code %d", resp.StatusCode, errorCode(b))
 }
 
-// limited reports at most 10 failures of one check, then their count.
-type limited struct {
-	t    *testing.T
+// problems collects what one check found.
+type problems struct {
 	what string
-	n    int
+	list []string
 }
 
-func (l *limited) errorf(format string, args ...any) {
-	l.t.Helper()
-	l.n++
-	if l.n <= 10 {
-		l.t.Errorf(format, args...)
-	}
+func (p *problems) add(format string, args ...any) {
+	p.list = append(p.list, fmt.Sprintf(format, args...))
 }
 
-func (l *limited) done() {
-	if l.n > 10 {
-		l.t.Errorf("%s: %d failures in all (first 10 shown)", l.what, l.n)
+// report fails t with the first 10 problems and their count.
+func (p *problems) report(t *testing.T) {
+	t.Helper()
+	for i, m := range p.list {
+		if i == 10 {
+			t.Errorf("%s: %d problems in all (first 10 shown)", p.what, len(p.list))
+			break
+		}
+		t.Errorf("%s: %s", p.what, m)
 	}
 }
 
@@ -395,9 +396,8 @@ func (l *limited) done() {
 // in acceptance order, each once (also judged by content, so a resend
 // under a new id counts twice); a message never acknowledged may follow
 // them.
-func checkNetwork(t *testing.T, senders []*nemesisSender, net []NetworkMessage) {
-	t.Helper()
-	l := &limited{t: t, what: "network"}
+func checkNetwork(senders []*nemesisSender, net []NetworkMessage) *problems {
+	l := &problems{what: "network"}
 	byTo := map[string][]NetworkMessage{}
 	copies := map[string][]string{}
 	for _, m := range net {
@@ -405,14 +405,14 @@ func checkNetwork(t *testing.T, senders []*nemesisSender, net []NetworkMessage) 
 		if g := nemesisBody.FindStringSubmatch(string(m.Body)); g != nil {
 			copies[g[1]+" #"+g[2]] = append(copies[g[1]+" #"+g[2]], m.ID)
 		} else {
-			l.errorf("the network received a message that is not the test's: %+v", m)
+			l.add("the network received a message that is not the test's: %+v", m)
 		}
 	}
 	var twice []string
 	for k, ids := range copies {
 		if len(ids) > 1 {
 			twice = append(twice, k)
-			l.errorf("message %s reached the network %d times: ids %v", k, len(ids), ids)
+			l.add("message %s reached the network %d times: ids %v", k, len(ids), ids)
 		}
 	}
 	mine := map[string]bool{}
@@ -421,11 +421,11 @@ func checkNetwork(t *testing.T, senders []*nemesisSender, net []NetworkMessage) 
 		got := byTo[s.to]
 		for k, id := range s.acked {
 			if k >= len(got) {
-				l.errorf("recipient %s: acknowledged message #%d (%s) and the %d after it never reached the network", s.to, k, id, len(s.acked)-k-1)
+				l.add("recipient %s: acknowledged message #%d (%s) and the %d after it never reached the network", s.to, k, id, len(s.acked)-k-1)
 				break
 			}
 			if got[k].ID != id {
-				l.errorf("recipient %s: the network's message %d is %s (%s), want the acknowledged %s: lost, reordered or extra", s.to, k, got[k].ID, got[k].Body, id)
+				l.add("recipient %s: the network's message %d is %s (%s), want the acknowledged %s: lost, reordered or extra", s.to, k, got[k].ID, got[k].Body, id)
 				break
 			}
 		}
@@ -433,16 +433,16 @@ func checkNetwork(t *testing.T, senders []*nemesisSender, net []NetworkMessage) 
 			last := got[len(got)-1]
 			g := nemesisBody.FindStringSubmatch(string(last.Body))
 			if extra > 1 || s.pending < 0 || g == nil || g[2] != strconv.Itoa(s.pending) {
-				l.errorf("recipient %s: the network received %d messages, %d acknowledged (last %s)", s.to, len(got), len(s.acked), last.Body)
+				l.add("recipient %s: the network received %d messages, %d acknowledged (last %s)", s.to, len(got), len(s.acked), last.Body)
 			}
 		}
 	}
 	for to := range byTo {
 		if !mine[to] {
-			l.errorf("the network received messages for %s, not a test recipient", to)
+			l.add("the network received messages for %s, not a test recipient", to)
 		}
 	}
-	l.done()
+	return l
 }
 
 // missingCallbacks names the first acknowledged message status or inbound
@@ -488,11 +488,10 @@ func missingCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[
 // (a failover may deliver one again), a message's statuses go sent,
 // delivered, read; one status of its messages follows their acceptance
 // order; inbound messages arrive in the order the network took them.
-func checkCallbacks(t *testing.T, hook *hookReceiver, senders []*nemesisSender, inbound map[string][]string) {
-	t.Helper()
-	l := &limited{t: t, what: "callbacks"}
+func checkCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[string][]string) *problems {
+	l := &problems{what: "callbacks"}
 	if m := missingCallbacks(hook, senders, inbound); m != "" {
-		l.errorf("webhook: %s", m)
+		l.add("webhook: %s", m)
 	}
 	hook.mu.Lock()
 	defer hook.mu.Unlock()
@@ -510,7 +509,7 @@ func checkCallbacks(t *testing.T, hook *hookReceiver, senders []*nemesisSender, 
 				a, aok := first[id+" "+pair[0]]
 				b, bok := first[id+" "+pair[1]]
 				if aok && bok && a > b {
-					l.errorf("recipient %s message %s: %s status before %s", s.to, id, pair[1], pair[0])
+					l.add("recipient %s message %s: %s status before %s", s.to, id, pair[1], pair[0])
 				}
 			}
 			if k == 0 {
@@ -521,7 +520,7 @@ func checkCallbacks(t *testing.T, hook *hookReceiver, senders []*nemesisSender, 
 				a, aok := first[prev+" "+st]
 				b, bok := first[id+" "+st]
 				if aok && bok && a > b {
-					l.errorf("recipient %s: %s status of %s before that of the earlier %s", s.to, st, id, prev)
+					l.add("recipient %s: %s status of %s before that of the earlier %s", s.to, st, id, prev)
 				}
 			}
 		}
@@ -536,10 +535,10 @@ func checkCallbacks(t *testing.T, hook *hookReceiver, senders []*nemesisSender, 
 	}
 	for to, want := range inbound {
 		if fmt.Sprint(order[to]) != fmt.Sprint(want) {
-			l.errorf("recipient %s: inbound messages arrived as %v, want %v", to, order[to], want)
+			l.add("recipient %s: inbound messages arrived as %v, want %v", to, order[to], want)
 		}
 	}
-	l.done()
+	return l
 }
 
 // report logs availability per shard, the longest outage, how long each
