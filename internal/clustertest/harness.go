@@ -199,7 +199,12 @@ type Options struct {
 	Keepalive   time.Duration // the network's keepalive timeout, 250ms
 	MasterLease time.Duration // MC_MASTER_LEASE, 2s
 	MasterEnv   []string      // more environment for every master
-	DBLatency   time.Duration // if set, nodes reach MariaDB through a LatencyProxy adding this to every round trip
+	// DBLatency, when set, adds this much to every round trip between the
+	// nodes and MariaDB (half each way, through DBProxy).
+	DBLatency time.Duration
+	// DBProxy puts a Proxy between every node and MariaDB (the nodes'
+	// WA_DB_PORT names it), so a test can slow or cut that path.
+	DBProxy bool
 	// CoreappEnv, when set, gives coreapp i (0-based) more environment;
 	// it runs once the network and MariaDB are up.
 	CoreappEnv func(c *Cluster, i int) []string
@@ -222,7 +227,7 @@ type Cluster struct {
 	Masters    []*Proc
 	Coreapps   []*Proc
 	Secret     string
-	DBProxy    *LatencyProxy // nil unless Options.DBLatency
+	DBProxy    *Proxy // nil unless Options.DBProxy or DBLatency
 	http       *http.Client
 }
 
@@ -264,8 +269,9 @@ func New(t testing.TB, o Options) *Cluster {
 	})
 	c.DB = mariadbtest.StartWith(t, privatedb.Options{ClockFile: o.DBClockFile})
 	c.SQL = c.DB.Open(DBName)
-	if o.DBLatency > 0 {
-		c.DBProxy = StartLatencyProxy(t, net.JoinHostPort(c.DB.Bind, strconv.Itoa(c.DB.Port)), o.DBLatency)
+	if o.DBProxy || o.DBLatency > 0 {
+		c.DBProxy = StartProxy(t, c.DB.Addr())
+		c.DBProxy.SetDelay(o.DBLatency / 2)
 	}
 	c.StartSimnet()
 	for i := 0; i < o.Masters; i++ {
@@ -299,8 +305,9 @@ func (c *Cluster) StartSimnet() {
 // NodeEnv is the environment a node of this cluster gets.
 func (c *Cluster) NodeEnv(listen int) []string {
 	db := c.DB.Env()
-	if c.DBProxy != nil { // the later value of a variable wins in exec
-		db = append(db, "WA_DB_HOSTNAME=127.0.0.1", "WA_DB_PORT="+strconv.Itoa(c.DBProxy.Addr().Port))
+	if c.DBProxy != nil {
+		// Later entries win: exec keeps the last value of a duplicate key.
+		db = append(db, "WA_DB_HOSTNAME=127.0.0.1", "WA_DB_PORT="+strconv.Itoa(c.DBProxy.Port()))
 	}
 	return append(db,
 		"MC_DB_NAME="+DBName,
@@ -334,6 +341,19 @@ func (c *Cluster) StartCoreapp(extraEnv ...string) *Proc {
 	p.Addr = fmt.Sprintf("127.0.0.1:%d", port)
 	c.Coreapps = append(c.Coreapps, p)
 	return p
+}
+
+// Restart starts p's program again with the same arguments and environment
+// (so the same address), under a new log name, once p has ended. The caller
+// replaces p with it wherever it keeps it.
+func (c *Cluster) Restart(p *Proc, name string) *Proc {
+	c.T.Helper()
+	if !p.Exited() {
+		c.T.Errorf("restart %s: still running", p.Name)
+	}
+	np := Start(c.T, c.Dir, name, p.Cmd.Path, p.Cmd.Env[2:], p.Cmd.Args[1:]...)
+	np.Addr = p.Addr
+	return np
 }
 
 func (c *Cluster) waitReady() {

@@ -220,7 +220,7 @@ func loadTo(url func(int) string, token string, clients int, d time.Duration, bo
 	return res
 }
 
-func buildCaddyBin(b *testing.B) string {
+func buildCaddyBin(b testing.TB) string {
 	dir := b.TempDir()
 	cmd := exec.Command("go", "build", "-o", dir+"/", "./caddymodule/cmd/caddy")
 	cmd.Dir = RepoRoot()
@@ -232,14 +232,21 @@ func buildCaddyBin(b *testing.B) string {
 
 // startCaddy runs bin/caddy with the Caddyfile conf and returns the URL of
 // port, once it answers.
-func startCaddy(b *testing.B, c *Cluster, bin, name string, port int, conf string) string {
+func startCaddy(b testing.TB, c *Cluster, bin, name string, port int, conf string) string {
+	_, u := startCaddyProc(b, c, bin, name, port, conf)
+	return u
+}
+
+// startCaddyProc is startCaddy returning the process too.
+func startCaddyProc(b testing.TB, c *Cluster, bin, name string, port int, conf string) (*Proc, string) {
 	path := filepath.Join(c.Dir, name+".Caddyfile")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	Start(b, c.Dir, name, bin, append(c.DB.Env(), "MC_DB_NAME="+DBName, "XDG_DATA_HOME="+c.Dir, "XDG_CONFIG_HOME="+c.Dir),
+	p := Start(b, c.Dir, name, bin, append(c.DB.Env(), "MC_DB_NAME="+DBName, "XDG_DATA_HOME="+c.Dir, "XDG_CONFIG_HOME="+c.Dir),
 		"run", "--config", path, "--adapter", "caddyfile")
 	u := fmt.Sprintf("http://127.0.0.1:%d", port)
+	p.Addr = u
 	c.Eventually(20*time.Second, name+" answers", func() error {
 		resp, err := http.Get(u + "/")
 		if err != nil {
@@ -248,12 +255,12 @@ func startCaddy(b *testing.B, c *Cluster, bin, name string, port int, conf strin
 		resp.Body.Close()
 		return nil
 	})
-	return u
+	return p, u
 }
 
 // gatewayLogin does the first admin login (which must set a new password)
 // and returns a bearer token.
-func gatewayLogin(b *testing.B, gw string) string {
+func gatewayLogin(b testing.TB, gw string) string {
 	var token string
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -1,0 +1,74 @@
+package clustertest
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+)
+
+// The nemesis's end checks catch what they are for: fed a lost, a
+// reordered, a duplicated (under a new id) or an unacknowledged extra
+// message, a missing or out-of-order status, or inbound messages out of
+// order, each reports a problem; fed a clean run, none.
+func TestNemesisChecksCatch(t *testing.T) {
+	const to = "15550300000"
+	msg := func(j int, id string) NetworkMessage {
+		body, _ := json.Marshal(map[string]string{"body": fmt.Sprintf("nemesis %s #%d", to, j)})
+		return NetworkMessage{ID: id, To: to, Body: body}
+	}
+	sender := func(pending int) []*nemesisSender {
+		return []*nemesisSender{{to: to, acked: []string{"a", "b", "c"}, pending: pending}}
+	}
+	a, b, c := msg(0, "a"), msg(1, "b"), msg(2, "c")
+	for _, tc := range []struct {
+		name    string
+		pending int
+		net     []NetworkMessage
+		bad     bool
+	}{
+		{"clean", -1, []NetworkMessage{a, b, c}, false},
+		{"unacknowledged last message after the rest", 3, []NetworkMessage{a, b, c, msg(3, "d")}, false},
+		{"lost", -1, []NetworkMessage{a, c}, true},
+		{"reordered", -1, []NetworkMessage{b, a, c}, true},
+		{"resent under a new id", -1, []NetworkMessage{a, msg(0, "a2"), b, c}, true},
+		{"extra message nobody had in flight", -1, []NetworkMessage{a, b, c, msg(3, "d")}, true},
+		{"not the test's", -1, []NetworkMessage{a, b, c, {ID: "x", To: to, Body: json.RawMessage(`{}`)}}, true},
+	} {
+		p := checkNetwork(sender(tc.pending), tc.net)
+		if got := len(p.list) > 0; got != tc.bad {
+			t.Errorf("network check, %s: problems %q, want some: %v", tc.name, p.list, tc.bad)
+		}
+	}
+
+	st := func(ids ...string) []hookStatus {
+		var out []hookStatus
+		for _, s := range ids {
+			out = append(out, hookStatus{ID: s[:1], Status: map[byte]string{'s': "sent", 'd': "delivered", 'r': "read"}[s[1]]})
+		}
+		return out
+	}
+	inbound := map[string][]string{to: {"i1", "i2"}}
+	for _, tc := range []struct {
+		name     string
+		statuses []hookStatus
+		in       []string
+		bad      bool
+	}{
+		{"clean", st("as", "ad", "ar", "bs", "cs", "bd", "cd", "br", "cr"), []string{"i1", "i2"}, false},
+		{"delivered again after a failover", st("as", "ad", "ar", "bs", "as", "cs", "bd", "cd", "br", "cr"), []string{"i1", "i2", "i1"}, false},
+		{"missing", st("as", "ad", "ar", "bs", "cs", "bd", "cd", "cr"), []string{"i1", "i2"}, true},
+		{"one message's statuses out of order", st("as", "ar", "ad", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1", "i2"}, true},
+		{"a later message's status first", st("as", "ad", "ar", "cs", "bs", "bd", "br", "cd", "cr"), []string{"i1", "i2"}, true},
+		{"inbound out of order", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i2", "i1"}, true},
+		{"inbound missing", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1"}, true},
+	} {
+		h := &hookReceiver{statuses: tc.statuses}
+		for _, id := range tc.in {
+			h.inbound = append(h.inbound, hookInbound{From: to, ID: id})
+		}
+		p := checkCallbacks(h, sender(-1), inbound)
+		if got := len(p.list) > 0; got != tc.bad {
+			t.Errorf("callback check, %s: problems %q, want some: %v", tc.name, p.list, tc.bad)
+		}
+	}
+}
