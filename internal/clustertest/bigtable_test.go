@@ -20,7 +20,7 @@ import (
 
 const (
 	bigStored = 5_000_000 // sent messages a long-lived cluster holds
-	bigOld    = 100_000   // of which past the 30-day retention: one GC run's work
+	bigOld    = 50_000    // of which past the 30-day retention: one GC run's work
 )
 
 // Re-sharding and the garbage collector on a cluster holding 5 million
