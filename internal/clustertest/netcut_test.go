@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -153,7 +154,28 @@ func TestPrimaryCutFromNetworkIsReplaced(t *testing.T) {
 		}
 		return nil
 	})
+	// It stepped down because the master asked it to release the claim
+	// (not because the claim ran out), and handed the claim back.
+	if log := a.Log(); !strings.Contains(log, "the master found this coreapp not connected to the network") {
+		t.Errorf("the cut-off holder did not step down on the master's release request")
+	}
 	c.RequireNoViolations()
+
+	// The release route refuses bad input with the original's error shape,
+	// and a release for a claim the coreapp does not hold changes nothing.
+	for _, body := range []string{`{}`, `{"shard":0}`, `not json`} {
+		code, b, err := c.Internal("POST", good.Addr, "/internal/release", body)
+		if err != nil || code != 400 || errorCode(b) != 1025 {
+			t.Errorf("release %s: HTTP %d %s %v, want 400 with code 1025", body, code, b, err)
+		}
+	}
+	code, b, err := c.Internal("POST", good.Addr, "/internal/release", fmt.Sprintf(`{"shard":0,"epoch":%d}`, iv.Epoch+7))
+	if err != nil || code != 200 || !strings.Contains(string(b), `"released":false`) {
+		t.Errorf("release of an epoch not held: HTTP %d %s %v, want 200 released false", code, b, err)
+	}
+	if r, err := c.coreappHealth(good.Addr); err != nil || !r.Primary {
+		t.Errorf("the holder gave up its claim on a release for another epoch: %+v %v", r, err)
+	}
 }
 
 // Scenario 4 of issue 12, the candidate half: when the primary dies and the
