@@ -151,6 +151,9 @@ func TestEventBacklogSurvivesPluginRestart(t *testing.T) {
 	if stored != 12000 {
 		t.Errorf("%d inbound callbacks stored, want 12000", stored)
 	}
+	hook.mu.Lock()
+	t.Logf("stored %d inbound callbacks; the webhook took %d deliveries of them (at least once)", stored, len(hook.inbound))
+	hook.mu.Unlock()
 	c.Eventually(10*time.Second, "no event left unacknowledged", func() error {
 		if n, err := pendingEvents(c, 0); err != nil || n != 0 {
 			return fmt.Errorf("%d unacknowledged (%v)", n, err)
