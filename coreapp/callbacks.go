@@ -24,6 +24,8 @@ type callback struct {
 	seq       int64  // callbacks.seq once stored (or a memory sequence)
 	shard     int    //
 	netSeq    uint64 // the network's event number; 0 for ones the coreapp made
+	stream    string // the network's numbering netSeq belongs to
+	conn      int64  // the network connection that pushed the event
 	recipient string // the contact it is about: ordering is per recipient
 	kind      string
 	payload   []byte // one status object, or {"contact":...,"message":...}
@@ -44,12 +46,13 @@ const (
 // events for the shard's next connection: a crash anywhere loses none. One
 // goroutine writes, so callbacks.seq follows the network's order.
 type callbackWriter struct {
-	c  *Coreapp
-	in chan *callback
+	c       *Coreapp
+	in      chan *callback
+	cursors map[int]*ackCursor // by shard; only the run goroutine uses them
 }
 
 func newCallbackWriter(c *Coreapp) *callbackWriter {
-	return &callbackWriter{c: c, in: make(chan *callback, 4096)}
+	return &callbackWriter{c: c, in: make(chan *callback, 4096), cursors: map[int]*ackCursor{}}
 }
 
 // subscribe feeds the plugin's event stream to the writer, subscribing
@@ -115,7 +118,7 @@ func (w *callbackWriter) sendFailed(ctx context.Context, shardID int, failed []f
 
 // fromEvent builds the original's payload for an event.
 func fromEvent(e transport.Event) (*callback, error) {
-	cb := &callback{shard: e.Shard, netSeq: e.Seq, recipient: string(shard.Digits(e.Recipient))}
+	cb := &callback{shard: e.Shard, netSeq: e.Seq, stream: e.Stream, conn: e.Conn, recipient: string(shard.Digits(e.Recipient))}
 	ts := strconv.FormatInt(e.Timestamp, 10)
 	switch e.Kind {
 	case transport.EventStatus:
@@ -235,26 +238,61 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 	if !stored {
 		doneErr = errFenced
 	}
-	acks := map[int]uint64{}
 	for _, cb := range batch {
 		if cb.done != nil {
 			cb.done <- doneErr
-		}
-		if stored && cb.netSeq > acks[cb.shard] {
-			acks[cb.shard] = cb.netSeq
 		}
 	}
 	if stored && len(keep) > 0 {
 		w.c.dispatcher.nudge()
 	}
-	for sh, seq := range acks {
+	w.ack(ctx, batch, stored)
+}
+
+// ack acknowledges the batch's events as far as each shard's cursor allows
+// (see ackCursor): only up to the highest seq below which every event was
+// handled.
+func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool) {
+	moved := map[int]*ackCursor{}
+	for _, cb := range batch {
+		if cb.netSeq == 0 {
+			continue // made by the coreapp, not the network's
+		}
+		cur := w.cursors[cb.shard]
+		if cur == nil {
+			cur = &ackCursor{}
+			w.cursors[cb.shard] = cur
+		}
+		wasStuck := cur.stuck && cur.conn == cb.conn && cur.stream == cb.stream
+		if cur.see(cb.stream, cb.conn, cb.netSeq, stored) == stepStuck && !wasStuck {
+			w.c.log.Warn("events not acknowledged past a gap or an unstored event; the network pushes them again on the shard's next connection",
+				"shard", cb.shard, "conn", cb.conn, "expected_seq", cur.next, "seq", cb.netSeq, "stored", stored)
+		}
+		moved[cb.shard] = cur
+	}
+	for sh, cur := range moved {
+		seq, ok := cur.toAck()
+		if !ok {
+			continue
+		}
 		w.c.plugins.With(func(t transport.Transport, _ uint64) {
-			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			if err := t.Ack(actx, sh, seq); err != nil {
-				// The network pushes them again to the next connection;
-				// the unique (shard, net_seq) key stores them once.
-				w.c.log.Debug("could not acknowledge events", "shard", sh, "seq", seq, "err", err)
+			// A lost ack holds back the network's next events (its push
+			// window): try again a few times before leaving it to the
+			// shard's next connection.
+			for try := 0; try < 3; try++ {
+				actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				err := t.Ack(actx, sh, cur.conn, seq)
+				cancel()
+				if err == nil {
+					cur.acked = seq
+					return
+				}
+				w.c.log.Debug("could not acknowledge events", "shard", sh, "conn", cur.conn, "seq", seq, "err", err)
+				if errors.Is(err, transport.ErrNotConnected) || !sleep(ctx, 100*time.Millisecond) {
+					// The network pushes them again to the next
+					// connection; the unique event key stores them once.
+					return
+				}
 			}
 		})
 	}
@@ -279,8 +317,12 @@ func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 		return err
 	}
 	var sb strings.Builder
-	sb.WriteString(`INSERT IGNORE INTO callbacks (shard_id, net_seq, recipient, kind, payload, created_at) VALUES `)
-	args := make([]any, 0, len(cbs)*5)
+	// An event pushed again is stored once: (shard_id, net_stream, net_seq)
+	// is unique. The stream is part of the key because a network's
+	// numbering can start again (a restart): keyed by seq alone, its new
+	// events would be ignored as copies of old ones.
+	sb.WriteString(`INSERT IGNORE INTO callbacks (shard_id, net_stream, net_seq, recipient, kind, payload, created_at) VALUES `)
+	args := make([]any, 0, len(cbs)*6)
 	n := 0
 	for _, cb := range cbs {
 		if cb.shard != st.Shard {
@@ -289,12 +331,12 @@ func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 		if n > 0 {
 			sb.WriteByte(',')
 		}
-		sb.WriteString(`(?,?,?,?,?,NOW(6))`)
+		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
 		var ns any
 		if cb.netSeq != 0 {
 			ns = cb.netSeq
 		}
-		args = append(args, cb.shard, ns, cb.recipient, cb.kind, cb.payload)
+		args = append(args, cb.shard, cb.stream, ns, cb.recipient, cb.kind, cb.payload)
 		n++
 	}
 	if n == 0 {

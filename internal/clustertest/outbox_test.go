@@ -10,6 +10,33 @@ import (
 	"time"
 )
 
+// withHook points the cluster's webhook at a new receiver and waits until
+// every node has the setting.
+func withHook(t *testing.T, c *Cluster) *hookReceiver {
+	hook := startHook(t)
+	c.PatchSettings(fmt.Sprintf(`{"webhooks":{"url":%q,"max_concurrent_requests":6}}`, hook.url))
+	time.Sleep(600 * time.Millisecond) // settings reach every node within one 200 ms poll
+	return hook
+}
+
+// freezePrimaryPlugin SIGSTOPs the transport plugin of shard's primary and
+// returns the primary's address and the plugin's PID.
+func freezePrimaryPlugin(t *testing.T, c *Cluster, shard int) (string, int) {
+	t.Helper()
+	primary, err := c.ShardPrimary(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugin := c.CoreappByAddr(primary).Children()
+	if len(plugin) != 1 {
+		t.Fatalf("primary %s has children %v, want its one plugin", primary, plugin)
+	}
+	if err := syscall.Kill(plugin[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	return primary, plugin[0]
+}
+
 // maxText is a text message of the largest size the API takes: 4096
 // characters, each a multi-byte '中' written as a JSON escape (6 bytes),
 // about 24.6 kB on the wire.
@@ -25,31 +52,21 @@ func maxText(to string, n int) string {
 // path allows (a 5 MiB contacts card) is queued among them: it must fail
 // alone, with a failed status callback, and not hold up the others.
 func TestOutboxDrainsOversizedBacklog(t *testing.T) {
-	c := New(t, Options{Shards: 1, Coreapps: 2})
-	hook := startHook(t)
-	c.PatchSettings(fmt.Sprintf(`{"webhooks":{"url":%q,"max_concurrent_requests":6}}`, hook.url))
-	time.Sleep(600 * time.Millisecond) // settings reach every node within one 200 ms poll
-
-	primary, err := c.ShardPrimary(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plugin := c.CoreappByAddr(primary).Children()
-	if len(plugin) != 1 {
-		t.Fatalf("primary %s has children %v, want its one plugin", primary, plugin)
-	}
-	if err := syscall.Kill(plugin[0], syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	// One coreapp: with a spare, the master could move the shard to it
+	// while the plugin is frozen, and the spare would send each message
+	// as it comes instead of facing the backlog.
+	c := New(t, Options{Shards: 1, Coreapps: 1})
+	hook := withHook(t, c)
+	primary, plugin := freezePrimaryPlugin(t, c, 0)
 	thawed := false
 	thaw := func() {
 		if !thawed {
 			thawed = true
-			syscall.Kill(plugin[0], syscall.SIGCONT)
+			syscall.Kill(plugin, syscall.SIGCONT)
 		}
 	}
 	defer thaw()
-	t.Logf("froze plugin %d of primary %s", plugin[0], primary)
+	t.Logf("froze plugin %d of primary %s", plugin, primary)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
@@ -93,6 +110,9 @@ func TestOutboxDrainsOversizedBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("queued %d unsent messages (of %d accepted) with the plugin frozen", queued, len(tos)*perRecipient+1)
+	if queued < len(tos)*perRecipient {
+		t.Fatalf("only %d messages queued: the backlog this test is about did not form", queued)
+	}
 	thaw()
 	start := time.Now()
 

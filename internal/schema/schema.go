@@ -165,7 +165,7 @@ var Migrations = []Migration{
 		) ENGINE=InnoDB`,
 		// Callbacks for the webhook, in seq order per shard. (shard_id,
 		// net_seq) is the network's event number: an event pushed again
-		// after a failover is stored once. Events the coreapp makes itself
+		// after a failover is stored once (version 7 adds net_stream). Events the coreapp makes itself
 		// (a send the network rejected) have net_seq NULL.
 		`CREATE TABLE IF NOT EXISTS callbacks (
 			seq BIGINT AUTO_INCREMENT PRIMARY KEY,
@@ -240,6 +240,19 @@ var Migrations = []Migration{
 		// idem_key (per raw recipient) is no longer written.
 		`ALTER TABLE messages ADD COLUMN idem_scope CHAR(64) NULL, ADD COLUMN body_hash CHAR(64) NULL,
 			ADD UNIQUE KEY messages_idem_scope (idem_scope)`,
+	}},
+	{7, "callbacks keyed by the network's event stream", []string{
+		// A network's event numbering can start again (it restarted and
+		// lost its state); keyed by (shard_id, net_seq) alone, its new
+		// events were ignored as copies of stored ones. Events are now
+		// identified by (shard_id, net_stream, net_seq), net_stream being
+		// the network's name for the numbering (transport Event.Stream).
+		// Rows stored before have net_stream ''. One statement, so the
+		// change is applied whole or not at all.
+		`ALTER TABLE callbacks
+			ADD COLUMN net_stream VARCHAR(64) NOT NULL DEFAULT '' AFTER shard_id,
+			DROP INDEX callbacks_event,
+			ADD UNIQUE KEY callbacks_event (shard_id, net_stream, net_seq)`,
 	}},
 }
 

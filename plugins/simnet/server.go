@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +52,9 @@ type Server struct {
 	// baseUnix+offset, Unix nanoseconds as of the server's start.
 	base     time.Time
 	baseUnix int64
+	// stream names this run's event numbering (Event.Stream): a restarted
+	// network numbers from 1 again, under a new name.
+	stream string
 
 	// readSlack delays the read deadline that drops a silent connection.
 	// Tests set it to exercise the connect-time silence check, which
@@ -89,6 +94,23 @@ type shardState struct {
 	unacked   []Event
 	nextEvent uint64
 	pushedTo  uint64 // highest Seq pushed to the open connection
+	acked     uint64 // highest Seq acknowledged
+}
+
+// pushWindow bounds the events pushed to a connection and not yet
+// acknowledged: the rest wait until acks come (flow control), so the
+// plugin and the coreapp never queue more than this for a shard, however
+// far behind they are. The coreapp acknowledges each stored batch, so a
+// window of several batches keeps events flowing at full speed.
+const pushWindow = 4096
+
+// newStream names an event numbering: random, so no two runs share one.
+func newStream() string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		panic("simnet: no randomness: " + err.Error())
+	}
+	return hex.EncodeToString(b)
 }
 
 // Interval is one attached connection as the network recorded it.
@@ -154,6 +176,7 @@ func NewServer(cfg Config) *Server {
 		log:      cfg.Logger,
 		base:     now,
 		baseUnix: now.UnixNano(),
+		stream:   newStream(),
 		done:     make(chan struct{}),
 		conns:    map[*conn]struct{}{},
 		shards:   map[int]*shardState{},
@@ -448,8 +471,24 @@ func (s *Server) connectLocked(c *conn, f Frame) {
 			Reason: fmt.Sprintf("%s by epoch %d (connection %d)", EndSuperseded, f.Epoch, c.iv.ID)})
 	}
 	sh.open = c
-	sh.pushedTo = 0
-	for _, e := range sh.unacked {
+	sh.pushedTo = sh.acked
+	s.pushLocked(sh)
+}
+
+// pushLocked pushes to the shard's open connection its unacknowledged
+// events that were not pushed to it yet, in Seq order, up to pushWindow
+// past the last acknowledgement.
+func (s *Server) pushLocked(sh *shardState) {
+	c := sh.open
+	if c == nil {
+		return
+	}
+	i := sort.Search(len(sh.unacked), func(i int) bool { return sh.unacked[i].Seq > sh.pushedTo })
+	for _, e := range sh.unacked[i:] {
+		if e.Seq > sh.acked+pushWindow {
+			return
+		}
+		e.Stream, e.Conn = s.stream, c.iv.ID
 		c.out.push(eventFrame(e))
 		sh.pushedTo = e.Seq
 	}
@@ -546,8 +585,7 @@ func (s *Server) emitLocked(shard int, e Event) bool {
 	if sh.open == nil {
 		return false
 	}
-	sh.open.out.push(eventFrame(e))
-	sh.pushedTo = e.Seq
+	s.pushLocked(sh)
 	return true
 }
 
@@ -559,9 +597,13 @@ func (s *Server) ackLocked(c *conn, f Frame) {
 		return
 	}
 	sh := s.shards[c.shard]
-	n := sort.Search(len(sh.unacked), func(i int) bool { return sh.unacked[i].Seq > f.AckSeq })
+	// Only what this connection was given can be acknowledged on it.
+	upTo := min(f.AckSeq, sh.pushedTo)
+	n := sort.Search(len(sh.unacked), func(i int) bool { return sh.unacked[i].Seq > upTo })
 	sh.unacked = append(sh.unacked[:0:0], sh.unacked[n:]...)
+	sh.acked = max(sh.acked, upTo)
 	c.out.push(Frame{Op: OpAcked, Seq: f.Seq})
+	s.pushLocked(sh) // the window moved
 }
 
 // checkLocked answers a contact check: a number is an account when it has
@@ -627,7 +669,7 @@ func (s *Server) endLocked(c *conn, reason string, at int64, final *Frame) {
 	_ = unsent // events are kept in sh.unacked until acknowledged
 	sh := s.shards[c.shard]
 	if sh.open == c {
-		sh.open, sh.pushedTo = nil, 0
+		sh.open, sh.pushedTo = nil, sh.acked
 	}
 	lvl := slog.LevelInfo
 	if reason != EndClosed {

@@ -104,6 +104,7 @@ func (t *Transport) Connect(ctx context.Context, req transport.ConnectRequest) e
 		t.closeSession(ctx, cur, fmt.Sprintf("replaced by a connect for shard %d epoch %d", req.Shard, req.Epoch))
 	}
 
+	t.events.newConnection() // before the network can push to the new one
 	s, err := t.dial(ctx, req)
 	if err != nil {
 		if transport.Until(req.Deadline) <= 0 && !errors.Is(err, transport.ErrDeadlinePassed) {
@@ -414,10 +415,15 @@ func (t *Transport) current(what string, shard int) (*session, error) {
 }
 
 // Ack implements transport.Transport.
-func (t *Transport) Ack(ctx context.Context, shard int, seq uint64) error {
+func (t *Transport) Ack(ctx context.Context, shard int, conn int64, seq uint64) error {
 	s, err := t.current("ack", shard)
 	if err != nil {
 		return err
+	}
+	if s.id != conn {
+		// The events came over an earlier connection: acknowledging them
+		// on this one could acknowledge others (a new stream's).
+		return fmt.Errorf("ack shard %d connection %d: now on connection %d: %w", shard, conn, s.id, transport.ErrNotConnected)
 	}
 	if err := s.conn.Ack(ctx, seq); err != nil {
 		return fmt.Errorf("ack shard %d up to %d: %w", shard, seq, err)
@@ -478,13 +484,13 @@ func (t *Transport) Events(ctx context.Context) (<-chan transport.Event, error) 
 	return t.events.subscribe(ctx), nil
 }
 
-// maxBacklog bounds the events kept while nobody subscribes.
-const maxBacklog = 10000
-
 // fanout hands the events of whichever connection is current to every
-// subscriber. Events that arrive while nobody subscribes are kept (up to
-// maxBacklog) for the next subscriber: the network delivers each event
-// once, so dropping it would lose a status for good.
+// subscriber. Events that arrive while nobody subscribes are kept for the
+// next subscriber, and none is dropped: the network pushes at most its
+// window of unacknowledged events per connection (flow control), which
+// bounds both the backlog and each subscriber's queue. When a new
+// connection opens, the backlog of earlier ones is let go: the network
+// pushes every unacknowledged event again to the new connection.
 type fanout struct {
 	log     *slog.Logger
 	mu      sync.Mutex
@@ -508,7 +514,7 @@ func (f *fanout) publish(e Event) {
 	te := transport.Event{
 		Kind: transport.EventKind(e.Kind), MessageID: e.MessageID, Status: e.Status,
 		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: []byte(e.Payload),
-		Shard: e.Shard, Seq: e.Seq,
+		Shard: e.Shard, Seq: e.Seq, Stream: e.Stream, Conn: e.Conn,
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -529,9 +535,16 @@ func (f *fanout) publish(e Event) {
 
 func (f *fanout) keepLocked(events ...transport.Event) {
 	f.backlog = append(f.backlog, events...)
-	if over := len(f.backlog) - maxBacklog; over > 0 {
-		f.log.Warn("no event subscriber; dropping the oldest events", "dropped", over)
-		f.backlog = append([]transport.Event(nil), f.backlog[over:]...)
+}
+
+// newConnection lets go of the backlog: a new connection gets every
+// unacknowledged event again.
+func (f *fanout) newConnection() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.backlog) > 0 {
+		f.log.Info("new connection: the network pushes the kept events again", "kept", len(f.backlog))
+		f.backlog = nil
 	}
 }
 

@@ -7,8 +7,8 @@ import (
 
 // ProtocolVersion is the version of the wire protocol and of the network's
 // behaviour, reported by Transport.Info.
-// (2: registration codes).
-const ProtocolVersion = "2"
+// (2: registration codes; 3: event streams and the push window).
+const ProtocolVersion = "3"
 
 // Frame operations. Requests carry a Seq that the reply echoes; frames the
 // network pushes on its own (event, and closed when it ends a connection)
@@ -140,7 +140,11 @@ type Event struct {
 	Timestamp int64           `json:"timestamp"` // Unix seconds
 	Payload   json.RawMessage `json:"payload,omitempty"`
 	Shard     int             `json:"shard,omitempty"`
-	Seq       uint64          `json:"seq,omitempty"` // per shard, from 1; what an ack refers to
+	Seq       uint64          `json:"seq,omitempty"` // per shard and stream, from 1; what an ack refers to
+	// Stream names the numbering of Seq: a new one each time the network
+	// starts, since it keeps nothing across a restart.
+	Stream string `json:"stream,omitempty"`
+	Conn   int64  `json:"conn,omitempty"` // the connection that pushed it
 }
 
 // marshalFrame encodes f as one line.

@@ -25,9 +25,9 @@ const PluginName = "transport"
 // cookie, and a host refuses a plugin speaking another protocol version;
 // bump ProtocolVersion on any incompatible change to transport.proto
 // (2: event sequence numbers, Ack and CheckContacts; 3: RequestCode and
-// VerifyCode).
+// VerifyCode; 4: event streams and connections, Ack per connection).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  3,
+	ProtocolVersion:  4,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
@@ -222,8 +222,8 @@ func (c *GRPCClient) Events(ctx context.Context) (<-chan Event, error) {
 }
 
 // Ack implements Transport.
-func (c *GRPCClient) Ack(ctx context.Context, shard int, seq uint64) error {
-	_, err := c.client.Ack(ctx, &pb.AckRequest{Shard: int64(shard), Seq: seq})
+func (c *GRPCClient) Ack(ctx context.Context, shard int, conn int64, seq uint64) error {
+	_, err := c.client.Ack(ctx, &pb.AckRequest{Shard: int64(shard), Conn: conn, Seq: seq})
 	return fromStatus("ack", err)
 }
 
@@ -357,7 +357,7 @@ func (s *GRPCServer) Events(_ *pb.EventsRequest, stream grpc.ServerStreamingServ
 
 // Ack implements pb.TransportServer.
 func (s *GRPCServer) Ack(ctx context.Context, r *pb.AckRequest) (*pb.AckResponse, error) {
-	if err := s.Impl.Ack(ctx, int(r.GetShard()), r.GetSeq()); err != nil {
+	if err := s.Impl.Ack(ctx, int(r.GetShard()), r.GetConn(), r.GetSeq()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.AckResponse{}, nil
@@ -475,7 +475,7 @@ func eventToPB(e Event) *pb.Event {
 	return &pb.Event{
 		Kind: string(e.Kind), MessageId: e.MessageID, Status: e.Status,
 		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: e.Payload,
-		Shard: int64(e.Shard), Seq: e.Seq,
+		Shard: int64(e.Shard), Seq: e.Seq, Stream: e.Stream, Conn: e.Conn,
 	}
 }
 
@@ -483,6 +483,6 @@ func eventFromPB(e *pb.Event) Event {
 	return Event{
 		Kind: EventKind(e.GetKind()), MessageID: e.GetMessageId(), Status: e.GetStatus(),
 		Recipient: e.GetRecipient(), Timestamp: e.GetTimestamp(), Payload: e.GetPayload(),
-		Shard: int(e.GetShard()), Seq: e.GetSeq(),
+		Shard: int(e.GetShard()), Seq: e.GetSeq(), Stream: e.GetStream(), Conn: e.GetConn(),
 	}
 }

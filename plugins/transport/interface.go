@@ -73,15 +73,24 @@ type Transport interface {
 	//
 	// The network keeps every event until it is acknowledged (Ack) and
 	// pushes the unacknowledged ones again to the shard's next
-	// connection, so an event may arrive twice; Event.Shard and Event.Seq
-	// identify it.
+	// connection, so an event may arrive twice; Event.Shard, Event.Stream
+	// and Event.Seq identify it. Each connection (Event.Conn) pushes the
+	// shard's unacknowledged events from the oldest, then new ones, in Seq
+	// order and without gaps, so a host can tell a lost event from a new
+	// connection's start. The network may hold back events past a window
+	// of unacknowledged ones (flow control), so a host that stops
+	// acknowledging stops receiving: this bounds every queue on the way.
+	// A plugin keeps the events that arrive while nobody subscribes, for
+	// the next subscriber, and drops none.
 	Events(ctx context.Context) (<-chan Event, error)
 
-	// Ack tells the network that every event of shard up to and
-	// including seq is safely stored, over the current connection. It
-	// fails with ErrNotConnected when there is no connection for shard;
-	// the events then come again on the shard's next connection.
-	Ack(ctx context.Context, shard int, seq uint64) error
+	// Ack tells the network, over connection conn (the Event.Conn of the
+	// events), that every event of shard up to and including seq is
+	// safely stored. It fails with ErrNotConnected when conn is not the
+	// plugin's current connection for shard (a newer connection may
+	// number another stream); the events then come again on the shard's
+	// next connection.
+	Ack(ctx context.Context, shard int, conn int64, seq uint64) error
 
 	// CheckContacts asks the network which inputs (phone numbers as a
 	// user typed them) are reachable accounts, over the current
@@ -249,9 +258,16 @@ type Event struct {
 	Payload []byte
 	// Shard is the shard whose connection carried the event.
 	Shard int
-	// Seq numbers the shard's events, from 1, in the order the network
-	// emitted them; Ack refers to it.
+	// Seq numbers the shard's events within Stream, from 1, in the order
+	// the network emitted them; Ack refers to it.
 	Seq uint64
+	// Stream names the numbering Seq belongs to. A network whose
+	// numbering starts again (it restarted and lost its state) must
+	// report a new Stream, or its new events would pass for copies of
+	// old ones.
+	Stream string
+	// Conn identifies the network connection that pushed the event.
+	Conn int64
 }
 
 // Errors a Transport returns for its documented failure modes. They keep

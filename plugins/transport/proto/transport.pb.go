@@ -822,7 +822,12 @@ type Event struct {
 	// The shard whose connection carried the event.
 	Shard int64 `protobuf:"varint,7,opt,name=shard,proto3" json:"shard,omitempty"`
 	// The network's sequence number of the event within its shard, from 1.
-	Seq           uint64 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Names the numbering seq belongs to; it changes when the network's
+	// numbering starts again (protocol 4).
+	Stream string `protobuf:"bytes,9,opt,name=stream,proto3" json:"stream,omitempty"`
+	// Identifies the connection that pushed the event (protocol 4).
+	Conn          int64 `protobuf:"varint,10,opt,name=conn,proto3" json:"conn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -913,10 +918,26 @@ func (x *Event) GetSeq() uint64 {
 	return 0
 }
 
+func (x *Event) GetStream() string {
+	if x != nil {
+		return x.Stream
+	}
+	return ""
+}
+
+func (x *Event) GetConn() int64 {
+	if x != nil {
+		return x.Conn
+	}
+	return 0
+}
+
 type AckRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Shard         int64                  `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
-	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard int64                  `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	Seq   uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The Event.conn of the events acknowledged (protocol 4).
+	Conn          int64 `protobuf:"varint,3,opt,name=conn,proto3" json:"conn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -961,6 +982,13 @@ func (x *AckRequest) GetShard() int64 {
 func (x *AckRequest) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
+	}
+	return 0
+}
+
+func (x *AckRequest) GetConn() int64 {
+	if x != nil {
+		return x.Conn
 	}
 	return 0
 }
@@ -1425,7 +1453,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\"O\n" +
 	"\fSendResponse\x12?\n" +
 	"\aresults\x18\x01 \x03(\v2%.multiconnect.transport.v1.SendResultR\aresults\"\x0f\n" +
-	"\rEventsRequest\"\xd0\x01\n" +
+	"\rEventsRequest\"\xfc\x01\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1435,11 +1463,15 @@ const file_transport_proto_rawDesc = "" +
 	"\ttimestamp\x18\x05 \x01(\x03R\ttimestamp\x12\x18\n" +
 	"\apayload\x18\x06 \x01(\fR\apayload\x12\x14\n" +
 	"\x05shard\x18\a \x01(\x03R\x05shard\x12\x10\n" +
-	"\x03seq\x18\b \x01(\x04R\x03seq\"4\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
+	"\x04conn\x18\n" +
+	" \x01(\x03R\x04conn\"H\n" +
 	"\n" +
 	"AckRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\x03R\x05shard\x12\x10\n" +
-	"\x03seq\x18\x02 \x01(\x04R\x03seq\"\r\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04conn\x18\x03 \x01(\x03R\x04conn\"\r\n" +
 	"\vAckResponse\".\n" +
 	"\x14CheckContactsRequest\x12\x16\n" +
 	"\x06inputs\x18\x01 \x03(\tR\x06inputs\"R\n" +
