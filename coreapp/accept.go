@@ -203,9 +203,10 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	defer cancel()
 	results, err := a.insert(qctx, st, batch)
 	var me *mysql.MySQLError
-	if errors.As(err, &me) && me.Number == 1062 {
-		// Another flusher committed the same idempotency key meanwhile;
-		// the lookup finds it this time.
+	if errors.As(err, &me) && me.Number == 1062 || errors.Is(err, errShardsChanged) {
+		// Another flusher committed the same idempotency key meanwhile
+		// (the lookup finds it this time), or a re-shard committed during
+		// the transaction (recipients are checked under the new count).
 		results, err = a.insert(qctx, st, batch)
 	}
 	if err != nil {
@@ -228,11 +229,15 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	a.c.outbox.nudge()
 }
 
-var errFenced = errors.New("shard claim not held in the database")
+var (
+	errFenced        = errors.New("shard claim not held in the database")
+	errShardsChanged = errors.New("the shard count changed during the transaction")
+)
 
 // fence proves, inside tx, that this coreapp still holds st's claim on the
 // database's clock, and keeps it so until commit: a promotion must update
 // the shard_map row and waits for the shared lock. It returns the shard count.
+// Call it as late as possible: the locks last until COMMIT.
 func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int, err error) {
 	// The join share-locks the cluster row as well: a change of the shard
 	// count (which locks it for update) waits for this commit, and this one
@@ -255,9 +260,16 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		return nil, err
 	}
 	defer tx.Rollback()
-	shards, err := a.c.fence(ctx, tx, st)
-	if err != nil {
-		return nil, err
+	// The shard count is read without a lock here; the fence, the last
+	// statement before COMMIT, reads it again under its shared lock and the
+	// batch is redone if a re-shard changed it. Fencing last holds the
+	// shared locks on the shard_map and cluster rows for one round trip
+	// instead of the whole transaction, so the claim renewal (which updates
+	// that row) and a promotion never wait longer than that for a group
+	// commit, however slow the database.
+	var shards int
+	if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
+		return nil, fmt.Errorf("read the shard count: %w", err)
 	}
 	results := make([]acceptResult, len(batch))
 	// Keys already used (same user, recipient and key): in the database,
@@ -329,6 +341,13 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
 			return nil, fmt.Errorf("insert %d messages: %w", n, err)
 		}
+	}
+	held, err := a.c.fence(ctx, tx, st)
+	if err != nil {
+		return nil, err
+	}
+	if held != shards {
+		return nil, errShardsChanged
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("commit %d messages: %w", n, err)

@@ -31,7 +31,7 @@ func (c *Cluster) masterLease() (holder string, epoch int64) {
 func (c *Cluster) waitReplaced(shard int, was Interval, d time.Duration) (Interval, bool) {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if iv, ok := c.OpenConnection(shard); ok && iv.Node != was.Node && iv.Epoch > was.Epoch {
+		if iv, ok := c.OpenConnection(shard); ok && iv.Node != was.Node && iv.Epoch > was.Epoch && iv.Start > was.Start {
 			return iv, true
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -76,7 +76,6 @@ func TestFrozenPrimaryInsideTransaction(t *testing.T) {
 	var took []time.Duration
 	late, heldTx := 0, 0
 	for i := 0; i < freezes; i++ {
-		cur := c.WaitConnected(0, "", 10*time.Second)
 		before := snd.total.Load()
 		c.Eventually(10*time.Second, "traffic flowing on shard 0", func() error {
 			if snd.total.Load() < before+40 {
@@ -84,6 +83,7 @@ func TestFrozenPrimaryInsideTransaction(t *testing.T) {
 			}
 			return nil
 		})
+		cur := c.WaitConnected(0, "", 10*time.Second) // the primary now, whatever happened meanwhile
 		victim := c.CoreappByAddr(cur.Node)
 		kids := victim.Children()
 		at := time.Now()
@@ -105,7 +105,15 @@ func TestFrozenPrimaryInsideTransaction(t *testing.T) {
 			heldTx++
 		}
 		next, ok := c.waitReplaced(0, cur, freeze+3*time.Second)
+		seen := time.Since(at) // monotonic: an upper bound on the gap
+		// The gap as the network timestamped the new connection, unless the
+		// host's wall clock stepped meanwhile (a VM pause), which the
+		// network's monotonic timestamps do not follow.
 		d := time.Duration(next.Start - at.UnixNano())
+		if d < 0 || d > seen {
+			t.Logf("freeze %d: the wall clock stepped (network gap %v, observed within %v); using the observed", i+1, d, seen)
+			d = seen
+		}
 		if !ok {
 			d = -1
 		}
@@ -242,8 +250,13 @@ func TestRenewalsUnderRequestLoad(t *testing.T) {
 	if failovers != 0 {
 		t.Errorf("%d failovers under request load", failovers)
 	}
-	if cur, ok := c.OpenConnection(0); !ok || cur.ID != conn.ID {
-		t.Errorf("shard 0's connection changed under request load: was %d, now %+v (open %v)", conn.ID, cur, ok)
+	// The same holder at the same epoch. (Its plugin may have reconnected
+	// at that epoch if the machine starved it past the network's
+	// keepalive: that is not a step-down.)
+	if cur, ok := c.OpenConnection(0); !ok || cur.Node != conn.Node || cur.Epoch != conn.Epoch {
+		t.Errorf("shard 0 changed hands under request load: was %s epoch %d, now %+v (open %v)", conn.Node, conn.Epoch, cur, ok)
+	} else if cur.ID != conn.ID {
+		t.Logf("the holder's plugin reconnected at the same epoch (connection %d -> %d)", conn.ID, cur.ID)
 	}
 	c.RequireNoViolations()
 }
