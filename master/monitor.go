@@ -46,6 +46,10 @@ type peer struct {
 	// epoch offEpoch, should be connected and is not; 0 once it says it is.
 	offSince int64
 	offEpoch int64
+	// releasedAt is the monotime this master last replaced it for not being
+	// connected to the network (0: never); its path may still be cut, so it
+	// is chosen last for a while.
+	releasedAt int64
 }
 
 // noteConnection updates offSince from the answer just stored in last.
@@ -364,6 +368,11 @@ func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealth
 			// the successor connect after the keepalive alone. The release
 			// may take seconds, so the promotion gets its own time.
 			mon.releaseClaim(parent, s)
+			mon.mu.Lock()
+			if p := mon.peers[s.node]; p != nil {
+				p.releasedAt = monotime.Now()
+			}
+			mon.mu.Unlock()
 			pctx, pcancel = context.WithTimeout(parent, 2*time.Second+hb)
 		}
 		err := mon.m.promote(pctx, s, cand, reason)
@@ -379,6 +388,10 @@ func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealth
 	}
 	return nil
 }
+
+// releasedBench: for this many unhealthy_intervals after being replaced for
+// not reaching the network, a coreapp is promoted only if no other can be.
+const releasedBench = 10
 
 // reasonOffline: the holder answers heartbeats but has told this master for
 // unhealthy_interval that it is not connected to the network.
@@ -518,9 +531,16 @@ func (mon *monitor) candidate(assigned map[string]bool, unhealthy, hb time.Durat
 	if len(ok) == 0 {
 		return nil
 	}
-	// Least recently promoted first would need history; the freshest answer
-	// is the best evidence of health, ties broken by id for determinism.
+	// One replaced lately for not reaching the network comes last: its path
+	// may still be cut. Otherwise the freshest answer is the best evidence
+	// of health, ties broken by id for determinism.
+	benched := func(p *peer) bool {
+		return p.releasedAt != 0 && time.Duration(now-p.releasedAt) < releasedBench*unhealthy
+	}
 	sort.Slice(ok, func(i, j int) bool {
+		if bi, bj := benched(ok[i]), benched(ok[j]); bi != bj {
+			return bj
+		}
 		if ok[i].lastOK != ok[j].lastOK {
 			return ok[i].lastOK > ok[j].lastOK
 		}
