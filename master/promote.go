@@ -36,16 +36,21 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 	err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
 		var node string
 		var cur, us, leaseUS int64
-		now := clockRead{sent: monotime.Now()}
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1),
-				TIMESTAMPDIFF(MICROSECOND, '2000-01-01', lease_expires), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', NOW(6))
-			FROM shard_map WHERE shard_id = ? FOR UPDATE`, s.shard).Scan(&node, &cur, &us, &leaseUS, &now.dbUS); err != nil {
+				TIMESTAMPDIFF(MICROSECOND, '2000-01-01', lease_expires)
+			FROM shard_map WHERE shard_id = ? FOR UPDATE`, s.shard).Scan(&node, &cur, &us, &leaseUS); err != nil {
 			return fmt.Errorf("promote shard %d: %w", s.shard, err)
 		}
-		now.recv = monotime.Now()
 		if node != s.node || cur != s.epoch {
 			return errMapChanged
 		}
+		// The database's clock, read in a statement of its own so a wait
+		// for the row lock above does not blur the step check.
+		now := clockRead{sent: monotime.Now()}
+		if err := tx.QueryRowContext(ctx, `SELECT TIMESTAMPDIFF(MICROSECOND, '2000-01-01', NOW(6))`).Scan(&now.dbUS); err != nil {
+			return fmt.Errorf("promote shard %d: read the database's clock: %w", s.shard, err)
+		}
+		now.recv = monotime.Now()
 		// hold: how long the old holder may still be connected beyond
 		// NOW(6), judged here; stepErr: how far the database's clock may
 		// have stepped unnoticed since this master saw the claim.
