@@ -46,6 +46,10 @@ type peer struct {
 	// epoch offEpoch, should be connected and is not; 0 once it says it is.
 	offSince int64
 	offEpoch int64
+	// releasedAt is the monotime this master last replaced it for not being
+	// connected to the network (0: never); its path may still be cut, so it
+	// is chosen last for a while.
+	releasedAt int64
 }
 
 // noteConnection updates offSince from the answer just stored in last.
@@ -90,6 +94,8 @@ type monitor struct {
 	mu     sync.Mutex
 	peers  map[string]*peer
 	claims map[int]claimSeen // by shard, read every round by every master
+	clock  clockRead         // the database's clock at the last round's read
+	step   int64             // monotime of the last round that found the clock stepped
 	wake   chan struct{}     // an evaluation is wanted now (a shard was added)
 }
 
@@ -104,17 +110,31 @@ type claimSeen struct {
 	leaseUS    int64 // lease_expires as stored (µs since 2000-01-01, the database's clock)
 	at         int64 // monotime this master first read this epoch or a longer lease
 	handedBack bool  // the holder shortened its lease: it let go, disconnected
+	// read is the database clock reading of the round that saw it, and
+	// readErr how far a forward step of that clock since the previous round
+	// could have gone unnoticed (-1: one was seen, or there was no previous
+	// round). While the clock has not stepped, lease_expires can be trusted.
+	read    clockRead
+	readErr time.Duration
 }
 
-// observe records the claims of one round.
-func (mon *monitor) observe(shards []shardRow, now int64) {
+// observe records the claims of one round, read as read.
+func (mon *monitor) observe(shards []shardRow, read clockRead) {
 	mon.mu.Lock()
 	defer mon.mu.Unlock()
+	readErr := frameErr(mon.clock, read)
+	if readErr < 0 && mon.clock.sent != 0 {
+		mon.step = read.recv
+		mon.m.log.Warn("the database's clock stepped: successors wait on this master's clock", "db_advanced",
+			time.Duration(read.dbUS-mon.clock.dbUS)*time.Microsecond, "advanced_here", time.Duration(read.recv-mon.clock.sent))
+	}
+	mon.clock = read
+	now := read.recv
 	for _, s := range shards {
 		prev, ok := mon.claims[s.shard]
 		switch {
 		case !ok || prev.epoch != s.epoch || s.leaseUS > prev.leaseUS:
-			mon.claims[s.shard] = claimSeen{epoch: s.epoch, leaseUS: s.leaseUS, at: now}
+			mon.claims[s.shard] = claimSeen{epoch: s.epoch, leaseUS: s.leaseUS, at: now, read: read, readErr: readErr}
 		case s.leaseUS < prev.leaseUS:
 			// Renewals never shorten a lease (GREATEST) and a clock step
 			// does not change a stored value: only a hand-back does, after
@@ -129,6 +149,9 @@ func (mon *monitor) claim(shard int) (claimSeen, bool) {
 	mon.mu.Lock()
 	defer mon.mu.Unlock()
 	c, ok := mon.claims[shard]
+	if mon.step > c.read.recv {
+		c.readErr = -1 // the clock stepped since: its lease_expires is in another frame
+	}
 	return c, ok
 }
 
@@ -148,14 +171,17 @@ func (mon *monitor) run(ctx context.Context) {
 		// Every master reads the claims every round, so one that becomes
 		// primary already knows when each was last renewed on its own clock.
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second+hb)
+		read := clockRead{sent: monotime.Now()}
 		shards, err := mon.loadShards(qctx)
+		read.recv = monotime.Now()
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil {
 				mon.m.dbError("load shards", err)
 			}
-		} else {
-			mon.observe(shards, monotime.Now())
+		} else if len(shards) > 0 {
+			read.dbUS = shards[0].dbNowUS
+			mon.observe(shards, read)
 		}
 		if err == nil && mon.m.lease.valid.Valid() {
 			if err := mon.evaluate(ctx, shards, set.Unhealthy(), hb); err != nil && !errors.Is(err, ErrNotPrimary) && ctx.Err() == nil {
@@ -327,6 +353,7 @@ type shardRow struct {
 	epoch        int64
 	leaseLeft    time.Duration // negative: the claim lapsed
 	leaseUS      int64         // lease_expires as stored, µs since 2000-01-01
+	dbNowUS      int64         // NOW(6) when read, µs since 2000-01-01
 	nodeInc      int64         // the holder's current incarnation in nodes, 0 if gone
 	livenessAge  time.Duration
 	holderHasRow bool
@@ -364,6 +391,11 @@ func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealth
 			// the successor connect after the keepalive alone. The release
 			// may take seconds, so the promotion gets its own time.
 			mon.releaseClaim(parent, s)
+			mon.mu.Lock()
+			if p := mon.peers[s.node]; p != nil {
+				p.releasedAt = monotime.Now()
+			}
+			mon.mu.Unlock()
 			pctx, pcancel = context.WithTimeout(parent, 2*time.Second+hb)
 		}
 		err := mon.m.promote(pctx, s, cand, reason)
@@ -379,6 +411,10 @@ func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealth
 	}
 	return nil
 }
+
+// releasedBench: for this many unhealthy_intervals after being replaced for
+// not reaching the network, a coreapp is promoted only if no other can be.
+const releasedBench = 10
 
 // reasonOffline: the holder answers heartbeats but has told this master for
 // unhealthy_interval that it is not connected to the network.
@@ -451,6 +487,7 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
 	rows, err := mon.m.db.QueryContext(ctx, `SELECT s.shard_id, COALESCE(s.node_id, ''), s.incarnation, s.epoch,
 			TIMESTAMPDIFF(MICROSECOND, NOW(6), s.lease_expires), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', s.lease_expires),
+			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', NOW(6)),
 			COALESCE(n.incarnation, 0), COALESCE(TIMESTAMPDIFF(MICROSECOND, n.last_seen, NOW(6)), 0), n.id IS NOT NULL
 		FROM shard_map s JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards
 		LEFT JOIN nodes n ON n.id = s.node_id ORDER BY s.shard_id`)
@@ -462,7 +499,7 @@ func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
 	for rows.Next() {
 		var s shardRow
 		var left, age int64
-		if err := rows.Scan(&s.shard, &s.node, &s.incarnation, &s.epoch, &left, &s.leaseUS, &s.nodeInc, &age, &s.holderHasRow); err != nil {
+		if err := rows.Scan(&s.shard, &s.node, &s.incarnation, &s.epoch, &left, &s.leaseUS, &s.dbNowUS, &s.nodeInc, &age, &s.holderHasRow); err != nil {
 			return nil, fmt.Errorf("load shards: %w", err)
 		}
 		s.leaseLeft, s.livenessAge = time.Duration(left)*time.Microsecond, time.Duration(age)*time.Microsecond
@@ -518,9 +555,16 @@ func (mon *monitor) candidate(assigned map[string]bool, unhealthy, hb time.Durat
 	if len(ok) == 0 {
 		return nil
 	}
-	// Least recently promoted first would need history; the freshest answer
-	// is the best evidence of health, ties broken by id for determinism.
+	// One replaced lately for not reaching the network comes last: its path
+	// may still be cut. Otherwise the freshest answer is the best evidence
+	// of health, ties broken by id for determinism.
+	benched := func(p *peer) bool {
+		return p.releasedAt != 0 && time.Duration(now-p.releasedAt) < releasedBench*unhealthy
+	}
 	sort.Slice(ok, func(i, j int) bool {
+		if bi, bj := benched(ok[i]), benched(ok[j]); bi != bj {
+			return bj
+		}
 		if ok[i].lastOK != ok[j].lastOK {
 			return ok[i].lastOK > ok[j].lastOK
 		}

@@ -90,9 +90,19 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	if node != s.node || cur != s.epoch {
 		return errMapChanged
 	}
-	var hold time.Duration
+	// The database's clock, read in a statement of its own so a wait
+	// for the row lock above does not blur the step check.
+	now := clockRead{sent: monotime.Now()}
+	if err := tx.QueryRowContext(ctx, `SELECT TIMESTAMPDIFF(MICROSECOND, '2000-01-01', NOW(6))`).Scan(&now.dbUS); err != nil {
+		return fmt.Errorf("promote shard %d: read the database's clock: %w", s.shard, err)
+	}
+	now.recv = monotime.Now()
+	// hold: how long the old holder may still be connected beyond
+	// NOW(6), judged here; stepErr: how far the database's clock may
+	// have stepped unnoticed since this master saw the claim.
+	var hold, stepErr time.Duration
 	if node != "" {
-		hold = heldFor(seen, observed, cur, leaseUS, unhealthy)
+		hold, stepErr = oldHolderEnd(seen, observed, cur, leaseUS, now, unhealthy)
 	}
 	*sinceRenewal = time.Duration(us) * time.Microsecond
 	var busy int
@@ -117,7 +127,7 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 			connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND, NOW(6) + INTERVAL ? MICROSECOND),
 			lease_expires = NOW(6) + INTERVAL ? MICROSECOND,
 			node_id = ?, incarnation = ?, epoch = epoch + 1, assigned_at = NOW(6), master_epoch = ?
-		WHERE shard_id = ?`, kaMS*1000, hold.Microseconds()+kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
+		WHERE shard_id = ?`, kaMS*1000+stepErr.Microseconds(), hold.Microseconds()+kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
 		return fmt.Errorf("promote shard %d: %w", s.shard, err)
 	}
 	*epoch = s.epoch + 1
@@ -126,6 +136,21 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 		return fmt.Errorf("promote shard %d: audit: %w", s.shard, err)
 	}
 	return cluster.BumpMap(ctx, tx)
+}
+
+// oldHolderEnd says how to bound the old holder's connection. While the
+// database's clock has not stepped forward since this master saw the claim
+// (checked between that round's reading and now's, and that round's and the
+// one before), lease_expires + keepalive is right up to stepErr, the largest
+// step that could have gone unnoticed (a few round trips): hold is 0.
+// Otherwise hold is heldFor, judged on this master's clock alone.
+func oldHolderEnd(seen claimSeen, observed bool, epoch, leaseUS int64, now clockRead, unhealthy time.Duration) (hold, stepErr time.Duration) {
+	if observed && seen.epoch == epoch && seen.readErr >= 0 {
+		if e := frameErr(seen.read, now); e >= 0 {
+			return 0, seen.readErr + e
+		}
+	}
+	return heldFor(seen, observed, epoch, leaseUS, unhealthy), 0
 }
 
 // heldFor is how much longer, on this master's monotonic clock, the holder

@@ -161,19 +161,36 @@ func TestPrimaryCutFromNetworkIsReplaced(t *testing.T) {
 	}
 	c.RequireNoViolations()
 
+	// The cut-off coreapp is a spare again, answering heartbeats and
+	// reaching MySQL, but its path to the network is still cut: when the
+	// new holder dies and another healthy spare exists, that one is chosen.
+	spare := c.StartCoreapp()
+	c.waitRegistered(spare.Addr)
+	time.Sleep(2 * seconds(c.Opts.Heartbeat)) // heartbeated by the masters
+	good.Kill()
+	next := c.WaitConnected(0, good.Addr, 10*time.Second)
+	if next.Node != spare.Addr {
+		t.Errorf("after the second failover shard 0 is held by %s, want the healthy spare %s (not the cut-off %s)", next.Node, spare.Addr, a.Addr)
+	}
+	c.requireNeverPromoted(0, noDB.Addr, "cannot reach MySQL")
+	if ps := c.promotedTo(0); len(ps) != 3 || ps[2] != spare.Addr {
+		t.Errorf("promotions of shard 0: %v, want the first holder, %s, then %s", ps, good.Addr, spare.Addr)
+	}
+	c.RequireNoViolations()
+
 	// The release route refuses bad input with the original's error shape,
 	// and a release for a claim the coreapp does not hold changes nothing.
 	for _, body := range []string{`{}`, `{"shard":0}`, `not json`} {
-		code, b, err := c.Internal("POST", good.Addr, "/internal/release", body)
+		code, b, err := c.Internal("POST", spare.Addr, "/internal/release", body)
 		if err != nil || code != 400 || errorCode(b) != 1025 {
 			t.Errorf("release %s: HTTP %d %s %v, want 400 with code 1025", body, code, b, err)
 		}
 	}
-	code, b, err := c.Internal("POST", good.Addr, "/internal/release", fmt.Sprintf(`{"shard":0,"epoch":%d}`, iv.Epoch+7))
+	code, b, err := c.Internal("POST", spare.Addr, "/internal/release", fmt.Sprintf(`{"shard":0,"epoch":%d}`, next.Epoch+7))
 	if err != nil || code != 200 || !strings.Contains(string(b), `"released":false`) {
 		t.Errorf("release of an epoch not held: HTTP %d %s %v, want 200 released false", code, b, err)
 	}
-	if r, err := c.coreappHealth(good.Addr); err != nil || !r.Primary {
+	if r, err := c.coreappHealth(spare.Addr); err != nil || !r.Primary {
 		t.Errorf("the holder gave up its claim on a release for another epoch: %+v %v", r, err)
 	}
 }
