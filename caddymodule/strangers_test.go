@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,7 +45,8 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	c.shards.Store(1)
 	g := c.startGateway("")
 	admin := g.loginAdmin()
-	conns0 := cl.Connections()
+	conn0 := cl.WaitConnected(0, "", 5*time.Second)
+	stepDowns0 := stepDowns(t, cl, conn0.Node)
 
 	// The idle rate: masters, coreapps and the gateway's own polls.
 	q0 := questions(t, cl)
@@ -124,8 +127,34 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	} else if st, body := g.do("GET", "/v1/users/admin", "", bearer(tok)); st != http.StatusOK {
 		t.Errorf("a new token right after the flood: HTTP %d %s", st, body)
 	}
-	conns1 := cl.Connections()
-	if len(conns1) != len(conns0) || !conns1[len(conns1)-1].Open {
-		t.Errorf("the shard's connection changed during the flood (a step-down): before %+v, after %+v", conns0, conns1)
+	// A late claim renewal makes the holder step down (counted) and the
+	// masters give the shard a new epoch. (The network's 250 ms keepalive
+	// may drop a CPU-starved plugin's connection meanwhile; it reconnects
+	// at the same epoch, which is not a step-down.)
+	if n := stepDowns(t, cl, conn0.Node); n != stepDowns0 {
+		t.Errorf("the shard's primary stepped down %g times during the flood", n-stepDowns0)
 	}
+	if conn1 := cl.WaitConnected(0, "", 5*time.Second); conn1.Epoch != conn0.Epoch || conn1.Node != conn0.Node {
+		t.Errorf("the shard moved during the flood: %+v, then %+v", conn0, conn1)
+	}
+}
+
+// stepDowns reads multiconnect_coreapp_step_downs_total from the coreapp at addr.
+func stepDowns(t *testing.T, cl *clustertest.Cluster, addr string) float64 {
+	t.Helper()
+	code, body, err := cl.Internal("GET", addr, "/metrics", "")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("coreapp metrics: %d %v", code, err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "multiconnect_coreapp_step_downs_total" {
+			n, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no multiconnect_coreapp_step_downs_total in the coreapp's metrics")
+	return 0
 }
