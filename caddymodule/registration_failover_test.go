@@ -28,10 +28,7 @@ type netRegistration struct {
 // 201, or the documented answer whose recovery records the registration,
 // with one code sent in all.
 func TestVerifyWhilePrimaryMasterFreezes(t *testing.T) {
-	cl := clustertest.New(t, clustertest.Options{Masters: 2, Coreapps: 1, Shards: 1})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
-	c.shards.Store(1)
-	g := c.startGateway("")
+	cl, g := startWithRealNodes(t, clustertest.Options{Masters: 2, Coreapps: 1, Shards: 1}, "")
 	token := g.loginAdmin()
 	const cc, phone = "1", "6315557777"
 	cert := base64.StdEncoding.EncodeToString([]byte("Acme Widgets"))

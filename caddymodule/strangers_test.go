@@ -40,10 +40,7 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 		flood     = 5 * time.Second
 		maxExtraS = 400 // statements per second above idle: token_lookup_rate 200, plus slack
 	)
-	cl := clustertest.New(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
-	c.shards.Store(1)
-	g := c.startGateway("")
+	cl, g := startWithRealNodes(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1}, "")
 	admin := g.loginAdmin()
 	conn0 := cl.WaitConnected(0, "", 5*time.Second)
 	stepDowns0 := stepDowns(t, cl, conn0.Node)
