@@ -124,6 +124,24 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	} else if st, body := g.do("GET", "/v1/users/admin", "", bearer(tok)); st != http.StatusOK {
 		t.Errorf("a new token right after the flood: HTTP %d %s", st, body)
 	}
+	// One unknown token presented again and again is refused from the
+	// negative cache, without a lookup.
+	unknownHits := func() float64 {
+		st, body := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+		if st != http.StatusOK {
+			t.Fatalf("GET /metrics: HTTP %d", st)
+		}
+		return metricValue(body, `multiconnect_gateway_token_cache_total{result="unknown"}`)
+	}
+	before := unknownHits()
+	for i := 0; i < 100; i++ {
+		if st, body := g.do("GET", "/v1/health", "", bearer("the-same-unknown-token")); st != http.StatusUnauthorized {
+			t.Fatalf("an unknown token: HTTP %d %s", st, body)
+		}
+	}
+	if n := unknownHits() - before; n != 99 {
+		t.Errorf("100 presentations of one unknown token: %g refused from the negative cache, want 99 (one lookup)", n)
+	}
 	// A late claim renewal makes the holder step down (counted) and the
 	// masters give the shard a new epoch. (The network's 250 ms keepalive
 	// may drop a CPU-starved plugin's connection meanwhile; it reconnects
@@ -136,6 +154,18 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	}
 }
 
+// metricValue is the value of the sample named exactly series (name and
+// labels) in a Prometheus text exposition, or 0.
+func metricValue(exposition, series string) float64 {
+	for _, line := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return n
+		}
+	}
+	return 0
+}
+
 // stepDowns reads multiconnect_coreapp_step_downs_total from the coreapp at addr.
 func stepDowns(t *testing.T, cl *clustertest.Cluster, addr string) float64 {
 	t.Helper()
@@ -143,15 +173,8 @@ func stepDowns(t *testing.T, cl *clustertest.Cluster, addr string) float64 {
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("coreapp metrics: %d %v", code, err)
 	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "multiconnect_coreapp_step_downs_total" {
-			n, err := strconv.ParseFloat(f[1], 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
+	if !strings.Contains(string(body), "\nmulticonnect_coreapp_step_downs_total ") {
+		t.Fatalf("no multiconnect_coreapp_step_downs_total in the coreapp's metrics")
 	}
-	t.Fatalf("no multiconnect_coreapp_step_downs_total in the coreapp's metrics")
-	return 0
+	return metricValue(string(body), "multiconnect_coreapp_step_downs_total")
 }
