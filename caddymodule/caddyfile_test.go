@@ -248,3 +248,19 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestResponseTimeoutFillsTheTransport checks that response_timeout lands
+// in the HTTP transport's response_header_timeout, keeps the transport's
+// other settings, and never overrides one set explicitly.
+func TestResponseTimeoutFillsTheTransport(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{`{"handler":"reverse_proxy"}`, `"transport":{"protocol":"http","response_header_timeout":"20s"}`},
+		{`{"handler":"reverse_proxy","transport":{"protocol":"http","dial_timeout":500000000}}`, `"transport":{"dial_timeout":500000000,"protocol":"http","response_header_timeout":"20s"}`},
+		{`{"handler":"reverse_proxy","transport":{"protocol":"http","response_header_timeout":"3s"}}`, `"transport":{"protocol":"http","response_header_timeout":"3s"}`},
+	} {
+		out, err := withResponseTimeout([]byte(tc.in), 20*time.Second)
+		if err != nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("%s: got %s %v, want it to contain %s", tc.in, out, err, tc.want)
+		}
+	}
+}

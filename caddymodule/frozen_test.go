@@ -30,10 +30,7 @@ func TestFrozenPrimaryAnsweredWithinResponseTimeout(t *testing.T) {
 		clients         = 12
 	)
 	bound := responseTimeout + retryWait + 1500*time.Millisecond
-	cl := clustertest.New(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
-	c.shards.Store(1)
-	g := c.startGateway(fmt.Sprintf("response_timeout %s\n\t\tretry_wait %s", responseTimeout, retryWait))
+	cl, g := startWithRealNodes(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1}, fmt.Sprintf("response_timeout %s\n\t\tretry_wait %s", responseTimeout, retryWait))
 	token := g.loginAdmin()
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
 

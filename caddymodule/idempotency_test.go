@@ -31,10 +31,7 @@ func messageID(body string) string {
 // recipient written another way must return the first id and reach the
 // network once; and keys belong to their user.
 func TestIdempotencyKeysThroughGateway(t *testing.T) {
-	cl := clustertest.New(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
-	c.shards.Store(1)
-	g := c.startGateway("")
+	cl, g := startWithRealNodes(t, clustertest.Options{Masters: 1, Coreapps: 2, Shards: 1}, "")
 	admin := g.loginAdmin()
 	st, body := g.do("POST", "/v1/users", `{"username":"bob","password":"Bob-passw0rd!","role":"USER"}`, jsonHeaders(bearer(admin)))
 	if st != http.StatusCreated && st != http.StatusOK {

@@ -34,7 +34,7 @@ func newGatewayMetrics() *gatewayMetrics {
 		unroutable: counter("unroutable_total", "Requests refused because no node could take them, by reason.", "reason"),
 		authFail:   counter("auth_failures_total", "Requests refused by authentication or authorisation, by reason.", "reason"),
 		logins:     counter("logins_total", "POST /v1/users/login attempts by result.", "result"),
-		tokenCache: counter("token_cache_total", "Bearer token checks by cache result (hit, miss, stale: served from cache while MySQL was unreachable).", "result"),
+		tokenCache: counter("token_cache_total", "Bearer token checks by cache result (hit, miss, stale: served from cache while MySQL was unreachable, unknown: refused from the negative cache).", "result"),
 		mapVersion: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "shard_map_version", Help: "Version of the cached shard map."}),
 		mapChanges: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "shard_map_changes_total", Help: "Shard map reloads that found a change."}),
 	}

@@ -22,6 +22,17 @@ type realHealth struct {
 	} `json:"health"`
 }
 
+// startWithRealNodes starts a real cluster (bin/master, bin/coreapp, the
+// simulated network) and the gateway in front of it, with extra lines in
+// its multiconnect block.
+func startWithRealNodes(t *testing.T, o clustertest.Options, extra string) (*clustertest.Cluster, *gateway) {
+	t.Helper()
+	cl := clustertest.New(t, o)
+	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
+	c.shards.Store(int64(cl.Opts.Shards))
+	return cl, c.startGateway(extra)
+}
+
 // TestWithRealNodes runs the gateway in front of a real cluster: two
 // bin/master, three bin/coreapp with the simnet transport, the simulated
 // network, two shards. Master commands reach the real primary master, the
@@ -29,10 +40,7 @@ type realHealth struct {
 // coreapp of shard 0 is SIGKILLed and the masters promote the warm one, the
 // gateway reports it and routes shard 0 to a primary again.
 func TestWithRealNodes(t *testing.T) {
-	cl := clustertest.New(t, clustertest.Options{Masters: 2, Coreapps: 3, Shards: 2})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
-	c.shards.Store(2)
-	g := c.startGateway("")
+	cl, g := startWithRealNodes(t, clustertest.Options{Masters: 2, Coreapps: 3, Shards: 2}, "")
 	token := g.loginAdmin()
 
 	st, body := g.do("GET", "/v1/settings/application", "", bearer(token))

@@ -23,7 +23,8 @@ import (
 // written, so a request the network refuses stores nothing; a code the
 // network accepted but whose record failed (say, the lease was lost) is
 // recovered by requesting again: the network then answers "already
-// registered" for the same certificate and the record is written.
+// registered" for the same certificate and the record is written. Such a
+// failure is answered 1000, never 1017 (see recordFailed).
 
 // Account states in the account table.
 const (
@@ -169,6 +170,21 @@ func writeErr(w http.ResponseWriter, err error) {
 	}
 }
 
+// recordFailed answers a record that failed after the network acted on
+// the request (a code sent, a code used): never 1017, which tells the
+// gateway nothing happened and makes it resend the request to the new
+// primary master (a second code, or a used code refused with 404). The
+// answer is 1000 (HTTP 500), saying what the network did and how to
+// record it.
+func (m *Master) recordFailed(w http.ResponseWriter, err error, done, recovery string) {
+	why := "the record failed"
+	if errors.Is(err, ErrNotPrimary) {
+		why = "this master lost the master lease before recording it"
+	}
+	m.log.Warn("the network acted but the record failed", "done", done, "err", err)
+	apierror.Write(w, apierror.GenericError, done+", but "+why+" ("+err.Error()+"): "+recovery)
+}
+
 // networkUnavailable answers a failure to reach the network through the
 // plugin: the request may be retried, nothing was stored.
 func networkUnavailable(w http.ResponseWriter, err error) {
@@ -270,7 +286,13 @@ func (m *Master) register(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if err != nil {
-		writeErr(w, err)
+		if res.AlreadyRegistered {
+			m.recordFailed(w, err, "the network has the number registered for this certificate",
+				"POST /v1/account again records it (no code is sent)")
+		} else {
+			m.recordFailed(w, err, "the network is sending a code",
+				"POST /v1/account again to record the registration (the network sends a new code; verify with the newest)")
+		}
 		return
 	}
 	if res.AlreadyRegistered {
@@ -320,7 +342,8 @@ func (m *Master) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := m.lease.fenced(ctx, func(tx *sql.Tx) error { return m.markRegistered(ctx, tx, cc, phone) }); err != nil {
-		writeErr(w, err)
+		m.recordFailed(w, err, "the network verified the code",
+			"POST /v1/account with the same request and certificate records the registration (201; the network sends no new code)")
 		return
 	}
 	m.log.Info("account registered", "cc", cc, "phone_number", phone, "wa_id", waID(cc, phone))
