@@ -323,8 +323,15 @@ func (s *nemesisSender) run(hc *http.Client, gw, token string, stopNew <-chan st
 			s.mu.Unlock()
 			// Only answers that may mean "not applied yet" are retried:
 			// connection errors and timeouts, 5xx (502 1000, 503 1011/
-			// 1018). Anything else is a wrong answer to a valid request.
-			if code != 0 && code < 500 {
+			// 1018), and 429 (1015: the gateway's limit on token lookups
+			// while its cache is cold after a restart, or a coreapp's
+			// request slots), after its Retry-After of a second.
+			// Anything else is a wrong answer to a valid request.
+			switch {
+			case code == 429:
+				time.Sleep(time.Second)
+				continue
+			case code != 0 && code < 500:
 				s.fatal = fmt.Sprintf("message #%d: %s", j, class)
 				s.pending = j
 				return
