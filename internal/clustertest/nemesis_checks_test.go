@@ -85,5 +85,21 @@ func TestNemesisChecksCatch(t *testing.T) {
 		if got := len(p.list) > 0; got != tc.bad {
 			t.Errorf("callback check, %s: problems %q, want some: %v", tc.name, p.list, tc.bad)
 		}
+		// c's sent emitted before b's is the network's one inversion.
+		if want := map[bool]int{true: 1}[sameOrder(tc.emitted, cFirst)]; p.netInversions != want {
+			t.Errorf("callback check, %s: %d network inversions counted, want %d", tc.name, p.netInversions, want)
+		}
 	}
+}
+
+func sameOrder(a, b map[string]netEvent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
 }
