@@ -157,6 +157,8 @@ func TestNemesis(t *testing.T) {
 	n.run(faultsEnd)
 	close(stopNew)
 	n.healAll()
+	// The restarted processes, so a failure's log tails are theirs.
+	c.Coreapps, c.Masters = n.coreapps, n.masters
 	healed := time.Now()
 	wg.Wait()
 	<-injected
