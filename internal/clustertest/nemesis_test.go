@@ -530,17 +530,17 @@ func missingCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[
 }
 
 // netEvent is where the network put a status event: its shard and its
-// number there (callbacks.net_seq), which is the order it emitted them.
+// number there (callbacks.net_seq), which is the order it emitted them;
+// seq is -1 for a callback a re-shard moved (the move clears net_seq).
 type netEvent struct {
 	shard int
 	seq   int64
 }
 
-// emittedOrder reads every stored status event's network position from
-// MySQL (nothing is purged during a test: the GC runs hourly and keeps 30
-// days).
+// emittedOrder reads every stored status's network position from MySQL
+// (nothing is purged during a test: the GC runs hourly and keeps 30 days).
 func emittedOrder(db *sql.DB) (map[string]netEvent, error) {
-	rows, err := db.Query(`SELECT shard_id, net_seq, payload FROM callbacks WHERE kind = 'status' AND net_seq IS NOT NULL`)
+	rows, err := db.Query(`SELECT shard_id, COALESCE(net_seq, -1), payload FROM callbacks WHERE kind = 'status'`)
 	if err != nil {
 		return nil, fmt.Errorf("read stored status events: %w", err)
 	}
@@ -556,7 +556,9 @@ func emittedOrder(db *sql.DB) (map[string]netEvent, error) {
 		if err := json.Unmarshal(payload, &st); err != nil {
 			return nil, fmt.Errorf("stored status %s: %w", payload, err)
 		}
-		out[st.ID+" "+st.Status] = ev
+		if prev, ok := out[st.ID+" "+st.Status]; !ok || prev.seq < 0 {
+			out[st.ID+" "+st.Status] = ev
+		}
 	}
 	return out, rows.Err()
 }
@@ -564,7 +566,8 @@ func emittedOrder(db *sql.DB) (map[string]netEvent, error) {
 // checkCallbacks: per recipient, judged on each callback's first delivery
 // (a failover may deliver one again), a message's statuses go sent,
 // delivered, read; the statuses arrive in the order the network emitted
-// them (its event numbers per shard, emitted); inbound messages arrive in
+// them (its event numbers per shard, emitted; a callback a re-shard moved
+// has lost its number and is not judged); inbound messages arrive in
 // the order they were injected. It also counts the statuses the network
 // itself emitted out of acceptance order (the simulated network emits each
 // send batch's statuses from its own goroutine, so two batches' can
@@ -623,8 +626,11 @@ func checkCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[st
 		seen[key] = true
 		ev, ok := emitted[key]
 		if !ok {
-			l.add("recipient %s: %s status of %s reached the webhook but no stored event has it", to, s.Status, s.ID)
+			l.add("recipient %s: %s status of %s reached the webhook but MySQL has no row for it", to, s.Status, s.ID)
 			continue
+		}
+		if ev.seq < 0 {
+			continue // moved by a re-shard: its network number is gone
 		}
 		if latest[to] == nil {
 			latest[to] = map[int]last{}
