@@ -48,27 +48,58 @@ func TestNemesisChecksCatch(t *testing.T) {
 		return out
 	}
 	inbound := map[string][]string{to: {"i1", "i2"}}
+	// The network's event numbers: statuses in acceptance order, or with
+	// c's sent emitted before b's (as the simulated network may).
+	emitted := func(order ...string) map[string]netEvent {
+		out := map[string]netEvent{}
+		for i, s := range st(order...) {
+			out[s.ID+" "+s.Status] = netEvent{shard: 0, seq: int64(i + 1)}
+		}
+		return out
+	}
+	inOrder := emitted("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr")
+	cFirst := emitted("as", "ad", "ar", "cs", "bs", "bd", "br", "cd", "cr")
+	batched := emitted("as", "ad", "ar", "bs", "cs", "bd", "cd", "br", "cr") // b and c sent in one batch
 	for _, tc := range []struct {
 		name     string
 		statuses []hookStatus
 		in       []string
+		emitted  map[string]netEvent
 		bad      bool
 	}{
-		{"clean", st("as", "ad", "ar", "bs", "cs", "bd", "cd", "br", "cr"), []string{"i1", "i2"}, false},
-		{"delivered again after a failover", st("as", "ad", "ar", "bs", "as", "cs", "bd", "cd", "br", "cr"), []string{"i1", "i2", "i1"}, false},
-		{"missing", st("as", "ad", "ar", "bs", "cs", "bd", "cd", "cr"), []string{"i1", "i2"}, true},
-		{"one message's statuses out of order", st("as", "ar", "ad", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1", "i2"}, true},
-		{"a later message's status first", st("as", "ad", "ar", "cs", "bs", "bd", "br", "cd", "cr"), []string{"i1", "i2"}, true},
-		{"inbound out of order", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i2", "i1"}, true},
-		{"inbound missing", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1"}, true},
+		{"clean", st("as", "ad", "ar", "bs", "cs", "bd", "cd", "br", "cr"), []string{"i1", "i2"}, batched, false},
+		{"delivered again after a failover", st("as", "ad", "ar", "bs", "as", "cs", "bd", "cd", "br", "cr"), []string{"i1", "i2", "i1"}, batched, false},
+		{"missing", st("as", "ad", "ar", "bs", "cs", "bd", "cd", "cr"), []string{"i1", "i2"}, inOrder, true},
+		{"one message's statuses out of order", st("as", "ar", "ad", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1", "i2"}, inOrder, true},
+		{"a later message's status first", st("as", "ad", "ar", "cs", "bs", "bd", "br", "cd", "cr"), []string{"i1", "i2"}, inOrder, true},
+		{"inbound out of order", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i2", "i1"}, inOrder, true},
+		{"following the network's own order", st("as", "ad", "ar", "cs", "bs", "bd", "br", "cd", "cr"), []string{"i1", "i2"}, cFirst, false},
+		{"not stored as a network event", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1", "i2"}, emitted("as", "ad", "ar", "bs", "bd", "br", "cs", "cd"), true},
+		{"inbound missing", st("as", "ad", "ar", "bs", "bd", "br", "cs", "cd", "cr"), []string{"i1"}, inOrder, true},
 	} {
 		h := &hookReceiver{statuses: tc.statuses}
 		for _, id := range tc.in {
 			h.inbound = append(h.inbound, hookInbound{From: to, ID: id})
 		}
-		p := checkCallbacks(h, sender(-1), inbound)
+		p := checkCallbacks(h, sender(-1), inbound, tc.emitted)
 		if got := len(p.list) > 0; got != tc.bad {
 			t.Errorf("callback check, %s: problems %q, want some: %v", tc.name, p.list, tc.bad)
 		}
+		// c's sent emitted before b's is the network's one inversion.
+		if want := map[bool]int{true: 1}[sameOrder(tc.emitted, cFirst)]; p.netInversions != want {
+			t.Errorf("callback check, %s: %d network inversions counted, want %d", tc.name, p.netInversions, want)
+		}
 	}
+}
+
+func sameOrder(a, b map[string]netEvent) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -156,6 +157,8 @@ func TestNemesis(t *testing.T) {
 	n.run(faultsEnd)
 	close(stopNew)
 	n.healAll()
+	// The restarted processes, so a failure's log tails are theirs.
+	c.Coreapps, c.Masters = n.coreapps, n.masters
 	healed := time.Now()
 	wg.Wait()
 	<-injected
@@ -220,7 +223,14 @@ func TestNemesis(t *testing.T) {
 	}
 	checkNetwork(senders, net).report(t)
 	c.RequireNoViolations()
-	checkCallbacks(hook, senders, inbound).report(t)
+	emitted, err := emittedOrder(c.SQL)
+	if err != nil {
+		t.Error(err)
+	}
+	cb := checkCallbacks(hook, senders, inbound, emitted)
+	cb.report(t)
+	n.explainOrder(t, start, hook, cb.pairs)
+	t.Logf("the network emitted %d statuses of a recipient's message before the same status of its earlier message (its per-batch status goroutines race); the webhook must follow the network's order, not acceptance order", cb.netInversions)
 	if t.Failed() {
 		t.Logf("reproduce with MC_NEMESIS_SEED=%d MC_NEMESIS_DURATION=%v MC_NEMESIS_FAULTS=%s", seed, dur, strings.Join(kinds, ","))
 	}
@@ -254,6 +264,39 @@ func (n *nemesis) whereStuck(t *testing.T) {
 		var shard, count, lo, hi int64
 		if rows.Scan(&shard, &count, &lo, &hi) == nil {
 			t.Logf("in the database: shard %d has %d undelivered callbacks (seq %d..%d)", shard, count, lo, hi)
+		}
+	}
+}
+
+// explainOrder logs, for the first callbacks found out of order, when the
+// webhook first got each and what the database holds for it: the network's
+// event number (net_seq, the order the network emitted them), the
+// callback's seq (the order it was stored), when it was stored and
+// delivered, and how many attempts it took.
+func (n *nemesis) explainOrder(t *testing.T, start time.Time, hook *hookReceiver, pairs [][2]string) {
+	t.Helper()
+	firstAt := map[string]time.Time{}
+	hook.mu.Lock()
+	for i, s := range hook.statuses {
+		if _, ok := firstAt[s.ID+" "+s.Status]; !ok && i < len(hook.statusAt) {
+			firstAt[s.ID+" "+s.Status] = hook.statusAt[i]
+		}
+	}
+	hook.mu.Unlock()
+	for k, p := range pairs {
+		if k == 3 {
+			break
+		}
+		for _, key := range p {
+			id, status, _ := strings.Cut(key, " ")
+			var seq, netSeq, shardID, attempts int64
+			var created, delivered sql.NullTime
+			err := n.c.SQL.QueryRow(`SELECT seq, shard_id, COALESCE(net_seq, -1), attempts, created_at, delivered_at FROM callbacks
+				WHERE kind = 'status' AND payload LIKE ? AND payload LIKE ? ORDER BY seq LIMIT 1`,
+				"%"+id+"%", "%\""+status+"\"%").Scan(&seq, &shardID, &netSeq, &attempts, &created, &delivered)
+			t.Logf("%s of %s: first at the webhook +%.3f s; in MySQL: seq %d shard %d net_seq %d attempts %d stored +%.3f s delivered +%.3f s (%v)",
+				status, id, firstAt[key].Sub(start).Seconds(), seq, shardID, netSeq, attempts,
+				created.Time.Sub(start).Seconds(), delivered.Time.Sub(start).Seconds(), err)
 		}
 	}
 }
@@ -379,8 +422,10 @@ func (s *nemesisSender) post(hc *http.Client, gw, token, body, key string) (int,
 
 // problems collects what one check found.
 type problems struct {
-	what string
-	list []string
+	what          string
+	list          []string
+	pairs         [][2]string // callbacks out of order: its "id status", and the later one delivered before it
+	netInversions int         // statuses the network emitted out of acceptance order
 }
 
 func (p *problems) add(format string, args ...any) {
@@ -491,11 +536,50 @@ func missingCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[
 	return fmt.Sprintf("%d callbacks missing, e.g. %s", missing, first)
 }
 
+// netEvent is where the network put a status event: its shard and its
+// number there (callbacks.net_seq), which is the order it emitted them;
+// seq is -1 for a callback a re-shard moved (the move clears net_seq).
+type netEvent struct {
+	shard int
+	seq   int64
+}
+
+// emittedOrder reads every stored status's network position from MySQL
+// (nothing is purged during a test: the GC runs hourly and keeps 30 days).
+func emittedOrder(db *sql.DB) (map[string]netEvent, error) {
+	rows, err := db.Query(`SELECT shard_id, COALESCE(net_seq, -1), payload FROM callbacks WHERE kind = 'status'`)
+	if err != nil {
+		return nil, fmt.Errorf("read stored status events: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]netEvent{}
+	for rows.Next() {
+		var ev netEvent
+		var payload []byte
+		if err := rows.Scan(&ev.shard, &ev.seq, &payload); err != nil {
+			return nil, fmt.Errorf("read stored status events: %w", err)
+		}
+		var st hookStatus
+		if err := json.Unmarshal(payload, &st); err != nil {
+			return nil, fmt.Errorf("stored status %s: %w", payload, err)
+		}
+		if prev, ok := out[st.ID+" "+st.Status]; !ok || prev.seq < 0 {
+			out[st.ID+" "+st.Status] = ev
+		}
+	}
+	return out, rows.Err()
+}
+
 // checkCallbacks: per recipient, judged on each callback's first delivery
 // (a failover may deliver one again), a message's statuses go sent,
-// delivered, read; one status of its messages follows their acceptance
-// order; inbound messages arrive in the order the network took them.
-func checkCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[string][]string) *problems {
+// delivered, read; the statuses arrive in the order the network emitted
+// them (its event numbers per shard, emitted; a callback a re-shard moved
+// has lost its number and is not judged); inbound messages arrive in
+// the order they were injected. It also counts the statuses the network
+// itself emitted out of acceptance order (the simulated network emits each
+// send batch's statuses from its own goroutine, so two batches' can
+// interleave): that is the network's doing, not the product's.
+func checkCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[string][]string, emitted map[string]netEvent) *problems {
 	l := &problems{what: "callbacks"}
 	if m := missingCallbacks(hook, senders, inbound); m != "" {
 		l.add("webhook: %s", m)
@@ -510,8 +594,10 @@ func checkCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[st
 	}
 	// A missing callback is reported above; order is judged among those
 	// that arrived.
+	recipientOf := map[string]string{}
 	for _, s := range senders {
 		for k, id := range s.acked {
+			recipientOf[id] = s.to
 			for _, pair := range [][2]string{{"sent", "delivered"}, {"delivered", "read"}} {
 				a, aok := first[id+" "+pair[0]]
 				b, bok := first[id+" "+pair[1]]
@@ -524,19 +610,50 @@ func checkCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[st
 			}
 			prev := s.acked[k-1]
 			for _, st := range []string{"sent", "delivered", "read"} {
-				a, aok := first[prev+" "+st]
-				b, bok := first[id+" "+st]
-				if aok && bok && a > b {
-					l.add("recipient %s: %s status of %s before that of the earlier %s", s.to, st, id, prev)
+				a, aok := emitted[prev+" "+st]
+				b, bok := emitted[id+" "+st]
+				if aok && bok && a.shard == b.shard && a.seq > b.seq {
+					l.netInversions++
 				}
 			}
 		}
 	}
+	type last struct {
+		seq int64
+		key string
+	}
 	seen := map[string]bool{}
+	latest := map[string]map[int]last{} // recipient -> shard -> newest event delivered
+	for _, s := range hook.statuses {
+		key := s.ID + " " + s.Status
+		to, mine := recipientOf[s.ID]
+		if seen[key] || !mine {
+			continue
+		}
+		seen[key] = true
+		ev, ok := emitted[key]
+		if !ok {
+			l.add("recipient %s: %s status of %s reached the webhook but MySQL has no row for it", to, s.Status, s.ID)
+			continue
+		}
+		if ev.seq < 0 {
+			continue // moved by a re-shard: its network number is gone
+		}
+		if latest[to] == nil {
+			latest[to] = map[int]last{}
+		}
+		if prev, ok := latest[to][ev.shard]; ok && prev.seq > ev.seq {
+			l.add("recipient %s: %s (network event %d of shard %d) first delivered after %s (event %d)", to, key, ev.seq, ev.shard, prev.key, prev.seq)
+			l.pairs = append(l.pairs, [2]string{key, prev.key})
+			continue
+		}
+		latest[to][ev.shard] = last{ev.seq, key}
+	}
+	seenIn := map[string]bool{}
 	order := map[string][]string{}
 	for _, m := range hook.inbound {
-		if !seen[m.ID] {
-			seen[m.ID] = true
+		if !seenIn[m.ID] {
+			seenIn[m.ID] = true
 			order[m.From] = append(order[m.From], m.ID)
 		}
 	}

@@ -22,6 +22,7 @@ type hookReceiver struct {
 	refused  atomic.Int64
 	mu       sync.Mutex
 	statuses []hookStatus
+	statusAt []time.Time // when each status arrived
 	inbound  []hookInbound
 	srv      *http.Server
 	url      string
@@ -77,6 +78,9 @@ func startHook(t *testing.T) *hookReceiver {
 		}
 		h.mu.Lock()
 		h.statuses = append(h.statuses, p.Statuses...)
+		for range p.Statuses {
+			h.statusAt = append(h.statusAt, time.Now())
+		}
 		h.inbound = append(h.inbound, p.Messages...)
 		h.mu.Unlock()
 	})}
