@@ -95,6 +95,17 @@ type shardState struct {
 	nextEvent uint64
 	pushedTo  uint64 // highest Seq pushed to the open connection
 	acked     uint64 // highest Seq acknowledged
+	// statuses waits to be emitted, one queue per status stage (failed
+	// and sent, delivered, read), each in due order; statusWake wakes the
+	// shard's status goroutine when a batch is queued.
+	statuses   [3][]dueStatus
+	statusWake chan struct{}
+}
+
+// dueStatus is a status to emit at due.
+type dueStatus struct {
+	due time.Time
+	e   Event
 }
 
 // pushWindow bounds the events pushed to a connection and not yet
@@ -531,39 +542,72 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 				ok = append(ok, m)
 			}
 		}
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.emitStatuses(shard, ok, failed) }()
+		s.queueStatusesLocked(shard, ok, failed)
 	}
 }
 
-// emitStatuses emits sent, delivered and read for msgs, in that order, and
-// failed for the messages whose recipient is unreachable.
-func (s *Server) emitStatuses(shard int, msgs, failed []Message) {
-	if len(failed) > 0 {
-		s.mu.Lock()
-		ts := time.Now().Unix()
-		for _, m := range failed {
-			s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts})
+// queueStatusesLocked schedules failed for the messages whose recipient is
+// unreachable (at once), and sent, delivered and read for the others, each
+// StatusDelay after the one before. One goroutine per shard emits them, the
+// earliest due first and, among equal times, in the order their batches
+// arrived, so each status of a recipient's messages follows the same status
+// of its earlier messages, as a real network's would.
+func (s *Server) queueStatusesLocked(shard int, msgs, failed []Message) {
+	sh := s.shard(shard)
+	now := time.Now()
+	ts := now.Unix()
+	for _, m := range failed {
+		sh.statuses[0] = append(sh.statuses[0], dueStatus{now, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts}})
+	}
+	for k, st := range []string{StatusSent, StatusDelivered, StatusRead} {
+		due := now.Add(time.Duration(k+1) * s.cfg.StatusDelay)
+		for _, m := range msgs {
+			sh.statuses[k] = append(sh.statuses[k], dueStatus{due, Event{Kind: KindStatus, MessageID: m.ID, Status: st, Recipient: m.To}})
 		}
-		s.mu.Unlock()
 	}
-	if len(msgs) == 0 {
-		return
+	if sh.statusWake == nil {
+		sh.statusWake = make(chan struct{}, 1)
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.emitStatuses(shard, sh) }()
 	}
-	for _, st := range []string{StatusSent, StatusDelivered, StatusRead} {
-		if s.cfg.StatusDelay > 0 {
-			select {
-			case <-time.After(s.cfg.StatusDelay):
-			case <-s.done:
-				return
+	select {
+	case sh.statusWake <- struct{}{}:
+	default:
+	}
+}
+
+// emitStatuses is the shard's status goroutine.
+func (s *Server) emitStatuses(shard int, sh *shardState) {
+	for {
+		s.mu.Lock()
+		next := -1
+		for k := range sh.statuses {
+			if len(sh.statuses[k]) > 0 && (next < 0 || sh.statuses[k][0].due.Before(sh.statuses[next][0].due)) {
+				next = k
 			}
 		}
-		s.mu.Lock()
-		ts := time.Now().Unix()
-		for _, m := range msgs {
-			s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: st, Recipient: m.To, Timestamp: ts})
+		var wait <-chan time.Time
+		if next >= 0 {
+			d := sh.statuses[next][0]
+			if left := time.Until(d.due); left > 0 {
+				wait = time.After(left)
+			} else {
+				sh.statuses[next] = sh.statuses[next][1:]
+				if d.e.Timestamp == 0 {
+					d.e.Timestamp = time.Now().Unix()
+				}
+				s.emitLocked(shard, d.e)
+				s.mu.Unlock()
+				continue
+			}
 		}
 		s.mu.Unlock()
+		select {
+		case <-s.done:
+			return
+		case <-sh.statusWake:
+		case <-wait:
+		}
 	}
 }
 
