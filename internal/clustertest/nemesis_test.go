@@ -804,7 +804,7 @@ func countTrue(v []bool) int {
 // struckResult is what became of a struck primary's connection.
 type struckResult struct {
 	held string    // the held connection's fate, for the report
-	kept bool      // it outlived the fault by more than the grace
+	kept bool      // this fault did not end it (see struckOutcome)
 	next *Interval // the shard's first connection after the fault, unless kept
 }
 

@@ -44,6 +44,7 @@ func TestShortFreezeOfPrimaryCoreapp(t *testing.T) {
 
 	var kept, dropped []time.Duration
 	var gaps []time.Duration
+	unrelated := 0
 	for i, freeze := range durs {
 		time.Sleep(time.Second) // steady state: renewals and extensions flowing
 		cur := c.WaitConnected(0, "", 10*time.Second)
@@ -71,8 +72,24 @@ func TestShortFreezeOfPrimaryCoreapp(t *testing.T) {
 			t.Logf("freeze %d of %s for %v: the connection survived", i+1, cur.Node, freeze)
 			continue
 		}
-		dropped = append(dropped, freeze)
 		endedAt := time.Duration(ended.End - at.UnixNano()).Round(time.Millisecond)
+		if next != nil && next.Epoch == cur.Epoch && time.Duration(ended.End-at.UnixNano()) > unhealthy {
+			// The freeze can end the connection only through the deadline
+			// the plugin held at the fault (at most unhealthy after it) or
+			// a takeover (a new epoch). This one ended later and the holder
+			// reconnected at its own epoch, its claim intact: something
+			// else ended it (on this loaded machine, the network hearing
+			// nothing for a keepalive). Counted apart, still bounded.
+			gap := time.Duration(next.Start - ended.End)
+			unrelated++
+			t.Logf("freeze %d of %s for %v: connection ended %v after the fault (%q), past the deadline it held at the fault; %s reconnected at the same epoch %v later",
+				i+1, cur.Node, freeze, endedAt, ended.EndReason, next.Node, gap.Round(time.Millisecond))
+			if gap > bound {
+				t.Errorf("freeze %d: shard 0 connected again only %v after its connection ended (bound %v)", i+1, gap.Round(time.Millisecond), bound)
+			}
+			continue
+		}
+		dropped = append(dropped, freeze)
 		if freeze <= keepLimit-slack {
 			t.Errorf("freeze %d for %v (under the keep limit %v by more than %v): the connection ended %v after the fault (%q)",
 				i+1, freeze, keepLimit, slack, endedAt, ended.EndReason)
@@ -91,8 +108,8 @@ func TestShortFreezeOfPrimaryCoreapp(t *testing.T) {
 		}
 	}
 	snd.wait(t, true)
-	t.Logf("coreapp-only freezes: kept the connection for %v; lost it for %v, connected again after %v (bound %v)",
-		kept, dropped, gaps, bound)
+	t.Logf("coreapp-only freezes: kept the connection for %v; lost it for %v, connected again after %v (bound %v); %d lost it later to something else",
+		kept, dropped, gaps, bound, unrelated)
 	c.RequireNoViolations()
 	if t.Failed() {
 		for _, p := range c.Coreapps {
