@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 )
 
 // The nemesis's end checks catch what they are for: fed a lost, a
@@ -102,4 +103,60 @@ func sameOrder(a, b map[string]netEvent) bool {
 		}
 	}
 	return true
+}
+
+// The report charges a fault with its shard's next connection only when
+// the fault ended the connection its target held. A short freeze the
+// connection survived was once charged with whatever later fault ended it
+// (a median of 5 s for freezes under a second in a 10-minute run).
+func TestStruckOutcomeChargesOnlyConnectionsTheFaultEnded(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) int64 { return t0.Add(d).UnixNano() }
+	start, end := t0, t0.Add(300*time.Millisecond)
+	grace := time.Second
+	for _, tc := range []struct {
+		name   string
+		conns  []Interval
+		later  time.Duration // the node's next fault; 0: none
+		kept   bool
+		nextAt time.Duration // -1: none
+		nextBy string
+	}{
+		{"survived, still open; another shard's and an older connection do not count", []Interval{
+			{ID: 1, Shard: 0, Node: "a", Start: at(-20 * time.Second), End: at(-10 * time.Second)},
+			{ID: 2, Shard: 0, Node: "a", Start: at(-5 * time.Second), Open: true},
+			{ID: 3, Shard: 1, Node: "b", Start: at(2 * time.Second), Open: true},
+		}, 0, true, -1, ""},
+		{"survived; a later fault ended it 5 s on", []Interval{
+			{ID: 2, Shard: 0, Node: "a", Start: at(-5 * time.Second), End: at(5 * time.Second), EndReason: "closed by the plugin"},
+			{ID: 4, Shard: 0, Node: "b", Start: at(6 * time.Second), Open: true},
+		}, 0, true, -1, ""},
+		{"ended within the grace, but after the node's next fault struck", []Interval{
+			{ID: 2, Shard: 0, Node: "a", Start: at(-5 * time.Second), End: at(700 * time.Millisecond), EndReason: "keepalive"},
+			{ID: 7, Shard: 0, Node: "a", Start: at(time.Second), Open: true},
+		}, 400 * time.Millisecond, true, -1, ""},
+		{"ended during the freeze, the same node reconnected", []Interval{
+			{ID: 2, Shard: 0, Node: "a", Start: at(-5 * time.Second), End: at(200 * time.Millisecond), EndReason: "socket closed"},
+			{ID: 5, Shard: 0, Node: "a", Start: at(800 * time.Millisecond), End: at(9 * time.Second)},
+			{ID: 6, Shard: 0, Node: "b", Start: at(10 * time.Second), Open: true},
+		}, 5 * time.Second, false, 800 * time.Millisecond, "a"},
+		{"ended just after the thaw, within the grace; never reconnected", []Interval{
+			{ID: 2, Shard: 0, Node: "a", Start: at(-5 * time.Second), End: at(1200 * time.Millisecond)},
+		}, 0, false, -1, ""},
+	} {
+		var later time.Time
+		if tc.later > 0 {
+			later = t0.Add(tc.later)
+		}
+		o := struckOutcome(tc.conns, 0, "a", start, end, later, grace)
+		if o.kept != tc.kept {
+			t.Errorf("%s: kept %v (%s), want %v", tc.name, o.kept, o.held, tc.kept)
+		}
+		switch {
+		case tc.nextAt < 0 && o.next != nil:
+			t.Errorf("%s: charged with connection %d of %s", tc.name, o.next.ID, o.next.Node)
+		case tc.nextAt >= 0 && (o.next == nil || o.next.Start != at(tc.nextAt) || o.next.Node != tc.nextBy):
+			t.Errorf("%s: next connection %+v, want %s at %v", tc.name, o.next, tc.nextBy, tc.nextAt)
+		}
+	}
 }

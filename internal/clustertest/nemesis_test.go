@@ -744,28 +744,34 @@ func (n *nemesis) report(t *testing.T, start, end time.Time, senders []*nemesisS
 	}
 	sort.Slice(conns.Connections, func(i, j int) bool { return conns.Connections[i].Start < conns.Connections[j].Start })
 	sort.Slice(n.faults, func(i, j int) bool { return n.faults[i].Start.Before(n.faults[j].Start) })
-	fmt.Fprintf(&b, "\nstruck primaries: from the fault until the shard's next connection (the network's timestamps), and by whom; \"after\" marks a primary frozen longer than unhealthy_interval or cut from the network whose shard was not connected elsewhere before the fault ended\n")
-	fmt.Fprintf(&b, "| at | fault | length | node | shard | next connection | by | after |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\nstruck primaries: what became of the connection the struck primary held, and from the fault until the shard's next connection (the network's timestamps) and by whom, for a connection the fault ended; \"kept\" marks one that outlived the fault by more than unhealthy_interval, or ended after the node's next fault struck, so this fault did not end it (a later one did: its own row counts that reconnect); \"after\" marks a primary frozen longer than unhealthy_interval or cut from the network whose shard was not connected elsewhere before the fault ended\n")
+	fmt.Fprintf(&b, "| at | fault | length | node | shard | its connection | next connection | by | after |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range n.faults {
 		length := f.End.Sub(f.Start)
 		for _, s := range f.Primary {
-			next, by, late := "never", "", ""
-			for _, iv := range conns.Connections {
-				if iv.Shard != s || iv.Start <= f.Start.UnixNano() {
-					continue
+			var later time.Time // the next fault on the same node
+			for _, g := range n.faults {
+				if g.Target == f.Target && g.Start.After(f.Start) && (later.IsZero() || g.Start.Before(later)) {
+					later = g.Start
 				}
-				d := time.Duration(iv.Start - f.Start.UnixNano())
+			}
+			o := struckOutcome(conns.Connections, s, f.Target, f.Start, f.End, later, seconds(n.c.Opts.Unhealthy))
+			held, next, by, late := o.held, "never", "", ""
+			switch {
+			case o.kept:
+				next = "-"
+			case o.next != nil:
+				d := time.Duration(o.next.Start - f.Start.UnixNano())
 				next, by = fmt.Sprintf("%.2f s", d.Seconds()), "another coreapp"
-				if iv.Node == f.Target {
+				if o.next.Node == f.Target {
 					by = "the same"
 				}
-				if (f.Kind == "freeze-long" || f.Kind == "net-cut") && (iv.Node == f.Target || d >= length) {
+				if (f.Kind == "freeze-long" || f.Kind == "net-cut") && (o.next.Node == f.Target || d >= length) {
 					late = "after"
 				}
-				break
 			}
-			fmt.Fprintf(&b, "| +%.1f s | %s %s | %.2f s | %s | %d | %s | %s | %s |\n", f.Start.Sub(start).Seconds(), f.Kind, f.Detail,
-				length.Seconds(), f.Target, s, next, by, late)
+			fmt.Fprintf(&b, "| +%.1f s | %s %s | %.2f s | %s | %d | %s | %s | %s | %s |\n", f.Start.Sub(start).Seconds(), f.Kind, f.Detail,
+				length.Seconds(), f.Target, s, held, next, by, late)
 		}
 	}
 
@@ -794,4 +800,53 @@ func countTrue(v []bool) int {
 		}
 	}
 	return k
+}
+
+// struckResult is what became of a struck primary's connection.
+type struckResult struct {
+	held string    // the held connection's fate, for the report
+	kept bool      // this fault did not end it (see struckOutcome)
+	next *Interval // the shard's first connection after the fault, unless kept
+}
+
+// struckOutcome judges a fault on target, the holder of shard at start.
+// Only a connection the fault ended makes the shard's next connection the
+// fault's cost: a connection that outlived the fault by more than grace
+// (unhealthy_interval: by then a frozen holder's deadline has passed and a
+// thawed one has renewed or stepped down) was ended by something later, and
+// its reconnect belongs to that; so does one that ended after the next
+// fault on the same node (later, zero if none) struck.
+func struckOutcome(conns []Interval, shard int, target string, start, end, later time.Time, grace time.Duration) struckResult {
+	var r struckResult
+	var held *Interval
+	for i := range conns {
+		iv := &conns[i]
+		if iv.Shard == shard && iv.Node == target && iv.Start <= start.UnixNano() &&
+			(iv.Open || iv.End > start.UnixNano()) && (held == nil || iv.Start > held.Start) {
+			held = iv
+		}
+	}
+	switch {
+	case held == nil:
+		r.held = "not found"
+	case held.Open:
+		r.held, r.kept = "kept (still open)", true
+		return r
+	case held.End > end.Add(grace).UnixNano():
+		r.held, r.kept = fmt.Sprintf("kept (ended %.2f s after the fault: %s)", time.Duration(held.End-start.UnixNano()).Seconds(), held.EndReason), true
+		return r
+	case !later.IsZero() && held.End > later.UnixNano():
+		r.held, r.kept = fmt.Sprintf("kept until the node's next fault (ended %.2f s after this one, %.2f s after that: %s)",
+			time.Duration(held.End-start.UnixNano()).Seconds(), time.Duration(held.End-later.UnixNano()).Seconds(), held.EndReason), true
+		return r
+	default:
+		r.held = fmt.Sprintf("ended after %.2f s: %s", time.Duration(held.End-start.UnixNano()).Seconds(), held.EndReason)
+	}
+	for i := range conns {
+		iv := &conns[i]
+		if iv.Shard == shard && iv.Start > start.UnixNano() && (r.next == nil || iv.Start < r.next.Start) {
+			r.next = iv
+		}
+	}
+	return r
 }
