@@ -301,7 +301,37 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 // store inserts callbacks under the shard claim: after a failover only the
 // new holder adds callbacks, so the dispatcher never sees one appear
 // behind a later one it already delivered.
+//
+// Each callback goes to its recipient's shard under the shard count this
+// transaction reads (with the cluster row, share-locked by the fence), not
+// to the shard whose connection brought it. They differ only for events
+// the network pushed to this shard before it learned of a re-shard that
+// moved their recipient away: stored here, they would be delivered by this
+// shard's dispatcher, in no order against the recipient's newer callbacks,
+// which the network now sends to the new shard (README, "Changing the
+// shard count online"). Stored there, the recipient's shard delivers them
+// in its seq order.
+//
+// A row for another shard is written under the cluster row locked FOR
+// UPDATE: that waits for every other callback or accept transaction (they
+// share-lock it) and holds new ones back until commit, so this row's seq
+// is committed before any larger seq of that shard. Otherwise its
+// dispatcher, which loads only past the last seq it loaded, could pass
+// over it. Such rows are rare (a re-shard's stragglers), so the brief
+// cluster-wide wait is too.
 func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
+	err := w.storeTx(ctx, cbs, false)
+	if errors.Is(err, errForeign) {
+		err = w.storeTx(ctx, cbs, true)
+	}
+	return err
+}
+
+// errForeign: the batch holds callbacks of another shard; storeTx must run
+// again with the cluster row locked for update.
+var errForeign = errors.New("callbacks for another shard")
+
+func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive bool) error {
 	st := w.c.holder.status()
 	if !st.Primary {
 		return errFenced
@@ -313,7 +343,13 @@ func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := w.c.fence(qctx, tx, st); err != nil {
+	if exclusive {
+		if _, err := tx.ExecContext(qctx, `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`); err != nil {
+			return fmt.Errorf("lock the cluster row: %w", err)
+		}
+	}
+	shards, err := w.c.fence(qctx, tx, st)
+	if err != nil {
 		return err
 	}
 	var sb strings.Builder
@@ -328,15 +364,29 @@ func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 		if cb.shard != st.Shard {
 			continue // an event of a shard we held before; its holder gets it again
 		}
-		if n > 0 {
-			sb.WriteByte(',')
+		to := st.Shard
+		if s, err := shard.For(cb.recipient, shards); err == nil {
+			to = s
 		}
-		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
 		var ns any
 		if cb.netSeq != 0 {
 			ns = cb.netSeq
 		}
-		args = append(args, cb.shard, cb.stream, ns, cb.recipient, cb.kind, cb.payload)
+		if to != st.Shard {
+			if !exclusive {
+				return errForeign
+			}
+			// Its number is this shard's stream's, not the other
+			// shard's: kept, it could collide with one of that shard's
+			// own events there. Without it a copy pushed again is stored
+			// again (delivered at least once).
+			ns = nil
+		}
+		if n > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
+		args = append(args, to, cb.stream, ns, cb.recipient, cb.kind, cb.payload)
 		n++
 	}
 	if n == 0 {

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	mcshard "github.com/multiconnect/multiconnect/internal/shard"
 )
 
 // Reasons an interval ended (Interval.EndReason).
@@ -81,6 +83,11 @@ type Server struct {
 	// registrations is every number a code was requested for, by regKey.
 	registrations map[string]*Registration
 	nextReg       int64
+	// layout is the newest shard count the coreapps told (connect and
+	// ping frames), by shard map version; zero until one does. Events go
+	// to their recipient's shard under it (see routeLocked).
+	layout        int
+	layoutVersion int64
 }
 
 // shardState is what the network knows about one shard.
@@ -380,6 +387,9 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 	case OpHello:
 		c.out.push(Frame{Op: OpHello, Seq: f.Seq, KeepaliveMS: s.cfg.Keepalive.Milliseconds()})
 	case OpPing:
+		if c.iv != nil {
+			s.learnLayoutLocked(f.Shards, f.MapVersion)
+		}
 		c.out.push(Frame{Op: OpPong, Seq: f.Seq})
 	case OpConnect:
 		s.connectLocked(c, f)
@@ -427,6 +437,9 @@ func (s *Server) connectLocked(c *conn, f Frame) {
 		refuse(fmt.Sprintf("invalid shard %d", f.Shard))
 		return
 	}
+	// The layout first: events it moves to this shard are pushed to the
+	// new connection below.
+	s.learnLayoutLocked(f.Shards, f.MapVersion)
 	sh := s.shard(f.Shard)
 	now := s.now()
 	// An open connection that has been silent past the keepalive is
@@ -572,8 +585,85 @@ func (s *Server) emitStatuses(shard int, msgs, failed []Message) {
 const maxUnacked = 1 << 20
 
 // emitLocked numbers e, keeps it until acknowledged and pushes it to the
-// shard's open connection, if any. It reports whether one was open.
+// open connection of its shard (see routeLocked), if any. It reports
+// whether one was open.
 func (s *Server) emitLocked(shard int, e Event) bool {
+	shard = s.routeLocked(shard, e.Recipient)
+	return s.appendLocked(shard, e)
+}
+
+// routeLocked is the shard an event about recipient goes to: its shard
+// under the newest layout the coreapps told, so all of a recipient's
+// events are in one shard's stream at any time, in the order they
+// happened. Without a layout (or for a number with no digits), the shard
+// the caller named: the sender's connection, or the one an inbound
+// message was injected for.
+func (s *Server) routeLocked(shard int, recipient string) int {
+	if s.layout == 0 {
+		return shard
+	}
+	if to, err := mcshard.For(recipient, s.layout); err == nil {
+		return to
+	}
+	return shard
+}
+
+// learnLayoutLocked takes a layout a coreapp told, if it is newer than the
+// one the network has. A changed count moves every event still held
+// (unacknowledged, pushed or not) whose recipient now belongs to another
+// shard to that shard's stream, in order, behind what it holds: the
+// events of a removed shard reach the shard that now serves their
+// recipients, and a recipient's older events stay ahead of its newer
+// ones, which go to the new shard from now on. An event moved away from a
+// connection that was already given it may still be stored by that
+// coreapp: it is then delivered twice, the moved copy in order.
+func (s *Server) learnLayoutLocked(shards int, version int64) {
+	if !mcshard.ValidCount(shards) || version <= s.layoutVersion {
+		return
+	}
+	old := s.layout
+	s.layout, s.layoutVersion = shards, version
+	if shards == old {
+		return
+	}
+	ids := make([]int, 0, len(s.shards))
+	for id := range s.shards {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	moves := map[int][]Event{}
+	moved := 0
+	for _, id := range ids {
+		sh := s.shards[id]
+		keep := sh.unacked[:0:0]
+		for _, e := range sh.unacked {
+			if to := s.routeLocked(id, e.Recipient); to != id {
+				moves[to] = append(moves[to], e)
+				moved++
+			} else {
+				keep = append(keep, e)
+			}
+		}
+		sh.unacked = keep
+	}
+	s.log.Info("shard count changed", "shards", shards, "map_version", version, "from", old, "events_moved", moved)
+	for _, to := range ids {
+		for _, e := range moves[to] {
+			s.appendLocked(to, e)
+		}
+		delete(moves, to)
+	}
+	for to, es := range moves { // shards the network had not seen yet
+		for _, e := range es {
+			s.appendLocked(to, e)
+		}
+	}
+}
+
+// appendLocked numbers e in shard's stream, keeps it until acknowledged
+// and pushes it to the shard's open connection, if any. It reports whether
+// one was open.
+func (s *Server) appendLocked(shard int, e Event) bool {
 	sh := s.shard(shard)
 	sh.nextEvent++
 	e.Shard, e.Seq = shard, sh.nextEvent

@@ -64,6 +64,10 @@ type Frame struct {
 	Epoch  uint64 `json:"epoch,omitempty"`   // connect, connected
 	Node   string `json:"node,omitempty"`    // connect
 	ConnID int64  `json:"conn_id,omitempty"` // connected
+	// The cluster's shard count and the shard map version it was read at
+	// (transport.Layout): connect, ping.
+	Shards     int   `json:"shards,omitempty"`
+	MapVersion int64 `json:"map_version,omitempty"`
 
 	Reason string `json:"reason,omitempty"` // refused, closed, error
 

@@ -163,7 +163,7 @@ func TestPluginLifecycle(t *testing.T) {
 	if !errors.Is(err, transport.ErrDeadlinePassed) {
 		t.Errorf("connect with a past deadline: %v, want ErrDeadlinePassed", err)
 	}
-	if err := tr.Extend(ctx, 7, transport.MonoNow()+int64(time.Second)); !errors.Is(err, transport.ErrNotConnected) {
+	if err := tr.Extend(ctx, 7, transport.MonoNow()+int64(time.Second), transport.Layout{}); !errors.Is(err, transport.ErrNotConnected) {
 		t.Errorf("extend before connect: %v, want ErrNotConnected", err)
 	}
 	if len(srv.Connections()) != 0 {
@@ -194,10 +194,10 @@ func TestPluginLifecycle(t *testing.T) {
 	}
 
 	later := transport.MonoNow() + int64(3*time.Second)
-	if err := tr.Extend(ctx, 7, later); err != nil {
+	if err := tr.Extend(ctx, 7, later, transport.Layout{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.Extend(ctx, 6, later+1); !errors.Is(err, transport.ErrEpochMismatch) {
+	if err := tr.Extend(ctx, 6, later+1, transport.Layout{}); !errors.Is(err, transport.ErrEpochMismatch) {
 		t.Errorf("extend with another epoch: %v, want ErrEpochMismatch", err)
 	}
 	if h, _ := tr.Health(ctx); h.Deadline != later {
@@ -300,7 +300,7 @@ func TestPluginClosesAtDeadline(t *testing.T) {
 	if h.Connected || !strings.Contains(h.LastError, "deadline") {
 		t.Errorf("health = %+v, want disconnected because of the deadline", h)
 	}
-	if err := tr.Extend(ctx, 1, transport.MonoNow()+int64(time.Second)); !errors.Is(err, transport.ErrNotConnected) {
+	if err := tr.Extend(ctx, 1, transport.MonoNow()+int64(time.Second), transport.Layout{}); !errors.Is(err, transport.ErrNotConnected) {
 		t.Errorf("extend after the deadline: %v, want ErrNotConnected", err)
 	}
 	if _, err := tr.Send(ctx, []transport.Message{{ID: "late"}}); err == nil {
