@@ -7,8 +7,9 @@ import (
 
 // ProtocolVersion is the version of the wire protocol and of the network's
 // behaviour, reported by Transport.Info.
-// (2: registration codes; 3: event streams and the push window).
-const ProtocolVersion = "3"
+// (2: registration codes; 3: event streams and the push window; 4: events
+// routed by the shard count the coreapps tell, transport.Layout).
+const ProtocolVersion = "4"
 
 // Frame operations. Requests carry a Seq that the reply echoes; frames the
 // network pushes on its own (event, and closed when it ends a connection)

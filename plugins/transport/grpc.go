@@ -25,9 +25,12 @@ const PluginName = "transport"
 // cookie, and a host refuses a plugin speaking another protocol version;
 // bump ProtocolVersion on any incompatible change to transport.proto
 // (2: event sequence numbers, Ack and CheckContacts; 3: RequestCode and
-// VerifyCode; 4: event streams and connections, Ack per connection).
+// VerifyCode; 4: event streams and connections, Ack per connection; 5:
+// the shard count (Layout) in Connect and Extend: the fields are
+// compatible on the wire, but a plugin that drops them would strand a
+// re-shard's events again, so an old one is refused).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  4,
+	ProtocolVersion:  5,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
