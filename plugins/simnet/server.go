@@ -894,8 +894,17 @@ type Inbound struct {
 	Payload   json.RawMessage `json:"payload,omitempty"`
 }
 
+// Layout is the shard count the network routes events by and the shard map
+// version it was told at (0, 0 until a coreapp told one).
+func (s *Server) Layout() (shards int, version int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.layout, s.layoutVersion
+}
+
 // Inject pushes in to its shard's connection as an inbound event, or keeps
-// it until the shard connects. It returns the event's message ID and
+// it until the shard connects. Its shard is the recipient's under the
+// layout the network was told (see routeLocked), else in.Shard. It returns the event's message ID and
 // whether a connection was open.
 func (s *Server) Inject(in Inbound) (id string, delivered bool, err error) {
 	if in.Shard < 0 {
