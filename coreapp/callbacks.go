@@ -13,10 +13,12 @@ import (
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
-// Callback kinds: a message status, or an inbound message.
+// Callback kinds: a message status, or an inbound message; kindMoved
+// marks an event the network moved to another shard, never stored.
 const (
 	kindStatus  = "status"
 	kindInbound = "inbound"
+	kindMoved   = "moved"
 )
 
 // callback is one webhook notification, before or after it is stored.
@@ -149,6 +151,10 @@ func fromEvent(e transport.Event) (*callback, error) {
 			"contact": map[string]any{"profile": map[string]any{"name": name}, "wa_id": cb.recipient},
 			"message": msg,
 		})
+	case transport.EventMoved:
+		// The place of an event the network moved to another shard:
+		// nothing to store, acknowledged with the rest.
+		cb.kind = kindMoved
 	default:
 		return nil, fmt.Errorf("unknown event kind %q", e.Kind)
 	}
@@ -207,6 +213,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 		switch {
 		case s.Webhooks.URL == "":
 			// No webhook: there is nobody to tell, as in the original.
+		case cb.kind == kindMoved:
 		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
 		default:
 			keep = append(keep, cb)

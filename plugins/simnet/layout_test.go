@@ -55,7 +55,8 @@ func held(s *Server, sh int) int {
 // their recipients (pushed to its open connection, in order, renumbered
 // in its stream); a stale layout (lower map version) changes nothing; a
 // grow moves the moving recipients' held events, pushed or not, to their
-// new shard, ahead of the ones that come later.
+// new shard, ahead of the ones that come later, and leaves their places
+// in the old shard's numbering.
 func TestLayoutMovesHeldEvents(t *testing.T) {
 	s, addr := testServer(t, Config{}, nil)
 	moving := numberOn(t, 2, 4, 0) // shard 2 of 4, shard 0 of 2
@@ -117,8 +118,39 @@ func TestLayoutMovesHeldEvents(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond)
 	inject(0, moving, "m4")
+	// Shard 0 keeps their places (seq 2-5), so its numbering has no gap
+	// for its next connection; that connection gets them as "moved".
+	if n := held(s, 0); n != 4 {
+		t.Errorf("shard 0 holds %d events after the grow, want the 4 places of the moved ones", n)
+	}
+	c.Abort()
+	c0 := dial(t, addr)
+	if _, err := c0.ConnectLayout(ctxT(t), 0, 2, "n0", transport.Layout{Shards: 4, Version: 12}); err != nil {
+		t.Fatal(err)
+	}
+	keepPinging(t, c0)
+	for i, e := range nextEvents(t, c0, 4) {
+		if e.Kind != KindMoved || e.Seq != uint64(2+i) || e.MessageID != fmt.Sprint("m", i) {
+			t.Errorf("shard 0's next connection, event %d: %s %s seq %d, want the place of m%d (moved) at seq %d", i, e.Kind, e.MessageID, e.Seq, i, 2+i)
+		}
+	}
+	// Further changes leave the places where they are; they go when
+	// acknowledged.
+	if err := c0.PingLayout(transport.Layout{Shards: 8, Version: 13}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c0.PingLayout(transport.Layout{Shards: 4, Version: 14}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := held(s, 0); n != 4 {
+		t.Errorf("shard 0 holds %d events after two more changes, want its 4 places", n)
+	}
+	if err := c0.Ack(ctxT(t), 5); err != nil {
+		t.Fatal(err)
+	}
 	if n := held(s, 0); n != 0 {
-		t.Errorf("shard 0 holds %d events after the grow, want 0", n)
+		t.Errorf("shard 0 holds %d events after acknowledging the places, want 0", n)
 	}
 	c2 := dial(t, addr)
 	if _, err := c2.ConnectLayout(ctxT(t), 2, 1, "n2", transport.Layout{Shards: 4, Version: 12}); err != nil {

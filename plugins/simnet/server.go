@@ -637,13 +637,28 @@ func (s *Server) learnLayoutLocked(shards int, version int64) {
 		sh := s.shards[id]
 		keep := sh.unacked[:0:0]
 		for _, e := range sh.unacked {
-			if to := s.routeLocked(id, e.Recipient); to != id {
-				moves[to] = append(moves[to], e)
-				moved++
-			} else {
+			if e.Kind == KindMoved {
+				if id < shards {
+					keep = append(keep, e) // a place held already
+				}
+				continue
+			}
+			to := s.routeLocked(id, e.Recipient)
+			if to == id {
 				keep = append(keep, e)
+				continue
+			}
+			moves[to] = append(moves[to], e)
+			moved++
+			if id < shards {
+				// A shard that stays keeps the event's place: a
+				// connection expects its shard's numbers without gaps
+				// (a gap stops its acknowledgements).
+				keep = append(keep, Event{Kind: KindMoved, MessageID: e.MessageID, Recipient: e.Recipient,
+					Timestamp: e.Timestamp, Shard: e.Shard, Seq: e.Seq})
 			}
 		}
+		// A removed shard's events all move; its stream is left empty.
 		sh.unacked = keep
 	}
 	s.log.Info("shard count changed", "shards", shards, "map_version", version, "from", old, "events_moved", moved)
@@ -904,8 +919,8 @@ func (s *Server) Layout() (shards int, version int64) {
 
 // Inject pushes in to its shard's connection as an inbound event, or keeps
 // it until the shard connects. Its shard is the recipient's under the
-// layout the network was told (see routeLocked), else in.Shard. It returns the event's message ID and
-// whether a connection was open.
+// layout the network was told (see routeLocked), else in.Shard. It
+// returns the event's message ID and whether a connection was open.
 func (s *Server) Inject(in Inbound) (id string, delivered bool, err error) {
 	if in.Shard < 0 {
 		return "", false, fmt.Errorf("invalid shard %d", in.Shard)

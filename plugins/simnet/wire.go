@@ -129,6 +129,7 @@ type Result struct {
 const (
 	KindStatus  = "status"
 	KindInbound = "inbound"
+	KindMoved   = "moved" // the place of an event moved to another shard
 
 	StatusSent      = "sent"
 	StatusDelivered = "delivered"

@@ -254,6 +254,11 @@ const (
 	EventStatus EventKind = "status"
 	// EventInbound is a message from the network to the coreapp.
 	EventInbound EventKind = "inbound"
+	// EventMoved holds the place, in a shard's numbering, of an event the
+	// network moved to another shard's stream when the shard count
+	// changed (see Layout): it carries nothing to store and is
+	// acknowledged like any other, so the stream has no gap.
+	EventMoved EventKind = "moved"
 )
 
 // Message statuses carried by EventStatus events, in the order a message
