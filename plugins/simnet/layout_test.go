@@ -163,3 +163,49 @@ func TestLayoutMovesHeldEvents(t *testing.T) {
 		}
 	}
 }
+
+// A recipient's statuses come in the order its messages reached the
+// network, whichever connections sent them and however close together:
+// each of 300 recipients gets a message through shard 1's connection and
+// the next one through shard 0's right after (as when a re-shard leaves a
+// batch in flight at the old shard and the new shard sends the next
+// message); the events all go to shard 0 (one shard in the layout).
+func TestStatusesInArrivalOrderAcrossConnections(t *testing.T) {
+	_, addr := testServer(t, Config{StatusDelay: 2 * time.Millisecond}, nil)
+	l := transport.Layout{Shards: 1, Version: 1}
+	c0, c1 := dial(t, addr), dial(t, addr)
+	if _, err := c0.ConnectLayout(ctxT(t), 0, 1, "n0", l); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c1.ConnectLayout(ctxT(t), 1, 1, "n1", l); err != nil {
+		t.Fatal(err)
+	}
+	keepPinging(t, c0)
+	keepPinging(t, c1)
+	const n = 300
+	got := make(chan []Event, 1)
+	go func() { got <- nextEvents(t, c0, 6*n) }()
+	for i := 0; i < n; i++ {
+		to := fmt.Sprint(15550500000 + i)
+		for j, c := range []*client{c1, c0} {
+			if _, err := c.Send(ctxT(t), []Message{{ID: fmt.Sprintf("%d-%d", i, j), To: to, Type: "text", Body: []byte(`{}`)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pos := map[string]int{}
+	for k, e := range <-got {
+		pos[e.MessageID+" "+e.Status] = k
+	}
+	bad := 0
+	for i := 0; i < n; i++ {
+		for _, st := range []string{StatusSent, StatusDelivered, StatusRead} {
+			if pos[fmt.Sprintf("%d-0 %s", i, st)] > pos[fmt.Sprintf("%d-1 %s", i, st)] {
+				bad++
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d statuses came before the same status of the recipient's earlier message", bad, 3*n)
+	}
+}

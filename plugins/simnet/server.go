@@ -3,6 +3,7 @@ package simnet
 import (
 	"bufio"
 	"bytes"
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -88,6 +89,12 @@ type Server struct {
 	// to their recipient's shard under it (see routeLocked).
 	layout        int
 	layoutVersion int64
+	// statuses are the sent, delivered and read statuses scheduled and
+	// not emitted yet (see emitStatusesLocked).
+	statuses      statusHeap
+	nextStatus    uint64
+	statusRunning bool
+	statusWake    chan struct{}
 }
 
 // shardState is what the network knows about one shard.
@@ -179,15 +186,16 @@ func NewServer(cfg Config) *Server {
 	}
 	now := time.Now()
 	return &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		base:     now,
-		baseUnix: now.UnixNano(),
-		stream:   newStream(),
-		done:     make(chan struct{}),
-		conns:    map[*conn]struct{}{},
-		shards:   map[int]*shardState{},
-		seen:     map[string]struct{}{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		base:       now,
+		baseUnix:   now.UnixNano(),
+		stream:     newStream(),
+		done:       make(chan struct{}),
+		statusWake: make(chan struct{}, 1),
+		conns:      map[*conn]struct{}{},
+		shards:     map[int]*shardState{},
+		seen:       map[string]struct{}{},
 
 		unreachable:   map[string]struct{}{},
 		registrations: map[string]*Registration{},
@@ -544,39 +552,103 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 				ok = append(ok, m)
 			}
 		}
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.emitStatuses(shard, ok, failed) }()
+		s.emitStatusesLocked(shard, ok, failed, arrival)
 	}
 }
 
-// emitStatuses emits sent, delivered and read for msgs, in that order, and
-// failed for the messages whose recipient is unreachable.
-func (s *Server) emitStatuses(shard int, msgs, failed []Message) {
-	if len(failed) > 0 {
-		s.mu.Lock()
-		ts := time.Now().Unix()
-		for _, m := range failed {
-			s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts})
-		}
-		s.mu.Unlock()
+// emitStatusesLocked emits failed at once for the messages whose recipient
+// is unreachable, and schedules sent, delivered and read for msgs, each
+// StatusDelay after the previous, counted from arrival (server ns).
+//
+// One goroutine emits every scheduled status in (due time, scheduling)
+// order, so a recipient's statuses follow the order its messages reached
+// the network even when two connections send them microseconds apart (a
+// re-shard: the old shard's batch in flight, the new shard's next
+// message). A timer goroutine per send, as before, let Go's timers fire
+// them in either order.
+func (s *Server) emitStatusesLocked(shard int, msgs, failed []Message, arrival int64) {
+	ts := time.Now().Unix()
+	for _, m := range failed {
+		s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts})
 	}
 	if len(msgs) == 0 {
 		return
 	}
-	for _, st := range []string{StatusSent, StatusDelivered, StatusRead} {
-		if s.cfg.StatusDelay > 0 {
-			select {
-			case <-time.After(s.cfg.StatusDelay):
-			case <-s.done:
-				return
+	for k, st := range []string{StatusSent, StatusDelivered, StatusRead} {
+		if s.cfg.StatusDelay <= 0 {
+			for _, m := range msgs {
+				s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: st, Recipient: m.To, Timestamp: ts})
+			}
+			continue
+		}
+		s.nextStatus++
+		heap.Push(&s.statuses, statusDue{at: arrival + int64(k+1)*int64(s.cfg.StatusDelay), n: s.nextStatus, shard: shard, msgs: msgs, status: st})
+	}
+	if s.cfg.StatusDelay <= 0 {
+		return
+	}
+	if !s.statusRunning {
+		s.statusRunning = true
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.runStatuses() }()
+	}
+	select {
+	case s.statusWake <- struct{}{}:
+	default:
+	}
+}
+
+// statusDue is one status of a send's messages, due at at (server ns).
+type statusDue struct {
+	at     int64
+	n      uint64 // scheduling order, for equal times
+	shard  int
+	msgs   []Message
+	status string
+}
+
+// statusHeap orders scheduled statuses by due time, then scheduling order.
+type statusHeap []statusDue
+
+func (h statusHeap) Len() int { return len(h) }
+func (h statusHeap) Less(i, j int) bool {
+	return h[i].at < h[j].at || (h[i].at == h[j].at && h[i].n < h[j].n)
+}
+func (h statusHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *statusHeap) Push(x any)   { *h = append(*h, x.(statusDue)) }
+func (h *statusHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// runStatuses emits scheduled statuses as they fall due, until Close.
+func (s *Server) runStatuses() {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		now := s.now()
+		for len(s.statuses) > 0 && s.statuses[0].at <= now {
+			d := heap.Pop(&s.statuses).(statusDue)
+			ts := time.Now().Unix()
+			for _, m := range d.msgs {
+				s.emitLocked(d.shard, Event{Kind: KindStatus, MessageID: m.ID, Status: d.status, Recipient: m.To, Timestamp: ts})
 			}
 		}
-		s.mu.Lock()
-		ts := time.Now().Unix()
-		for _, m := range msgs {
-			s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: st, Recipient: m.To, Timestamp: ts})
+		wait := time.Hour
+		if len(s.statuses) > 0 {
+			wait = time.Duration(s.statuses[0].at - now)
 		}
 		s.mu.Unlock()
+		t.Reset(wait)
+		select {
+		case <-s.done:
+			return
+		case <-s.statusWake:
+		case <-t.C:
+		}
 	}
 }
 
