@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
@@ -51,6 +54,8 @@ type callbackWriter struct {
 	c       *Coreapp
 	in      chan *callback
 	cursors map[int]*ackCursor // by shard; only the run goroutine uses them
+	// noNowait: the server has no FOR UPDATE NOWAIT (MySQL 5.7).
+	noNowait atomic.Bool
 }
 
 func newCallbackWriter(c *Coreapp) *callbackWriter {
@@ -324,15 +329,25 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 // share-lock it) and holds new ones back until commit, so this row's seq
 // is committed before any larger seq of that shard. Otherwise its
 // dispatcher, which loads only past the last seq it loaded, could pass
-// over it. Such rows are rare (a re-shard's stragglers), so the brief
-// cluster-wide wait is too.
+// over it. Such rows are rare (a re-shard's stragglers). The lock is asked
+// for with NOWAIT and tried again every foreignRetry while busy: a request
+// queued for it would hold every accept behind it, for as long as a frozen
+// holder of the share lock stays frozen.
 func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 	err := w.storeTx(ctx, cbs, false)
-	if errors.Is(err, errForeign) {
+	for try := 1; errors.Is(err, errForeign) || (try > 1 && database.LockBusy(err)); try++ {
+		if try > foreignTries || (try > 1 && !sleep(ctx, foreignRetry)) {
+			return err
+		}
 		err = w.storeTx(ctx, cbs, true)
 	}
 	return err
 }
+
+const (
+	foreignRetry = 20 * time.Millisecond
+	foreignTries = 50 // then the writer's own retry, after callbackRetry
+)
 
 // errForeign: the batch holds callbacks of another shard; storeTx must run
 // again with the cluster row locked for update.
@@ -351,7 +366,17 @@ func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive
 	}
 	defer tx.Rollback()
 	if exclusive {
-		if _, err := tx.ExecContext(qctx, `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`); err != nil {
+		q := `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`
+		if !w.noNowait.Load() {
+			q += ` NOWAIT`
+		}
+		if _, err := tx.ExecContext(qctx, q); err != nil {
+			var me *mysql.MySQLError
+			if errors.As(err, &me) && me.Number == 1064 && !w.noNowait.Swap(true) {
+				// MySQL 5.7 has no NOWAIT: wait (up to the session's
+				// innodb_lock_wait_timeout) instead.
+				w.c.log.Warn("the server does not know FOR UPDATE NOWAIT (MySQL 5.7): callbacks stored for another shard wait for the cluster row")
+			}
 			return fmt.Errorf("lock the cluster row: %w", err)
 		}
 	}
