@@ -7,16 +7,21 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
-// Callback kinds: a message status, or an inbound message.
+// Callback kinds: a message status, or an inbound message; kindMoved
+// marks an event the network moved to another shard, never stored.
 const (
 	kindStatus  = "status"
 	kindInbound = "inbound"
+	kindMoved   = "moved"
 )
 
 // callback is one webhook notification, before or after it is stored.
@@ -49,6 +54,8 @@ type callbackWriter struct {
 	c       *Coreapp
 	in      chan *callback
 	cursors map[int]*ackCursor // by shard; only the run goroutine uses them
+	// noNowait: the server has no FOR UPDATE NOWAIT (MySQL 5.7).
+	noNowait atomic.Bool
 }
 
 func newCallbackWriter(c *Coreapp) *callbackWriter {
@@ -149,6 +156,10 @@ func fromEvent(e transport.Event) (*callback, error) {
 			"contact": map[string]any{"profile": map[string]any{"name": name}, "wa_id": cb.recipient},
 			"message": msg,
 		})
+	case transport.EventMoved:
+		// The place of an event the network moved to another shard:
+		// nothing to store, acknowledged with the rest.
+		cb.kind = kindMoved
 	default:
 		return nil, fmt.Errorf("unknown event kind %q", e.Kind)
 	}
@@ -207,6 +218,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 		switch {
 		case s.Webhooks.URL == "":
 			// No webhook: there is nobody to tell, as in the original.
+		case cb.kind == kindMoved:
 		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
 		default:
 			keep = append(keep, cb)
@@ -301,7 +313,47 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 // store inserts callbacks under the shard claim: after a failover only the
 // new holder adds callbacks, so the dispatcher never sees one appear
 // behind a later one it already delivered.
+//
+// Each callback goes to its recipient's shard under the shard count this
+// transaction reads (with the cluster row, share-locked by the fence), not
+// to the shard whose connection brought it. They differ only for events
+// the network pushed to this shard before it learned of a re-shard that
+// moved their recipient away: stored here, they would be delivered by this
+// shard's dispatcher, in no order against the recipient's newer callbacks,
+// which the network now sends to the new shard (README, "Changing the
+// shard count online"). Stored there, the recipient's shard delivers them
+// in its seq order.
+//
+// A row for another shard is written under the cluster row locked FOR
+// UPDATE: that waits for every other callback or accept transaction (they
+// share-lock it) and holds new ones back until commit, so this row's seq
+// is committed before any larger seq of that shard. Otherwise its
+// dispatcher, which loads only past the last seq it loaded, could pass
+// over it. Such rows are rare (a re-shard's stragglers). The lock is asked
+// for with NOWAIT and tried again every foreignRetry while busy: a request
+// queued for it would hold every accept behind it, for as long as a frozen
+// holder of the share lock stays frozen.
 func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
+	err := w.storeTx(ctx, cbs, false)
+	for try := 1; errors.Is(err, errForeign) || (try > 1 && database.LockBusy(err)); try++ {
+		if try > foreignTries || (try > 1 && !sleep(ctx, foreignRetry)) {
+			return err
+		}
+		err = w.storeTx(ctx, cbs, true)
+	}
+	return err
+}
+
+const (
+	foreignRetry = 20 * time.Millisecond
+	foreignTries = 50 // then the writer's own retry, after callbackRetry
+)
+
+// errForeign: the batch holds callbacks of another shard; storeTx must run
+// again with the cluster row locked for update.
+var errForeign = errors.New("callbacks for another shard")
+
+func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive bool) error {
 	st := w.c.holder.status()
 	if !st.Primary {
 		return errFenced
@@ -313,7 +365,23 @@ func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := w.c.fence(qctx, tx, st); err != nil {
+	if exclusive {
+		q := `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`
+		if !w.noNowait.Load() {
+			q += ` NOWAIT`
+		}
+		if _, err := tx.ExecContext(qctx, q); err != nil {
+			var me *mysql.MySQLError
+			if errors.As(err, &me) && me.Number == 1064 && !w.noNowait.Swap(true) {
+				// MySQL 5.7 has no NOWAIT: wait (up to the session's
+				// innodb_lock_wait_timeout) instead.
+				w.c.log.Warn("the server does not know FOR UPDATE NOWAIT (MySQL 5.7): callbacks stored for another shard wait for the cluster row")
+			}
+			return fmt.Errorf("lock the cluster row: %w", err)
+		}
+	}
+	shards, err := w.c.fence(qctx, tx, st)
+	if err != nil {
 		return err
 	}
 	var sb strings.Builder
@@ -328,15 +396,29 @@ func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
 		if cb.shard != st.Shard {
 			continue // an event of a shard we held before; its holder gets it again
 		}
-		if n > 0 {
-			sb.WriteByte(',')
+		to := st.Shard
+		if s, err := shard.For(cb.recipient, shards); err == nil {
+			to = s
 		}
-		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
 		var ns any
 		if cb.netSeq != 0 {
 			ns = cb.netSeq
 		}
-		args = append(args, cb.shard, cb.stream, ns, cb.recipient, cb.kind, cb.payload)
+		if to != st.Shard {
+			if !exclusive {
+				return errForeign
+			}
+			// Its number is this shard's stream's, not the other
+			// shard's: kept, it could collide with one of that shard's
+			// own events there. Without it a copy pushed again is stored
+			// again (delivered at least once).
+			ns = nil
+		}
+		if n > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(`(?,?,?,?,?,?,NOW(6))`)
+		args = append(args, to, cb.stream, ns, cb.recipient, cb.kind, cb.payload)
 		n++
 	}
 	if n == 0 {

@@ -294,7 +294,7 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
 			}
 			ectx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			if err := t.Extend(ectx, uint64(c.epoch), c.valid.Until()); err != nil {
+			if err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout()); err != nil {
 				h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
 				h.setConnected(c, false, 0)
 			}
@@ -334,7 +334,8 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
-		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline})
+		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline,
+			Layout: h.layout()})
 		if err != nil {
 			h.c.log.Warn("transport connect failed", "shard", c.shard, "epoch", c.epoch, "err", err)
 			h.setConnected(c, false, 0)
@@ -344,6 +345,13 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim) {
 		h.c.metrics.connects.Inc()
 		h.c.log.Info("connected to the network", "shard", c.shard, "epoch", c.epoch)
 	})
+}
+
+// layout is the shard count to tell the network (transport.Layout): as the
+// settings poll last read it, within its 200 ms.
+func (h *holder) layout() transport.Layout {
+	n, v := h.c.settings.Layout()
+	return transport.Layout{Shards: n, Version: v}
 }
 
 func (h *holder) setConnected(c *claim, v bool, gen uint64) {

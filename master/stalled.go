@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/multiconnect/multiconnect/internal/database"
 )
 
 // stalledAfter is how long a transaction may leave the server idle, its
@@ -46,12 +47,9 @@ func (m *Master) noNowait(err error) bool {
 	return true
 }
 
-// lockBusy reports whether err is a row lock that could not be had: NOWAIT
-// (MySQL 3572; MariaDB reports NOWAIT as 1205) or innodb_lock_wait_timeout.
-func lockBusy(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 3572)
-}
+// lockBusy reports whether err is a row lock that could not be had (see
+// database.LockBusy).
+func lockBusy(err error) bool { return database.LockBusy(err) }
 
 // killStalled ends the connections whose transaction holds locks in our
 // database and whose client has been silent for stalledAfter, and returns

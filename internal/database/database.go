@@ -185,6 +185,13 @@ func (c Config) lockWaitSeconds() int {
 	return int((d + time.Second - 1) / time.Second)
 }
 
+// LockBusy reports whether err is a row lock that could not be had: NOWAIT
+// (MariaDB answers it 1205, MySQL 3572) or a lock wait that timed out.
+func LockBusy(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 3572)
+}
+
 // Transient reports whether err may pass by itself (server down or
 // restarting, connection reset), as opposed to a refused login or bad SQL.
 func Transient(err error) bool {

@@ -281,9 +281,13 @@ type Cache struct {
 	log      *slog.Logger
 	cur      atomic.Pointer[Application]
 	version  atomic.Int64
-	mu       sync.Mutex
-	onChange []func(Application)
-	changed  chan struct{} // closed and replaced on every change
+	// shards and mapVersion are the cluster's shard count and shard map
+	// version as last read (each poll reads them anyway).
+	shards     atomic.Int64
+	mapVersion atomic.Int64
+	mu         sync.Mutex
+	onChange   []func(Application)
+	changed    chan struct{} // closed and replaced on every change
 }
 
 // NewCache makes a cache polling every interval (200ms when zero), starting from defaults.
@@ -295,6 +299,12 @@ func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 	d := Defaults()
 	c.cur.Store(&d)
 	return c
+}
+
+// Layout returns the cluster's shard count and the shard map version it
+// was read at, as of the last poll (0, 0 before the first).
+func (c *Cache) Layout() (shards int, mapVersion int64) {
+	return int(c.shards.Load()), c.mapVersion.Load()
 }
 
 // Get returns the current settings.
@@ -320,6 +330,10 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	st, err := cluster.ReadState(ctx, c.db)
 	if err != nil {
 		return err
+	}
+	if st.MapVersion >= c.mapVersion.Load() {
+		c.shards.Store(int64(st.Shards))
+		c.mapVersion.Store(st.MapVersion)
 	}
 	if st.SettingsVersion == c.version.Load() {
 		return nil

@@ -169,7 +169,13 @@ func (c *Conn) Hello(ctx context.Context) (time.Duration, error) {
 // Connect attaches this connection to shard at epoch for node. A refusal
 // is a *RefusedError.
 func (c *Conn) Connect(ctx context.Context, shard int, epoch uint64, node string) (connID int64, err error) {
-	r, err := c.request(ctx, Frame{Op: OpConnect, Shard: shard, Epoch: epoch, Node: node})
+	return c.ConnectLayout(ctx, shard, epoch, node, transport.Layout{})
+}
+
+// ConnectLayout is Connect telling the network the cluster's shard count
+// too (see transport.Layout).
+func (c *Conn) ConnectLayout(ctx context.Context, shard int, epoch uint64, node string, l transport.Layout) (connID int64, err error) {
+	r, err := c.request(ctx, Frame{Op: OpConnect, Shard: shard, Epoch: epoch, Node: node, Shards: l.Shards, MapVersion: l.Version})
 	if err != nil {
 		return 0, err
 	}
@@ -184,7 +190,12 @@ func (c *Conn) Connect(ctx context.Context, shard int, epoch uint64, node string
 
 // Ping tells the network the connection is alive; it does not wait for
 // the pong.
-func (c *Conn) Ping() error { return c.write(Frame{Op: OpPing, Seq: c.seq.Add(1)}) }
+func (c *Conn) Ping() error { return c.PingLayout(transport.Layout{}) }
+
+// PingLayout is Ping telling the network the cluster's shard count too.
+func (c *Conn) PingLayout(l transport.Layout) error {
+	return c.write(Frame{Op: OpPing, Seq: c.seq.Add(1), Shards: l.Shards, MapVersion: l.Version})
+}
 
 // Silence is how long the network has sent nothing on this connection.
 // Every ping is answered, so a silence well past the keepalive means the

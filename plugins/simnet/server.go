@@ -3,6 +3,7 @@ package simnet
 import (
 	"bufio"
 	"bytes"
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	mcshard "github.com/multiconnect/multiconnect/internal/shard"
 )
 
 // Reasons an interval ended (Interval.EndReason).
@@ -81,6 +84,17 @@ type Server struct {
 	// registrations is every number a code was requested for, by regKey.
 	registrations map[string]*Registration
 	nextReg       int64
+	// layout is the newest shard count the coreapps told (connect and
+	// ping frames), by shard map version; zero until one does. Events go
+	// to their recipient's shard under it (see routeLocked).
+	layout        int
+	layoutVersion int64
+	// statuses are the sent, delivered and read statuses scheduled and
+	// not emitted yet (see emitStatusesLocked).
+	statuses      statusHeap
+	nextStatus    uint64
+	statusRunning bool
+	statusWake    chan struct{}
 }
 
 // shardState is what the network knows about one shard.
@@ -95,17 +109,6 @@ type shardState struct {
 	nextEvent uint64
 	pushedTo  uint64 // highest Seq pushed to the open connection
 	acked     uint64 // highest Seq acknowledged
-	// statuses waits to be emitted, one queue per status stage (failed
-	// and sent, delivered, read), each in due order; statusWake wakes the
-	// shard's status goroutine when a batch is queued.
-	statuses   [3][]dueStatus
-	statusWake chan struct{}
-}
-
-// dueStatus is a status to emit at due.
-type dueStatus struct {
-	due time.Time
-	e   Event
 }
 
 // pushWindow bounds the events pushed to a connection and not yet
@@ -183,15 +186,16 @@ func NewServer(cfg Config) *Server {
 	}
 	now := time.Now()
 	return &Server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		base:     now,
-		baseUnix: now.UnixNano(),
-		stream:   newStream(),
-		done:     make(chan struct{}),
-		conns:    map[*conn]struct{}{},
-		shards:   map[int]*shardState{},
-		seen:     map[string]struct{}{},
+		cfg:        cfg,
+		log:        cfg.Logger,
+		base:       now,
+		baseUnix:   now.UnixNano(),
+		stream:     newStream(),
+		done:       make(chan struct{}),
+		statusWake: make(chan struct{}, 1),
+		conns:      map[*conn]struct{}{},
+		shards:     map[int]*shardState{},
+		seen:       map[string]struct{}{},
 
 		unreachable:   map[string]struct{}{},
 		registrations: map[string]*Registration{},
@@ -391,6 +395,9 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 	case OpHello:
 		c.out.push(Frame{Op: OpHello, Seq: f.Seq, KeepaliveMS: s.cfg.Keepalive.Milliseconds()})
 	case OpPing:
+		if c.iv != nil {
+			s.learnLayoutLocked(f.Shards, f.MapVersion)
+		}
 		c.out.push(Frame{Op: OpPong, Seq: f.Seq})
 	case OpConnect:
 		s.connectLocked(c, f)
@@ -438,6 +445,9 @@ func (s *Server) connectLocked(c *conn, f Frame) {
 		refuse(fmt.Sprintf("invalid shard %d", f.Shard))
 		return
 	}
+	// The layout first: events it moves to this shard are pushed to the
+	// new connection below.
+	s.learnLayoutLocked(f.Shards, f.MapVersion)
 	sh := s.shard(f.Shard)
 	now := s.now()
 	// An open connection that has been silent past the keepalive is
@@ -542,71 +552,102 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 				ok = append(ok, m)
 			}
 		}
-		s.queueStatusesLocked(shard, ok, failed)
+		s.emitStatusesLocked(shard, ok, failed, arrival)
 	}
 }
 
-// queueStatusesLocked schedules failed for the messages whose recipient is
-// unreachable (at once), and sent, delivered and read for the others, each
-// StatusDelay after the one before. One goroutine per shard emits them, the
-// earliest due first and, among equal times, in the order their batches
-// arrived, so each status of a recipient's messages follows the same status
-// of its earlier messages, as a real network's would.
-func (s *Server) queueStatusesLocked(shard int, msgs, failed []Message) {
-	sh := s.shard(shard)
-	now := time.Now()
-	ts := now.Unix()
+// emitStatusesLocked emits failed at once for the messages whose recipient
+// is unreachable, and schedules sent, delivered and read for msgs, each
+// StatusDelay after the previous, counted from arrival (server ns).
+//
+// One goroutine emits every scheduled status in (due time, scheduling)
+// order, so a recipient's statuses follow the order its messages reached
+// the network even when two connections send them microseconds apart (a
+// re-shard: the old shard's batch in flight, the new shard's next
+// message). A timer goroutine per send, as before, let Go's timers fire
+// them in either order.
+func (s *Server) emitStatusesLocked(shard int, msgs, failed []Message, arrival int64) {
+	ts := time.Now().Unix()
 	for _, m := range failed {
-		sh.statuses[0] = append(sh.statuses[0], dueStatus{now, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts}})
+		s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts})
+	}
+	if len(msgs) == 0 {
+		return
 	}
 	for k, st := range []string{StatusSent, StatusDelivered, StatusRead} {
-		due := now.Add(time.Duration(k+1) * s.cfg.StatusDelay)
-		for _, m := range msgs {
-			sh.statuses[k] = append(sh.statuses[k], dueStatus{due, Event{Kind: KindStatus, MessageID: m.ID, Status: st, Recipient: m.To}})
+		if s.cfg.StatusDelay <= 0 {
+			for _, m := range msgs {
+				s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: st, Recipient: m.To, Timestamp: ts})
+			}
+			continue
 		}
+		s.nextStatus++
+		heap.Push(&s.statuses, statusDue{at: arrival + int64(k+1)*int64(s.cfg.StatusDelay), n: s.nextStatus, shard: shard, msgs: msgs, status: st})
 	}
-	if sh.statusWake == nil {
-		sh.statusWake = make(chan struct{}, 1)
+	if s.cfg.StatusDelay <= 0 {
+		return
+	}
+	if !s.statusRunning {
+		s.statusRunning = true
 		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.emitStatuses(shard, sh) }()
+		go func() { defer s.wg.Done(); s.runStatuses() }()
 	}
 	select {
-	case sh.statusWake <- struct{}{}:
+	case s.statusWake <- struct{}{}:
 	default:
 	}
 }
 
-// emitStatuses is the shard's status goroutine.
-func (s *Server) emitStatuses(shard int, sh *shardState) {
+// statusDue is one status of a send's messages, due at at (server ns).
+type statusDue struct {
+	at     int64
+	n      uint64 // scheduling order, for equal times
+	shard  int
+	msgs   []Message
+	status string
+}
+
+// statusHeap orders scheduled statuses by due time, then scheduling order.
+type statusHeap []statusDue
+
+func (h statusHeap) Len() int { return len(h) }
+func (h statusHeap) Less(i, j int) bool {
+	return h[i].at < h[j].at || (h[i].at == h[j].at && h[i].n < h[j].n)
+}
+func (h statusHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *statusHeap) Push(x any)   { *h = append(*h, x.(statusDue)) }
+func (h *statusHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// runStatuses emits scheduled statuses as they fall due, until Close.
+func (s *Server) runStatuses() {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
 	for {
 		s.mu.Lock()
-		next := -1
-		for k := range sh.statuses {
-			if len(sh.statuses[k]) > 0 && (next < 0 || sh.statuses[k][0].due.Before(sh.statuses[next][0].due)) {
-				next = k
+		now := s.now()
+		for len(s.statuses) > 0 && s.statuses[0].at <= now {
+			d := heap.Pop(&s.statuses).(statusDue)
+			ts := time.Now().Unix()
+			for _, m := range d.msgs {
+				s.emitLocked(d.shard, Event{Kind: KindStatus, MessageID: m.ID, Status: d.status, Recipient: m.To, Timestamp: ts})
 			}
 		}
-		var wait <-chan time.Time
-		if next >= 0 {
-			d := sh.statuses[next][0]
-			if left := time.Until(d.due); left > 0 {
-				wait = time.After(left)
-			} else {
-				sh.statuses[next] = sh.statuses[next][1:]
-				if d.e.Timestamp == 0 {
-					d.e.Timestamp = time.Now().Unix()
-				}
-				s.emitLocked(shard, d.e)
-				s.mu.Unlock()
-				continue
-			}
+		wait := time.Hour
+		if len(s.statuses) > 0 {
+			wait = time.Duration(s.statuses[0].at - now)
 		}
 		s.mu.Unlock()
+		t.Reset(wait)
 		select {
 		case <-s.done:
 			return
-		case <-sh.statusWake:
-		case <-wait:
+		case <-s.statusWake:
+		case <-t.C:
 		}
 	}
 }
@@ -616,8 +657,100 @@ func (s *Server) emitStatuses(shard int, sh *shardState) {
 const maxUnacked = 1 << 20
 
 // emitLocked numbers e, keeps it until acknowledged and pushes it to the
-// shard's open connection, if any. It reports whether one was open.
+// open connection of its shard (see routeLocked), if any. It reports
+// whether one was open.
 func (s *Server) emitLocked(shard int, e Event) bool {
+	shard = s.routeLocked(shard, e.Recipient)
+	return s.appendLocked(shard, e)
+}
+
+// routeLocked is the shard an event about recipient goes to: its shard
+// under the newest layout the coreapps told, so all of a recipient's
+// events are in one shard's stream at any time, in the order they
+// happened. Without a layout (or for a number with no digits), the shard
+// the caller named: the sender's connection, or the one an inbound
+// message was injected for.
+func (s *Server) routeLocked(shard int, recipient string) int {
+	if s.layout == 0 {
+		return shard
+	}
+	if to, err := mcshard.For(recipient, s.layout); err == nil {
+		return to
+	}
+	return shard
+}
+
+// learnLayoutLocked takes a layout a coreapp told, if it is newer than the
+// one the network has. A changed count moves every event still held
+// (unacknowledged, pushed or not) whose recipient now belongs to another
+// shard to that shard's stream, in order, behind what it holds: the
+// events of a removed shard reach the shard that now serves their
+// recipients, and a recipient's older events stay ahead of its newer
+// ones, which go to the new shard from now on. An event moved away from a
+// connection that was already given it may still be stored by that
+// coreapp: it is then delivered twice, the moved copy in order.
+func (s *Server) learnLayoutLocked(shards int, version int64) {
+	if !mcshard.ValidCount(shards) || version <= s.layoutVersion {
+		return
+	}
+	old := s.layout
+	s.layout, s.layoutVersion = shards, version
+	if shards == old {
+		return
+	}
+	ids := make([]int, 0, len(s.shards))
+	for id := range s.shards {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	moves := map[int][]Event{}
+	moved := 0
+	for _, id := range ids {
+		sh := s.shards[id]
+		keep := sh.unacked[:0:0]
+		for _, e := range sh.unacked {
+			if e.Kind == KindMoved {
+				if id < shards {
+					keep = append(keep, e) // a place held already
+				}
+				continue
+			}
+			to := s.routeLocked(id, e.Recipient)
+			if to == id {
+				keep = append(keep, e)
+				continue
+			}
+			moves[to] = append(moves[to], e)
+			moved++
+			if id < shards {
+				// A shard that stays keeps the event's place: a
+				// connection expects its shard's numbers without gaps
+				// (a gap stops its acknowledgements).
+				keep = append(keep, Event{Kind: KindMoved, MessageID: e.MessageID, Recipient: e.Recipient,
+					Timestamp: e.Timestamp, Shard: e.Shard, Seq: e.Seq})
+			}
+		}
+		// A removed shard's events all move; its stream is left empty.
+		sh.unacked = keep
+	}
+	s.log.Info("shard count changed", "shards", shards, "map_version", version, "from", old, "events_moved", moved)
+	for _, to := range ids {
+		for _, e := range moves[to] {
+			s.appendLocked(to, e)
+		}
+		delete(moves, to)
+	}
+	for to, es := range moves { // shards the network had not seen yet
+		for _, e := range es {
+			s.appendLocked(to, e)
+		}
+	}
+}
+
+// appendLocked numbers e in shard's stream, keeps it until acknowledged
+// and pushes it to the shard's open connection, if any. It reports whether
+// one was open.
+func (s *Server) appendLocked(shard int, e Event) bool {
 	sh := s.shard(shard)
 	sh.nextEvent++
 	e.Shard, e.Seq = shard, sh.nextEvent
@@ -848,9 +981,18 @@ type Inbound struct {
 	Payload   json.RawMessage `json:"payload,omitempty"`
 }
 
+// Layout is the shard count the network routes events by and the shard map
+// version it was told at (0, 0 until a coreapp told one).
+func (s *Server) Layout() (shards int, version int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.layout, s.layoutVersion
+}
+
 // Inject pushes in to its shard's connection as an inbound event, or keeps
-// it until the shard connects. It returns the event's message ID and
-// whether a connection was open.
+// it until the shard connects. Its shard is the recipient's under the
+// layout the network was told (see routeLocked), else in.Shard. It
+// returns the event's message ID and whether a connection was open.
 func (s *Server) Inject(in Inbound) (id string, delivered bool, err error) {
 	if in.Shard < 0 {
 		return "", false, fmt.Errorf("invalid shard %d", in.Shard)

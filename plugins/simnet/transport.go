@@ -31,6 +31,18 @@ type Transport struct {
 	mu      sync.Mutex
 	sess    *session
 	lastErr string
+	// layout is the newest shard count the coreapp told (Connect,
+	// Extend); every ping passes it on to the network.
+	layout transport.Layout
+}
+
+// learnLayoutLocked keeps l if it is newer; it reports whether it was.
+func (t *Transport) learnLayoutLocked(l transport.Layout) bool {
+	if l.Shards <= 0 || l.Version <= t.layout.Version {
+		return false
+	}
+	t.layout = l
+	return true
 }
 
 // session is one attached connection. deadline and ended are guarded by
@@ -83,6 +95,8 @@ func (t *Transport) Connect(ctx context.Context, req transport.ConnectRequest) e
 	defer t.connMu.Unlock()
 
 	t.mu.Lock()
+	t.learnLayoutLocked(req.Layout)
+	req.Layout = t.layout
 	cur := t.sess
 	if cur != nil && transport.Until(cur.deadline) <= 0 {
 		// Past its deadline but the timer has not run yet: it is over.
@@ -141,7 +155,7 @@ func (t *Transport) dial(ctx context.Context, req transport.ConnectRequest) (*se
 		c.Abort()
 		return nil, err
 	}
-	id, err := c.Connect(ctx, req.Shard, req.Epoch, req.Node)
+	id, err := c.ConnectLayout(ctx, req.Shard, req.Epoch, req.Node, req.Layout)
 	if err != nil {
 		c.Abort()
 		return nil, err
@@ -199,7 +213,7 @@ func (t *Transport) keepAlive(s *session) {
 		case <-tick.C:
 		}
 		t.mu.Lock()
-		ended, deadline := s.ended, s.deadline
+		ended, deadline, layout := s.ended, s.deadline, t.layout
 		t.mu.Unlock()
 		if ended || transport.Until(deadline) <= 0 {
 			return // the deadline timer closes the connection
@@ -212,7 +226,7 @@ func (t *Transport) keepAlive(s *session) {
 			s.conn.fail(fmt.Errorf("no answer from the network for %v (keepalive %v)", quiet.Round(time.Millisecond), s.keepalive))
 			return
 		}
-		if err := s.conn.Ping(); err != nil && !errors.Is(err, transport.ErrDeadlinePassed) {
+		if err := s.conn.PingLayout(layout); err != nil && !errors.Is(err, transport.ErrDeadlinePassed) {
 			return // the connection failed; watch records why
 		}
 	}
@@ -245,9 +259,14 @@ func (t *Transport) closeSession(ctx context.Context, s *session, reason string)
 }
 
 // Extend implements transport.Transport.
-func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64) error {
+func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64, layout transport.Layout) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.learnLayoutLocked(layout) && t.sess != nil && !t.sess.ended {
+		// A new count: tell the network now rather than at the next
+		// keepalive ping (write does not wait for an answer).
+		go t.sess.conn.PingLayout(layout)
+	}
 	s := t.sess
 	if s == nil {
 		if t.lastErr != "" {

@@ -7,8 +7,9 @@ import (
 
 // ProtocolVersion is the version of the wire protocol and of the network's
 // behaviour, reported by Transport.Info.
-// (2: registration codes; 3: event streams and the push window).
-const ProtocolVersion = "3"
+// (2: registration codes; 3: event streams and the push window; 4: events
+// routed by the shard count the coreapps tell, transport.Layout).
+const ProtocolVersion = "4"
 
 // Frame operations. Requests carry a Seq that the reply echoes; frames the
 // network pushes on its own (event, and closed when it ends a connection)
@@ -64,6 +65,10 @@ type Frame struct {
 	Epoch  uint64 `json:"epoch,omitempty"`   // connect, connected
 	Node   string `json:"node,omitempty"`    // connect
 	ConnID int64  `json:"conn_id,omitempty"` // connected
+	// The cluster's shard count and the shard map version it was read at
+	// (transport.Layout): connect, ping.
+	Shards     int   `json:"shards,omitempty"`
+	MapVersion int64 `json:"map_version,omitempty"`
 
 	Reason string `json:"reason,omitempty"` // refused, closed, error
 
@@ -124,6 +129,7 @@ type Result struct {
 const (
 	KindStatus  = "status"
 	KindInbound = "inbound"
+	KindMoved   = "moved" // the place of an event moved to another shard
 
 	StatusSent      = "sent"
 	StatusDelivered = "delivered"

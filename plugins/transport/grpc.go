@@ -25,9 +25,12 @@ const PluginName = "transport"
 // cookie, and a host refuses a plugin speaking another protocol version;
 // bump ProtocolVersion on any incompatible change to transport.proto
 // (2: event sequence numbers, Ack and CheckContacts; 3: RequestCode and
-// VerifyCode; 4: event streams and connections, Ack per connection).
+// VerifyCode; 4: event streams and connections, Ack per connection; 5:
+// the shard count (Layout) in Connect and Extend: the fields are
+// compatible on the wire, but a plugin that drops them would strand a
+// re-shard's events again, so an old one is refused).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  4,
+	ProtocolVersion:  5,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
@@ -141,13 +144,15 @@ func (c *GRPCClient) Info(ctx context.Context) (Info, error) {
 func (c *GRPCClient) Connect(ctx context.Context, req ConnectRequest) error {
 	_, err := c.client.Connect(ctx, &pb.ConnectRequest{
 		Shard: int64(req.Shard), Epoch: req.Epoch, Node: req.Node, Deadline: req.Deadline,
+		Shards: int64(req.Layout.Shards), MapVersion: req.Layout.Version,
 	})
 	return fromStatus("connect", err)
 }
 
 // Extend implements Transport.
-func (c *GRPCClient) Extend(ctx context.Context, epoch uint64, deadline int64) error {
-	_, err := c.client.Extend(ctx, &pb.ExtendRequest{Epoch: epoch, Deadline: deadline})
+func (c *GRPCClient) Extend(ctx context.Context, epoch uint64, deadline int64, layout Layout) error {
+	_, err := c.client.Extend(ctx, &pb.ExtendRequest{Epoch: epoch, Deadline: deadline,
+		Shards: int64(layout.Shards), MapVersion: layout.Version})
 	return fromStatus("extend", err)
 }
 
@@ -277,7 +282,8 @@ func (s *GRPCServer) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoRespo
 
 // Connect implements pb.TransportServer.
 func (s *GRPCServer) Connect(ctx context.Context, r *pb.ConnectRequest) (*pb.ConnectResponse, error) {
-	err := s.Impl.Connect(ctx, ConnectRequest{Shard: int(r.GetShard()), Epoch: r.GetEpoch(), Node: r.GetNode(), Deadline: r.GetDeadline()})
+	err := s.Impl.Connect(ctx, ConnectRequest{Shard: int(r.GetShard()), Epoch: r.GetEpoch(), Node: r.GetNode(), Deadline: r.GetDeadline(),
+		Layout: Layout{Shards: int(r.GetShards()), Version: r.GetMapVersion()}})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -286,7 +292,7 @@ func (s *GRPCServer) Connect(ctx context.Context, r *pb.ConnectRequest) (*pb.Con
 
 // Extend implements pb.TransportServer.
 func (s *GRPCServer) Extend(ctx context.Context, r *pb.ExtendRequest) (*pb.ExtendResponse, error) {
-	if err := s.Impl.Extend(ctx, r.GetEpoch(), r.GetDeadline()); err != nil {
+	if err := s.Impl.Extend(ctx, r.GetEpoch(), r.GetDeadline(), Layout{Shards: int(r.GetShards()), Version: r.GetMapVersion()}); err != nil {
 		return nil, toStatus(err)
 	}
 	return &pb.ExtendResponse{}, nil

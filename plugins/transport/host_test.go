@@ -163,7 +163,7 @@ func TestPluginLifecycle(t *testing.T) {
 	if !errors.Is(err, transport.ErrDeadlinePassed) {
 		t.Errorf("connect with a past deadline: %v, want ErrDeadlinePassed", err)
 	}
-	if err := tr.Extend(ctx, 7, transport.MonoNow()+int64(time.Second)); !errors.Is(err, transport.ErrNotConnected) {
+	if err := tr.Extend(ctx, 7, transport.MonoNow()+int64(time.Second), transport.Layout{}); !errors.Is(err, transport.ErrNotConnected) {
 		t.Errorf("extend before connect: %v, want ErrNotConnected", err)
 	}
 	if len(srv.Connections()) != 0 {
@@ -194,10 +194,10 @@ func TestPluginLifecycle(t *testing.T) {
 	}
 
 	later := transport.MonoNow() + int64(3*time.Second)
-	if err := tr.Extend(ctx, 7, later); err != nil {
+	if err := tr.Extend(ctx, 7, later, transport.Layout{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.Extend(ctx, 6, later+1); !errors.Is(err, transport.ErrEpochMismatch) {
+	if err := tr.Extend(ctx, 6, later+1, transport.Layout{}); !errors.Is(err, transport.ErrEpochMismatch) {
 		t.Errorf("extend with another epoch: %v, want ErrEpochMismatch", err)
 	}
 	if h, _ := tr.Health(ctx); h.Deadline != later {
@@ -270,6 +270,44 @@ func TestPluginLifecycle(t *testing.T) {
 	}
 }
 
+// The shard count the host passes (transport.Layout) reaches the network
+// through the gRPC plugin: at connect, and on an Extend with a newer map
+// version; a stale one (lower version) does not undo it.
+func TestPluginPassesTheShardCount(t *testing.T) {
+	srv := network(t)
+	p, _ := startPlugin(t)
+	tr := p.Transport()
+	ctx := ctxT(t)
+	deadline := transport.MonoNow() + int64(3*time.Second)
+	if err := tr.Connect(ctx, transport.ConnectRequest{Shard: 1, Epoch: 1, Node: "n1", Deadline: deadline,
+		Layout: transport.Layout{Shards: 4, Version: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, v := srv.Layout(); n != 4 || v != 5 {
+		t.Errorf("after connect the network routes by %d shards (version %d), want 4 (5)", n, v)
+	}
+	for _, l := range []transport.Layout{{Shards: 2, Version: 6}, {Shards: 4, Version: 5}} {
+		if err := tr.Extend(ctx, 1, deadline, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end := time.Now().Add(2 * time.Second)
+	for {
+		n, v := srv.Layout()
+		if n == 2 && v == 6 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("after Extend the network routes by %d shards (version %d), want 2 (6)", n, v)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(3 * keepalive) // pings carry the plugin's layout: still the newest
+	if n, v := srv.Layout(); n != 2 || v != 6 {
+		t.Errorf("a stale layout undid the newer one: %d shards (version %d)", n, v)
+	}
+}
+
 func TestPluginClosesAtDeadline(t *testing.T) {
 	srv := network(t)
 	p, _ := startPlugin(t)
@@ -300,7 +338,7 @@ func TestPluginClosesAtDeadline(t *testing.T) {
 	if h.Connected || !strings.Contains(h.LastError, "deadline") {
 		t.Errorf("health = %+v, want disconnected because of the deadline", h)
 	}
-	if err := tr.Extend(ctx, 1, transport.MonoNow()+int64(time.Second)); !errors.Is(err, transport.ErrNotConnected) {
+	if err := tr.Extend(ctx, 1, transport.MonoNow()+int64(time.Second), transport.Layout{}); !errors.Is(err, transport.ErrNotConnected) {
 		t.Errorf("extend after the deadline: %v, want ErrNotConnected", err)
 	}
 	if _, err := tr.Send(ctx, []transport.Message{{ID: "late"}}); err == nil {

@@ -45,7 +45,9 @@ type Transport interface {
 	// ErrNotConnected when there is no live connection and with
 	// ErrEpochMismatch when the connection is for another epoch, so a
 	// renewal of an old lease can never prolong a newer connection.
-	Extend(ctx context.Context, epoch uint64, deadline int64) error
+	// layout is the cluster's shard count as the coreapp last read it;
+	// the plugin passes a newer one on to the network (see Layout).
+	Extend(ctx context.Context, epoch uint64, deadline int64, layout Layout) error
 
 	// Disconnect closes the current connection, if any. A nil error means
 	// the plugin will not write to the network again for it.
@@ -180,6 +182,26 @@ type ConnectRequest struct {
 	// Deadline is an absolute CLOCK_MONOTONIC time in nanoseconds (see
 	// MonoNow) after which the plugin must be off the network.
 	Deadline int64
+	// Layout is the cluster's shard count as the coreapp read it.
+	Layout Layout
+}
+
+// Layout is the cluster's shard count as of a version of its shard map.
+// The network routes every event (a status, an inbound message) to the
+// shard of its recipient under the newest layout it was told, and when
+// the count changes it moves the events it still holds (unacknowledged,
+// pushed or not) to their recipient's new shard, behind that shard's own,
+// each recipient's in their order. So a removed shard's events are not
+// stranded, and a recipient's events live in one shard's stream at any
+// time, which keeps their order across a change (README, "Changing the
+// shard count online"). Counts are powers of two and a recipient's shard
+// is shard.For, so the network and the cluster agree on it.
+type Layout struct {
+	Shards int // 0: unknown (the network then routes as before)
+	// Version is the shard map version (cluster.map_version) the count
+	// was read at: the network keeps the layout of the highest version,
+	// so a late word from a deposed holder cannot undo a change.
+	Version int64
 }
 
 // Health is the state of a plugin's connection.
@@ -232,6 +254,11 @@ const (
 	EventStatus EventKind = "status"
 	// EventInbound is a message from the network to the coreapp.
 	EventInbound EventKind = "inbound"
+	// EventMoved holds the place, in a shard's numbering, of an event the
+	// network moved to another shard's stream when the shard count
+	// changed (see Layout): it carries nothing to store and is
+	// acknowledged like any other, so the stream has no gap.
+	EventMoved EventKind = "moved"
 )
 
 // Message statuses carried by EventStatus events, in the order a message

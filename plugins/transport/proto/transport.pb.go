@@ -181,7 +181,11 @@ type ConnectRequest struct {
 	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Node  string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	// Absolute CLOCK_MONOTONIC time in nanoseconds.
-	Deadline      int64 `protobuf:"varint,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline int64 `protobuf:"varint,4,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// The cluster's shard count (0: unknown) and the shard map version it
+	// was read at (see Layout in interface.go).
+	Shards        int64 `protobuf:"varint,5,opt,name=shards,proto3" json:"shards,omitempty"`
+	MapVersion    int64 `protobuf:"varint,6,opt,name=map_version,json=mapVersion,proto3" json:"map_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +248,20 @@ func (x *ConnectRequest) GetDeadline() int64 {
 	return 0
 }
 
+func (x *ConnectRequest) GetShards() int64 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+func (x *ConnectRequest) GetMapVersion() int64 {
+	if x != nil {
+		return x.MapVersion
+	}
+	return 0
+}
+
 type ConnectResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -284,7 +302,10 @@ type ExtendRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Epoch uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Absolute CLOCK_MONOTONIC time in nanoseconds.
-	Deadline      int64 `protobuf:"varint,2,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Deadline int64 `protobuf:"varint,2,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// As in ConnectRequest.
+	Shards        int64 `protobuf:"varint,3,opt,name=shards,proto3" json:"shards,omitempty"`
+	MapVersion    int64 `protobuf:"varint,4,opt,name=map_version,json=mapVersion,proto3" json:"map_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -329,6 +350,20 @@ func (x *ExtendRequest) GetEpoch() uint64 {
 func (x *ExtendRequest) GetDeadline() int64 {
 	if x != nil {
 		return x.Deadline
+	}
+	return 0
+}
+
+func (x *ExtendRequest) GetShards() int64 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+func (x *ExtendRequest) GetMapVersion() int64 {
+	if x != nil {
+		return x.MapVersion
 	}
 	return 0
 }
@@ -1418,16 +1453,22 @@ const file_transport_proto_rawDesc = "" +
 	"\fInfoResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x120\n" +
-	"\x14keepalive_timeout_ns\x18\x03 \x01(\x03R\x12keepaliveTimeoutNs\"l\n" +
+	"\x14keepalive_timeout_ns\x18\x03 \x01(\x03R\x12keepaliveTimeoutNs\"\xa5\x01\n" +
 	"\x0eConnectRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\x03R\x05shard\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04node\x18\x03 \x01(\tR\x04node\x12\x1a\n" +
-	"\bdeadline\x18\x04 \x01(\x03R\bdeadline\"\x11\n" +
-	"\x0fConnectResponse\"A\n" +
+	"\bdeadline\x18\x04 \x01(\x03R\bdeadline\x12\x16\n" +
+	"\x06shards\x18\x05 \x01(\x03R\x06shards\x12\x1f\n" +
+	"\vmap_version\x18\x06 \x01(\x03R\n" +
+	"mapVersion\"\x11\n" +
+	"\x0fConnectResponse\"z\n" +
 	"\rExtendRequest\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1a\n" +
-	"\bdeadline\x18\x02 \x01(\x03R\bdeadline\"\x10\n" +
+	"\bdeadline\x18\x02 \x01(\x03R\bdeadline\x12\x16\n" +
+	"\x06shards\x18\x03 \x01(\x03R\x06shards\x12\x1f\n" +
+	"\vmap_version\x18\x04 \x01(\x03R\n" +
+	"mapVersion\"\x10\n" +
 	"\x0eExtendResponse\"\x13\n" +
 	"\x11DisconnectRequest\"\x14\n" +
 	"\x12DisconnectResponse\"\x0f\n" +
