@@ -13,6 +13,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/internal/shard"
 )
@@ -114,6 +115,30 @@ func (m *Master) healthyCoreapps() int {
 //   - new shards get rows (or their old ones back, unassigned), which the
 //     monitor fills with warm secondaries like any unassigned shard.
 func (m *Master) reshard(ctx context.Context, n int) (int, error) {
+	// The change locks the cluster row, then the shard rows, while group
+	// commits take a shard row and then the cluster row, each shared: the
+	// two can deadlock, and InnoDB then rolls one back whole. A rolled-back
+	// change changed nothing, so it is simply tried again.
+	var from int
+	var err error
+	for attempt := 1; ; attempt++ {
+		from, err = m.reshardTx(ctx, n)
+		if attempt == reshardAttempts || ctx.Err() != nil || !(database.Deadlock(err) || lockBusy(err)) {
+			return from, err
+		}
+		m.log.Info("re-shard rolled back by a lock conflict; trying again", "shards", n, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+		}
+	}
+}
+
+// reshardAttempts bounds reshard's tries after lock conflicts.
+const reshardAttempts = 5
+
+// reshardTx is one try of reshard, in one fenced transaction.
+func (m *Master) reshardTx(ctx context.Context, n int) (int, error) {
 	var from int
 	err := m.lease.fenced(ctx, func(tx *sql.Tx) error {
 		if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`).Scan(&from); err != nil {

@@ -192,6 +192,13 @@ func LockBusy(err error) bool {
 	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 3572)
 }
 
+// Deadlock reports whether err is InnoDB's deadlock (1213): the server rolled
+// the transaction back whole, so it may be run again.
+func Deadlock(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == 1213
+}
+
 // Transient reports whether err may pass by itself (server down or
 // restarting, connection reset), as opposed to a refused login or bad SQL.
 func Transient(err error) bool {
