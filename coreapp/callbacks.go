@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -54,8 +52,7 @@ type callbackWriter struct {
 	c       *Coreapp
 	in      chan *callback
 	cursors map[int]*ackCursor // by shard; only the run goroutine uses them
-	// noNowait: the server has no FOR UPDATE NOWAIT (MySQL 5.7).
-	noNowait atomic.Bool
+	nowait  database.Nowait    // whether the server knows FOR UPDATE NOWAIT
 }
 
 func newCallbackWriter(c *Coreapp) *callbackWriter {
@@ -366,13 +363,8 @@ func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive
 	}
 	defer tx.Rollback()
 	if exclusive {
-		q := `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`
-		if !w.noNowait.Load() {
-			q += ` NOWAIT`
-		}
-		if _, err := tx.ExecContext(qctx, q); err != nil {
-			var me *mysql.MySQLError
-			if errors.As(err, &me) && me.Number == 1064 && !w.noNowait.Swap(true) {
+		if _, err := tx.ExecContext(qctx, `SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`+w.nowait.Clause()); err != nil {
+			if w.nowait.Unsupported(err) {
 				// MySQL 5.7 has no NOWAIT: wait (up to the session's
 				// innodb_lock_wait_timeout) instead.
 				w.c.log.Warn("the server does not know FOR UPDATE NOWAIT (MySQL 5.7): callbacks stored for another shard wait for the cluster row")

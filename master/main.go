@@ -53,7 +53,7 @@ type Master struct {
 	// stalledBySeconds: the server has no PROCESSLIST.TIME_MS (MySQL), so
 	// killStalled judges idle time in whole seconds.
 	stalledBySeconds atomic.Bool
-	nowaitUnknown    atomic.Bool // the server has no FOR UPDATE NOWAIT (MySQL 5.7)
+	nowait           database.Nowait // whether the server knows FOR UPDATE NOWAIT
 }
 
 func main() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/monotime"
 )
 
@@ -43,7 +44,7 @@ func (m *Master) promote(ctx context.Context, s shardRow, cand *peer, reason str
 		err = m.lease.fenced(ctx, func(tx *sql.Tx) error {
 			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, seen, observed, &epoch, &sinceRenewal)
 		})
-		if !lockBusy(err) || attempt == promoteAttempts || ctx.Err() != nil {
+		if !database.LockBusy(err) || attempt == promoteAttempts || ctx.Err() != nil {
 			break
 		}
 		n, kerr := m.killStalled(ctx)
@@ -81,7 +82,7 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	var cur, us, leaseUS int64
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1),
 			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', lease_expires)
-		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait(), s.shard).Scan(&node, &cur, &us, &leaseUS); err != nil {
+		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait.Clause(), s.shard).Scan(&node, &cur, &us, &leaseUS); err != nil {
 		if m.noNowait(err) {
 			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, seen, observed, epoch, sinceRenewal)
 		}

@@ -123,7 +123,7 @@ func (m *Master) reshard(ctx context.Context, n int) (int, error) {
 	var err error
 	for attempt := 1; ; attempt++ {
 		from, err = m.reshardTx(ctx, n)
-		if attempt == reshardAttempts || ctx.Err() != nil || !(database.Deadlock(err) || lockBusy(err)) {
+		if attempt == reshardAttempts || ctx.Err() != nil || !(database.Deadlock(err) || database.LockBusy(err)) {
 			return from, err
 		}
 		m.log.Info("re-shard rolled back by a lock conflict; trying again", "shards", n, "attempt", attempt, "err", err)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
-	"github.com/multiconnect/multiconnect/internal/database"
 )
 
 // stalledAfter is how long a transaction may leave the server idle, its
@@ -25,31 +24,15 @@ const stalledAfter = time.Second
 // rows locked; each retry first ends stalled transactions.
 const promoteAttempts = 8
 
-// nowait is the clause that makes a locking read fail at once instead of
-// waiting: MySQL 8.0.1+ and MariaDB 10.3+ know it; on MySQL 5.7 the wait
-// is the session's innodb_lock_wait_timeout (1 s) instead.
-func (m *Master) nowait() string {
-	if m.nowaitUnknown.Load() {
-		return ""
-	}
-	return " NOWAIT"
-}
-
-// noNowait reports whether err says the server does not know NOWAIT, and
-// stops using it if so.
+// noNowait reports whether err says the server does not know NOWAIT (the
+// first time only), and logs that promotions now wait for a busy row.
 func (m *Master) noNowait(err error) bool {
-	var me *mysql.MySQLError
-	if m.nowaitUnknown.Load() || !errors.As(err, &me) || me.Number != 1064 {
+	if !m.nowait.Unsupported(err) {
 		return false
 	}
-	m.nowaitUnknown.Store(true)
 	m.log.Warn("the server does not know FOR UPDATE NOWAIT (MySQL 5.7): promotions wait up to innodb_lock_wait_timeout for a busy row")
 	return true
 }
-
-// lockBusy reports whether err is a row lock that could not be had (see
-// database.LockBusy).
-func lockBusy(err error) bool { return database.LockBusy(err) }
 
 // killStalled ends the connections whose transaction holds locks in our
 // database and whose client has been silent for stalledAfter, and returns

@@ -23,3 +23,18 @@ func TestLockErrorsAreRecognizedThroughWrapping(t *testing.T) {
 		t.Error("nil is neither a deadlock nor a busy lock")
 	}
 }
+
+// The first syntax error on NOWAIT turns the clause off and is reported
+// once; other errors leave it on.
+func TestNowaitTurnsOffOnceOnSyntaxError(t *testing.T) {
+	var n Nowait
+	if n.Clause() != " NOWAIT" || n.Unsupported(&mysql.MySQLError{Number: 1205}) || n.Clause() != " NOWAIT" {
+		t.Fatal("NOWAIT must stay on after a lock error")
+	}
+	if !n.Unsupported(fmt.Errorf("promote: %w", &mysql.MySQLError{Number: 1064})) || n.Clause() != "" {
+		t.Fatal("a 1064 must turn NOWAIT off and be reported")
+	}
+	if n.Unsupported(&mysql.MySQLError{Number: 1064}) {
+		t.Fatal("reported twice")
+	}
+}
