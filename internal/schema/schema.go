@@ -254,6 +254,13 @@ var Migrations = []Migration{
 			DROP INDEX callbacks_event,
 			ADD UNIQUE KEY callbacks_event (shard_id, net_stream, net_seq)`,
 	}},
+	{8, "settings documents up to 16 MiB", []string{
+		// The settings table holds every cluster-wide document by name
+		// (application settings, account-level settings such as the profile
+		// photo, media providers, certificates), which TEXT's 64 KiB
+		// cannot hold.
+		`ALTER TABLE settings MODIFY value MEDIUMTEXT NOT NULL`,
+	}},
 }
 
 // Latest is the schema version this binary knows.

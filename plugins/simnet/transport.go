@@ -620,3 +620,13 @@ func (f *fanout) unsubscribe(s *subscriber, undelivered []transport.Event) {
 		f.keepLocked(rest...)
 	}
 }
+
+// Call implements transport.Transport: the simulated network's account and
+// message operations beyond sending. Each op is one case; the network
+// records what it was told and shows it on its HTTP API.
+func (t *Transport) Call(ctx context.Context, op string, body []byte) ([]byte, error) {
+	switch op {
+	default:
+		return nil, fmt.Errorf("%w: %q", transport.ErrUnsupported, op)
+	}
+}

@@ -28,9 +28,10 @@ const PluginName = "transport"
 // VerifyCode; 4: event streams and connections, Ack per connection; 5:
 // the shard count (Layout) in Connect and Extend: the fields are
 // compatible on the wire, but a plugin that drops them would strand a
-// re-shard's events again, so an old one is refused).
+// re-shard's events again, so an old one is refused; 6: Call, the
+// account and message operations beyond sending).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  5,
+	ProtocolVersion:  6,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
@@ -265,6 +266,15 @@ func (c *GRPCClient) VerifyCode(ctx context.Context, req VerifyRequest) error {
 	return fromStatus("verify code", err)
 }
 
+// Call implements Transport.
+func (c *GRPCClient) Call(ctx context.Context, op string, body []byte) ([]byte, error) {
+	r, err := c.client.Call(ctx, &pb.CallRequest{Op: op, Body: body})
+	if err != nil {
+		return nil, fromStatus("call "+op, err)
+	}
+	return r.GetBody(), nil
+}
+
 // GRPCServer is the plugin's half: it calls the real implementation.
 type GRPCServer struct {
 	pb.UnimplementedTransportServer
@@ -401,6 +411,15 @@ func (s *GRPCServer) VerifyCode(ctx context.Context, r *pb.VerifyCodeRequest) (*
 	return &pb.VerifyCodeResponse{}, nil
 }
 
+// Call implements pb.TransportServer.
+func (s *GRPCServer) Call(ctx context.Context, r *pb.CallRequest) (*pb.CallResponse, error) {
+	b, err := s.Impl.Call(ctx, r.GetOp(), r.GetBody())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.CallResponse{Body: b}, nil
+}
+
 // errorCodes gives each sentinel error its own gRPC code so that the host
 // can restore it; the codes are otherwise unused by the plugin server.
 var errorCodes = []struct {
@@ -414,6 +433,10 @@ var errorCodes = []struct {
 	{ErrBadCert, codes.Unauthenticated},
 	{ErrBadCode, codes.InvalidArgument},
 	{ErrNoCode, codes.NotFound},
+	// The rest are arbitrary but fixed: they only carry the sentinel.
+	{ErrUnsupported, codes.Unimplemented},
+	{ErrInvalidValue, codes.AlreadyExists},
+	{ErrNoSuchItem, codes.DataLoss},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

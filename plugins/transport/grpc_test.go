@@ -63,7 +63,7 @@ func TestErrorsKeepIdentityAcrossGRPC(t *testing.T) {
 	c := serveFake(t, impl)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	sentinels := []error{ErrNotConnected, ErrDeadlinePassed, ErrEpochMismatch, ErrRefused, ErrBadCert, ErrBadCode, ErrNoCode}
+	sentinels := []error{ErrNotConnected, ErrDeadlinePassed, ErrEpochMismatch, ErrRefused, ErrBadCert, ErrBadCode, ErrNoCode, ErrUnsupported, ErrInvalidValue, ErrNoSuchItem}
 	for _, want := range sentinels {
 		impl.verrErr = fmt.Errorf("verify +1 555: %w", want)
 		err := c.VerifyCode(ctx, VerifyRequest{CC: "1", Phone: "555", Code: "123456"})

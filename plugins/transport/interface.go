@@ -112,6 +112,16 @@ type Transport interface {
 	// ErrBadCode when the code is wrong and ErrNoCode when the network has
 	// no code outstanding for the account.
 	VerifyCode(ctx context.Context, req VerifyRequest) error
+	// Call performs an operation of the On-Premises API beyond sending
+	// messages, the network's own way: account-level settings, marking a
+	// message read, identity checks. op is one of the Op constants (see
+	// ops.go, which documents each one's body and result). It fails with
+	// ErrUnsupported for an op the network does not have, ErrInvalidValue
+	// when the network refuses the argument (the error's text says why, for
+	// the API's 1009), and ErrNoSuchItem when what the op names does not
+	// exist (1006). Whether an op needs the shard's connection is the op's
+	// to say; without one that it needs, Call fails with ErrNotConnected.
+	Call(ctx context.Context, op string, body []byte) ([]byte, error)
 }
 
 // Registration methods: how the network delivers the code.
@@ -321,6 +331,12 @@ var (
 	// ErrNoCode means the network has no registration code outstanding
 	// for the account (none was requested, or it was already used).
 	ErrNoCode = errors.New("transport: no registration code outstanding")
+	// ErrUnsupported means the network has no such operation (Call).
+	ErrUnsupported = errors.New("transport: operation not supported by this network")
+	// ErrInvalidValue means the network refused an operation's argument.
+	ErrInvalidValue = errors.New("transport: value refused by the network")
+	// ErrNoSuchItem means what the operation names does not exist.
+	ErrNoSuchItem = errors.New("transport: no such item")
 )
 
 // MonoNow returns the host's CLOCK_MONOTONIC in nanoseconds. Unlike the

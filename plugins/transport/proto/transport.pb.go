@@ -1444,6 +1444,105 @@ func (*VerifyCodeResponse) Descriptor() ([]byte, []int) {
 	return file_transport_proto_rawDescGZIP(), []int{24}
 }
 
+type CallRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The operation's name, one of the Op constants.
+	Op string `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
+	// The operation's argument: a JSON document, or raw bytes where the
+	// operation says so.
+	Body          []byte `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallRequest) Reset() {
+	*x = CallRequest{}
+	mi := &file_transport_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallRequest) ProtoMessage() {}
+
+func (x *CallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
+func (*CallRequest) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CallRequest) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *CallRequest) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+type CallResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Body          []byte                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallResponse) Reset() {
+	*x = CallResponse{}
+	mi := &file_transport_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallResponse) ProtoMessage() {}
+
+func (x *CallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
+func (*CallResponse) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CallResponse) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 var File_transport_proto protoreflect.FileDescriptor
 
 const file_transport_proto_rawDesc = "" +
@@ -1535,13 +1634,18 @@ const file_transport_proto_rawDesc = "" +
 	"\x02cc\x18\x01 \x01(\tR\x02cc\x12!\n" +
 	"\fphone_number\x18\x02 \x01(\tR\vphoneNumber\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\tR\x04code\"\x14\n" +
-	"\x12VerifyCodeResponse*v\n" +
+	"\x12VerifyCodeResponse\"1\n" +
+	"\vCallRequest\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\tR\x02op\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\"\"\n" +
+	"\fCallResponse\x12\x12\n" +
+	"\x04body\x18\x01 \x01(\fR\x04body*v\n" +
 	"\n" +
 	"SendStatus\x12\x1b\n" +
 	"\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SEND_STATUS_ACCEPTED\x10\x01\x12\x19\n" +
 	"\x15SEND_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12SEND_STATUS_FAILED\x10\x032\xc3\b\n" +
+	"\x12SEND_STATUS_FAILED\x10\x032\x9c\t\n" +
 	"\tTransport\x12W\n" +
 	"\x04Info\x12&.multiconnect.transport.v1.InfoRequest\x1a'.multiconnect.transport.v1.InfoResponse\x12`\n" +
 	"\aConnect\x12).multiconnect.transport.v1.ConnectRequest\x1a*.multiconnect.transport.v1.ConnectResponse\x12]\n" +
@@ -1555,7 +1659,8 @@ const file_transport_proto_rawDesc = "" +
 	"\rCheckContacts\x12/.multiconnect.transport.v1.CheckContactsRequest\x1a0.multiconnect.transport.v1.CheckContactsResponse\x12l\n" +
 	"\vRequestCode\x12-.multiconnect.transport.v1.RequestCodeRequest\x1a..multiconnect.transport.v1.RequestCodeResponse\x12i\n" +
 	"\n" +
-	"VerifyCode\x12,.multiconnect.transport.v1.VerifyCodeRequest\x1a-.multiconnect.transport.v1.VerifyCodeResponseB>Z<github.com/multiconnect/multiconnect/plugins/transport/protob\x06proto3"
+	"VerifyCode\x12,.multiconnect.transport.v1.VerifyCodeRequest\x1a-.multiconnect.transport.v1.VerifyCodeResponse\x12W\n" +
+	"\x04Call\x12&.multiconnect.transport.v1.CallRequest\x1a'.multiconnect.transport.v1.CallResponseB>Z<github.com/multiconnect/multiconnect/plugins/transport/protob\x06proto3"
 
 var (
 	file_transport_proto_rawDescOnce sync.Once
@@ -1570,7 +1675,7 @@ func file_transport_proto_rawDescGZIP() []byte {
 }
 
 var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_transport_proto_goTypes = []any{
 	(SendStatus)(0),               // 0: multiconnect.transport.v1.SendStatus
 	(*InfoRequest)(nil),           // 1: multiconnect.transport.v1.InfoRequest
@@ -1598,6 +1703,8 @@ var file_transport_proto_goTypes = []any{
 	(*RequestCodeResponse)(nil),   // 23: multiconnect.transport.v1.RequestCodeResponse
 	(*VerifyCodeRequest)(nil),     // 24: multiconnect.transport.v1.VerifyCodeRequest
 	(*VerifyCodeResponse)(nil),    // 25: multiconnect.transport.v1.VerifyCodeResponse
+	(*CallRequest)(nil),           // 26: multiconnect.transport.v1.CallRequest
+	(*CallResponse)(nil),          // 27: multiconnect.transport.v1.CallResponse
 }
 var file_transport_proto_depIdxs = []int32{
 	11, // 0: multiconnect.transport.v1.SendRequest.messages:type_name -> multiconnect.transport.v1.Message
@@ -1615,19 +1722,21 @@ var file_transport_proto_depIdxs = []int32{
 	19, // 12: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
 	22, // 13: multiconnect.transport.v1.Transport.RequestCode:input_type -> multiconnect.transport.v1.RequestCodeRequest
 	24, // 14: multiconnect.transport.v1.Transport.VerifyCode:input_type -> multiconnect.transport.v1.VerifyCodeRequest
-	2,  // 15: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
-	4,  // 16: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
-	6,  // 17: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
-	8,  // 18: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
-	10, // 19: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
-	14, // 20: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
-	16, // 21: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
-	18, // 22: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
-	21, // 23: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
-	23, // 24: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
-	25, // 25: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
-	15, // [15:26] is the sub-list for method output_type
-	4,  // [4:15] is the sub-list for method input_type
+	26, // 15: multiconnect.transport.v1.Transport.Call:input_type -> multiconnect.transport.v1.CallRequest
+	2,  // 16: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
+	4,  // 17: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
+	6,  // 18: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
+	8,  // 19: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
+	10, // 20: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
+	14, // 21: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
+	16, // 22: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
+	18, // 23: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
+	21, // 24: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
+	23, // 25: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
+	25, // 26: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
+	27, // 27: multiconnect.transport.v1.Transport.Call:output_type -> multiconnect.transport.v1.CallResponse
+	16, // [16:28] is the sub-list for method output_type
+	4,  // [4:16] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1644,7 +1753,7 @@ func file_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	Transport_CheckContacts_FullMethodName = "/multiconnect.transport.v1.Transport/CheckContacts"
 	Transport_RequestCode_FullMethodName   = "/multiconnect.transport.v1.Transport/RequestCode"
 	Transport_VerifyCode_FullMethodName    = "/multiconnect.transport.v1.Transport/VerifyCode"
+	Transport_Call_FullMethodName          = "/multiconnect.transport.v1.Transport/Call"
 )
 
 // TransportClient is the client API for Transport service.
@@ -58,6 +59,9 @@ type TransportClient interface {
 	RequestCode(ctx context.Context, in *RequestCodeRequest, opts ...grpc.CallOption) (*RequestCodeResponse, error)
 	// VerifyCode checks a registration code; no connection needed.
 	VerifyCode(ctx context.Context, in *VerifyCodeRequest, opts ...grpc.CallOption) (*VerifyCodeResponse, error)
+	// Call performs one of the named account or message operations beyond
+	// sending (see the Op constants in plugins/transport/ops.go).
+	Call(ctx context.Context, in *CallRequest, opts ...grpc.CallOption) (*CallResponse, error)
 }
 
 type transportClient struct {
@@ -187,6 +191,16 @@ func (c *transportClient) VerifyCode(ctx context.Context, in *VerifyCodeRequest,
 	return out, nil
 }
 
+func (c *transportClient) Call(ctx context.Context, in *CallRequest, opts ...grpc.CallOption) (*CallResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CallResponse)
+	err := c.cc.Invoke(ctx, Transport_Call_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TransportServer is the server API for Transport service.
 // All implementations must embed UnimplementedTransportServer
 // for forward compatibility.
@@ -208,6 +222,9 @@ type TransportServer interface {
 	RequestCode(context.Context, *RequestCodeRequest) (*RequestCodeResponse, error)
 	// VerifyCode checks a registration code; no connection needed.
 	VerifyCode(context.Context, *VerifyCodeRequest) (*VerifyCodeResponse, error)
+	// Call performs one of the named account or message operations beyond
+	// sending (see the Op constants in plugins/transport/ops.go).
+	Call(context.Context, *CallRequest) (*CallResponse, error)
 	mustEmbedUnimplementedTransportServer()
 }
 
@@ -250,6 +267,9 @@ func (UnimplementedTransportServer) RequestCode(context.Context, *RequestCodeReq
 }
 func (UnimplementedTransportServer) VerifyCode(context.Context, *VerifyCodeRequest) (*VerifyCodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyCode not implemented")
+}
+func (UnimplementedTransportServer) Call(context.Context, *CallRequest) (*CallResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Call not implemented")
 }
 func (UnimplementedTransportServer) mustEmbedUnimplementedTransportServer() {}
 func (UnimplementedTransportServer) testEmbeddedByValue()                   {}
@@ -463,6 +483,24 @@ func _Transport_VerifyCode_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Transport_Call_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TransportServer).Call(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Transport_Call_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TransportServer).Call(ctx, req.(*CallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Transport_ServiceDesc is the grpc.ServiceDesc for Transport service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -509,6 +547,10 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyCode",
 			Handler:    _Transport_VerifyCode_Handler,
+		},
+		{
+			MethodName: "Call",
+			Handler:    _Transport_Call_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
