@@ -8,4 +8,3 @@ package transport
 // Ops are added here, one constant (and its body and result types, in a
 // file of the area that uses them) per operation, so that a plugin's
 // switch over them is the complete list of what it offers.
-
