@@ -5,29 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"net/url"
-	"strings"
-	"time"
-	"unicode/utf8"
+	"sync"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
 )
-
-// maxTextBody is the original's limit on a text message's body, in characters.
-const maxTextBody = 4096
-
-// maxCaption bounds a media caption, as the original did (1024 characters).
-const maxCaption = 1024
-
-// maxRecipient bounds `to` (the gateway refuses longer ones too).
-const maxRecipient = 64
-
-// messageTypes are the types POST /v1/messages accepts.
-var messageTypes = map[string]bool{
-	"text": true, "template": true, "image": true, "audio": true, "video": true,
-	"document": true, "sticker": true, "location": true, "contacts": true,
-}
 
 // outMessage is a validated POST /v1/messages request.
 type outMessage struct {
@@ -46,20 +31,22 @@ type badRequest struct {
 
 func (e *badRequest) Error() string { return e.details }
 
-func missing(path string) *badRequest {
-	return &badRequest{apierror.ParameterMissing, fmt.Sprintf("%s is required", path)}
-}
-
 func invalid(format string, args ...any) *badRequest {
 	return &badRequest{apierror.ParameterInvalid, fmt.Sprintf(format, args...)}
 }
 
+// messageSchema is components.schemas.Message of the API's OpenAPI
+// document, compiled once: every POST /v1/messages is checked against it.
+var messageSchema = sync.OnceValues(func() (*jsonschema.Schema, error) { return openapi.Schema("Message") })
+
 // parseMessage validates a message request as the original did: the body
-// must be a JSON object; a missing required field is 1008, a field of the
-// wrong type or value 1009, a body that is not a JSON object 1025.
+// must be a JSON object (else 1025); the OpenAPI document's Message schema
+// decides the rest (a missing required field 1008, a field of the wrong
+// type or value 1009), and Go checks only what a schema cannot say (see
+// checkInteractive). Media ids are collected for the caller to look up.
 func parseMessage(body []byte) (*outMessage, *badRequest) {
 	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
+	dec.UseNumber() // the data model jsonschema validates, numbers kept exact
 	var doc any
 	if err := dec.Decode(&doc); err != nil {
 		return nil, &badRequest{apierror.RequestNotValid, "the request body is not valid JSON: " + err.Error()}
@@ -71,59 +58,26 @@ func parseMessage(body []byte) (*outMessage, *badRequest) {
 	if !ok {
 		return nil, &badRequest{apierror.RequestNotValid, "the request body must be a JSON object"}
 	}
-	o := obj{m: m}
-	to, err := o.str("to", true)
+	schema, err := messageSchema()
 	if err != nil {
-		return nil, err
+		return nil, &badRequest{apierror.GenericError, "the message schema does not compile: " + err.Error()}
 	}
-	if len(to) > maxRecipient {
-		return nil, invalid("to is longer than %d characters", maxRecipient)
+	if bad := openapi.ValidateValue(schema, doc); bad != nil {
+		return nil, &badRequest{bad.Code, bad.Details}
 	}
-	if len(shard.Digits(to)) == 0 {
-		return nil, invalid("to must be a phone number or WhatsApp ID; %q has no digits", to)
-	}
-	if rt, err := o.str("recipient_type", false); err != nil {
-		return nil, err
-	} else if rt != "" && rt != "individual" {
-		return nil, invalid("recipient_type must be \"individual\"")
-	}
-	typ, err := o.str("type", false)
-	if err != nil {
-		return nil, err
-	}
+	// The schema guarantees these are strings when present.
+	to, _ := m["to"].(string)
+	typ, _ := m["type"].(string)
 	if typ == "" {
 		typ = "text" // the original's default
 	}
-	if !messageTypes[typ] {
-		return nil, invalid("type %q is not one of text, template, image, audio, video, document, sticker, location, contacts", typ)
-	}
-	if _, present := m["preview_url"]; present {
-		if typ != "text" {
-			return nil, invalid("preview_url applies to text messages only")
-		}
-		if _, err := o.boolean("preview_url"); err != nil {
-			return nil, err
-		}
-	}
 	msg := &outMessage{To: to, Type: typ}
-	switch typ {
-	case "text":
-		err = checkText(o)
-	case "template":
-		err = checkTemplate(o, msg)
-	case "image", "audio", "video", "document", "sticker":
-		var media obj
-		if media, err = o.object(typ, true); err == nil {
-			err = checkMedia(media, typ, msg)
+	if typ == "interactive" {
+		if bad := checkInteractive(m["interactive"].(map[string]any)); bad != nil {
+			return nil, bad
 		}
-	case "location":
-		err = checkLocation(o)
-	case "contacts":
-		err = checkContacts(o)
 	}
-	if err != nil {
-		return nil, err
-	}
+	msg.MediaIDs = mediaIDs(typ, m)
 	var buf bytes.Buffer
 	if cerr := json.Compact(&buf, body); cerr != nil {
 		return nil, &badRequest{apierror.RequestNotValid, "the request body is not valid JSON"}
@@ -149,347 +103,98 @@ func parseMessage(body []byte) (*outMessage, *badRequest) {
 	return msg, nil
 }
 
-func checkText(o obj) *badRequest {
-	t, err := o.object("text", true)
-	if err != nil {
-		return err
-	}
-	body, err := t.str("body", true)
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(body) == "" {
-		return invalid("text.body must not be empty")
-	}
-	if n := utf8.RuneCountInString(body); n > maxTextBody {
-		return invalid("text.body is %d characters long; the limit is %d", n, maxTextBody)
-	}
-	return nil
-}
+// Limits of interactive messages that span sections, which a JSON Schema
+// cannot count (the original's, as its reference documents them).
+const (
+	maxListRows     = 10 // rows in all sections of a list
+	maxProductItems = 30 // items in all sections of a product list
+)
 
-func checkTemplate(o obj, msg *outMessage) *badRequest {
-	t, err := o.object("template", true)
-	if err != nil {
-		return err
-	}
-	for _, f := range []string{"namespace", "name"} {
-		v, err := t.str(f, true)
-		if err != nil {
-			return err
-		}
-		if v == "" {
-			return invalid("%s must not be empty", t.path(f))
-		}
-	}
-	lang, err := t.object("language", true)
-	if err != nil {
-		return err
-	}
-	code, err := lang.str("code", true)
-	if err != nil {
-		return err
-	}
-	if code == "" {
-		return invalid("%s must not be empty", lang.path("code"))
-	}
-	if p, err := lang.str("policy", false); err != nil {
-		return err
-	} else if p != "" && p != "deterministic" && p != "fallback" {
-		return invalid("%s must be \"deterministic\" or \"fallback\"", lang.path("policy"))
-	}
-	comps, err := t.array("components", false)
-	if err != nil {
-		return err
-	}
-	for i := range comps {
-		c, err := t.elem("components", comps, i)
-		if err != nil {
-			return err
-		}
-		ct, err := c.str("type", true)
-		if err != nil {
-			return err
-		}
-		switch ct {
-		case "header", "body":
-		case "button":
-			st, err := c.str("sub_type", true)
-			if err != nil {
-				return err
+// checkInteractive checks what the Message schema cannot: totals across a
+// list's or product list's sections and ids and titles that must be unique
+// within the message. The schema has already checked the shape.
+func checkInteractive(in map[string]any) *badRequest {
+	action, _ := in["action"].(map[string]any)
+	switch in["type"] {
+	case "list":
+		rows, ids := 0, map[string]bool{}
+		for i, s := range array(action["sections"]) {
+			for j, r := range array(obj(s)["rows"]) {
+				rows++
+				id, _ := obj(r)["id"].(string)
+				if ids[id] {
+					return invalid("/interactive/action/sections/%d/rows/%d/id: %q is used twice; row ids must be unique", i, j, id)
+				}
+				ids[id] = true
 			}
-			if st != "quick_reply" && st != "url" {
-				return invalid("%s must be \"quick_reply\" or \"url\"", c.path("sub_type"))
-			}
-			if _, present := c.m["index"]; !present {
-				return missing(c.path("index"))
-			}
-		default:
-			return invalid("%s must be header, body or button", c.path("type"))
 		}
-		params, err := c.array("parameters", false)
-		if err != nil {
-			return err
+		if rows > maxListRows {
+			return invalid("/interactive/action/sections: %d rows in all; a list has at most %d", rows, maxListRows)
 		}
-		for j := range params {
-			p, err := c.elem("parameters", params, j)
-			if err != nil {
-				return err
+	case "button":
+		ids, titles := map[string]bool{}, map[string]bool{}
+		for i, b := range array(action["buttons"]) {
+			reply := obj(obj(b)["reply"])
+			id, _ := reply["id"].(string)
+			title, _ := reply["title"].(string)
+			if ids[id] {
+				return invalid("/interactive/action/buttons/%d/reply/id: %q is used twice; button ids must be unique", i, id)
 			}
-			if err := checkParameter(p, msg); err != nil {
-				return err
+			if titles[title] {
+				return invalid("/interactive/action/buttons/%d/reply/title: %q is used twice; button titles must be unique", i, title)
 			}
+			ids[id], titles[title] = true, true
+		}
+	case "product_list":
+		items := 0
+		for _, s := range array(action["sections"]) {
+			items += len(array(obj(s)["product_items"]))
+		}
+		if items > maxProductItems {
+			return invalid("/interactive/action/sections: %d product items in all; a product list has at most %d", items, maxProductItems)
 		}
 	}
 	return nil
 }
 
-func checkParameter(p obj, msg *outMessage) *badRequest {
-	pt, err := p.str("type", true)
-	if err != nil {
-		return err
+// mediaIDs returns the uploads a valid message names by id: its own media
+// object, a template's media parameters, an interactive message's header.
+func mediaIDs(typ string, m map[string]any) []string {
+	var ids []string
+	add := func(media any) {
+		if id, ok := obj(media)["id"].(string); ok && id != "" {
+			ids = append(ids, id)
+		}
 	}
-	switch pt {
-	case "text":
-		_, err = p.str("text", true)
-	case "payload":
-		_, err = p.str("payload", true)
-	case "currency":
-		var cur obj
-		if cur, err = p.object("currency", true); err == nil {
-			if _, err = cur.str("fallback_value", true); err == nil {
-				if _, err = cur.str("code", true); err == nil {
-					_, err = cur.number("amount_1000", true)
+	switch typ {
+	case "image", "audio", "video", "document", "sticker":
+		add(m[typ])
+	case "template":
+		for _, c := range array(obj(m["template"])["components"]) {
+			for _, p := range array(obj(c)["parameters"]) {
+				p := obj(p)
+				if pt, _ := p["type"].(string); pt == "image" || pt == "document" || pt == "video" {
+					add(p[pt])
 				}
 			}
 		}
-	case "date_time":
-		var dt obj
-		if dt, err = p.object("date_time", true); err == nil {
-			_, err = dt.str("fallback_value", true)
+	case "interactive":
+		h := obj(obj(m["interactive"])["header"])
+		if ht, _ := h["type"].(string); ht == "image" || ht == "document" || ht == "video" {
+			add(h[ht])
 		}
-	case "image", "document", "video":
-		var media obj
-		if media, err = p.object(pt, true); err == nil {
-			err = checkMedia(media, pt, msg)
-		}
-	default:
-		return invalid("%s must be text, currency, date_time, image, document, video or payload", p.path("type"))
 	}
-	return err
+	return ids
 }
 
-// checkMedia checks a media object: exactly one of id (an upload) or link
-// (an http(s) URL), and the fields the type allows.
-func checkMedia(m obj, typ string, msg *outMessage) *badRequest {
-	id, err := m.str("id", false)
-	if err != nil {
-		return err
-	}
-	link, err := m.str("link", false)
-	if err != nil {
-		return err
-	}
-	switch {
-	case id == "" && link == "":
-		return missing(m.path("id") + " or " + m.path("link"))
-	case id != "" && link != "":
-		return invalid("%s: give id or link, not both", m.prefix)
-	case link != "":
-		u, perr := url.Parse(link)
-		if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return invalid("%s must be an http or https URL", m.path("link"))
-		}
-	default:
-		msg.MediaIDs = append(msg.MediaIDs, id)
-	}
-	if c, err := m.str("caption", false); err != nil {
-		return err
-	} else if c != "" {
-		if typ == "audio" || typ == "sticker" {
-			return invalid("%s: %s messages have no caption", m.path("caption"), typ)
-		}
-		if utf8.RuneCountInString(c) > maxCaption {
-			return invalid("%s is longer than %d characters", m.path("caption"), maxCaption)
-		}
-	}
-	if _, present := m.m["filename"]; present {
-		if typ != "document" {
-			return invalid("%s applies to documents only", m.path("filename"))
-		}
-		if _, err := m.str("filename", false); err != nil {
-			return err
-		}
-	}
-	return nil
+// obj and array read a decoded JSON value as an object or array; anything
+// else reads as empty (the schema has checked the shape already).
+func obj(v any) map[string]any {
+	m, _ := v.(map[string]any)
+	return m
 }
 
-func checkLocation(o obj) *badRequest {
-	l, err := o.object("location", true)
-	if err != nil {
-		return err
-	}
-	lat, err := l.number("latitude", true)
-	if err != nil {
-		return err
-	}
-	lon, err := l.number("longitude", true)
-	if err != nil {
-		return err
-	}
-	if lat < -90 || lat > 90 {
-		return invalid("%s must be between -90 and 90", l.path("latitude"))
-	}
-	if lon < -180 || lon > 180 {
-		return invalid("%s must be between -180 and 180", l.path("longitude"))
-	}
-	for _, f := range []string{"name", "address"} {
-		if _, err := l.str(f, false); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func checkContacts(o obj) *badRequest {
-	cs, err := o.array("contacts", true)
-	if err != nil {
-		return err
-	}
-	if len(cs) == 0 {
-		return invalid("contacts must not be empty")
-	}
-	for i := range cs {
-		c, err := o.elem("contacts", cs, i)
-		if err != nil {
-			return err
-		}
-		name, err := c.object("name", true)
-		if err != nil {
-			return err
-		}
-		fn, err := name.str("formatted_name", true)
-		if err != nil {
-			return err
-		}
-		if fn == "" {
-			return invalid("%s must not be empty", name.path("formatted_name"))
-		}
-		for _, f := range []string{"phones", "emails", "urls", "addresses"} {
-			items, err := c.array(f, false)
-			if err != nil {
-				return err
-			}
-			for j := range items {
-				if _, err := c.elem(f, items, j); err != nil {
-					return err
-				}
-			}
-		}
-		if _, err := c.object("org", false); err != nil {
-			return err
-		}
-		if b, err := c.str("birthday", false); err != nil {
-			return err
-		} else if b != "" {
-			if _, perr := time.Parse("2006-01-02", b); perr != nil {
-				return invalid("%s must be YYYY-MM-DD", c.path("birthday"))
-			}
-		}
-	}
-	return nil
-}
-
-// obj is a JSON object being validated; prefix is its path for messages.
-type obj struct {
-	prefix string
-	m      map[string]any
-}
-
-func (o obj) path(f string) string {
-	if o.prefix == "" {
-		return f
-	}
-	return o.prefix + "." + f
-}
-
-func (o obj) str(f string, required bool) (string, *badRequest) {
-	v, ok := o.m[f]
-	if !ok || v == nil {
-		if required {
-			return "", missing(o.path(f))
-		}
-		return "", nil
-	}
-	s, ok := v.(string)
-	if !ok {
-		return "", invalid("%s must be a string", o.path(f))
-	}
-	return s, nil
-}
-
-func (o obj) boolean(f string) (bool, *badRequest) {
-	b, ok := o.m[f].(bool)
-	if !ok {
-		return false, invalid("%s must be true or false", o.path(f))
-	}
-	return b, nil
-}
-
-func (o obj) number(f string, required bool) (float64, *badRequest) {
-	v, ok := o.m[f]
-	if !ok || v == nil {
-		if required {
-			return 0, missing(o.path(f))
-		}
-		return 0, nil
-	}
-	n, ok := v.(json.Number)
-	if !ok {
-		return 0, invalid("%s must be a number", o.path(f))
-	}
-	x, err := n.Float64()
-	if err != nil {
-		return 0, invalid("%s is not a usable number", o.path(f))
-	}
-	return x, nil
-}
-
-func (o obj) object(f string, required bool) (obj, *badRequest) {
-	v, ok := o.m[f]
-	if !ok || v == nil {
-		if required {
-			return obj{}, missing(o.path(f))
-		}
-		return obj{prefix: o.path(f), m: map[string]any{}}, nil
-	}
-	m, ok := v.(map[string]any)
-	if !ok {
-		return obj{}, invalid("%s must be an object", o.path(f))
-	}
-	return obj{prefix: o.path(f), m: m}, nil
-}
-
-func (o obj) array(f string, required bool) ([]any, *badRequest) {
-	v, ok := o.m[f]
-	if !ok || v == nil {
-		if required {
-			return nil, missing(o.path(f))
-		}
-		return nil, nil
-	}
-	a, ok := v.([]any)
-	if !ok {
-		return nil, invalid("%s must be an array", o.path(f))
-	}
-	return a, nil
-}
-
-// elem returns element i of the array field f as an object.
-func (o obj) elem(f string, a []any, i int) (obj, *badRequest) {
-	p := fmt.Sprintf("%s[%d]", o.path(f), i)
-	m, ok := a[i].(map[string]any)
-	if !ok {
-		return obj{}, invalid("%s must be an object", p)
-	}
-	return obj{prefix: p, m: m}, nil
+func array(v any) []any {
+	a, _ := v.([]any)
+	return a
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -23,6 +24,17 @@ func TestParseMessageAcceptsEveryType(t *testing.T) {
 		`{"to":"15550100001","type":"sticker","sticker":{"link":"https://example.com/s.webp"}}`,
 		`{"to":"15550100001","type":"location","location":{"latitude":52.5,"longitude":13.4,"name":"n","address":"a"}}`,
 		`{"to":"15550100001","type":"contacts","contacts":[{"name":{"formatted_name":"Ann"},"phones":[{"phone":"+1"}],"birthday":"2000-01-31"}]}`,
+		`{"to":"15550100001","text":{"body":"` + strings.Repeat("é", 4096) + `"}}`,
+		`{"to":"15550100001","context":{"message_id":"gBEGkYiEB1VXAglK1ZEqA1YKPrU"},"text":{"body":"a reply"}}`,
+		`{"to":"15550100001","type":"hsm","hsm":{"namespace":"ns","element_name":"hello","language":{"policy":"deterministic","code":"en"},"localizable_params":[{"default":"x"},{"default":"$1","currency":{"currency_code":"USD","amount_1000":1000}},{"default":"d","date_time":{"unix_epoch":1700000000}},{"default":"d","date_time":{"component":{"day_of_week":1,"month":2,"hour":23}}}]}}`,
+		`{"to":"15550100001","type":"image","image":{"link":"https://example.com/a.png","provider":{"name":"cdn"}}}`,
+		`{"to":"15550100001","type":"reaction","reaction":{"message_id":"gBEG1","emoji":"\ud83d\udc4d"}}`,
+		`{"to":"15550100001","type":"reaction","reaction":{"message_id":"gBEG1","emoji":""}}`,
+		`{"to":"15550100001","type":"interactive","interactive":{"type":"list","header":{"type":"text","text":"h"},"body":{"text":"b"},"footer":{"text":"f"},"action":{"button":"open","sections":[{"title":"s1","rows":[{"id":"1","title":"t","description":"d"},{"id":"2","title":"t"}]},{"title":"s2","rows":[{"id":"3","title":"t"},{"id":"4","title":"t"},{"id":"5","title":"t"},{"id":"6","title":"t"},{"id":"7","title":"t"},{"id":"8","title":"t"},{"id":"9","title":"t"},{"id":"10","title":"t"}]}]}}}`,
+		`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"open","sections":[{"rows":[{"id":"1","title":"no section title"}]}]}}}`,
+		`{"to":"15550100001","type":"interactive","interactive":{"type":"button","header":{"type":"video","video":{"link":"https://e.com/v.mp4"}},"body":{"text":"b"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"A"}},{"type":"reply","reply":{"id":"b","title":"B"}},{"type":"reply","reply":{"id":"c","title":"C"}}]}}}`,
+		`{"to":"15550100001","type":"interactive","interactive":{"type":"product","action":{"catalog_id":"c","product_retailer_id":"p"}}}`,
+		`{"to":"15550100001","type":"interactive","interactive":{"type":"product_list","header":{"type":"text","text":"h"},"body":{"text":"b"},"action":{"catalog_id":"c","sections":[{"title":"a","product_items":[{"product_retailer_id":"1"}]},{"title":"b","product_items":[{"product_retailer_id":"2"}]}]}}}`,
 	}
 	for _, b := range good {
 		m, bad := parseMessage([]byte(b))
@@ -35,14 +47,20 @@ func TestParseMessageAcceptsEveryType(t *testing.T) {
 			t.Errorf("%s: stored body %s does not carry type %q", b, m.Body, m.Type)
 		}
 	}
-	m, _ := parseMessage([]byte(`{"to":"15550100001","type":"audio","audio":{"id":"0b5e9b8a-3f5c-4d8e-9a1b-2c3d4e5f6a7b"}}`))
-	if len(m.MediaIDs) != 1 {
-		t.Errorf("media id not collected: %v", m.MediaIDs)
+	for _, b := range []string{
+		`{"to":"15550100001","type":"audio","audio":{"id":"M"}}`,
+		`{"to":"15550100001","type":"template","template":{"namespace":"ns","name":"n","language":{"code":"en"},"components":[{"type":"header","parameters":[{"type":"document","document":{"id":"M"}}]}]}}`,
+		`{"to":"15550100001","type":"interactive","interactive":{"type":"button","header":{"type":"image","image":{"id":"M"}},"body":{"text":"b"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"A"}}]}}}`,
+	} {
+		m, bad := parseMessage([]byte(b))
+		if bad != nil || len(m.MediaIDs) != 1 || m.MediaIDs[0] != "M" {
+			t.Errorf("%s: media id not collected: %+v %v", b, bad, m)
+		}
 	}
 }
 
 func TestParseMessageRefusesBadInput(t *testing.T) {
-	long := strings.Repeat("x", maxTextBody+1)
+	long := strings.Repeat("é", 4097) // characters, not bytes, count
 	cases := []struct {
 		body string
 		code int
@@ -98,6 +116,51 @@ func TestParseMessageRefusesBadInput(t *testing.T) {
 		{`{"to":"15550100001","type":"contacts","contacts":[{"name":{"first_name":"A"}}]}`, apierror.ParameterMissing},
 		{`{"to":"15550100001","type":"contacts","contacts":[{"name":{"formatted_name":"A"},"phones":["+1"]}]}`, apierror.ParameterInvalid},
 		{`{"to":"15550100001","type":"contacts","contacts":[{"name":{"formatted_name":"A"},"birthday":"31/01/2000"}]}`, apierror.ParameterInvalid},
+		// context
+		{`{"to":"15550100001","context":{},"text":{"body":"x"}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","context":{"message_id":""},"text":{"body":"x"}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","context":"gBEG1","text":{"body":"x"}}`, apierror.ParameterInvalid},
+		// media providers
+		{`{"to":"15550100001","type":"image","image":{"link":"https://e.com/a","provider":{}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"image","image":{"link":"https://e.com/a","provider":{"name":5}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"sticker","sticker":{"link":"https://e.com/a","caption":"x"}}`, apierror.ParameterInvalid},
+		// hsm
+		{`{"to":"15550100001","type":"hsm"}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"hsm","hsm":{"namespace":"ns","language":{"code":"en"},"localizable_params":[]}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"hsm","hsm":{"namespace":"ns","element_name":"e","language":{"code":"en"}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"hsm","hsm":{"namespace":"ns","element_name":"e","language":{"code":"en"},"localizable_params":[{}]}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"hsm","hsm":{"namespace":"ns","element_name":"e","language":{"code":"en"},"localizable_params":[{"default":"x","currency":{"currency_code":"DOLLARS","amount_1000":1}}]}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"hsm","hsm":{"namespace":"ns","element_name":"e","language":{"code":"en"},"localizable_params":[{"default":"x","date_time":{"component":{"month":13}}}]}}`, apierror.ParameterInvalid},
+		// reaction
+		{`{"to":"15550100001","type":"reaction"}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"reaction","reaction":{"emoji":"x"}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"reaction","reaction":{"message_id":"m"}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"reaction","reaction":{"message_id":"m","emoji":"not one emoji at all"}}`, apierror.ParameterInvalid},
+		// interactive
+		{`{"to":"15550100001","type":"interactive"}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"carousel","action":{}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","action":{"button":"b","sections":[{"rows":[{"id":"1","title":"t"}]}]}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"sections":[{"rows":[{"id":"1","title":"t"}]}]}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"a button label over twenty","sections":[{"rows":[{"id":"1","title":"t"}]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"b","sections":[]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"b","sections":[{"rows":[]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"b","sections":[{"rows":[{"id":"1","title":"t"}]},{"title":"s","rows":[{"id":"2","title":"t"}]}]}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"b","sections":[{"rows":[{"id":"1","title":"t","description":"` + strings.Repeat("d", 73) + `"}]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"b","sections":[{"rows":[{"id":"1","title":"t"},{"id":"1","title":"u"}]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","body":{"text":"b"},"action":{"button":"b","sections":[{"title":"a","rows":[{"id":"1","title":"t"},{"id":"2","title":"t"},{"id":"3","title":"t"},{"id":"4","title":"t"},{"id":"5","title":"t"},{"id":"6","title":"t"}]},{"title":"b","rows":[{"id":"7","title":"t"},{"id":"8","title":"t"},{"id":"9","title":"t"},{"id":"10","title":"t"},{"id":"11","title":"t"}]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"list","header":{"type":"image","image":{"link":"https://e.com/a"}},"body":{"text":"b"},"action":{"button":"b","sections":[{"rows":[{"id":"1","title":"t"}]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","body":{"text":"` + strings.Repeat("b", 1025) + `"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"A"}}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","body":{"text":"b"},"footer":{"text":"` + strings.Repeat("f", 61) + `"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"A"}}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","header":{"type":"text"},"body":{"text":"b"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"A"}}]}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","body":{"text":"b"},"action":{"buttons":[]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","body":{"text":"b"},"action":{"buttons":[{"type":"url","reply":{"id":"a","title":"A"}}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","body":{"text":"b"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"a title over twenty chars"}}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"button","body":{"text":"b"},"action":{"buttons":[{"type":"reply","reply":{"id":"a","title":"A"}},{"type":"reply","reply":{"id":"b","title":"A"}}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"product","action":{"catalog_id":"c"}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"product_list","body":{"text":"b"},"action":{"catalog_id":"c","sections":[{"product_items":[{"product_retailer_id":"1"}]}]}}}`, apierror.ParameterMissing},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"product_list","header":{"type":"text","text":"h"},"body":{"text":"b"},"action":{"catalog_id":"c","sections":[{"product_items":[]}]}}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"interactive","interactive":{"type":"product_list","header":{"type":"text","text":"h"},"body":{"text":"b"},"action":{"catalog_id":"c","sections":[{"title":"a","product_items":` + items(16) + `},{"title":"b","product_items":` + items(15) + `}]}}}`, apierror.ParameterInvalid},
 	}
 	for _, tc := range cases {
 		_, bad := parseMessage([]byte(tc.body))
@@ -109,6 +172,15 @@ func TestParseMessageRefusesBadInput(t *testing.T) {
 			t.Errorf("%.120s: refused with %d %q, want %d", tc.body, bad.code, bad.details, tc.code)
 		}
 	}
+}
+
+// items is a JSON array of n product items.
+func items(n int) string {
+	s := make([]string, n)
+	for i := range s {
+		s[i] = fmt.Sprintf(`{"product_retailer_id":"p%d"}`, i)
+	}
+	return "[" + strings.Join(s, ",") + "]"
 }
 
 func TestMessageIDsAreUnique(t *testing.T) {

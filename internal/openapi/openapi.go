@@ -258,6 +258,15 @@ func ValidateValue(s *jsonschema.Schema, v any) *Invalid {
 		}
 		return &Invalid{Code: apierror.ParameterMissing, Details: fmt.Sprintf("missing required parameter at %s: %s", where, missing)}
 	}
+	switch k := leaf.ErrorKind.(type) {
+	case *kind.FalseSchema:
+		// A field a variant forbids (a caption on a sticker, say).
+		return &Invalid{Code: apierror.ParameterInvalid, Details: where + ": this field is not allowed here"}
+	case *kind.OneOf:
+		if len(k.Subschemas) > 1 { // several alternatives matched (id and link, say)
+			return &Invalid{Code: apierror.ParameterInvalid, Details: where + ": give only one of the alternatives this object allows, not several"}
+		}
+	}
 	return &Invalid{Code: apierror.ParameterInvalid, Details: fmt.Sprintf("%s: %s", where, leaf.ErrorKind.LocalizedString(english))}
 }
 
