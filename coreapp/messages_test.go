@@ -193,3 +193,15 @@ func TestMessageIDsAreUnique(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// BenchmarkParseMessage measures the accept path's validation of a typical
+// text message (go test -run '^$' -bench ParseMessage ./coreapp/).
+func BenchmarkParseMessage(b *testing.B) {
+	body := []byte(`{"to":"+1 555-010-0001","type":"text","preview_url":false,"text":{"body":"Your order 1234 has shipped and will arrive on Tuesday."}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, bad := parseMessage(body); bad != nil {
+			b.Fatal(bad.details)
+		}
+	}
+}
