@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -127,9 +128,19 @@ func fromEvent(e transport.Event) (*callback, error) {
 	switch e.Kind {
 	case transport.EventStatus:
 		cb.kind = kindStatus
-		st := map[string]any{"id": e.MessageID, "status": e.Status, "timestamp": ts, "recipient_id": cb.recipient}
-		if e.Status == transport.StatusFailed {
-			st["errors"] = []map[string]any{{"code": 1000, "title": "Message failed to send: the network could not deliver it"}}
+		st := statusCallback{ID: e.MessageID, Status: e.Status, Timestamp: ts, RecipientID: cb.recipient}
+		if len(e.Payload) > 0 {
+			// What the network knows beyond the status, in the
+			// original's shapes; typed, so nothing else passes through.
+			// Details that do not parse are left out rather than the
+			// status dropped: a dropped event would stop the shard's
+			// acknowledgements at its gap.
+			if err := json.Unmarshal(e.Payload, &st.StatusDetails); err != nil {
+				st.StatusDetails = transport.StatusDetails{}
+			}
+		}
+		if e.Status == transport.StatusFailed && len(st.Errors) == 0 {
+			st.Errors = []transport.StatusError{{Code: apierror.GenericError, Title: "Message failed to send: the network could not deliver it"}}
 		}
 		cb.payload, _ = json.Marshal(st)
 	case transport.EventInbound:
@@ -161,6 +172,16 @@ func fromEvent(e transport.Event) (*callback, error) {
 		return nil, fmt.Errorf("unknown event kind %q", e.Kind)
 	}
 	return cb, nil
+}
+
+// statusCallback is one status of the webhook's `statuses` array, as the
+// original sent it.
+type statusCallback struct {
+	ID          string `json:"id"`
+	Status      string `json:"status"`
+	Timestamp   string `json:"timestamp"`
+	RecipientID string `json:"recipient_id"`
+	transport.StatusDetails
 }
 
 // sleep waits d; false if ctx ended first.

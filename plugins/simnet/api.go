@@ -134,6 +134,26 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "delivered": delivered})
 	})
+	// A status for a received message, with conversation, pricing and
+	// errors as the original's callbacks carried them (StatusInjection).
+	mux.HandleFunc("POST /v1/statuses", func(w http.ResponseWriter, r *http.Request) {
+		var in StatusInjection
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("decode status: %w", err))
+			return
+		}
+		if err := s.InjectStatus(in); err != nil {
+			code := http.StatusBadRequest
+			if errors.Is(err, ErrUnknownMessage) {
+				code = http.StatusNotFound
+			}
+			writeError(w, code, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]bool{"ok": true})
+	})
 	mux.HandleFunc("POST /v1/unreachable", func(w http.ResponseWriter, r *http.Request) {
 		var in struct {
 			Number string `json:"number"`

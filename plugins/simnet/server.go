@@ -531,6 +531,7 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 			results[i].Status, results[i].Error = ResultError, "missing id"
 		case dup:
 			results[i].Status = ResultDuplicate
+		case !checked(&results[i], m):
 		default:
 			s.seen[m.ID] = struct{}{}
 			s.received = append(s.received, Received{
@@ -569,7 +570,7 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 func (s *Server) emitStatusesLocked(shard int, msgs, failed []Message, arrival int64) {
 	ts := time.Now().Unix()
 	for _, m := range failed {
-		s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts})
+		s.emitLocked(shard, Event{Kind: KindStatus, MessageID: m.ID, Status: StatusFailed, Recipient: m.To, Timestamp: ts, Payload: unreachableDetails})
 	}
 	if len(msgs) == 0 {
 		return

@@ -291,7 +291,9 @@ type Event struct {
 	Recipient string
 	// Timestamp is when the network recorded the event, in Unix seconds.
 	Timestamp int64
-	// Payload is a JSON document (the message of an inbound event).
+	// Payload is a JSON document: the message of an inbound event; for a
+	// status event, optionally a StatusDetails (conversation, pricing,
+	// errors with the original's codes).
 	Payload []byte
 	// Shard is the shard whose connection carried the event.
 	Shard int
