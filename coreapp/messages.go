@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
@@ -21,6 +22,11 @@ type outMessage struct {
 	Body     []byte   // the request, compacted: what the network receives
 	BodyHash [32]byte // SHA-256 of the canonical request, see parseMessage
 	MediaIDs []string // uploaded media the message refers to by id
+	// MediaProviders names the media providers (settings) whose
+	// credentials fetch the message's links, in order, without repeats:
+	// the body keeps each media object's provider field as sent, for
+	// whatever fetches the links.
+	MediaProviders []string
 }
 
 // badRequest is a refusal with the original's code; nothing is stored.
@@ -77,7 +83,7 @@ func parseMessage(body []byte) (*outMessage, *badRequest) {
 			return nil, bad
 		}
 	}
-	msg.MediaIDs = mediaIDs(typ, m)
+	msg.MediaIDs, msg.MediaProviders = mediaRefs(typ, m)
 	var buf bytes.Buffer
 	if cerr := json.Compact(&buf, body); cerr != nil {
 		return nil, &badRequest{apierror.RequestNotValid, "the request body is not valid JSON"}
@@ -157,13 +163,16 @@ func checkInteractive(in map[string]any) *badRequest {
 	return nil
 }
 
-// mediaIDs returns the uploads a valid message names by id: its own media
-// object, a template's media parameters, an interactive message's header.
-func mediaIDs(typ string, m map[string]any) []string {
-	var ids []string
+// mediaRefs returns the uploads a valid message names by id and the media
+// providers its links name, from every media object a message can hold:
+// its own, a template's media parameters, an interactive message's header.
+func mediaRefs(typ string, m map[string]any) (ids, providers []string) {
 	add := func(media any) {
 		if id, ok := obj(media)["id"].(string); ok && id != "" {
 			ids = append(ids, id)
+		}
+		if name, ok := obj(obj(media)["provider"])["name"].(string); ok && !slices.Contains(providers, name) {
+			providers = append(providers, name)
 		}
 	}
 	switch typ {
@@ -184,7 +193,7 @@ func mediaIDs(typ string, m map[string]any) []string {
 			add(h[ht])
 		}
 	}
-	return ids
+	return ids, providers
 }
 
 // obj and array read a decoded JSON value as an object or array; anything

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,6 +57,10 @@ func TestParseMessageAcceptsEveryType(t *testing.T) {
 		if bad != nil || len(m.MediaIDs) != 1 || m.MediaIDs[0] != "M" {
 			t.Errorf("%s: media id not collected: %+v %v", b, bad, m)
 		}
+	}
+	m, bad := parseMessage([]byte(`{"to":"15550100001","type":"document","document":{"link":"https://cdn.example.com/d.pdf","provider":{"name":"cdn"}}}`))
+	if bad != nil || !slices.Equal(m.MediaProviders, []string{"cdn"}) || !strings.Contains(string(m.Body), `"provider":{"name":"cdn"}`) {
+		t.Errorf("provider not kept: %+v %+v", bad, m)
 	}
 }
 
