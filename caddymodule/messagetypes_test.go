@@ -163,7 +163,7 @@ func TestMessageTypesThroughGateway(t *testing.T) {
 		body         map[string]any
 	}
 	var accepted []sent
-	types := map[string]bool{}
+	types, refusedTypes := map[string]bool{}, map[string]bool{}
 	for _, c := range conformanceCases(t, "/v1/messages", "post") {
 		captured := map[string]string{}
 		for _, s := range c.Setup {
@@ -213,6 +213,13 @@ func TestMessageTypesThroughGateway(t *testing.T) {
 			continue
 		}
 		if st >= 400 {
+			if doc, ok := c.Body.(map[string]any); ok {
+				typ, _ := doc["type"].(string)
+				if typ == "" {
+					typ = "text"
+				}
+				refusedTypes[typ] = true
+			}
 			if code := errCode(body); code != c.Code {
 				t.Errorf("%s: code %d (%s), want %d", c.Name, code, body, c.Code)
 			}
@@ -239,6 +246,9 @@ func TestMessageTypesThroughGateway(t *testing.T) {
 	for _, typ := range []string{"text", "template", "hsm", "image", "audio", "video", "document", "sticker", "location", "contacts", "interactive", "reaction"} {
 		if !types[typ] {
 			t.Errorf("no valid %s message among the cases", typ)
+		}
+		if !refusedTypes[typ] {
+			t.Errorf("no invalid %s message among the cases", typ)
 		}
 	}
 
