@@ -125,6 +125,7 @@ func TestParseMessageRefusesBadInput(t *testing.T) {
 		{`{"to":"15550100001","context":{},"text":{"body":"x"}}`, apierror.ParameterMissing},
 		{`{"to":"15550100001","context":{"message_id":""},"text":{"body":"x"}}`, apierror.ParameterInvalid},
 		{`{"to":"15550100001","context":"gBEG1","text":{"body":"x"}}`, apierror.ParameterInvalid},
+		{`{"to":"15550100001","type":"reaction","context":{"message_id":"m"},"reaction":{"message_id":"m","emoji":""}}`, apierror.ParameterInvalid},
 		// media providers
 		{`{"to":"15550100001","type":"image","image":{"link":"https://e.com/a","provider":{}}}`, apierror.ParameterMissing},
 		{`{"to":"15550100001","type":"image","image":{"link":"https://e.com/a","provider":{"name":5}}}`, apierror.ParameterInvalid},
