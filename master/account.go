@@ -15,6 +15,8 @@ import (
 	"mime/multipart"
 	"net/http"
 	"sync"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
@@ -93,7 +95,7 @@ func writeRow(ctx context.Context, tx *sql.Tx, name string, v any) error {
 		}
 		return nil
 	}
-	b, err := json.Marshal(v)
+	b, err := asciiJSON(v)
 	if err != nil {
 		return err
 	}
@@ -102,6 +104,30 @@ func writeRow(ctx context.Context, tx *sql.Tx, name string, v any) error {
 		return fmt.Errorf("store %s: %w", name, err)
 	}
 	return nil
+}
+
+// asciiJSON encodes v with every non-ASCII character escaped (\uXXXX,
+// surrogate pairs beyond the BMP): the settings table's character set may
+// not hold all of Unicode (utf8mb3 refuses emoji), while JSON's escapes
+// carry any text through any of them.
+func asciiJSON(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	for _, r := range string(b) {
+		switch {
+		case r < utf8.RuneSelf:
+			out.WriteRune(r)
+		case r > 0xFFFF:
+			hi, lo := utf16.EncodeRune(r)
+			fmt.Fprintf(&out, "\\u%04x\\u%04x", hi, lo)
+		default:
+			fmt.Fprintf(&out, "\\u%04x", r)
+		}
+	}
+	return out.Bytes(), nil
 }
 
 // callNetwork performs op at the network through the plugin.
