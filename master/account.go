@@ -204,6 +204,29 @@ func validBody(w http.ResponseWriter, r *http.Request, schema string, limit int6
 	return body, true
 }
 
+// decodeValid reads a JSON body validated against the named schema into a
+// T; on false the answer was written.
+func decodeValid[T any](w http.ResponseWriter, r *http.Request, schema string) (T, bool) {
+	var v T
+	body, ok := validBody(w, r, schema, 1<<20)
+	if ok {
+		json.Unmarshal(body, &v) // validated: it decodes
+	}
+	return v, ok
+}
+
+// setRow tells the network op with v and stores v as row; a nil v tells
+// the network an empty body and deletes the row.
+func (m *Master) setRow(w http.ResponseWriter, r *http.Request, op, row string, v any) {
+	body := v
+	if v == nil {
+		body = struct{}{}
+	}
+	accountMu.Lock()
+	defer accountMu.Unlock()
+	m.applySetting(w, r, op, body, func([]byte) (string, any) { return row, v })
+}
+
 func (m *Master) getAbout(w http.ResponseWriter, r *http.Request) {
 	var a transport.ProfileAbout
 	if _, err := readRow(r.Context(), m.db, rowAbout, &a); err != nil {
@@ -214,15 +237,9 @@ func (m *Master) getAbout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Master) patchAbout(w http.ResponseWriter, r *http.Request) {
-	body, ok := validBody(w, r, "ProfileAbout", 1<<20)
-	if !ok {
-		return
+	if a, ok := decodeValid[transport.ProfileAbout](w, r, "ProfileAbout"); ok {
+		m.setRow(w, r, transport.OpSetProfileAbout, rowAbout, a)
 	}
-	var a transport.ProfileAbout
-	json.Unmarshal(body, &a) // validated above
-	accountMu.Lock()
-	defer accountMu.Unlock()
-	m.applySetting(w, r, transport.OpSetProfileAbout, a, func([]byte) (string, any) { return rowAbout, a })
 }
 
 func (m *Master) getPhoto(w http.ResponseWriter, r *http.Request) {
@@ -313,9 +330,7 @@ func (m *Master) postPhoto(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Master) deletePhoto(w http.ResponseWriter, r *http.Request) {
-	accountMu.Lock()
-	defer accountMu.Unlock()
-	m.applySetting(w, r, transport.OpDeleteProfilePhoto, struct{}{}, func([]byte) (string, any) { return rowPhoto, nil })
+	m.setRow(w, r, transport.OpDeleteProfilePhoto, rowPhoto, nil)
 }
 
 func (m *Master) getBusiness(w http.ResponseWriter, r *http.Request) {
@@ -334,12 +349,10 @@ func (m *Master) getBusiness(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Master) postBusiness(w http.ResponseWriter, r *http.Request) {
-	body, ok := validBody(w, r, "BusinessProfile", 1<<20)
+	patch, ok := decodeValid[map[string]json.RawMessage](w, r, "BusinessProfile")
 	if !ok {
 		return
 	}
-	var patch map[string]json.RawMessage
-	json.Unmarshal(body, &patch) // validated above
 	accountMu.Lock()
 	defer accountMu.Unlock()
 	var cur transport.BusinessProfile
@@ -375,21 +388,13 @@ func (m *Master) postBusiness(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Master) postTwoStep(w http.ResponseWriter, r *http.Request) {
-	body, ok := validBody(w, r, "TwoStepPin", 1<<20)
-	if !ok {
-		return
-	}
-	var ts transport.TwoStep
-	json.Unmarshal(body, &ts) // validated above
 	// The PIN is kept (in the settings row, never shown by any GET) so a
 	// restore can set it at another cluster's network.
-	accountMu.Lock()
-	defer accountMu.Unlock()
-	m.applySetting(w, r, transport.OpSetTwoStep, ts, func([]byte) (string, any) { return rowTwoStep, ts })
+	if ts, ok := decodeValid[transport.TwoStep](w, r, "TwoStepPin"); ok {
+		m.setRow(w, r, transport.OpSetTwoStep, rowTwoStep, ts)
+	}
 }
 
 func (m *Master) deleteTwoStep(w http.ResponseWriter, r *http.Request) {
-	accountMu.Lock()
-	defer accountMu.Unlock()
-	m.applySetting(w, r, transport.OpDeleteTwoStep, struct{}{}, func([]byte) (string, any) { return rowTwoStep, nil })
+	m.setRow(w, r, transport.OpDeleteTwoStep, rowTwoStep, nil)
 }

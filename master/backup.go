@@ -74,12 +74,10 @@ func (m *Master) snapshot(ctx context.Context) (backup.Payload, error) {
 }
 
 func (m *Master) backup(w http.ResponseWriter, r *http.Request) {
-	body, ok := validBody(w, r, "BackupRequest", 1<<20)
+	req, ok := decodeValid[struct{ Password string }](w, r, "BackupRequest")
 	if !ok {
 		return
 	}
-	var req struct{ Password string }
-	json.Unmarshal(body, &req) // validated above
 	// One at a time: the KDF takes 64 MiB.
 	accountMu.Lock()
 	defer accountMu.Unlock()
