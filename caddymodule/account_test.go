@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"image/color"
+	"image/jpeg"
 	"image/png"
 	"io"
 	"mime/multipart"
@@ -27,6 +28,8 @@ type netAccount struct {
 	Photo *struct {
 		ContentType string `json:"content_type"`
 		Size        int    `json:"size"`
+		Width       int    `json:"width"`
+		Height      int    `json:"height"`
 	} `json:"photo"`
 	BusinessProfile businessProfile `json:"business_profile"`
 	TwoStep         bool            `json:"two_step"`
@@ -44,8 +47,14 @@ type businessProfile struct {
 // testPNG is a w×w PNG of one colour.
 func testPNG(t *testing.T, w int, c color.RGBA) []byte {
 	t.Helper()
-	img := image.NewRGBA(image.Rect(0, 0, w, w))
-	for i := 0; i < w*w; i++ {
+	return testRectPNG(t, w, w, c)
+}
+
+// testRectPNG is a w×h PNG of one colour.
+func testRectPNG(t *testing.T, w, h int, c color.RGBA) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for i := 0; i < w*h; i++ {
 		img.Set(i%w, i/w, c)
 	}
 	var b bytes.Buffer
@@ -53,6 +62,16 @@ func testPNG(t *testing.T, w int, c color.RGBA) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// jpegEdge is the side of a square JPEG (0 if it is neither).
+func jpegEdge(t *testing.T, b []byte) int {
+	t.Helper()
+	cfg, err := jpeg.DecodeConfig(bytes.NewReader(b))
+	if err != nil || cfg.Width != cfg.Height {
+		return 0
+	}
+	return cfg.Width
 }
 
 // accountClient is the admin's view of the account settings through the
@@ -246,21 +265,24 @@ func TestAccountSettingsThroughTheNetwork(t *testing.T) {
 		t.Errorf("the network's about %q, want %q", n.About, about)
 	}
 
-	// Photo: raw, then as a multipart form.
-	red, blue := testPNG(t, 16, color.RGBA{200, 0, 0, 255}), testPNG(t, 32, color.RGBA{0, 0, 200, 255})
+	// Photo: raw, then as a multipart form. It comes back as the
+	// original made it: the centred square, at most 640 px, a JPEG.
+	red, blue := testPNG(t, 16, color.RGBA{200, 0, 0, 255}), testRectPNG(t, 1200, 800, color.RGBA{0, 0, 200, 255})
 	a.uploadRaw(red, "image/png")
-	if got, ct := a.photo(); !bytes.Equal(got, red) || ct != "image/png" {
-		t.Errorf("photo read back: %d bytes %s, want the %d bytes uploaded as image/png", len(got), ct, len(red))
+	photo1, ct := a.photo()
+	if ct != "image/jpeg" || jpegEdge(t, photo1) != 16 {
+		t.Errorf("photo read back: %s, %d px, want a 16 px JPEG", ct, jpegEdge(t, photo1))
 	}
-	if got := fetch(t, a.photoLink()); !bytes.Equal(got, red) {
+	if got := fetch(t, a.photoLink()); !bytes.Equal(got, photo1) {
 		t.Errorf("the network's link serves %d bytes, not the photo", len(got))
 	}
 	a.uploadMultipart(blue)
-	if got, _ := a.photo(); !bytes.Equal(got, blue) {
-		t.Errorf("photo after the multipart upload: %d bytes, want the %d uploaded", len(got), len(blue))
+	photo2, _ := a.photo()
+	if jpegEdge(t, photo2) != 640 {
+		t.Errorf("a 1200×800 photo came back %d px square, want 640", jpegEdge(t, photo2))
 	}
-	if n := a.network(); n.Photo == nil || n.Photo.Size != len(blue) {
-		t.Errorf("the network's photo %+v, want %d bytes", n.Photo, len(blue))
+	if n := a.network(); n.Photo == nil || n.Photo.Size != len(photo2) || n.Photo.Width != 640 || n.Photo.Height != 640 {
+		t.Errorf("the network's photo %+v, want the %d-byte 640 px one", n.Photo, len(photo2))
 	}
 
 	// Business profile, whole then in part.
@@ -334,8 +356,8 @@ func TestAccountSettingsThroughTheNetwork(t *testing.T) {
 	if a.about() != about {
 		t.Errorf("about after the failover %q, want %q", a.about(), about)
 	}
-	if img, _ := a.photo(); !bytes.Equal(img, blue) {
-		t.Errorf("photo after the failover: %d bytes, want %d", len(img), len(blue))
+	if img, _ := a.photo(); !bytes.Equal(img, photo2) {
+		t.Errorf("photo after the failover: %d bytes, want %d", len(img), len(photo2))
 	}
 	if got := a.business(); !reflect.DeepEqual(got, bp) {
 		t.Errorf("business profile after the failover %+v, want %+v", got, bp)
@@ -396,6 +418,7 @@ func TestBackupRestoreIntoAFreshCluster(t *testing.T) {
 		Vertical: "Professional Services", Websites: []string{"https://ops.example.com"}}
 	a1.call("PATCH", "/v1/settings/profile/about", fmt.Sprintf(`{"text":%q}`, about), 200)
 	a1.uploadRaw(img, "image/png")
+	photo, _ := a1.photo()
 	b, _ := json.Marshal(bp)
 	a1.call("POST", "/v1/settings/business/profile", string(b), 200)
 	a1.call("POST", "/v1/settings/account/two-step", `{"pin":"246802"}`, 200)
@@ -510,18 +533,18 @@ func TestBackupRestoreIntoAFreshCluster(t *testing.T) {
 	if got := a2.business(); !reflect.DeepEqual(got, bp) {
 		t.Errorf("business profile after the restore %+v, want %+v", got, bp)
 	}
-	if got, _ := a2.photo(); !bytes.Equal(got, img) {
-		t.Errorf("photo after the restore: %d bytes, want %d", len(got), len(img))
+	if got, _ := a2.photo(); !bytes.Equal(got, photo) {
+		t.Errorf("photo after the restore: %d bytes, want the first cluster's %d", len(got), len(photo))
 	}
 	link := a2.photoLink()
 	if !strings.Contains(link, cl2.SimnetHTTP) {
 		t.Errorf("photo link %q is not the second network's (%s)", link, cl2.SimnetHTTP)
 	}
-	if got := fetch(t, link); !bytes.Equal(got, img) {
-		t.Errorf("the second network's photo link serves %d bytes, want %d", len(got), len(img))
+	if got := fetch(t, link); !bytes.Equal(got, photo) {
+		t.Errorf("the second network's photo link serves %d bytes, want %d", len(got), len(photo))
 	}
 	n := a2.network()
-	if n.About != about || !reflect.DeepEqual(n.BusinessProfile, bp) || !n.TwoStep || n.Photo == nil || n.Photo.Size != len(img) {
+	if n.About != about || !reflect.DeepEqual(n.BusinessProfile, bp) || !n.TwoStep || n.Photo == nil || n.Photo.Size != len(photo) {
 		t.Errorf("the second cluster's network after the restore: %+v", n)
 	}
 }

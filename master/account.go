@@ -7,9 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"image"
-	_ "image/jpeg" // profile photos are JPEG or PNG
-	_ "image/png"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -40,9 +37,6 @@ const (
 	rowBusiness = "account.business.profile"
 	rowTwoStep  = "account.two_step"
 )
-
-// maxPhoto bounds a profile photo: the network takes it in one frame.
-const maxPhoto = 2 << 20
 
 // accountMu serializes account-level changes, backups and restores on this
 // master: a business profile update reads, merges and writes, and the
@@ -296,14 +290,14 @@ func photoUpload(r *http.Request) ([]byte, error) {
 			}
 		}
 	}
-	data, err := io.ReadAll(io.LimitReader(src, maxPhoto+1))
+	data, err := io.ReadAll(io.LimitReader(src, maxPhotoUpload+1))
 	switch {
 	case err != nil:
 		return nil, &inputError{apierror.RequestNotValid, "the image could not be read: " + err.Error()}
 	case len(data) == 0:
 		return nil, &inputError{apierror.ParameterMissing, "the image is required: send it as the body with Content-Type image/jpeg or image/png"}
-	case len(data) > maxPhoto:
-		return nil, &inputError{apierror.ParameterInvalid, fmt.Sprintf("the image is larger than %d bytes", maxPhoto)}
+	case len(data) > maxPhotoUpload:
+		return nil, &inputError{apierror.ParameterInvalid, fmt.Sprintf("the image is larger than %d bytes", maxPhotoUpload)}
 	}
 	return data, nil
 }
@@ -314,18 +308,18 @@ func (m *Master) postPhoto(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	_, format, err := image.DecodeConfig(bytes.NewReader(data))
-	if err != nil || (format != "jpeg" && format != "png") {
-		apierror.Write(w, apierror.ParameterInvalid, "the profile photo must be a JPEG or PNG image")
+	photo, err := makeProfilePhoto(data)
+	if err != nil {
+		writeErr(w, err)
 		return
 	}
-	p := transport.ProfilePhoto{ContentType: "image/" + format, Data: data}
+	p := transport.ProfilePhoto{ContentType: "image/jpeg", Data: photo}
 	accountMu.Lock()
 	defer accountMu.Unlock()
 	m.applySetting(w, r, transport.OpSetProfilePhoto, p, func(res []byte) (string, any) {
 		var pr transport.ProfilePhotoResult
 		json.Unmarshal(res, &pr) // a network without a link answers {}
-		return rowPhoto, storedPhoto{ContentType: p.ContentType, Data: data, Link: pr.Link}
+		return rowPhoto, storedPhoto{ContentType: p.ContentType, Data: photo, Link: pr.Link}
 	})
 }
 
