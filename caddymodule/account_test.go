@@ -11,6 +11,7 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
+	"math/rand/v2"
 	"mime/multipart"
 	"net/http"
 	"reflect"
@@ -284,6 +285,22 @@ func TestAccountSettingsThroughTheNetwork(t *testing.T) {
 	if n := a.network(); n.Photo == nil || n.Photo.Size != len(photo2) || n.Photo.Width != 640 || n.Photo.Height != 640 {
 		t.Errorf("the network's photo %+v, want the %d-byte 640 px one", n.Photo, len(photo2))
 	}
+
+	// A photo larger than the gateway's held-body size streams through;
+	// one over the limit is refused.
+	noisy := image.NewRGBA(image.Rect(0, 0, 1000, 1000))
+	rand.NewChaCha8([32]byte{1}).Read(noisy.Pix)
+	var big bytes.Buffer
+	png.Encode(&big, noisy)
+	if big.Len() < 2<<20 {
+		t.Fatalf("the noisy photo is only %d bytes", big.Len())
+	}
+	a.uploadRaw(big.Bytes(), "image/png")
+	if got, _ := a.photo(); jpegEdge(t, got) != 640 {
+		t.Errorf("the %d-byte photo came back %d px, want 640", big.Len(), jpegEdge(t, got))
+	}
+	a.uploadMultipart(blue)
+	a.refused("POST", "/v1/settings/profile/photo", "image/png", string(make([]byte, 11<<20)), apierror.ParameterInvalid)
 
 	// Business profile, whole then in part.
 	bp := businessProfile{Address: "1 Main St, Springfield", Description: "Widgets and more", Email: "sales@example.com",
