@@ -98,13 +98,16 @@ func (m *Master) backup(w http.ResponseWriter, r *http.Request) {
 // checkPayload refuses an opened backup that could not have been written
 // by snapshot (it was authenticated, so this is a bug or a foreign tool).
 func checkPayload(p backup.Payload) error {
-	if len(p.Users) == 0 {
-		return errors.New("the backup has no users")
-	}
+	admin := false
 	for _, u := range p.Users {
 		if u.Username == "" || u.PasswordHash == "" || (u.Role != "ADMIN" && u.Role != "USER") {
 			return fmt.Errorf("the backup's user %q is not valid", u.Username)
 		}
+		admin = admin || (u.Username == "admin" && u.Role == "ADMIN")
+	}
+	if !admin {
+		// The gateway's built-in admin can be neither deleted nor demoted.
+		return errors.New("the backup has no built-in admin user")
 	}
 	for _, s := range p.Settings {
 		if s.Name == "" || !json.Valid([]byte(s.Value)) {
