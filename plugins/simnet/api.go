@@ -168,6 +168,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 	})
+	s.accountAPI(mux)
 	return mux
 }
 

@@ -84,6 +84,9 @@ type Server struct {
 	// registrations is every number a code was requested for, by regKey.
 	registrations map[string]*Registration
 	nextReg       int64
+	// account is the account-level settings the network was told
+	// (account.go).
+	account accountState
 	// layout is the newest shard count the coreapps told (connect and
 	// ping frames), by shard map version; zero until one does. Events go
 	// to their recipient's shard under it (see routeLocked).
@@ -411,6 +414,8 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 		s.registerLocked(c, f)
 	case OpVerify:
 		s.verifyLocked(c, f)
+	case OpAccount:
+		s.accountLocked(c, f)
 	case OpClose:
 		s.endLocked(c, EndClosed, arrival, &Frame{Op: OpClosed, Seq: f.Seq, Reason: EndClosed})
 		return false

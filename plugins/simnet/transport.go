@@ -626,6 +626,9 @@ func (f *fanout) unsubscribe(s *subscriber, undelivered []transport.Event) {
 // records what it was told and shows it on its HTTP API.
 func (t *Transport) Call(ctx context.Context, op string, body []byte) ([]byte, error) {
 	switch op {
+	case transport.OpSetProfileAbout, transport.OpSetProfilePhoto, transport.OpDeleteProfilePhoto,
+		transport.OpSetBusinessProfile, transport.OpSetTwoStep, transport.OpDeleteTwoStep:
+		return t.account(ctx, op, body)
 	default:
 		return nil, fmt.Errorf("%w: %q", transport.ErrUnsupported, op)
 	}

@@ -36,6 +36,10 @@ const (
 	OpVerify    = "verify"    // {registration with code} -> verified | rejected{reason, error}
 	OpVerified  = "verified"  //
 	OpRejected  = "rejected"  // a registration request the network turned down
+	// Account-level settings (account.go): {account{op, body}} ->
+	// account_done{account{op, body}} | rejected{reason, error}.
+	OpAccount     = "account"
+	OpAccountDone = "account_done"
 )
 
 // Why the network rejected a registration request (Frame.Error).
@@ -84,6 +88,8 @@ type Frame struct {
 	VName      string             `json:"vname,omitempty"`      // code_sent
 	Registered bool               `json:"registered,omitempty"` // code_sent: already verified, no code sent
 	Error      string             `json:"error,omitempty"`      // rejected: one of the Reject* constants
+
+	Account *AccountFrame `json:"account,omitempty"` // account, account_done
 }
 
 // RegistrationFrame carries a registration request or a code to verify.

@@ -8,3 +8,24 @@ package transport
 // Ops are added here, one constant (and its body and result types, in a
 // file of the area that uses them) per operation, so that a plugin's
 // switch over them is the complete list of what it offers.
+
+// Account-level settings (the API's /v1/settings/profile/*,
+// /v1/settings/business/profile, /v1/settings/account/two-step), applied by
+// the primary master through its plugin. They need no shard connection.
+// Bodies and results are the types in account.go; a value the network
+// refuses fails with ErrInvalidValue.
+const (
+	// OpSetProfileAbout: body ProfileAbout; result empty.
+	OpSetProfileAbout = "account.profile.about.set"
+	// OpSetProfilePhoto: body ProfilePhoto; result ProfilePhotoResult.
+	OpSetProfilePhoto = "account.profile.photo.set"
+	// OpDeleteProfilePhoto: body empty; result empty.
+	OpDeleteProfilePhoto = "account.profile.photo.delete"
+	// OpSetBusinessProfile: body BusinessProfile, the whole profile as it
+	// is to be; result empty.
+	OpSetBusinessProfile = "account.business.profile.set"
+	// OpSetTwoStep: body TwoStep; result empty.
+	OpSetTwoStep = "account.two_step.set"
+	// OpDeleteTwoStep: body empty; result empty.
+	OpDeleteTwoStep = "account.two_step.delete"
+)
