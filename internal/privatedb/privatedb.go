@@ -242,7 +242,7 @@ func (s *Server) Open(name string) (*sql.DB, error) {
 			return nil, err
 		}
 		defer boot.Close()
-		if _, err := boot.Exec("CREATE DATABASE IF NOT EXISTS `" + name + "`"); err != nil {
+		if _, err := boot.Exec("CREATE DATABASE IF NOT EXISTS `" + name + "` CHARACTER SET utf8mb4"); err != nil {
 			return nil, fmt.Errorf("create database %s: %w", name, err)
 		}
 	}
