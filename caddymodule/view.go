@@ -36,16 +36,18 @@ type viewKey struct {
 // background poll, by forced refreshes after a failed proxy attempt, and by
 // token checks that miss the cache.
 type clusterView struct {
-	cfg       database.Config
-	refresh   time.Duration
-	log       *zap.Logger
-	metrics   *gatewayMetrics
-	tokens    *tokenCache
-	logins    *loginLimiter
-	seedCost  int
-	cancel    context.CancelFunc
-	done      chan struct{}
-	connected chan struct{} // closed once db is set
+	cfg        database.Config
+	refresh    time.Duration
+	log        *zap.Logger
+	level      zap.AtomicLevel // the module's log level, see loglevel.go
+	levelFloor *slog.Level     // MC_LOG_LEVEL, nil when unset
+	metrics    *gatewayMetrics
+	tokens     *tokenCache
+	logins     *loginLimiter
+	seedCost   int
+	cancel     context.CancelFunc
+	done       chan struct{}
+	connected  chan struct{} // closed once db is set
 
 	db     atomic.Pointer[sql.DB]
 	maps   atomic.Pointer[shardmap.Cache]
@@ -78,9 +80,11 @@ func loadView(cfg database.Config, refresh time.Duration, seedCost int) (*cluste
 
 func newView(cfg database.Config, refresh time.Duration, seedCost int) *clusterView {
 	ctx, cancel := context.WithCancel(context.Background())
+	level, floor := newModuleLevel()
 	v := &clusterView{
 		cfg: cfg, refresh: refresh, seedCost: seedCost,
-		log:     caddy.Log().Named("multiconnect"),
+		level: level, levelFloor: floor,
+		log:     withLevel(caddy.Log().Named("multiconnect"), level),
 		metrics: newGatewayMetrics(),
 		tokens:  newTokenCache(),
 		logins:  newLoginLimiter(),
@@ -189,6 +193,7 @@ func (v *clusterView) run(ctx context.Context) {
 	v.maps.Store(maps)
 	v.status.Store(nil)
 	v.log.Info("gateway ready", zap.Int("shards", maps.Current().Shards))
+	go v.followLogLevel(ctx, db, slogger)
 
 	// The shard map poll, wrapped to record when it last succeeded (the
 	// age metric tells an operator the gateway is serving a stale map).
