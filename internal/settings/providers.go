@@ -2,7 +2,6 @@ package settings
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -64,19 +63,9 @@ var ErrNoProvider = errors.New("no such media provider")
 
 // LoadProviders reads every provider, with its credentials.
 func LoadProviders(ctx context.Context, q cluster.Querier) ([]Provider, error) {
-	var raw string
-	err := q.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, providersRow).Scan(&raw)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load media providers: %w", err)
-	}
 	var doc providersDoc
-	if err := json.Unmarshal([]byte(raw), &doc); err != nil {
-		return nil, fmt.Errorf("load media providers: stored document is not valid: %w", err)
-	}
-	return doc.Providers, nil
+	err := getRow(ctx, q, providersRow, &doc)
+	return doc.Providers, err
 }
 
 // PutProvider adds body's provider (the original's POST body: an array of
@@ -119,13 +108,5 @@ func storeProviders(ctx context.Context, q cluster.Querier, list []Provider) err
 	if list == nil {
 		list = []Provider{}
 	}
-	b, err := json.Marshal(providersDoc{Providers: list})
-	if err != nil {
-		return err
-	}
-	if _, err := q.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES (?, ?, NOW(6))
-		ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = NOW(6)`, providersRow, string(b)); err != nil {
-		return fmt.Errorf("store media providers: %w", err)
-	}
-	return cluster.BumpSettings(ctx, q)
+	return putRow(ctx, q, providersRow, providersDoc{Providers: list})
 }

@@ -231,18 +231,25 @@ const rowName = "application"
 // Load reads the effective settings: defaults overlaid with stored overrides.
 func Load(ctx context.Context, q cluster.Querier) (Application, error) {
 	a := Defaults()
+	err := getRow(ctx, q, rowName, &a)
+	return a, err
+}
+
+// getRow decodes the settings row name into doc, leaving doc as it is
+// when there is no such row.
+func getRow(ctx context.Context, q cluster.Querier, name string, doc any) error {
 	var raw string
-	err := q.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, rowName).Scan(&raw)
+	err := q.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, name).Scan(&raw)
 	if errors.Is(err, sql.ErrNoRows) {
-		return a, nil
+		return nil
 	}
 	if err != nil {
-		return a, fmt.Errorf("load settings: %w", err)
+		return fmt.Errorf("load settings row %s: %w", name, err)
 	}
-	if err := json.Unmarshal([]byte(raw), &a); err != nil {
-		return a, fmt.Errorf("load settings: stored document is not valid: %w", err)
+	if err := json.Unmarshal([]byte(raw), doc); err != nil {
+		return fmt.Errorf("load settings row %s: stored document is not valid: %w", name, err)
 	}
-	return a, nil
+	return nil
 }
 
 // Patch merges patch (a JSON object of the original's fields) into the
@@ -320,13 +327,19 @@ func Reset(ctx context.Context, q cluster.Querier) (Application, error) {
 }
 
 func store(ctx context.Context, q cluster.Querier, a Application) error {
-	b, err := json.Marshal(a)
+	return putRow(ctx, q, rowName, a)
+}
+
+// putRow writes doc as the JSON value of the settings row name and bumps
+// settings_version, so every node's cache notices within one poll.
+func putRow(ctx context.Context, q cluster.Querier, name string, doc any) error {
+	b, err := json.Marshal(doc)
 	if err != nil {
 		return err
 	}
 	if _, err := q.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES (?, ?, NOW(6))
-		ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = NOW(6)`, rowName, string(b)); err != nil {
-		return fmt.Errorf("store settings: %w", err)
+		ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = NOW(6)`, name, string(b)); err != nil {
+		return fmt.Errorf("store settings row %s: %w", name, err)
 	}
 	return cluster.BumpSettings(ctx, q)
 }
