@@ -99,17 +99,17 @@ func TestApplicationSettingsThroughGateway(t *testing.T) {
 	for _, p := range append(append([]*clustertest.Proc{}, cl.Masters...), cl.Coreapps...) {
 		logs[p.Name] = p.LogPath
 	}
-	// waitLevel patches log_level and returns, per log, the offset just
-	// past the node's "log level set" line at the new level.
-	waitLevel := func(level string) map[string]int64 {
+	// waitLevel patches body and returns, per log, the offset before the
+	// PATCH; every log must show a "log level set" line at level after it.
+	waitLevel := func(body, level string) map[string]int64 {
 		t.Helper()
 		start := map[string]int64{}
 		for name, path := range logs {
 			start[name] = fileSize(path)
 		}
 		t0 := time.Now()
-		st, body := g.do("PATCH", "/v1/settings/application", `{"log_level":"`+level+`"}`, auth())
-		expect(t, "PATCH log_level "+level, st, body, 200, 0)
+		st, answer := g.do("PATCH", "/v1/settings/application", body, auth())
+		expect(t, "PATCH "+body, st, answer, 200, 0)
 		seen := map[string]time.Duration{}
 		for time.Since(t0) < 3*time.Second && len(seen) < len(logs) {
 			for name, path := range logs {
@@ -137,8 +137,8 @@ func TestApplicationSettingsThroughGateway(t *testing.T) {
 		}
 		return start
 	}
-	waitLevel("debug")
-	start := waitLevel("info")
+	waitLevel(`{"log_level":"debug"}`, "debug")
+	start := waitLevel(`{"log_level":"info"}`, "info")
 	// Back at info: after each node's "log level set" line, no debug line
 	// (the masters debug-log failed heartbeats and more, the gateway its
 	// retries; the point is that nothing at debug passes any more).
@@ -155,6 +155,9 @@ func TestApplicationSettingsThroughGateway(t *testing.T) {
 			}
 		}
 	}
+	// verbose_logging logs at debug whatever log_level says.
+	waitLevel(`{"log_level":"warning","verbose_logging":true}`, "debug")
+	waitLevel(`{"log_level":"info","verbose_logging":false}`, "info")
 
 	st, body = g.do("DELETE", "/v1/settings/application", "", bearer(token))
 	expect(t, "DELETE", st, body, 200, 0)
