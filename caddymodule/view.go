@@ -36,18 +36,19 @@ type viewKey struct {
 // background poll, by forced refreshes after a failed proxy attempt, and by
 // token checks that miss the cache.
 type clusterView struct {
-	cfg        database.Config
-	refresh    time.Duration
-	log        *zap.Logger
+	cfg       database.Config
+	refresh   time.Duration
+	log       *zap.Logger
+	metrics   *gatewayMetrics
+	tokens    *tokenCache
+	logins    *loginLimiter
+	seedCost  int
+	cancel    context.CancelFunc
+	done      chan struct{}
+	connected chan struct{} // closed once db is set
+
 	level      zap.AtomicLevel // the module's log level, see loglevel.go
 	levelFloor *slog.Level     // MC_LOG_LEVEL, nil when unset
-	metrics    *gatewayMetrics
-	tokens     *tokenCache
-	logins     *loginLimiter
-	seedCost   int
-	cancel     context.CancelFunc
-	done       chan struct{}
-	connected  chan struct{} // closed once db is set
 
 	db     atomic.Pointer[sql.DB]
 	maps   atomic.Pointer[shardmap.Cache]

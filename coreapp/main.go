@@ -89,11 +89,9 @@ func run() error {
 	defer claimDB.Close()
 	c := &Coreapp{id: id, db: db, claimDB: claimDB, slots: newSlots(requestSlots), log: node.Logger(id), metrics: newMetrics()}
 	c.settings = settings.NewCache(db, 0, c.log)
-	floor, err := node.LogFloor()
-	if err != nil {
+	if err := node.FollowSettings(c.settings, c.log); err != nil {
 		return err
 	}
-	c.settings.FollowLevel(node.LogLevel, floor, c.log)
 	c.holder = newHolder(c)
 	c.acceptor, c.outbox = newAcceptor(c), newOutbox(c)
 	c.callbacks, c.dispatcher = newCallbackWriter(c), newDispatcher(c)

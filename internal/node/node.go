@@ -141,6 +141,18 @@ func LogFloor() (*slog.Level, error) {
 	return &l, nil
 }
 
+// FollowSettings makes LogLevel follow the cluster's log_level and
+// verbose_logging settings as cache sees them, with MC_LOG_LEVEL as a floor
+// (see settings.Cache.FollowLevel). It fails on an MC_LOG_LEVEL it cannot read.
+func FollowSettings(cache *settings.Cache, log *slog.Logger) error {
+	floor, err := LogFloor()
+	if err != nil {
+		return err
+	}
+	cache.FollowLevel(LogLevel, floor, log)
+	return nil
+}
+
 // Logger is the process's structured logger: JSON on stderr, tagged with
 // the node's role and address so merged cluster logs stay readable. Its
 // level is LogLevel, changed at run time by the settings.
