@@ -39,11 +39,13 @@ type BasicAuth struct {
 // secret's length is told.
 const Masked = "********"
 
-// Masked returns p with its password or token replaced by Masked.
+// Masked returns p with its credentials (username and password, or token)
+// replaced by Masked: GET tells which provider uses which kind of
+// authentication, never with what.
 func (p Provider) Masked() Provider {
 	out := p
 	if p.Config.Basic != nil {
-		out.Config.Basic = &BasicAuth{Username: p.Config.Basic.Username, Password: Masked}
+		out.Config.Basic = &BasicAuth{Username: Masked, Password: Masked}
 	}
 	if p.Config.Bearer != "" {
 		out.Config.Bearer = Masked

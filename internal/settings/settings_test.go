@@ -181,7 +181,7 @@ func TestLogLevel(t *testing.T) {
 
 func TestProviderMasked(t *testing.T) {
 	for _, p := range []Provider{
-		{Name: "b", Type: "www", Config: ProviderConfig{Basic: &BasicAuth{Username: "u", Password: "secret-pass"}}},
+		{Name: "b", Type: "www", Config: ProviderConfig{Basic: &BasicAuth{Username: "secret-user", Password: "secret-pass"}}},
 		{Name: "t", Type: "www", Config: ProviderConfig{Bearer: "secret-token"}},
 	} {
 		b, _ := json.Marshal(p.Masked())
