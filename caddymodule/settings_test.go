@@ -251,7 +251,7 @@ func TestMediaProvidersThroughGateway(t *testing.T) {
 		{"image", "/basic.png", "basic-prov", pngBytes},
 		{"document", "/bearer.pdf", "bearer-prov", pdfBytes},
 	} {
-		st, body := send(fmt.Sprintf(`{"to":%q,"type":%q,%q:{"link":%q,"provider":{"name":%q}}}`, to, m.typ, m.typ, srv.URL+m.file, m.prov))
+		st, body := send(fmt.Sprintf(`{"to":%q,"type":%q,%q:{"link":%q,"provider":{"name":%q},"caption":"a & b <c>"}}`, to, m.typ, m.typ, srv.URL+m.file, m.prov))
 		if st != 201 {
 			t.Fatalf("%s with provider %s: HTTP %d %s", m.typ, m.prov, st, body)
 		}
@@ -298,6 +298,9 @@ func TestMediaProvidersThroughGateway(t *testing.T) {
 		}
 		var doc map[string]map[string]any
 		json.Unmarshal(n.Body, &doc)
+		if doc[w.media]["caption"] != "a & b <c>" {
+			t.Errorf("the network's copy of %s does not keep the caption as sent: %s", w.id, n.Body)
+		}
 		mediaID, _ := doc[w.media]["id"].(string)
 		if mediaID == "" {
 			t.Errorf("the network's copy of %s has no %s.id: %s", w.id, w.media, n.Body)

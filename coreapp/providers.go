@@ -178,11 +178,14 @@ func (c *Coreapp) providerMedia(ctx context.Context, msg *outMessage) (code int,
 		m["id"] = id
 		msg.MediaIDs = append(msg.MediaIDs, id)
 	}
-	b, err := json.Marshal(doc)
-	if err != nil {
+	// Encoded without HTML escaping, so captions keep their < > & as sent.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(doc); err != nil {
 		return apierror.GenericError, "could not encode the message"
 	}
-	msg.Body = b
+	msg.Body = bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	return 0, ""
 }
 
