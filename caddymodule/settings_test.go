@@ -291,7 +291,7 @@ func TestMediaProvidersThroughGateway(t *testing.T) {
 		if n.ID != w.id {
 			t.Errorf("network message %d is %s, want %s", i, n.ID, w.id)
 		}
-		for _, secret := range []string{pass, tok, "provider", srv.URL} {
+		for _, secret := range []string{user, pass, tok, "provider", srv.URL} {
 			if strings.Contains(string(n.Body), secret) {
 				t.Errorf("the network's copy of %s carries %q: %s", w.id, secret, n.Body)
 			}
