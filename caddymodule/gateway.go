@@ -226,6 +226,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("multiconnect cluster view: %w", err)
 	}
+	g.log = withLevel(g.log, g.view.level)
 	if err := g.view.metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}

@@ -47,6 +47,9 @@ type clusterView struct {
 	done      chan struct{}
 	connected chan struct{} // closed once db is set
 
+	level      zap.AtomicLevel // the module's log level, see loglevel.go
+	levelFloor *slog.Level     // MC_LOG_LEVEL, nil when unset
+
 	db     atomic.Pointer[sql.DB]
 	maps   atomic.Pointer[shardmap.Cache]
 	secret atomic.Pointer[[]string] // the cluster secret header value
@@ -78,9 +81,11 @@ func loadView(cfg database.Config, refresh time.Duration, seedCost int) (*cluste
 
 func newView(cfg database.Config, refresh time.Duration, seedCost int) *clusterView {
 	ctx, cancel := context.WithCancel(context.Background())
+	level, floor := newModuleLevel()
 	v := &clusterView{
 		cfg: cfg, refresh: refresh, seedCost: seedCost,
-		log:     caddy.Log().Named("multiconnect"),
+		level: level, levelFloor: floor,
+		log:     withLevel(caddy.Log().Named("multiconnect"), level),
 		metrics: newGatewayMetrics(),
 		tokens:  newTokenCache(),
 		logins:  newLoginLimiter(),
@@ -189,6 +194,7 @@ func (v *clusterView) run(ctx context.Context) {
 	v.maps.Store(maps)
 	v.status.Store(nil)
 	v.log.Info("gateway ready", zap.Int("shards", maps.Current().Shards))
+	go v.followLogLevel(ctx, db, slogger)
 
 	// The shard map poll, wrapped to record when it last succeeded (the
 	// age metric tells an operator the gateway is serving a stale map).

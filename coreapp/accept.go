@@ -114,6 +114,10 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("%s is longer than %d characters", IdempotencyHeader, maxIdemKey))
 		return
 	}
+	if code, details := c.providerMedia(ctx, msg); code != 0 {
+		writeError(ctx, code, details)
+		return
+	}
 	if len(msg.MediaIDs) > 0 {
 		if !c.slots.acquire(ctx) {
 			return

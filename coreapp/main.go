@@ -43,6 +43,7 @@ type Coreapp struct {
 	dispatcher *dispatcher
 	media      *mediaStore
 	contacts   *contactChecker
+	providers  *providerCache
 }
 
 func main() {
@@ -88,10 +89,14 @@ func run() error {
 	defer claimDB.Close()
 	c := &Coreapp{id: id, db: db, claimDB: claimDB, slots: newSlots(requestSlots), log: node.Logger(id), metrics: newMetrics()}
 	c.settings = settings.NewCache(db, 0, c.log)
+	if err := node.FollowSettings(c.settings, c.log); err != nil {
+		return err
+	}
 	c.holder = newHolder(c)
 	c.acceptor, c.outbox = newAcceptor(c), newOutbox(c)
 	c.callbacks, c.dispatcher = newCallbackWriter(c), newDispatcher(c)
 	c.contacts = newContactChecker(c)
+	c.providers = newProviderCache(c)
 	if c.media, err = newMediaStore(c, os.Getenv("MC_MEDIA_DIR")); err != nil {
 		return err
 	}

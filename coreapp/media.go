@@ -71,12 +71,22 @@ func (m *mediaStore) upload(ctx *fasthttp.RequestCtx) {
 		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("media is %d bytes; the limit is %d", len(body), maxMedia))
 		return
 	}
-	id := newMediaID()
+	id, code, details := m.save(ctx, mt, body)
+	if code != 0 {
+		writeError(ctx, code, details)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusCreated, map[string]any{"media": []map[string]string{{"id": id}}})
+}
+
+// save stores body as a new upload of type mt and returns its id, or the
+// API code and details of the failure (nothing is left behind then).
+func (m *mediaStore) save(ctx context.Context, mt string, body []byte) (id string, code int, details string) {
+	id = newMediaID()
 	sum := sha256.Sum256(body)
 	if err := writeSynced(m.path(id), body); err != nil {
 		m.c.log.Error("could not store media", "err", err)
-		writeError(ctx, apierror.GenericError, "could not store the media")
-		return
+		return "", apierror.GenericError, "could not store the media"
 	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -84,10 +94,9 @@ func (m *mediaStore) upload(ctx *fasthttp.RequestCtx) {
 		id, mt, len(body), hex.EncodeToString(sum[:])); err != nil {
 		os.Remove(m.path(id))
 		m.c.dbError("store media", err)
-		writeError(ctx, apierror.ServiceUnavailable, "could not record the media")
-		return
+		return "", apierror.ServiceUnavailable, "could not record the media"
 	}
-	writeJSON(ctx, fasthttp.StatusCreated, map[string]any{"media": []map[string]string{{"id": id}}})
+	return id, 0, ""
 }
 
 func writeSynced(path string, b []byte) error {

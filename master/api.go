@@ -13,6 +13,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/settings"
 )
 
@@ -25,6 +26,9 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("GET /v1/settings/application", m.primaryOnly(m.getSettings))
 	mux.HandleFunc("PATCH /v1/settings/application", m.primaryOnly(m.patchSettings))
 	mux.HandleFunc("DELETE /v1/settings/application", m.primaryOnly(m.resetSettings))
+	mux.HandleFunc("GET /v1/settings/application/media/providers", m.primaryOnly(m.getProviders))
+	mux.HandleFunc("POST /v1/settings/application/media/providers", m.primaryOnly(m.postProvider))
+	mux.HandleFunc("DELETE /v1/settings/application/media/providers/{name}", m.primaryOnly(m.deleteProvider))
 	mux.HandleFunc("GET /v1/account/shards", m.primaryOnly(m.getShards))
 	mux.HandleFunc("POST /v1/account/shards", m.primaryOnly(m.postShards))
 	mux.HandleFunc("POST /v1/account", m.primaryOnly(m.register))
@@ -135,7 +139,10 @@ func (m *Master) resetSettings(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *Master) settingsAnswer(w http.ResponseWriter, a settings.Application, err error) {
+	var inv *openapi.Invalid
 	switch {
+	case errors.As(err, &inv):
+		apierror.Write(w, inv.Code, inv.Details)
 	case errors.Is(err, settings.ErrInvalid):
 		apierror.Write(w, apierror.ParameterInvalid, err.Error())
 	case errors.Is(err, ErrNotPrimary):

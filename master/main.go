@@ -141,6 +141,9 @@ func run() error {
 	m := &Master{id: cfg.id, db: db, log: node.Logger(cfg.id), metrics: newMetrics(), shards: cfg.shards, gc: cfg.gc}
 	m.lease = &masterLease{db: db, own: leaseDB, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL}
 	m.settings = settings.NewCache(db, 0, m.log)
+	if err := node.FollowSettings(m.settings, m.log); err != nil {
+		return err
+	}
 	m.mon = newMonitor(m)
 	m.plugin = &transport.Supervisor{Path: cfg.plugin, Log: m.log}
 	if cfg.pluginErr != nil {

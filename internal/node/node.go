@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/settings"
 )
 
 // Version is the release, set at build time with
@@ -120,13 +122,44 @@ func EnvDuration(name string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// Logger is the process's structured logger: JSON on stderr, tagged with
-// the node's role and address so merged cluster logs stay readable.
-func Logger(id Identity) *slog.Logger {
-	level := slog.LevelInfo
-	if os.Getenv("MC_LOG_LEVEL") == "debug" {
-		level = slog.LevelDebug
+// LogLevel is the level of the process's Logger. It starts at
+// MC_LOG_LEVEL (info when unset) and follows the cluster's log_level
+// setting afterwards (settings.Cache.FollowLevel).
+var LogLevel = new(slog.LevelVar)
+
+// LogFloor is MC_LOG_LEVEL as a level, or nil when it is unset: the node
+// then logs exactly at the cluster's setting.
+func LogFloor() (*slog.Level, error) {
+	v := os.Getenv("MC_LOG_LEVEL")
+	if v == "" {
+		return nil, nil
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level})).
+	l, err := settings.ParseLevel(v)
+	if err != nil {
+		return nil, fmt.Errorf("MC_LOG_LEVEL: %w", err)
+	}
+	return &l, nil
+}
+
+// FollowSettings makes LogLevel follow the cluster's log_level and
+// verbose_logging settings as cache sees them, with MC_LOG_LEVEL as a floor
+// (see settings.Cache.FollowLevel). It fails on an MC_LOG_LEVEL it cannot read.
+func FollowSettings(cache *settings.Cache, log *slog.Logger) error {
+	floor, err := LogFloor()
+	if err != nil {
+		return err
+	}
+	cache.FollowLevel(LogLevel, floor, log)
+	return nil
+}
+
+// Logger is the process's structured logger: JSON on stderr, tagged with
+// the node's role and address so merged cluster logs stay readable. Its
+// level is LogLevel, changed at run time by the settings.
+func Logger(id Identity) *slog.Logger {
+	if floor, _ := LogFloor(); floor != nil {
+		LogLevel.Set(*floor)
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: LogLevel})).
 		With("role", id.Role, "node", id.ID)
 }

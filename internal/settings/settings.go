@@ -12,16 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"reflect"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 )
 
 // Application is the effective settings document. Intervals are seconds and
@@ -69,6 +67,39 @@ type Application struct {
 	// PassThrough can no longer be enabled, as in the original since
 	// v2.35: messages are kept until the garbage collector removes them.
 	PassThrough bool `json:"pass_through"`
+
+	// LogLevel is every node's log level (masters, coreapps, gateways):
+	// debug, info, warning or error. Default info. A node started with
+	// MC_LOG_LEVEL logs at least that verbosely whatever this says.
+	LogLevel string `json:"log_level"`
+	// VerboseLogging logs at debug whatever LogLevel says. Default false.
+	VerboseLogging bool `json:"verbose_logging"`
+
+	// Fields of the original's document with no meaning here, kept so an
+	// integration that sets them is not refused and reads back what it
+	// set. OnCallPager named a WhatsApp contact (or group) the original
+	// paged with critical errors; TCPListenAddress an internal listener of
+	// its coreapp; AxolotlContextStripingDisabled an encryption detail of
+	// its network. The simulated network has no use for any of them.
+	OnCallPager                    string `json:"on_call_pager,omitempty"`
+	TCPListenAddress               string `json:"tcp_listen_address,omitempty"`
+	AxolotlContextStripingDisabled bool   `json:"axolotl_context_striping_disabled"`
+}
+
+// LogLevels are the values log_level accepts, in the original's words.
+var LogLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug, "info": slog.LevelInfo, "warning": slog.LevelWarn, "error": slog.LevelError,
+}
+
+// Level is the slog level the settings ask every node to log at.
+func (a Application) Level() slog.Level {
+	if a.VerboseLogging {
+		return slog.LevelDebug
+	}
+	if l, ok := LogLevels[a.LogLevel]; ok {
+		return l
+	}
+	return slog.LevelInfo
 }
 
 // GarbageCollector selects what the garbage collector removes.
@@ -141,6 +172,7 @@ func Defaults() Application {
 		Media:            MediaSettings{AutoDownload: append([]string(nil), MediaTypes...)},
 
 		NotifyUserChangeNumber: true, ShowSecurityNotifications: true,
+		LogLevel: "info",
 	}
 }
 
@@ -178,39 +210,18 @@ func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Se
 // ErrInvalid wraps every validation failure (API error 1009).
 var ErrInvalid = errors.New("invalid setting")
 
-// Validate refuses a document that cannot work.
+// Validate refuses a document that cannot work, for what the
+// ApplicationSettings schema of the OpenAPI document cannot say: rules
+// across fields, and the milliseconds a string may carry.
 func (a Application) Validate() error {
 	switch {
-	case a.HeartbeatInterval < 0.05 || a.HeartbeatInterval > 3600:
-		return fmt.Errorf("%w: heartbeat_interval must be between 0.05 and 3600 seconds", ErrInvalid)
 	case a.UnhealthyInterval <= a.HeartbeatInterval:
 		return fmt.Errorf("%w: unhealthy_interval (%g) must be larger than heartbeat_interval (%g)", ErrInvalid, a.UnhealthyInterval, a.HeartbeatInterval)
-	case a.UnhealthyInterval > 86400:
-		return fmt.Errorf("%w: unhealthy_interval must be at most 86400 seconds", ErrInvalid)
 	case a.CallbackBackoffDelayMS < 1 || a.CallbackBackoffDelayMS > 86400000:
 		return fmt.Errorf("%w: callback_backoff_delay_ms must be between 1 and 86400000", ErrInvalid)
 	case a.MaxCallbackBackoffDelayMS < a.CallbackBackoffDelayMS || a.MaxCallbackBackoffDelayMS > 86400000:
 		return fmt.Errorf("%w: max_callback_backoff_delay_ms (%d) must be between callback_backoff_delay_ms (%d) and 86400000",
 			ErrInvalid, a.MaxCallbackBackoffDelayMS, a.CallbackBackoffDelayMS)
-	}
-	switch a.Webhooks.MaxConcurrentRequests {
-	case 6, 12, 18, 24:
-	default:
-		return fmt.Errorf("%w: webhooks.max_concurrent_requests must be 6, 12, 18 or 24", ErrInvalid)
-	}
-	if a.PassThrough {
-		return fmt.Errorf("%w: pass_through can no longer be enabled", ErrInvalid)
-	}
-	for _, t := range a.Media.AutoDownload {
-		if !slices.Contains(MediaTypes, t) {
-			return fmt.Errorf("%w: media.auto_download: %q is not one of %s", ErrInvalid, t, strings.Join(MediaTypes, ", "))
-		}
-	}
-	if u := a.Webhooks.URL; u != "" {
-		p, err := url.Parse(u)
-		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-			return fmt.Errorf("%w: webhooks.url %q must be an absolute http or https URL", ErrInvalid, u)
-		}
 	}
 	return nil
 }
@@ -220,29 +231,46 @@ const rowName = "application"
 // Load reads the effective settings: defaults overlaid with stored overrides.
 func Load(ctx context.Context, q cluster.Querier) (Application, error) {
 	a := Defaults()
-	var raw string
-	err := q.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, rowName).Scan(&raw)
-	if errors.Is(err, sql.ErrNoRows) {
-		return a, nil
-	}
-	if err != nil {
-		return a, fmt.Errorf("load settings: %w", err)
-	}
-	if err := json.Unmarshal([]byte(raw), &a); err != nil {
-		return a, fmt.Errorf("load settings: stored document is not valid: %w", err)
-	}
-	return a, nil
+	err := getRow(ctx, q, rowName, &a)
+	return a, err
 }
 
-// Patch merges patch (a JSON object of known fields) into the stored
-// settings, validates the result and bumps settings_version. q should be the
-// primary master's fenced transaction, so nothing is written on error.
+// getRow decodes the settings row name into doc, leaving doc as it is
+// when there is no such row.
+func getRow(ctx context.Context, q cluster.Querier, name string, doc any) error {
+	var raw string
+	err := q.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = ?`, name).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load settings row %s: %w", name, err)
+	}
+	if err := json.Unmarshal([]byte(raw), doc); err != nil {
+		return fmt.Errorf("load settings row %s: stored document is not valid: %w", name, err)
+	}
+	return nil
+}
+
+// Patch merges patch (a JSON object of the original's fields) into the
+// stored settings, validates the result and bumps settings_version. q
+// should be the primary master's fenced transaction, so nothing is written
+// on error. The body is checked against the OpenAPI document's
+// ApplicationSettings schema first: a refusal is an *openapi.Invalid with
+// the original's code; a rule across fields fails with ErrInvalid.
 func Patch(ctx context.Context, q cluster.Querier, patch []byte) (Application, error) {
+	if inv := openapi.Validate("ApplicationSettings", patch); inv != nil {
+		return Application{}, inv
+	}
+	body, err := normalize(patch)
+	if err != nil {
+		return Application{}, err
+	}
 	cur, err := Load(ctx, q)
 	if err != nil {
 		return cur, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(patch))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	next := cur
 	if err := dec.Decode(&next); err != nil {
@@ -254,6 +282,42 @@ func Patch(ctx context.Context, q cluster.Querier, patch []byte) (Application, e
 	return next, store(ctx, q, next)
 }
 
+// normalize turns the original's older spellings into the document's:
+// db_garbagecollector_enable (before v2.37) is garbagecollector_enable's
+// messages switch, and wa_id is read-only (a client that sends back what
+// GET gave it is not refused; the value is ignored).
+func normalize(patch []byte) ([]byte, error) {
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(patch, &doc); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	delete(doc, "wa_id")
+	old, ok := doc["db_garbagecollector_enable"]
+	if !ok {
+		return json.Marshal(doc)
+	}
+	delete(doc, "db_garbagecollector_enable")
+	var on bool
+	if err := json.Unmarshal(old, &on); err != nil {
+		return nil, fmt.Errorf("%w: db_garbagecollector_enable must be true or false", ErrInvalid)
+	}
+	gc := map[string]json.RawMessage{}
+	if raw, ok := doc["garbagecollector_enable"]; ok {
+		if err := json.Unmarshal(raw, &gc); err != nil {
+			return nil, fmt.Errorf("%w: garbagecollector_enable must be an object", ErrInvalid)
+		}
+	}
+	if m, ok := gc["messages"]; ok {
+		var want bool
+		if json.Unmarshal(m, &want) == nil && want != on {
+			return nil, fmt.Errorf("%w: db_garbagecollector_enable and garbagecollector_enable.messages disagree", ErrInvalid)
+		}
+	}
+	gc["messages"], _ = json.Marshal(on)
+	doc["garbagecollector_enable"], _ = json.Marshal(gc)
+	return json.Marshal(doc)
+}
+
 // Reset puts every setting back to its default.
 func Reset(ctx context.Context, q cluster.Querier) (Application, error) {
 	if _, err := q.ExecContext(ctx, `DELETE FROM settings WHERE name = ?`, rowName); err != nil {
@@ -263,13 +327,19 @@ func Reset(ctx context.Context, q cluster.Querier) (Application, error) {
 }
 
 func store(ctx context.Context, q cluster.Querier, a Application) error {
-	b, err := json.Marshal(a)
+	return putRow(ctx, q, rowName, a)
+}
+
+// putRow writes doc as the JSON value of the settings row name and bumps
+// settings_version, so every node's cache notices within one poll.
+func putRow(ctx context.Context, q cluster.Querier, name string, doc any) error {
+	b, err := json.Marshal(doc)
 	if err != nil {
 		return err
 	}
 	if _, err := q.ExecContext(ctx, `INSERT INTO settings (name, value, updated_at) VALUES (?, ?, NOW(6))
-		ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = NOW(6)`, rowName, string(b)); err != nil {
-		return fmt.Errorf("store settings: %w", err)
+		ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = NOW(6)`, name, string(b)); err != nil {
+		return fmt.Errorf("store settings row %s: %w", name, err)
 	}
 	return cluster.BumpSettings(ctx, q)
 }
@@ -306,6 +376,11 @@ func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 func (c *Cache) Layout() (shards int, mapVersion int64) {
 	return int(c.shards.Load()), c.mapVersion.Load()
 }
+
+// Version is the settings_version the current settings were read at (0
+// before the first poll); other settings documents (media providers) are
+// cached against it.
+func (c *Cache) Version() int64 { return c.version.Load() }
 
 // Get returns the current settings.
 func (c *Cache) Get() Application { return *c.cur.Load() }
@@ -346,7 +421,7 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	c.version.Store(st.SettingsVersion)
 	if !reflect.DeepEqual(*old, a) {
 		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,
-			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist)
+			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist, "log_level", a.LogLevel, "verbose_logging", a.VerboseLogging)
 		c.mu.Lock()
 		fs := append([]func(Application){}, c.onChange...)
 		close(c.changed)
