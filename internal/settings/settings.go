@@ -310,6 +310,11 @@ func (c *Cache) Layout() (shards int, mapVersion int64) {
 // Get returns the current settings.
 func (c *Cache) Get() Application { return *c.cur.Load() }
 
+// Version returns settings_version as of the last load (0 before the
+// first). It moves on a change of any settings row, so what a node keeps
+// from another row (a certificate) is re-read only when it moves.
+func (c *Cache) Version() int64 { return c.version.Load() }
+
 // Changed returns a channel closed at the next change, so a loop sleeping
 // one interval wakes up to the new one at once.
 func (c *Cache) Changed() <-chan struct{} {
