@@ -100,22 +100,29 @@ func keyPEM(t testing.TB, k *ecdsa.PrivateKey) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 }
 
-// startHTTPSGateway runs bin/caddy on HTTPS with the multiconnect
-// certificate manager, as the README shows, and waits until it is ready.
-// Each gateway has its own storage, so its own internal CA.
-func (c *testCluster) startHTTPSGateway() *gateway {
+// startHTTPSGateway runs bin/caddy on HTTPS, as the README shows, and
+// waits until it is ready: with the multiconnect certificate manager when
+// tlsLine is empty, else with that tls directive (for example "tls
+// internal") in a site for localhost. Each gateway has its own storage, so
+// its own internal CA. Its client sends server name localhost.
+func (c *testCluster) startHTTPSGateway(tlsLine string) *gateway {
 	c.t.Helper()
 	port := freePort(c.t)
+	site, url := fmt.Sprintf("https://:%d", port), fmt.Sprintf("https://127.0.0.1:%d", port)
+	if tlsLine == "" {
+		tlsLine = "tls {\n\t\tget_certificate multiconnect\n\t}"
+	} else {
+		// A site for a host name matches requests for that name only.
+		site, url = fmt.Sprintf("https://localhost:%d", port), fmt.Sprintf("https://localhost:%d", port)
+	}
 	caddyfile := fmt.Sprintf(`{
 	admin off
 	persist_config off
 	skip_install_trust
 	auto_https disable_redirects
 }
-https://:%d {
-	tls {
-		get_certificate multiconnect
-	}
+%s {
+	%s
 	log {
 		output stderr
 	}
@@ -123,18 +130,48 @@ https://:%d {
 		bcrypt_cost 4
 	}
 }
-`, port)
+`, site, tlsLine)
 	path := filepath.Join(c.t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
 	// The test's own client does not check the certificate: what the
 	// gateway serves is checked apart, with served().
-	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
-	g := c.launchCaddy(fmt.Sprintf("https://127.0.0.1:%d", port), tr, []string{"WA_API_KEY=" + testAPIKey},
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}}
+	g := c.launchCaddy(url, tr, []string{"WA_API_KEY=" + testAPIKey},
 		"run", "--config", path, "--adapter", "caddyfile")
 	g.waitReady(map[string]string{"Authorization": "Apikey " + testAPIKey})
 	return g
+}
+
+// internalCA reads GET /v1/certificates/external/ca and checks the CA it
+// returns verifies the chain the gateway serves (and that nothing else
+// does).
+func (g *gateway) internalCA(token, what string) *x509.Certificate {
+	g.t.Helper()
+	st, body := g.do("GET", "/v1/certificates/external/ca", "", bearer(token))
+	if st != 200 {
+		g.t.Fatalf("%s: GET external/ca with the internal CA: HTTP %d %s", what, st, body)
+	}
+	blk, _ := pem.Decode([]byte(body))
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		g.t.Fatalf("%s: external/ca is not a PEM certificate: %q", what, body)
+	}
+	ca, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil || !ca.IsCA {
+		g.t.Fatalf("%s: external/ca: not a CA certificate (%v)", what, err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	chain, err := g.served(roots)
+	if err != nil {
+		g.t.Fatalf("%s: the chain it serves does not verify with the CA it gave: %v", what, err)
+	}
+	g.t.Logf("%s: serves %q issued by %q; external/ca is %q", what, chain[0].Subject, chain[0].Issuer, ca.Subject)
+	if _, err := g.served(x509.NewCertPool()); err == nil {
+		g.t.Fatalf("%s: its chain verifies with no root at all", what)
+	}
+	return ca
 }
 
 // served dials the gateway as a client trusting only roots (for server
@@ -160,36 +197,16 @@ func textHeaders(token string) map[string]string {
 // and store nothing. Then a certificate the test made is uploaded through
 // one gateway, and both serve it within a short bound, without a restart;
 // external/ca then answers 404 (1006): that certificate is not self-issued.
+// A gateway with plain `tls internal` gives its CA too.
 func TestCertificatesOverHTTPS(t *testing.T) {
 	cl := clustertest.New(t, clustertest.Options{Masters: 2, Coreapps: 1, Shards: 1})
 	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
 	c.shards.Store(1)
-	gws := []*gateway{c.startHTTPSGateway(), c.startHTTPSGateway()}
+	gws := []*gateway{c.startHTTPSGateway(""), c.startHTTPSGateway("")}
 	token := gws[0].loginAdmin()
 
 	for i, g := range gws {
-		st, body := g.do("GET", "/v1/certificates/external/ca", "", bearer(token))
-		if st != 200 {
-			t.Fatalf("gateway %d: GET external/ca with the internal CA: HTTP %d %s", i, st, body)
-		}
-		blk, _ := pem.Decode([]byte(body))
-		if blk == nil || blk.Type != "CERTIFICATE" {
-			t.Fatalf("gateway %d: external/ca is not a PEM certificate: %q", i, body)
-		}
-		ca, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil || !ca.IsCA {
-			t.Fatalf("gateway %d: external/ca: not a CA certificate (%v)", i, err)
-		}
-		roots := x509.NewCertPool()
-		roots.AddCert(ca)
-		chain, err := g.served(roots)
-		if err != nil {
-			t.Fatalf("gateway %d: the chain it serves does not verify with the CA it gave: %v", i, err)
-		}
-		t.Logf("gateway %d: serves %q issued by %q; external/ca is %q", i, chain[0].Subject, chain[0].Issuer, ca.Subject)
-		if _, err := g.served(x509.NewCertPool()); err == nil {
-			t.Fatalf("gateway %d: its chain verifies with no root at all", i)
-		}
+		g.internalCA(token, fmt.Sprintf("gateway %d", i))
 	}
 
 	root := newTestCA(t, "multiconnect test root", nil)
@@ -257,6 +274,12 @@ func TestCertificatesOverHTTPS(t *testing.T) {
 		!strings.Contains(stored, certPEM(leaf, inter.cert)) {
 		t.Fatalf("the stored row is not the upload (%v)", err)
 	}
+	// A gateway with Caddy's own `tls internal` for localhost, without
+	// the certificate manager, keeps its internal certificate (the
+	// README says so) and gives its CA.
+	internal := c.startHTTPSGateway("tls internal")
+	internal.internalCA(token, "the tls internal gateway")
+
 	// Only an ADMIN uploads.
 	st, body = gws[0].do("POST", "/v1/certificates/external", "x", map[string]string{"Content-Type": "text/plain"})
 	if st != 401 {
