@@ -107,6 +107,14 @@ func keyPEM(t testing.TB, k *ecdsa.PrivateKey) string {
 // its own internal CA. Its client sends server name localhost.
 func (c *testCluster) startHTTPSGateway(tlsLine string) *gateway {
 	c.t.Helper()
+	g := c.launchHTTPSGateway(tlsLine)
+	g.waitReady(map[string]string{"Authorization": "Apikey " + testAPIKey})
+	return g
+}
+
+// launchHTTPSGateway is startHTTPSGateway without waiting for readiness.
+func (c *testCluster) launchHTTPSGateway(tlsLine string) *gateway {
+	c.t.Helper()
 	port := freePort(c.t)
 	site, url := fmt.Sprintf("https://:%d", port), fmt.Sprintf("https://127.0.0.1:%d", port)
 	if tlsLine == "" {
@@ -138,10 +146,8 @@ func (c *testCluster) startHTTPSGateway(tlsLine string) *gateway {
 	// The test's own client does not check the certificate: what the
 	// gateway serves is checked apart, with served().
 	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"}}
-	g := c.launchCaddy(url, tr, []string{"WA_API_KEY=" + testAPIKey},
+	return c.launchCaddy(url, tr, []string{"WA_API_KEY=" + testAPIKey},
 		"run", "--config", path, "--adapter", "caddyfile")
-	g.waitReady(map[string]string{"Authorization": "Apikey " + testAPIKey})
-	return g
 }
 
 // internalCA reads GET /v1/certificates/external/ca and checks the CA it
@@ -274,6 +280,22 @@ func TestCertificatesOverHTTPS(t *testing.T) {
 		!strings.Contains(stored, certPEM(leaf, inter.cert)) {
 		t.Fatalf("the stored row is not the upload (%v)", err)
 	}
+	// A gateway started now serves the upload from its first handshake.
+	late := c.launchHTTPSGateway("")
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		chain, err := late.served(trusted)
+		if err == nil {
+			if chain[0].SerialNumber.Cmp(leaf.SerialNumber) != 0 {
+				t.Fatalf("a gateway started after the upload first served %q", chain[0].Subject)
+			}
+			t.Logf("a gateway started after the upload served it at its first handshake, %s after its start", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if !strings.Contains(err.Error(), "connection refused") || time.Since(start) > 20*time.Second {
+			t.Fatalf("a gateway started after the upload: first handshake: %v", err)
+		}
+	}
+
 	// A gateway with Caddy's own `tls internal` for localhost, without
 	// the certificate manager, keeps its internal certificate (the
 	// README says so) and gives its CA.

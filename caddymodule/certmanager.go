@@ -70,10 +70,17 @@ type CertManager struct {
 // certState is what a CertManager serves (apart, so the module value can
 // be copied before it is provisioned).
 type certState struct {
-	stored   atomic.Pointer[tls.Certificate] // nil: none stored
-	fbMu     sync.Mutex
-	fallback atomic.Pointer[tls.Certificate]
+	stored     atomic.Pointer[tls.Certificate] // nil: none stored
+	loaded     chan struct{}                   // closed once the row was read
+	loadedOnce sync.Once
+	fbMu       sync.Mutex
+	fallback   atomic.Pointer[tls.Certificate]
 }
+
+// firstLoadWait bounds how long a handshake at start waits for the stored
+// certificate to be read, rather than serving the internal CA's when an
+// upload exists.
+const firstLoadWait = 2 * time.Second
 
 // CaddyModule returns the Caddy module information.
 func (CertManager) CaddyModule() caddy.ModuleInfo {
@@ -87,7 +94,7 @@ func (CertManager) CaddyModule() caddy.ModuleInfo {
 // the stored certificate.
 func (m *CertManager) Provision(ctx caddy.Context) error {
 	m.log = ctx.Logger()
-	m.certState = new(certState)
+	m.certState = &certState{loaded: make(chan struct{})}
 	setDefault(&m.RefreshInterval, 100*time.Millisecond)
 	if m.CA == "" {
 		m.CA = "local"
@@ -166,6 +173,9 @@ func (m *CertManager) follow(ctx context.Context) {
 		case err == nil && changed:
 			m.apply(watch.Value())
 		}
+		if err == nil {
+			m.loadedOnce.Do(func() { close(m.loaded) })
+		}
 		failing = err != nil
 		select {
 		case <-ctx.Done():
@@ -204,6 +214,20 @@ func (m *CertManager) apply(value string, ok bool) {
 func (m *CertManager) GetCertificate(ctx context.Context, _ *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if c := m.stored.Load(); c != nil {
 		return c, nil
+	}
+	select {
+	case <-m.loaded:
+	default:
+		t := time.NewTimer(firstLoadWait)
+		select {
+		case <-m.loaded:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if c := m.stored.Load(); c != nil {
+			return c, nil
+		}
 	}
 	return m.internal(ctx)
 }
