@@ -84,27 +84,8 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 	for d.NextBlock(0) {
 		switch key := d.Val(); key {
 		case "database":
-			if d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			if g.Database == nil {
-				g.Database = new(DatabaseConfig)
-			}
-			for d.NextBlock(1) {
-				field := map[string]*string{
-					"hostname": &g.Database.Hostname, "port": &g.Database.Port, "username": &g.Database.Username,
-					"password": &g.Database.Password, "name": &g.Database.Name,
-				}[d.Val()]
-				if field == nil {
-					return nil, d.Errf("unknown database setting %q (hostname, port, username, password, name)", d.Val())
-				}
-				if !d.NextArg() {
-					return nil, d.ArgErr()
-				}
-				*field = d.Val()
-				if d.NextArg() {
-					return nil, d.ArgErr()
-				}
+			if err := g.unmarshalDatabase(d); err != nil {
+				return nil, err
 			}
 		case "refresh_interval", "retry_wait", "response_timeout", "token_ttl", "token_cache", "token_grace", "health_timeout", "forget_after":
 			v, err := oneArg(d)
@@ -189,6 +170,34 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 		}
 	}
 	return rp, nil
+}
+
+// unmarshalDatabase reads a database block (the dispenser is on its name);
+// the certificate manager takes the same block.
+func (g *Gateway) unmarshalDatabase(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if g.Database == nil {
+		g.Database = new(DatabaseConfig)
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		field := map[string]*string{
+			"hostname": &g.Database.Hostname, "port": &g.Database.Port, "username": &g.Database.Username,
+			"password": &g.Database.Password, "name": &g.Database.Name,
+		}[d.Val()]
+		if field == nil {
+			return d.Errf("unknown database setting %q (hostname, port, username, password, name)", d.Val())
+		}
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		*field = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
 }
 
 func oneArg(d *caddyfile.Dispenser) (string, error) {

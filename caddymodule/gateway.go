@@ -125,6 +125,7 @@ type Gateway struct {
 	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
 
 	proxy        caddyhttp.MiddlewareHandler
+	caddyCtx     caddy.Context // for the pki app (GET /v1/certificates/external/ca)
 	view         *clusterView
 	viewKey      viewKey
 	log          *zap.Logger
@@ -158,6 +159,7 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 // 503 with the reason.
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.log = ctx.Logger()
+	g.caddyCtx = ctx
 	setDefault(&g.RefreshInterval, 100*time.Millisecond)
 	setDefault(&g.RetryWait, time.Second)
 	setDefault(&g.ResponseTimeout, 20*time.Second)
@@ -393,6 +395,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.health(w, r)
 	case "metrics":
 		g.metrics.ServeHTTP(w, r)
+	case "certificates":
+		g.externalCA(w, r)
 	}
 	return nil
 }

@@ -331,6 +331,15 @@ func (c *testCluster) startGatewayEnv(extra string, env []string, ready map[stri
 // expecting the API on port, and waits until it is ready.
 func (c *testCluster) runCaddy(port int, env []string, ready map[string]string, args ...string) *gateway {
 	c.t.Helper()
+	g := c.launchCaddy(fmt.Sprintf("http://127.0.0.1:%d", port), &http.Transport{MaxIdleConnsPerHost: 64}, env, args...)
+	g.waitReady(ready)
+	return g
+}
+
+// launchCaddy starts bin/caddy with args and the cluster's db.env (plus
+// env); requests go to url through tr. It does not wait for readiness.
+func (c *testCluster) launchCaddy(url string, tr *http.Transport, env []string, args ...string) *gateway {
+	c.t.Helper()
 	bin := buildCaddy(c.t)
 	dir := c.t.TempDir()
 	logPath := filepath.Join(dir, "caddy.log")
@@ -347,8 +356,8 @@ func (c *testCluster) runCaddy(port int, env []string, ready map[string]string, 
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
-	g := &gateway{t: c.t, url: fmt.Sprintf("http://127.0.0.1:%d", port), cmd: cmd, log: logPath, done: make(chan struct{}),
-		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	g := &gateway{t: c.t, url: url, cmd: cmd, log: logPath, done: make(chan struct{}),
+		http: &http.Client{Timeout: 10 * time.Second, Transport: tr}}
 	go func() { cmd.Wait(); f.Close(); close(g.done) }()
 	c.t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGKILL)
@@ -358,7 +367,6 @@ func (c *testCluster) runCaddy(port int, env []string, ready map[string]string, 
 			c.t.Logf("caddy log (tail):\n%s", tailString(string(b), 6000))
 		}
 	})
-	g.waitReady(ready)
 	return g
 }
 

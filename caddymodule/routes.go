@@ -90,6 +90,9 @@ func classify(method, p string) route {
 		return route{"account", toMaster, admin}
 	case under(p, "/v1/support"):
 		return route{"support", toMaster, admin}
+	case p == "/v1/certificates/external/ca":
+		// The CA of the certificate this gateway serves: its own TLS.
+		return route{"certificates", toGateway, user}
 	case under(p, "/v1/certificates"):
 		return route{"certificates", toMaster, admin}
 	}

@@ -81,6 +81,8 @@ func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 		{"GET", "/v1/stats/db", master},
 		{"GET", "/v1/stats/app", master},
 		{"POST", "/v1/support", master},
+		{"POST", "/v1/certificates/external", master},
+		{"DELETE", "/v1/certificates/webhooks/ca", master},
 		{"POST", "/v1/contacts", nil},
 		{"GET", "/v1/media/abc", nil},
 		{"PUT", "/v1/messages/gBEGkYiEB1VXAglK1ZEqA1YKPrU", nil},
@@ -101,6 +103,11 @@ func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 	// Dot segments are resolved before access checks and forwarding.
 	if st, body := g.do("GET", "/v1/media/../settings/application", "", bearer(token)); st != 200 || !strings.Contains(body, master.addr) {
 		t.Errorf("/v1/media/../settings/application: HTTP %d %s, want the master's settings route", st, body)
+	}
+	// The CA of the gateway's own certificate is the gateway's: on plain
+	// HTTP it has none.
+	if st, body := g.do("GET", "/v1/certificates/external/ca", "", bearer(token)); st != 404 || errCode(body) != apierror.NotFound || strings.Contains(body, master.addr) {
+		t.Errorf("GET /v1/certificates/external/ca on plain HTTP: HTTP %d %s, want the gateway's 404 with 1006", st, body)
 	}
 	if st, body := g.do("GET", "/v1/nothing-here", "", bearer(token)); st != 404 || errCode(body) != apierror.NotFound {
 		t.Errorf("unknown route: HTTP %d %s, want 404 with 1006", st, body)

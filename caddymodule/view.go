@@ -260,6 +260,15 @@ func (v *clusterView) currentMap() *shardmap.Map {
 	return nil
 }
 
+// settingsVersion returns the cluster row's settings_version as of the
+// last shard map poll (0 before the first).
+func (v *clusterView) settingsVersion() int64 {
+	if c := v.maps.Load(); c != nil {
+		return c.SettingsVersion()
+	}
+	return 0
+}
+
 // mapChanged returns a channel closed at the next shard map change.
 func (v *clusterView) mapChanged() <-chan struct{} {
 	if c := v.maps.Load(); c != nil {

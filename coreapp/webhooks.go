@@ -46,6 +46,7 @@ type dispatcher struct {
 	// the order they are sent: the X-Multiconnect-Sequence header.
 	posts   int64
 	postsOf [2]int64
+	ca      *webhookCA
 }
 
 // Headers every webhook POST carries, so a receiver can tell which holder
@@ -69,7 +70,7 @@ func (d *dispatcher) nextPost(st status) int64 {
 }
 
 func newDispatcher(c *Coreapp) *dispatcher {
-	return &dispatcher{c: c, wake: make(chan struct{}, 1)}
+	return &dispatcher{c: c, wake: make(chan struct{}, 1), ca: newWebhookCA(c)}
 }
 
 func (d *dispatcher) nudge() {
@@ -139,9 +140,10 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
 	d.c.log.Info("delivering callbacks", "shard", st.Shard, "epoch", st.Epoch, "url", hooks.URL, "max_concurrent_requests", hooks.MaxConcurrentRequests)
+	tlsCfg, caKey := d.ca.current(ctx)
 	client := &http.Client{Timeout: webhookTimeout, Transport: &http.Transport{
 		MaxConnsPerHost: hooks.MaxConcurrentRequests, MaxIdleConnsPerHost: hooks.MaxConcurrentRequests,
-		IdleConnTimeout: 90 * time.Second,
+		IdleConnTimeout: 90 * time.Second, TLSClientConfig: tlsCfg,
 	}}
 	defer client.CloseIdleConnections()
 	marks := make(chan int64, webhookQueue)
@@ -176,7 +178,7 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 		cur := d.c.holder.status()
 		s := d.c.settings.Get()
 		if !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch || s.Webhooks.URL != hooks.URL ||
-			s.Webhooks.MaxConcurrentRequests != hooks.MaxConcurrentRequests {
+			s.Webhooks.MaxConcurrentRequests != hooks.MaxConcurrentRequests || d.caChanged(ctx, caKey) {
 			d.c.log.Info("stopped delivering callbacks", "shard", st.Shard, "epoch", st.Epoch)
 			return
 		}
@@ -213,6 +215,13 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 		case <-time.After(webhookPoll):
 		}
 	}
+}
+
+// caChanged says whether the webhook CA changed since the term began (the
+// term's client then ends with the term; the next one trusts the new CA).
+func (d *dispatcher) caChanged(ctx context.Context, key [32]byte) bool {
+	_, now := d.ca.current(ctx)
+	return now != key
 }
 
 func laneOf(recipient string, n int) int {

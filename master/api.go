@@ -37,6 +37,7 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("GET /v1/stats/app", m.primaryOnly(m.statsApp))
 	mux.HandleFunc("GET /v1/stats/db", m.primaryOnly(m.statsDB))
 	m.accountRoutes(mux)
+	m.certificateRoutes(mux)
 	return m.members(mux)
 }
 

@@ -378,8 +378,9 @@ func (c *Cache) Layout() (shards int, mapVersion int64) {
 }
 
 // Version is the settings_version the current settings were read at (0
-// before the first poll); other settings documents (media providers) are
-// cached against it.
+// before the first poll). It moves on a change of any settings row, so
+// what a node keeps from another row (media providers, a certificate) is
+// re-read only when it moves.
 func (c *Cache) Version() int64 { return c.version.Load() }
 
 // Get returns the current settings.

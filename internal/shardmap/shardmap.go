@@ -31,6 +31,8 @@ type Map struct {
 	Shards  int
 	Version int64
 	Entries []Entry // indexed by shard, len == Shards
+	// SettingsVersion is the cluster row's settings_version read with it.
+	SettingsVersion int64
 }
 
 // Lookup returns the entry serving recipient.
@@ -53,7 +55,7 @@ func Load(ctx context.Context, db *sql.DB) (*Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load shard map: %w", err)
 	}
-	m := &Map{Shards: st.Shards, Version: st.MapVersion, Entries: make([]Entry, st.Shards)}
+	m := &Map{Shards: st.Shards, Version: st.MapVersion, Entries: make([]Entry, st.Shards), SettingsVersion: st.SettingsVersion}
 	for i := range m.Entries {
 		m.Entries[i].Shard = i
 	}
@@ -85,6 +87,7 @@ type Cache struct {
 	cur      atomic.Pointer[Map]
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every change
+	settings atomic.Int64  // settings_version as of the last poll
 	// OnChange, if set before Run, is called after every reload that changed the map.
 	OnChange func(*Map)
 }
@@ -107,6 +110,11 @@ func (c *Cache) Changed() <-chan struct{} {
 	return c.changed
 }
 
+// SettingsVersion returns the cluster row's settings_version as of the
+// last poll (0 before the first): the poll reads it anyway, so what a
+// gateway keeps from a settings row is re-read only when it moves.
+func (c *Cache) SettingsVersion() int64 { return c.settings.Load() }
+
 // Refresh reloads now if the version moved (or force is set).
 func (c *Cache) Refresh(ctx context.Context, force bool) error {
 	if cur := c.cur.Load(); cur != nil && !force {
@@ -114,6 +122,7 @@ func (c *Cache) Refresh(ctx context.Context, force bool) error {
 		if err != nil {
 			return err
 		}
+		c.settings.Store(st.SettingsVersion)
 		if st.MapVersion == cur.Version && st.Shards == cur.Shards {
 			return nil
 		}
@@ -122,6 +131,7 @@ func (c *Cache) Refresh(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
+	c.settings.Store(m.SettingsVersion)
 	if old := c.cur.Swap(m); old == nil || old.Version != m.Version || old.Shards != m.Shards {
 		c.mu.Lock()
 		close(c.changed)
