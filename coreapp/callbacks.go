@@ -221,8 +221,11 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 			keep = append(keep, cb)
 		}
 	}
-	stored := true
-	if len(keep) > 0 && s.CallbackPersist {
+	// Who sent each inbound message is recorded first, webhook or not,
+	// so it can be marked read (markread.go); false leaves the batch
+	// unacknowledged for the shard's next holder.
+	stored := w.indexInbound(ctx, batch)
+	if stored && len(keep) > 0 && s.CallbackPersist {
 		for {
 			err := w.store(ctx, keep)
 			if err == nil {
@@ -240,7 +243,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 				break
 			}
 		}
-	} else if len(keep) > 0 {
+	} else if stored && len(keep) > 0 {
 		w.c.dispatcher.remember(keep)
 	}
 	var doneErr error

@@ -148,6 +148,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 	})
+	s.restRoutes(mux)
 	return mux
 }
 

@@ -626,6 +626,8 @@ func (f *fanout) unsubscribe(s *subscriber, undelivered []transport.Event) {
 // records what it was told and shows it on its HTTP API.
 func (t *Transport) Call(ctx context.Context, op string, body []byte) ([]byte, error) {
 	switch op {
+	case transport.OpMarkRead, transport.OpIdentity, transport.OpIdentityAck, transport.OpStickerpacks:
+		return t.callNetwork(ctx, op, body)
 	default:
 		return nil, fmt.Errorf("%w: %q", transport.ErrUnsupported, op)
 	}

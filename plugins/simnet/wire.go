@@ -84,6 +84,9 @@ type Frame struct {
 	VName      string             `json:"vname,omitempty"`      // code_sent
 	Registered bool               `json:"registered,omitempty"` // code_sent: already verified, no code sent
 	Error      string             `json:"error,omitempty"`      // rejected: one of the Reject* constants
+
+	Call string          `json:"call,omitempty"` // call: the transport op (see rest.go)
+	Body json.RawMessage `json:"body,omitempty"` // call, called: the op's body and result
 }
 
 // RegistrationFrame carries a registration request or a code to verify.
