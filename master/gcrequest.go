@@ -5,11 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/webhook"
 )
 
 // gcInbound collects the inbound message index (schema 9) with the
@@ -105,14 +105,5 @@ func postJSON(ctx context.Context, client *http.Client, url string, body []byte)
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	return nil
+	return webhook.Do(client, req)
 }

@@ -260,16 +260,8 @@ func (s *Server) restRoutes(mux *http.ServeMux) {
 	// once a coreapp acknowledged the message (stored it), within 10 s: a
 	// test can then act on the message at once.
 	mux.HandleFunc("POST /v1/inbound/acked", func(w http.ResponseWriter, r *http.Request) {
-		var in Inbound
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFrame))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("decode inbound message: %w", err))
-			return
-		}
-		id, _, err := s.Inject(in)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
+		id, _, ok := s.injectRequest(w, r)
+		if !ok {
 			return
 		}
 		for end := time.Now().Add(10 * time.Second); s.held(id); time.Sleep(5 * time.Millisecond) {
@@ -349,4 +341,22 @@ func (s *Server) held(id string) bool {
 		}
 	}
 	return false
+}
+
+// injectRequest injects the inbound message a request's body describes;
+// on failure it has answered the request.
+func (s *Server) injectRequest(w http.ResponseWriter, r *http.Request) (id string, delivered, ok bool) {
+	var in Inbound
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFrame))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode inbound message: %w", err))
+		return "", false, false
+	}
+	id, delivered, err := s.Inject(in)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return "", false, false
+	}
+	return id, delivered, true
 }
