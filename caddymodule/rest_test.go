@@ -64,13 +64,17 @@ func simnetReads(t *testing.T, cl *clustertest.Cluster) []simnetRead {
 func TestRestSurfaceWithRealNodes(t *testing.T) {
 	// The webhook receiver keeps the service notifications it gets.
 	var mu sync.Mutex
-	var services []string
+	var services, notices, all []string
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		all = append(all, string(b))
 		if bytes.Contains(b, []byte(`"services"`)) {
-			mu.Lock()
 			services = append(services, string(b))
-			mu.Unlock()
+		}
+		if bytes.Contains(b, []byte(`user_identity_changed`)) {
+			notices = append(notices, string(b))
 		}
 	}))
 	defer hook.Close()
@@ -161,6 +165,17 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 	if changed == first || acked || time.Since(time.UnixMilli(created)) > time.Minute {
 		t.Errorf("after a change: hash %s (was %s), acknowledged %v, created %v", changed, first, acked, time.UnixMilli(created))
 	}
+	// The webhook hears of the change as in the original: a system message.
+	cl.Eventually(10*time.Second, "the user_identity_changed notification", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, n := range notices {
+			if strings.Contains(n, `"identity":"`+changed+`"`) && strings.Contains(n, `"type":"system"`) && strings.Contains(n, `"from":"`+contact+`"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("none with hash %s among %q", changed, notices)
+	})
 	st, body = g.do("PUT", "/v1/contacts/"+contact+"/identity", `{"hash":"`+first+`"}`, auth)
 	expect(t, "acknowledge an old hash", st, body, 400, apierror.ParameterInvalid)
 	st, body = g.do("PUT", "/v1/contacts/"+contact+"/identity", `{"hash":"`+changed+`"}`, auth)
@@ -174,6 +189,35 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 	if err := cl.SimnetJSON("/v1/identities", &ids); err != nil || len(ids.Acks) != 1 || ids.Acks[0].Hash != changed {
 		t.Errorf("the network recorded acknowledgements %+v (%v), want one of %s", ids.Acks, err, changed)
 	}
+	// With show_security_notifications off the webhook is not told: a
+	// later message from the contact arrives, the notice before it does not.
+	st, body = g.do("PATCH", "/v1/settings/application", `{"show_security_notifications":false}`, auth)
+	expect(t, "show_security_notifications off", st, body, 200, 0)
+	time.Sleep(500 * time.Millisecond) // the coreapps read settings every 200 ms
+	mu.Lock()
+	before := len(notices)
+	mu.Unlock()
+	b, _ = json.Marshal(map[string]string{"wa_id": contact})
+	if resp, err = http.Post("http://"+cl.SimnetHTTP+"/v1/identities", "application/json", bytes.NewReader(b)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("change the identity at the network again: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	later := simnetInbound(t, cl, contact)
+	cl.Eventually(10*time.Second, "the later message at the webhook", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, a := range all {
+			if strings.Contains(a, later) {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
+	})
+	mu.Lock()
+	if len(notices) != before {
+		t.Errorf("with show_security_notifications off the webhook got %d more notices: %q", len(notices)-before, notices[before:])
+	}
+	mu.Unlock()
 	st, body = g.do("GET", "/v1/contacts/1234/identity", "", auth)
 	expect(t, "identity of a number that is no account", st, body, 404, apierror.NotFound)
 	st, body = g.do("PUT", "/v1/contacts/"+contact+"/identity", `{}`, auth)

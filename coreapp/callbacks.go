@@ -217,6 +217,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 			// No webhook: there is nobody to tell, as in the original.
 		case cb.kind == kindMoved:
 		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
+		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // rest.go
 		default:
 			keep = append(keep, cb)
 		}

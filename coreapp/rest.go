@@ -77,6 +77,21 @@ func inboundID(payload []byte) string {
 	return p.Message.ID
 }
 
+// securityNotice reports whether a stored inbound callback is the
+// network's user_identity_changed system message, which the webhook gets
+// only with show_security_notifications.
+func securityNotice(payload []byte) bool {
+	var p struct {
+		Message struct {
+			System struct {
+				Type string `json:"type"`
+			} `json:"system"`
+		} `json:"message"`
+	}
+	_ = json.Unmarshal(payload, &p)
+	return p.Message.System.Type == "user_identity_changed"
+}
+
 // restRoute serves the routes of this file; it reports whether path was one.
 func (c *Coreapp) restRoute(ctx *fasthttp.RequestCtx, method, path string) bool {
 	switch {

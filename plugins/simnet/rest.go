@@ -118,7 +118,8 @@ func (s *Server) identityLocked(d string) IdentityState {
 
 // ChangeIdentity gives number a new identity (as when its owner
 // reinstalls on another phone); it is unacknowledged until the business
-// acknowledges its hash.
+// acknowledges its hash. The contact's shard gets a user_identity_changed
+// system message (shard 0 while no coreapp told the network the count).
 func (s *Server) ChangeIdentity(number string) (IdentityState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -136,7 +137,17 @@ func (s *Server) ChangeIdentity(number string) (IdentityState, error) {
 	}
 	id.generation++
 	id.created, id.acknowledged = time.Now().UnixMilli(), false
-	return s.identityLocked(d), nil
+	st := s.identityLocked(d)
+	// The business hears of it as the original did: an inbound system
+	// message from the contact, user_identity_changed, with the new hash.
+	payload, _ := json.Marshal(map[string]any{"type": "system", "system": map[string]string{
+		"body": "The security code of " + d + " changed", "customer": d, "identity": st.Hash, "type": "user_identity_changed",
+	}})
+	s.nextIn++
+	msgID := fmt.Sprintf("in-%d", s.nextIn)
+	s.rest.noteInbound(msgID, d)
+	s.emitLocked(0, Event{Kind: KindInbound, MessageID: msgID, Recipient: d, Timestamp: time.Now().Unix(), Payload: payload})
+	return st, nil
 }
 
 // Identities lists the contacts whose identity changed.
