@@ -33,6 +33,7 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("GET /v1/stats/app", m.primaryOnly(m.statsApp))
 	mux.HandleFunc("GET /v1/stats/db", m.primaryOnly(m.statsDB))
 	mux.HandleFunc("PUT /v1/services/message/gc", m.primaryOnly(m.gcMessagesNow))
+	mux.HandleFunc("/v1/services/", servicesElse)
 	return m.members(mux)
 }
 
