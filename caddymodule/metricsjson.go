@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/node"
@@ -13,8 +14,17 @@ import (
 // by default, each metric {"data":[{"labels","value"}],"help","type"}
 // under "metrics"; the Prometheus text format with ?format=prometheus
 // (what a Prometheus scrape configuration must now ask for).
+//
+// Without format, a client whose Accept header asks for the text or
+// OpenMetrics exposition and not for JSON (Prometheus's scraper does) gets
+// the text format, so scrape configurations written before JSON became the
+// default keep working.
 func (g *Gateway) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	switch r.URL.Query().Get("format") {
+	format := r.URL.Query().Get("format")
+	if !r.URL.Query().Has("format") && wantsExposition(r.Header.Get("Accept")) {
+		format = "prometheus"
+	}
+	switch format {
 	case "prometheus":
 		g.metrics.ServeHTTP(w, r)
 		return
@@ -38,4 +48,12 @@ func (g *Gateway) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(b)
+}
+
+// wantsExposition reports whether an Accept header names the Prometheus
+// text or OpenMetrics format and not JSON.
+func wantsExposition(accept string) bool {
+	a := strings.ToLower(accept)
+	return (strings.Contains(a, "text/plain") || strings.Contains(a, "application/openmetrics-text")) &&
+		!strings.Contains(a, "json")
 }

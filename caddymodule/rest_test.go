@@ -296,6 +296,13 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 		if st != 200 || !strings.Contains(body, `multiconnect_gateway_requests_total{route="mark_read",target="shard"}`) {
 			t.Errorf("GET %s?format=prometheus: HTTP %d %.300s", p, st, body)
 		}
+		// Prometheus's scraper says what it accepts: it gets the text
+		// format without format=prometheus, so old scrape configs work.
+		st, body = g.do("GET", p, "", map[string]string{"Authorization": "Bearer " + token,
+			"Accept": "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1"})
+		if st != 200 || !strings.Contains(body, "# TYPE multiconnect_gateway_requests_total counter") {
+			t.Errorf("GET %s as Prometheus asks: HTTP %d %.300s", p, st, body)
+		}
 		st, body = g.do("GET", p+"?format=xml", "", auth)
 		expect(t, "an unknown metrics format", st, body, 400, apierror.ParameterInvalid)
 	}
