@@ -193,10 +193,12 @@ func (s *Server) callLocked(c *conn, f Frame) {
 			return
 		}
 		// A read receipt goes to the sender's chat, which the sender's
-		// shard's connection carries.
+		// shard's connection carries. While the shard count changes the
+		// network and the cluster may briefly disagree: a plain error, so
+		// the client is told to retry rather than that its request is bad.
 		if s.layout != 0 {
 			if want := s.routeLocked(c.shard, from); want != c.shard {
-				reject(RejectInvalid, fmt.Sprintf("message %q is from a contact of shard %d, not %d", req.MessageID, want, c.shard))
+				c.out.push(Frame{Op: OpError, Seq: f.Seq, Reason: fmt.Sprintf("message %q is from a contact of shard %d, not %d", req.MessageID, want, c.shard)})
 				return
 			}
 		}

@@ -3,6 +3,7 @@ package simnet
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -39,6 +40,27 @@ func TestCallOps(t *testing.T) {
 	}
 	if r := s.Reads(); len(r) != 1 || r[0].MessageID != id || r[0].Shard != 0 || r[0].Epoch != 1 || r[0].Node != "a" {
 		t.Errorf("reads %+v", r)
+	}
+
+	// Once the network routes by a count of 2, a message of shard 1's
+	// contact is not shard 0's to mark: refused, but not as a bad request
+	// (the cluster may just not have caught up with a change of the count).
+	s.mu.Lock()
+	s.learnLayoutLocked(2, 1)
+	s.mu.Unlock()
+	other := ""
+	for i := 0; other == ""; i++ {
+		if n := fmt.Sprintf("1631555%04d", i); s.routeLocked(0, n) == 1 {
+			other = n
+		}
+	}
+	id2, _, _ := s.Inject(Inbound{Recipient: other})
+	body, _ = json.Marshal(transport.MarkReadRequest{MessageID: id2, From: other})
+	if _, err := tr.Call(ctx, transport.OpMarkRead, body); err == nil || errors.Is(err, transport.ErrInvalidValue) || errors.Is(err, transport.ErrNoSuchItem) {
+		t.Errorf("mark read another shard's message: %v, want a plain error", err)
+	}
+	if r := s.Reads(); len(r) != 1 {
+		t.Errorf("a refused read was recorded: %+v", r)
 	}
 
 	ident := func(waid string) (transport.Identity, error) {
