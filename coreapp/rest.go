@@ -92,36 +92,60 @@ func securityNotice(payload []byte) bool {
 	return p.Message.System.Type == "user_identity_changed"
 }
 
-// restRoute serves the routes of this file; it reports whether path was one.
+// restRoutes are this file's routes, path templates in the OpenAPI
+// document's form. All are users' routes (a primary answers) and take a
+// request slot.
+var restRoutes = []struct {
+	method, path string
+	serve        func(c *Coreapp, ctx *fasthttp.RequestCtx, params map[string]string)
+}{
+	{"PUT", "/v1/messages/{message-id}", (*Coreapp).serveMarkRead},
+	{"GET", "/v1/contacts/{wa_id}/identity", (*Coreapp).serveGetIdentity},
+	{"PUT", "/v1/contacts/{wa_id}/identity", (*Coreapp).serveAckIdentity},
+	{"GET", "/v1/stickerpacks", (*Coreapp).serveStickerpacks},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}", (*Coreapp).serveStickerpack},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers", (*Coreapp).serveStickers},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers/{sticker-index}", (*Coreapp).serveSticker},
+}
+
+// restRoute serves restRoutes; it reports whether path was one of theirs
+// (a known path under another method is answered 1025).
 func (c *Coreapp) restRoute(ctx *fasthttp.RequestCtx, method, path string) bool {
-	switch {
-	case strings.HasPrefix(path, "/v1/messages/") && strings.Count(path, "/") == 3:
-		if method != "PUT" {
-			writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
+	known := false
+	for _, rt := range restRoutes {
+		params, ok := matchTemplate(rt.path, path)
+		if !ok {
+			continue
+		}
+		known = true
+		if rt.method == method {
+			rt.serve(c, ctx, params)
 			return true
 		}
-		c.markRead(ctx, strings.TrimPrefix(path, "/v1/messages/"))
-	case strings.HasPrefix(path, "/v1/contacts/") && strings.HasSuffix(path, "/identity") && strings.Count(path, "/") == 4:
-		waid := strings.TrimSuffix(strings.TrimPrefix(path, "/v1/contacts/"), "/identity")
-		switch method {
-		case "GET":
-			c.getIdentity(ctx, waid)
-		case "PUT":
-			c.ackIdentity(ctx, waid)
-		default:
-			writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
-		}
-	case path == "/v1/stickerpacks" || strings.HasPrefix(path, "/v1/stickerpacks/"):
-		if method != "GET" {
-			writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path+
-				": third-party sticker packs are not served")
-			return true
-		}
-		c.stickerpacks(ctx, strings.Split(strings.TrimPrefix(path, "/v1/stickerpacks"), "/")[1:])
-	default:
-		return false
 	}
-	return true
+	if known {
+		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
+	}
+	return known
+}
+
+// matchTemplate matches path against a template whose {name} segments
+// match any one non-empty segment, returning them by name.
+func matchTemplate(tpl, path string) (map[string]string, bool) {
+	ts, ps := strings.Split(tpl, "/"), strings.Split(path, "/")
+	if len(ts) != len(ps) {
+		return nil, false
+	}
+	params := map[string]string{}
+	for i, t := range ts {
+		switch {
+		case strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && ps[i] != "":
+			params[t[1:len(t)-1]] = ps[i]
+		case t != ps[i]:
+			return nil, false
+		}
+	}
+	return params, true
 }
 
 // call performs op with the network through the plugin. On failure it
@@ -167,11 +191,12 @@ func validBody(ctx *fasthttp.RequestCtx, name string) bool {
 	return true
 }
 
-// markRead is PUT /v1/messages/{id} {"status":"read"}. The gateway sent it
+// serveMarkRead is PUT /v1/messages/{id} {"status":"read"}. The gateway sent it
 // to the primary of the sender's shard, whose connection carries the
 // sender's chat; a coreapp that is not (any more) answers 1018 and the
 // gateway retries on a reloaded map.
-func (c *Coreapp) markRead(ctx *fasthttp.RequestCtx, id string) {
+func (c *Coreapp) serveMarkRead(ctx *fasthttp.RequestCtx, p map[string]string) {
+	id := p["message-id"]
 	if !validBody(ctx, "MarkRead") {
 		return
 	}
@@ -214,11 +239,11 @@ func identityWAID(ctx *fasthttp.RequestCtx, waid string) string {
 	return d
 }
 
-// getIdentity is GET /v1/contacts/{wa_id}/identity, the contact's latest
+// serveGetIdentity is GET /v1/contacts/{wa_id}/identity, the contact's latest
 // identity as the network knows it, in the original's shape (contacts is
 // an object there, not an array).
-func (c *Coreapp) getIdentity(ctx *fasthttp.RequestCtx, waid string) {
-	d := identityWAID(ctx, waid)
+func (c *Coreapp) serveGetIdentity(ctx *fasthttp.RequestCtx, p map[string]string) {
+	d := identityWAID(ctx, p["wa_id"])
 	if d == "" {
 		return
 	}
@@ -229,13 +254,13 @@ func (c *Coreapp) getIdentity(ctx *fasthttp.RequestCtx, waid string) {
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": id})
 }
 
-// ackIdentity is PUT /v1/contacts/{wa_id}/identity {"hash"}: it
+// serveAckIdentity is PUT /v1/contacts/{wa_id}/identity {"hash"}: it
 // acknowledges the contact's latest identity with the network.
-func (c *Coreapp) ackIdentity(ctx *fasthttp.RequestCtx, waid string) {
+func (c *Coreapp) serveAckIdentity(ctx *fasthttp.RequestCtx, p map[string]string) {
 	if !validBody(ctx, "IdentityAck") {
 		return
 	}
-	d := identityWAID(ctx, waid)
+	d := identityWAID(ctx, p["wa_id"])
 	if d == "" {
 		return
 	}
@@ -249,58 +274,80 @@ func (c *Coreapp) ackIdentity(ctx *fasthttp.RequestCtx, waid string) {
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{})
 }
 
-// stickerpacks serves the original's read routes of /v1/stickerpacks:
-// with ?namespace=whatsapp the network's first-party packs, without it
-// the business's third-party packs, of which there are none here (creating
-// them is not served).
-func (c *Coreapp) stickerpacks(ctx *fasthttp.RequestCtx, parts []string) {
-	ns := string(ctx.QueryArgs().Peek("namespace"))
-	if ns != "" && ns != "whatsapp" {
-		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("namespace %q: only whatsapp (first-party packs) is known", ns))
+// The original's read routes of /v1/stickerpacks: with ?namespace=whatsapp
+// the network's first-party packs, without it the business's third-party
+// packs, of which there are none here (creating them is not served).
+
+func (c *Coreapp) serveStickerpacks(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	cat, ok := c.stickerCatalogue(ctx)
+	if !ok {
 		return
 	}
-	if len(parts) > 3 || (len(parts) >= 2 && parts[1] != "stickers") {
-		writeError(ctx, apierror.NotFound, "no such route: "+string(ctx.Path()))
-		return
+	out := []map[string]string{}
+	for _, p := range cat.Packs {
+		out = append(out, map[string]string{"id": p.ID})
 	}
-	var cat transport.Stickerpacks
-	if ns == "whatsapp" && !c.call(ctx, transport.OpStickerpacks, struct{}{}, &cat) {
-		return
-	}
-	if len(parts) == 0 {
-		out := []map[string]string{}
-		for _, p := range cat.Packs {
-			out = append(out, map[string]string{"id": p.ID})
-		}
-		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": out})
-		return
-	}
-	var pack *transport.Stickerpack
-	for i := range cat.Packs {
-		if cat.Packs[i].ID == parts[0] {
-			pack = &cat.Packs[i]
-		}
-	}
-	if pack == nil {
-		writeError(ctx, apierror.NotFound, fmt.Sprintf("no sticker pack %q in namespace %q", parts[0], ns))
-		return
-	}
-	switch len(parts) {
-	case 1:
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": out})
+}
+
+func (c *Coreapp) serveStickerpack(ctx *fasthttp.RequestCtx, p map[string]string) {
+	if pack := c.stickerpack(ctx, p["stickerpack-id"]); pack != nil {
 		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": []map[string]string{{"publisher": pack.Publisher, "name": pack.Name}}})
-	case 2:
-		out := []map[string]string{}
-		for _, s := range pack.Stickers {
-			out = append(out, map[string]string{"index": s.Index})
-		}
-		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": out})
-	default:
-		for _, s := range pack.Stickers {
-			if s.Index == parts[2] {
-				writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": []map[string]any{{"id": s.ID, "emojis": s.Emojis}}})
-				return
-			}
-		}
-		writeError(ctx, apierror.NotFound, fmt.Sprintf("no sticker %q in pack %q", parts[2], pack.ID))
 	}
+}
+
+func (c *Coreapp) serveStickers(ctx *fasthttp.RequestCtx, p map[string]string) {
+	pack := c.stickerpack(ctx, p["stickerpack-id"])
+	if pack == nil {
+		return
+	}
+	out := []map[string]string{}
+	for _, s := range pack.Stickers {
+		out = append(out, map[string]string{"index": s.Index})
+	}
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": out})
+}
+
+func (c *Coreapp) serveSticker(ctx *fasthttp.RequestCtx, p map[string]string) {
+	pack := c.stickerpack(ctx, p["stickerpack-id"])
+	if pack == nil {
+		return
+	}
+	for _, s := range pack.Stickers {
+		if s.Index == p["sticker-index"] {
+			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": []map[string]any{{"id": s.ID, "emojis": s.Emojis}}})
+			return
+		}
+	}
+	writeError(ctx, apierror.NotFound, fmt.Sprintf("no sticker %q in pack %q", p["sticker-index"], pack.ID))
+}
+
+// stickerCatalogue is the packs of the request's namespace; on failure it
+// has answered the request.
+func (c *Coreapp) stickerCatalogue(ctx *fasthttp.RequestCtx) (transport.Stickerpacks, bool) {
+	var cat transport.Stickerpacks
+	switch ns := string(ctx.QueryArgs().Peek("namespace")); ns {
+	case "":
+		return cat, true // third-party: none
+	case "whatsapp":
+		return cat, c.call(ctx, transport.OpStickerpacks, struct{}{}, &cat)
+	default:
+		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("namespace %q: only whatsapp (first-party packs) is known", ns))
+		return cat, false
+	}
+}
+
+// stickerpack finds pack id in the request's namespace; nil: answered.
+func (c *Coreapp) stickerpack(ctx *fasthttp.RequestCtx, id string) *transport.Stickerpack {
+	cat, ok := c.stickerCatalogue(ctx)
+	if !ok {
+		return nil
+	}
+	for i := range cat.Packs {
+		if cat.Packs[i].ID == id {
+			return &cat.Packs[i]
+		}
+	}
+	writeError(ctx, apierror.NotFound, fmt.Sprintf("no sticker pack %q in namespace %q", id, string(ctx.QueryArgs().Peek("namespace"))))
+	return nil
 }

@@ -98,9 +98,9 @@ func identityHash(digits string, g int) string {
 	return base64.StdEncoding.EncodeToString(sum[:8])
 }
 
-// accountLocked returns the digits of number when it is an account (the
+// accountDigitsLocked returns the digits of number when it is an account (the
 // contact check's rule), else "".
-func (s *Server) accountLocked(number string) string {
+func (s *Server) accountDigitsLocked(number string) string {
 	d := string(digits(number))
 	if _, bad := s.unreachable[d]; bad || len(d) < 8 || len(d) > 15 || d[0] == '0' {
 		return ""
@@ -123,7 +123,7 @@ func (s *Server) identityLocked(d string) IdentityState {
 func (s *Server) ChangeIdentity(number string) (IdentityState, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d := s.accountLocked(number)
+	d := s.accountDigitsLocked(number)
 	if d == "" {
 		return IdentityState{}, fmt.Errorf("%q is not an account", number)
 	}
@@ -210,7 +210,7 @@ func (s *Server) callLocked(c *conn, f Frame) {
 			reject(RejectInvalid, "identity needs a wa_id")
 			return
 		}
-		d := s.accountLocked(req.WAID)
+		d := s.accountDigitsLocked(req.WAID)
 		if d == "" {
 			reject(RejectNoItem, fmt.Sprintf("%q is not an account", req.WAID))
 			return
