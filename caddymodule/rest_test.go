@@ -92,8 +92,9 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 	id := simnetInbound(t, cl, from)
 	st, body = g.do("PUT", "/v1/messages/"+id, `{"status":"read"}`, auth)
 	expect(t, "mark read", st, body, 200, 0)
-	if strings.TrimSpace(body) != "{}" {
-		t.Errorf("mark read answered %s, want {}", body)
+	var answer map[string]json.RawMessage
+	if json.Unmarshal([]byte(body), &answer) != nil || len(answer) != 1 || answer["meta"] == nil {
+		t.Errorf("mark read answered %s, want only meta", body)
 	}
 	reads := simnetReads(t, cl)
 	if len(reads) != 1 || reads[0].MessageID != id || reads[0].From != from || reads[0].Shard != 1 || reads[0].Node != conns[1].Node {
@@ -238,16 +239,26 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 	if err := cl.SimnetJSON("/v1/stickerpacks", &cat); err != nil || len(cat.Packs) == 0 {
 		t.Fatalf("the network's sticker packs: %v", err)
 	}
-	st, body = g.do("GET", "/v1/stickerpacks?namespace=whatsapp", "", auth)
-	want := `{"stickerpacks":[`
-	for i, p := range cat.Packs {
-		if i > 0 {
-			want += ","
+	packIDs := func(body string) string {
+		var doc struct {
+			Packs []struct{ ID string } `json:"stickerpacks"`
 		}
-		want += `{"id":"` + p.ID + `"}`
+		if json.Unmarshal([]byte(body), &doc) != nil || doc.Packs == nil {
+			return "not a list of packs: " + body
+		}
+		var ids []string
+		for _, p := range doc.Packs {
+			ids = append(ids, p.ID)
+		}
+		return strings.Join(ids, ",")
 	}
-	if want += `]}`; st != 200 || body != want {
-		t.Errorf("first-party packs: HTTP %d %s, want %s", st, body, want)
+	var want []string
+	for _, p := range cat.Packs {
+		want = append(want, p.ID)
+	}
+	st, body = g.do("GET", "/v1/stickerpacks?namespace=whatsapp", "", auth)
+	if st != 200 || packIDs(body) != strings.Join(want, ",") {
+		t.Errorf("first-party packs: HTTP %d %s, want %v", st, body, want)
 	}
 	pack := cat.Packs[0]
 	st, body = g.do("GET", "/v1/stickerpacks/"+pack.ID+"?namespace=whatsapp", "", auth)
@@ -260,7 +271,7 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 		t.Errorf("sticker %s/%s: HTTP %d %s", pack.ID, s1.Index, st, body)
 	}
 	st, body = g.do("GET", "/v1/stickerpacks", "", auth)
-	if st != 200 || body != `{"stickerpacks":[]}` {
+	if st != 200 || packIDs(body) != "" {
 		t.Errorf("third-party packs: HTTP %d %s, want none", st, body)
 	}
 	st, body = g.do("GET", "/v1/stickerpacks?namespace=nobody", "", auth)

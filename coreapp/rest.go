@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/node"
 	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -182,6 +183,11 @@ func (c *Coreapp) call(ctx *fasthttp.RequestCtx, op string, req any, res any) bo
 	return false
 }
 
+// restMeta is what the original put beside every answer's body.
+func restMeta() map[string]string {
+	return map[string]string{"api_status": "stable", "version": node.Version}
+}
+
 // validBody checks the request body against the OpenAPI schema name.
 func validBody(ctx *fasthttp.RequestCtx, name string) bool {
 	if inv := openapi.Validate(name, ctx.PostBody()); inv != nil {
@@ -226,7 +232,7 @@ func (c *Coreapp) serveMarkRead(ctx *fasthttp.RequestCtx, p map[string]string) {
 	if !c.call(ctx, transport.OpMarkRead, transport.MarkReadRequest{MessageID: id, From: sender}, nil) {
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"meta": restMeta()})
 }
 
 // identityWAID is the digits of a path's wa_id, or "" (answered 1009).
@@ -251,7 +257,7 @@ func (c *Coreapp) serveGetIdentity(ctx *fasthttp.RequestCtx, p map[string]string
 	if !c.call(ctx, transport.OpIdentity, transport.IdentityRequest{WAID: d}, &id) {
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": id})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": id, "meta": restMeta()})
 }
 
 // serveAckIdentity is PUT /v1/contacts/{wa_id}/identity {"hash"}: it
@@ -271,7 +277,7 @@ func (c *Coreapp) serveAckIdentity(ctx *fasthttp.RequestCtx, p map[string]string
 	if !c.call(ctx, transport.OpIdentityAck, transport.IdentityRequest{WAID: d, Hash: req.Hash}, nil) {
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"meta": restMeta()})
 }
 
 // The original's read routes of /v1/stickerpacks: with ?namespace=whatsapp
@@ -287,12 +293,12 @@ func (c *Coreapp) serveStickerpacks(ctx *fasthttp.RequestCtx, _ map[string]strin
 	for _, p := range cat.Packs {
 		out = append(out, map[string]string{"id": p.ID})
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": out})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": out, "meta": restMeta()})
 }
 
 func (c *Coreapp) serveStickerpack(ctx *fasthttp.RequestCtx, p map[string]string) {
 	if pack := c.stickerpack(ctx, p["stickerpack-id"]); pack != nil {
-		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": []map[string]string{{"publisher": pack.Publisher, "name": pack.Name}}})
+		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": []map[string]string{{"publisher": pack.Publisher, "name": pack.Name}}, "meta": restMeta()})
 	}
 }
 
@@ -305,7 +311,7 @@ func (c *Coreapp) serveStickers(ctx *fasthttp.RequestCtx, p map[string]string) {
 	for _, s := range pack.Stickers {
 		out = append(out, map[string]string{"index": s.Index})
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": out})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": out, "meta": restMeta()})
 }
 
 func (c *Coreapp) serveSticker(ctx *fasthttp.RequestCtx, p map[string]string) {
@@ -315,7 +321,7 @@ func (c *Coreapp) serveSticker(ctx *fasthttp.RequestCtx, p map[string]string) {
 	}
 	for _, s := range pack.Stickers {
 		if s.Index == p["sticker-index"] {
-			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": []map[string]any{{"id": s.ID, "emojis": s.Emojis}}})
+			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": []map[string]any{{"id": s.ID, "emojis": s.Emojis}}, "meta": restMeta()})
 			return
 		}
 	}
