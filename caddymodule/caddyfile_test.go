@@ -47,7 +47,7 @@ func TestCaddyfileExample(t *testing.T) {
 	st, body := g.do("POST", "/v1/messages", `{"to":"15551234567","pad":"`+strings.Repeat("x", 1<<20)+`"}`, bearer(token))
 	expect(t, "a body over the example's 1MiB", st, body, 413, apierror.RequestNotValid)
 
-	st, metrics := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+	st, metrics := g.do("GET", "/metrics?format=prometheus", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
 	if st != 200 {
 		t.Fatalf("/metrics: HTTP %d", st)
 	}

@@ -244,7 +244,7 @@ func TestFailoverWithin1s(t *testing.T) {
 			t.Errorf("shard 1 request (never failed over) got HTTP %d from %q: %s", r.status, r.node, r.body)
 		}
 	}
-	_, metrics := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+	_, metrics := g.do("GET", "/metrics?format=prometheus", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
 	for _, want := range []string{`multiconnect_gateway_retries_total{reason="not_primary"}`, `multiconnect_gateway_retries_total{reason="refused"}`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -413,7 +413,7 @@ func TestMySQLOutage(t *testing.T) {
 	expect(t, "login while MySQL is down", st, body, 503, apierror.ServiceUnavailable)
 	st, body = g.do("GET", "/v1/users", "", bearer(token))
 	expect(t, "GET /v1/users while MySQL is down", st, body, 503, apierror.ServiceUnavailable)
-	_, metrics := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+	_, metrics := g.do("GET", "/metrics?format=prometheus", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
 	if !strings.Contains(metrics, `multiconnect_gateway_token_cache_total{result="stale"}`) {
 		t.Errorf("/metrics does not count tokens served stale during the outage")
 	}

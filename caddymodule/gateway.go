@@ -24,6 +24,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
@@ -131,6 +132,7 @@ type Gateway struct {
 	log          *zap.Logger
 	apiKey       string
 	metrics      http.Handler
+	registry     *prometheus.Registry // what /metrics reports (metricsjson.go)
 	healthClient *http.Client
 	dummyHash    func() []byte
 	lookups      *rate.Limiter // nil: unlimited
@@ -232,7 +234,8 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err := g.view.metrics.register(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	g.metrics = promhttp.HandlerFor(ctx.GetMetricsRegistry(), promhttp.HandlerOpts{})
+	g.registry = ctx.GetMetricsRegistry()
+	g.metrics = promhttp.HandlerFor(g.registry, promhttp.HandlerOpts{})
 	g.healthClient = &http.Client{Transport: &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: time.Duration(g.HealthTimeout)}).DialContext,
 		MaxIdleConnsPerHost: 2,
@@ -394,7 +397,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case "health":
 		g.health(w, r)
 	case "metrics":
-		g.metrics.ServeHTTP(w, r)
+		g.serveMetrics(w, r)
 	case "certificates":
 		g.externalCA(w, r)
 	}

@@ -389,7 +389,7 @@ func (g *gateway) waitReady(auth map[string]string) {
 			g.t.Fatalf("caddy exited while starting:\n%s", b)
 		default:
 		}
-		st, body := g.do("GET", "/metrics", "", auth)
+		st, body := g.do("GET", "/metrics?format=prometheus", "", auth)
 		if st == 200 && strings.Contains(body, "multiconnect_gateway_shard_map_age_seconds") &&
 			!strings.Contains(body, "multiconnect_gateway_shard_map_age_seconds -1") {
 			return

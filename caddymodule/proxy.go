@@ -198,7 +198,7 @@ func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request, rt route,
 			rerr.write(w)
 			return nil
 		}
-		if recipient, rerr = messageRecipient(body); rerr != nil {
+		if recipient, rerr = g.shardKey(r, rt, body); rerr != nil {
 			rerr.write(w)
 			return nil
 		}

@@ -56,6 +56,9 @@ func classify(method, p string) route {
 	switch {
 	case p == "/v1/messages" && method == http.MethodPost:
 		return route{"messages", toShard, user}
+	case method == http.MethodPut && strings.HasPrefix(p, "/v1/messages/") && strings.Count(p, "/") == 3:
+		// Mark as read: the sender's shard (markread.go finds the sender).
+		return route{"mark_read", toShard, user}
 	case under(p, "/v1/messages"):
 		// PUT /v1/messages/{id} (mark as read) names no recipient.
 		return route{"messages", toCoreapp, user}
@@ -74,8 +77,12 @@ func classify(method, p string) route {
 		return route{"users", toGateway, user}
 	case p == "/v1/health":
 		return route{"health", toGateway, monitor}
-	case p == "/metrics":
+	case p == "/metrics" || p == "/v1/metrics":
 		return route{"metrics", toGateway, monitor}
+	case under(p, "/v1/stickerpacks"):
+		return route{"stickerpacks", toCoreapp, user}
+	case under(p, "/v1/services"): // on-demand garbage collection
+		return route{"services", toMaster, admin}
 	case under(p, "/v1/contacts"):
 		return route{"contacts", toCoreapp, user}
 	case under(p, "/v1/media"):

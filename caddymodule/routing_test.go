@@ -85,7 +85,6 @@ func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 		{"DELETE", "/v1/certificates/webhooks/ca", master},
 		{"POST", "/v1/contacts", nil},
 		{"GET", "/v1/media/abc", nil},
-		{"PUT", "/v1/messages/gBEGkYiEB1VXAglK1ZEqA1YKPrU", nil},
 	} {
 		st, body := g.do(tc.method, tc.path, `{"x":1}`, bearer(token))
 		if st != 200 {
@@ -98,6 +97,23 @@ func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 		if tc.want == nil && !strings.Contains(body, "127.0.0.1:") || strings.Contains(body, secondary.addr) {
 			t.Errorf("%s %s answered by %s, want a primary coreapp", tc.method, tc.path, body)
 		}
+	}
+
+	// Marking an inbound message read goes to the primary of its sender's
+	// shard, found in inbound_messages; an id not there reaches no node.
+	sender := recipientFor(t, 2, shards, 5)
+	if _, err := c.db.Exec(`INSERT INTO inbound_messages (id, sender, received_at) VALUES ('in-routing-1', ?, NOW(6))`, sender); err != nil {
+		t.Fatal(err)
+	}
+	before := len(primaries[2].requests())
+	if st, body := g.do("PUT", "/v1/messages/in-routing-1", `{"status":"read"}`, bearer(token)); st != 200 || !strings.Contains(body, primaries[2].addr) {
+		t.Errorf("mark read of shard 2's sender: HTTP %d %s, want its primary %s", st, body, primaries[2].addr)
+	}
+	if len(primaries[2].requests()) != before+1 {
+		t.Errorf("shard 2's primary got %d requests for the mark read, want 1", len(primaries[2].requests())-before)
+	}
+	if st, body := g.do("PUT", "/v1/messages/in-routing-2", `{"status":"read"}`, bearer(token)); st != 404 || errCode(body) != apierror.NotFound {
+		t.Errorf("mark read of an unknown id: HTTP %d %s, want 404 with 1006", st, body)
 	}
 
 	// Dot segments are resolved before access checks and forwarding.

@@ -127,7 +127,7 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	// One unknown token presented again and again is refused from the
 	// negative cache, without a lookup.
 	unknownHits := func() float64 {
-		st, body := g.do("GET", "/metrics", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+		st, body := g.do("GET", "/metrics?format=prometheus", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
 		if st != http.StatusOK {
 			t.Fatalf("GET /metrics: HTTP %d", st)
 		}

@@ -139,6 +139,7 @@ func (c *Coreapp) userRoute(ctx *fasthttp.RequestCtx, method, path string) {
 		} else {
 			c.media.remove(ctx, id)
 		}
+	case c.restRoute(ctx, method, path): // rest.go
 	case path == "/v1/messages" || path == "/v1/contacts" || path == "/v1/media" || strings.HasPrefix(path, "/v1/media/"):
 		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
 	default:

@@ -238,12 +238,16 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 			// No webhook: there is nobody to tell, as in the original.
 		case cb.kind == kindMoved:
 		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
+		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // rest.go
 		default:
 			keep = append(keep, cb)
 		}
 	}
-	stored := true
-	if len(keep) > 0 && s.CallbackPersist {
+	// Who sent each inbound message is recorded first, webhook or not,
+	// so it can be marked read (markread.go); false leaves the batch
+	// unacknowledged for the shard's next holder.
+	stored := w.indexInbound(ctx, batch)
+	if stored && len(keep) > 0 && s.CallbackPersist {
 		for {
 			err := w.store(ctx, keep)
 			if err == nil {
@@ -261,7 +265,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 				break
 			}
 		}
-	} else if len(keep) > 0 {
+	} else if stored && len(keep) > 0 {
 		w.c.dispatcher.remember(keep)
 	}
 	var doneErr error

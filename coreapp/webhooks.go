@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/settings"
+	"github.com/multiconnect/multiconnect/internal/webhook"
 )
 
 const (
@@ -334,16 +334,7 @@ func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, 
 	if cur := d.c.holder.status(); !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch {
 		return errNotHolder
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	return nil
+	return webhook.Do(client, req)
 }
 
 // splitInbound returns the contact and message of a stored inbound callback.

@@ -38,6 +38,8 @@ func (m *Master) routes() http.Handler {
 	mux.HandleFunc("GET /v1/stats/db", m.primaryOnly(m.statsDB))
 	m.accountRoutes(mux)
 	m.certificateRoutes(mux)
+	mux.HandleFunc("PUT /v1/services/message/gc", m.primaryOnly(m.gcMessagesNow))
+	mux.HandleFunc("/v1/services/", servicesElse)
 	return m.members(mux)
 }
 

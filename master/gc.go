@@ -71,6 +71,7 @@ func (m *Master) collectGarbage(ctx context.Context) {
 		if gc.Messages {
 			m.gcRows(ctx, "messages", `DELETE FROM messages WHERE sent_at < NOW(6) - INTERVAL ? MICROSECOND AND state <> 0 LIMIT ?`, ret)
 			m.gcRows(ctx, "callbacks", `DELETE FROM callbacks WHERE delivered_at < NOW(6) - INTERVAL ? MICROSECOND AND delivered = 1 LIMIT ?`, ret)
+			m.gcRows(ctx, "inbound_messages", gcInbound, ret)
 		}
 		if gc.Media {
 			m.gcMedia(ctx)
@@ -96,7 +97,9 @@ func (m *Master) collectGarbage(ctx context.Context) {
 // revoked, silent past the bound) and never changes back, so a deposed
 // master finishing a batch deletes only what the new primary would delete
 // too, and deleting a row twice is a no-op.
-func (m *Master) gcRows(ctx context.Context, table, query string, args ...any) {
+//
+// It returns the rows deleted and the error that stopped it, if any.
+func (m *Master) gcRows(ctx context.Context, table, query string, args ...any) (deleted int64, err error) {
 	args = append(args, gcBatch)
 	for ctx.Err() == nil && m.lease.valid.Valid() {
 		start := time.Now()
@@ -109,24 +112,26 @@ func (m *Master) gcRows(ctx context.Context, table, query string, args ...any) {
 		}
 		if err != nil {
 			m.dbError("gc "+table, fmt.Errorf("delete a batch: %w", err))
-			return
+			return deleted, err
 		}
+		deleted += n
 		if n > 0 {
 			m.metrics.gcDeleted.WithLabelValues(table).Add(float64(n))
 			m.log.Info("garbage collected", "table", table, "rows", n, "seconds", time.Since(start).Seconds())
 		}
 		if n < gcBatch {
-			return
+			return deleted, nil
 		}
 		// Yield to the message path: pause as long as the batch took (up
 		// to a second), so the collector takes at most about half of the
 		// database's time. An hourly run has an hour to finish.
 		select {
 		case <-ctx.Done():
-			return
+			return deleted, ctx.Err()
 		case <-time.After(min(time.Since(start), time.Second)):
 		}
 	}
+	return deleted, ctx.Err()
 }
 
 // gcMedia removes old uploads: the row first, so no message can name a

@@ -37,6 +37,11 @@ func TestGarbageCollector(t *testing.T) {
 	if _, err := os.Stat(file); err != nil {
 		t.Fatalf("uploaded media not in the media directory: %v", err)
 	}
+	// An inbound message: its sender is kept (for marking it read) until
+	// it is collected with the messages.
+	if err := c.SimnetPost("/v1/inbound/acked", map[string]any{"recipient": "15550004"}); err != nil {
+		t.Fatal(err)
+	}
 	// An unsent message whose shard has no sender: however old, it stays.
 	if _, err := c.SQL.Exec(`INSERT INTO messages (id, shard_id, recipient, type, body, state, accepted_at)
 		VALUES ('gc-unsent', 99, '15550003', 'text', '{}', 0, NOW(6) - INTERVAL 1 DAY)`); err != nil {
@@ -57,6 +62,9 @@ func TestGarbageCollector(t *testing.T) {
 	if n := c.countRows("media"); n != 1 {
 		t.Errorf("with the collector off for media, %d media rows remain, want 1", n)
 	}
+	if n := c.countRows("inbound_messages"); n != 1 {
+		t.Errorf("with the collector off for messages, %d inbound messages remain, want 1", n)
+	}
 
 	c.PatchSettings(`{"garbagecollector_enable":{"messages":true,"media":true}}`)
 	c.Eventually(10*time.Second, "sent messages and old media collected", func() error {
@@ -65,6 +73,9 @@ func TestGarbageCollector(t *testing.T) {
 		}
 		if n := c.countRows("media"); n != 0 {
 			return fmt.Errorf("%d media rows remain", n)
+		}
+		if n := c.countRows("inbound_messages"); n != 0 {
+			return fmt.Errorf("%d inbound messages remain", n)
 		}
 		if _, err := os.Stat(file); !os.IsNotExist(err) {
 			return fmt.Errorf("media file still there: %v", err)

@@ -261,6 +261,18 @@ var Migrations = []Migration{
 		// cannot hold.
 		`ALTER TABLE settings MODIFY value MEDIUMTEXT NOT NULL`,
 	}},
+	{9, "inbound messages by id", []string{
+		// Who sent each inbound message, so PUT /v1/messages/{id} (mark
+		// as read) reaches the sender's shard: the gateway looks the id up
+		// here. Written for every inbound event, webhook or not, as the
+		// original kept incoming messages; collected with the messages.
+		`CREATE TABLE IF NOT EXISTS inbound_messages (
+			id VARCHAR(128) NOT NULL PRIMARY KEY,
+			sender VARCHAR(64) NOT NULL,
+			received_at DATETIME(6) NOT NULL,
+			KEY inbound_received (received_at)
+		) ENGINE=InnoDB`,
+	}},
 }
 
 // Latest is the schema version this binary knows.

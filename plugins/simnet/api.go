@@ -120,19 +120,10 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string][]Registration{"registrations": out})
 	})
 	mux.HandleFunc("POST /v1/inbound", func(w http.ResponseWriter, r *http.Request) {
-		var in Inbound
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxFrame))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&in); err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("decode inbound message: %w", err))
-			return
+		id, delivered, ok := s.injectRequest(w, r)
+		if ok {
+			writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "delivered": delivered})
 		}
-		id, delivered, err := s.Inject(in)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "delivered": delivered})
 	})
 	// A status for a received message, with conversation, pricing and
 	// errors as the original's callbacks carried them (StatusInjection).
@@ -169,6 +160,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 	})
 	s.accountAPI(mux)
+	s.restRoutes(mux)
 	return mux
 }
 

@@ -98,6 +98,9 @@ type Server struct {
 	nextStatus    uint64
 	statusRunning bool
 	statusWake    chan struct{}
+	// rest is what the API surface beyond messaging keeps: inbound
+	// messages and their reads, identities (see rest.go).
+	rest restState
 }
 
 // shardState is what the network knows about one shard.
@@ -416,6 +419,8 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 		s.verifyLocked(c, f)
 	case OpAccount:
 		s.accountLocked(c, f)
+	case OpCall:
+		s.callLocked(c, f)
 	case OpClose:
 		s.endLocked(c, EndClosed, arrival, &Frame{Op: OpClosed, Seq: f.Seq, Reason: EndClosed})
 		return false
@@ -1012,6 +1017,7 @@ func (s *Server) Inject(in Inbound) (id string, delivered bool, err error) {
 		s.nextIn++
 		in.ID = fmt.Sprintf("in-%d", s.nextIn)
 	}
+	s.rest.noteInbound(in.ID, in.Recipient)
 	delivered = s.emitLocked(in.Shard, Event{
 		Kind: KindInbound, MessageID: in.ID, Recipient: in.Recipient, Timestamp: time.Now().Unix(), Payload: in.Payload,
 	})

@@ -629,6 +629,8 @@ func (t *Transport) Call(ctx context.Context, op string, body []byte) ([]byte, e
 	case transport.OpSetProfileAbout, transport.OpSetProfilePhoto, transport.OpDeleteProfilePhoto,
 		transport.OpSetBusinessProfile, transport.OpSetTwoStep, transport.OpDeleteTwoStep:
 		return t.account(ctx, op, body)
+	case transport.OpMarkRead, transport.OpIdentity, transport.OpIdentityAck, transport.OpStickerpacks:
+		return t.callNetwork(ctx, op, body)
 	default:
 		return nil, fmt.Errorf("%w: %q", transport.ErrUnsupported, op)
 	}

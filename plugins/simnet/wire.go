@@ -89,7 +89,9 @@ type Frame struct {
 	Registered bool               `json:"registered,omitempty"` // code_sent: already verified, no code sent
 	Error      string             `json:"error,omitempty"`      // rejected: one of the Reject* constants
 
-	Account *AccountFrame `json:"account,omitempty"` // account, account_done
+	Account *AccountFrame   `json:"account,omitempty"` // account, account_done
+	Call    string          `json:"call,omitempty"`    // call: the transport op (see rest.go)
+	Body    json.RawMessage `json:"body,omitempty"`    // call, called: the op's body and result
 }
 
 // RegistrationFrame carries a registration request or a code to verify.

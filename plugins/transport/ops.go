@@ -29,3 +29,23 @@ const (
 	// OpDeleteTwoStep: body empty; result empty.
 	OpDeleteTwoStep = "account.two_step.delete"
 )
+
+// Ops of the messages, contacts and stickers surface (types in rest.go).
+const (
+	// OpMarkRead tells the network that the business read an inbound
+	// message. Body: MarkReadRequest. Result: empty. Needs the connection
+	// of the sender's shard. ErrNoSuchItem: the network has no inbound
+	// message with that id.
+	OpMarkRead = "mark_read"
+	// OpIdentity reads a contact's identity. Body: IdentityRequest (Hash
+	// empty). Result: Identity. ErrNoSuchItem: not an account.
+	OpIdentity = "identity"
+	// OpIdentityAck acknowledges a contact's latest identity. Body:
+	// IdentityRequest with the Hash acknowledged. Result: empty.
+	// ErrInvalidValue: not the contact's latest hash; ErrNoSuchItem: not
+	// an account.
+	OpIdentityAck = "identity_ack"
+	// OpStickerpacks lists the network's first-party sticker packs.
+	// Body: empty. Result: Stickerpacks.
+	OpStickerpacks = "stickerpacks"
+)
