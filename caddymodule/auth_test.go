@@ -92,7 +92,7 @@ func TestFirstLoginAndPasswordRules(t *testing.T) {
 		expect(t, "new_password with "+tc.why, st, body, 400, apierror.ParameterInvalid)
 	}
 	st, body = g.do("POST", "/v1/users/login", `{"new_pasword":"`+adminPassword+`"}`, basic("admin", "secret"))
-	expect(t, "misspelt new_password", st, body, 400, apierror.RequestNotValid)
+	expect(t, "misspelt new_password", st, body, 400, apierror.ParameterInvalid)
 	st, body = g.do("POST", "/v1/users/login", `{"new_password":`, basic("admin", "secret"))
 	expect(t, "malformed login body", st, body, 400, apierror.RequestNotValid)
 

@@ -392,6 +392,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.health(w, r)
 	case "metrics":
 		g.metrics.ServeHTTP(w, r)
+	case "openapi":
+		serveOpenAPI(w, r)
 	}
 	return nil
 }

@@ -74,6 +74,8 @@ func classify(method, p string) route {
 		return route{"users", toGateway, user}
 	case p == "/v1/health":
 		return route{"health", toGateway, monitor}
+	case p == "/v1/openapi.json":
+		return route{"openapi", toGateway, anyone}
 	case p == "/metrics":
 		return route{"metrics", toGateway, monitor}
 	case under(p, "/v1/contacts"):
