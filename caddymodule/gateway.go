@@ -394,6 +394,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.metrics.ServeHTTP(w, r)
 	case "openapi":
 		serveOpenAPI(w, r)
+	case "method":
+		writeError(w, http.StatusMethodNotAllowed, apierror.RequestNotValid, "method "+r.Method+" is not allowed on "+p)
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"path"
 	"strings"
+
+	"github.com/multiconnect/multiconnect/internal/routetable"
 )
 
 // target says who answers a route.
@@ -53,31 +55,30 @@ type route struct {
 // are sharded, master-only commands go to the primary master, and what
 // needs no particular shard goes to any primary coreapp.
 func classify(method, p string) route {
+	// Literal paths first: /v1/users/login is not the user "login".
+	for _, templated := range []bool{false, true} {
+		other := false
+		for _, o := range ownRoutes {
+			if strings.Contains(o.path, "{") != templated {
+				continue
+			}
+			if _, ok := routetable.Match(o.path, p); ok {
+				if o.method == method {
+					return route{o.name, toGateway, o.access}
+				}
+				other = true
+			}
+		}
+		if other {
+			return route{"method", toGateway, anyone}
+		}
+	}
 	switch {
 	case p == "/v1/messages" && method == http.MethodPost:
 		return route{"messages", toShard, user}
 	case under(p, "/v1/messages"):
 		// PUT /v1/messages/{id} (mark as read) names no recipient.
 		return route{"messages", toCoreapp, user}
-	case p == "/v1/users/login":
-		return route{"login", toGateway, anyone}
-	case p == "/v1/users/logout":
-		return route{"logout", toGateway, user}
-	case p == "/v1/users":
-		return route{"users", toGateway, admin}
-	case under(p, "/v1/users"):
-		// Reading or changing one's own user is allowed; the handler checks
-		// that a USER names itself, and DELETE is ADMIN-only.
-		if method == http.MethodDelete {
-			return route{"users", toGateway, admin}
-		}
-		return route{"users", toGateway, user}
-	case p == "/v1/health":
-		return route{"health", toGateway, monitor}
-	case p == "/v1/openapi.json":
-		return route{"openapi", toGateway, anyone}
-	case p == "/metrics":
-		return route{"metrics", toGateway, monitor}
 	case under(p, "/v1/contacts"):
 		return route{"contacts", toCoreapp, user}
 	case under(p, "/v1/media"):
@@ -96,6 +97,52 @@ func classify(method, p string) route {
 		return route{"certificates", toMaster, admin}
 	}
 	return route{"unknown", toNowhere, anyone}
+}
+
+// ownRoutes are the operations the gateway answers itself. classify routes
+// by this table (a path it has under another method is answered 405), and
+// OwnRoutes exposes it to the test that compares served routes with the
+// OpenAPI document.
+var ownRoutes = []struct {
+	method, path, name string
+	access             access
+}{
+	{http.MethodPost, "/v1/users/login", "login", anyone},
+	{http.MethodPost, "/v1/users/logout", "logout", user},
+	{http.MethodGet, "/v1/users", "users", admin},
+	{http.MethodPost, "/v1/users", "users", admin},
+	// Reading or changing one's own user is allowed; the handler checks
+	// that a USER names itself, and DELETE is ADMIN-only.
+	{http.MethodGet, "/v1/users/{username}", "users", user},
+	{http.MethodPut, "/v1/users/{username}", "users", user},
+	{http.MethodDelete, "/v1/users/{username}", "users", admin},
+	{http.MethodGet, "/v1/health", "health", monitor},
+	{http.MethodGet, "/metrics", "metrics", monitor},
+	{http.MethodGet, "/v1/openapi.json", "openapi", anyone},
+}
+
+// OwnRoutes lists the operations the gateway answers itself.
+func OwnRoutes() []routetable.Route {
+	out := make([]routetable.Route, len(ownRoutes))
+	for i, o := range ownRoutes {
+		out[i] = routetable.Route{Method: o.method, Path: o.path}
+	}
+	return out
+}
+
+// Forwards says which kind of node the gateway sends method and path to:
+// "master", "coreapp" (any primary coreapp, or the recipient's shard's),
+// "gateway" (answered here) or "" (no route).
+func Forwards(method, path string) string {
+	switch classify(method, path).target {
+	case toMaster:
+		return "master"
+	case toCoreapp, toShard:
+		return "coreapp"
+	case toGateway:
+		return "gateway"
+	}
+	return ""
 }
 
 // under reports whether p is prefix or below it.

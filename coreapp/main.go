@@ -9,10 +9,12 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/valyala/fasthttp"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +28,10 @@ import (
 
 // Coreapp is one coreapp process.
 type Coreapp struct {
+	// metricsHandler serves /metrics, made at its first scrape.
+	metricsOnce    sync.Once
+	metricsHandler fasthttp.RequestHandler
+
 	id       node.Identity
 	db       *sql.DB
 	claimDB  *sql.DB // reserved for the shard claim: never queues behind requests
@@ -46,6 +52,14 @@ type Coreapp struct {
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "routes" {
+		// The route table, for the test that compares it with the OpenAPI
+		// document.
+		if err := printRoutes(); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "coreapp: cannot start: %v\n", err)
 		os.Exit(1)

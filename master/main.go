@@ -23,6 +23,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/routetable"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
@@ -57,6 +58,14 @@ type Master struct {
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "routes" {
+		// The route table, for the test that compares it with the OpenAPI
+		// document.
+		if err := routetable.Print(os.Stdout, (&Master{}).table().Routes()); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "master: cannot start: %v\n", err)
 		os.Exit(1)

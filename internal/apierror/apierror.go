@@ -80,3 +80,11 @@ func Write(w http.ResponseWriter, code int, details string) {
 	w.WriteHeader(Status(code))
 	w.Write(JSON(code, details))
 }
+
+// WriteStatus is Write with another HTTP status than code's own (405 for a
+// method a route does not take, 413 for a body too large).
+func WriteStatus(w http.ResponseWriter, status, code int, details string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(JSON(code, details))
+}
