@@ -18,6 +18,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/openapi"
 )
 
@@ -68,6 +69,9 @@ func TestConformance(t *testing.T) {
 	}
 	w.tokens["user"] = login.Users[0].Token
 
+	t.Run("every node answers errors in the error shape", func(t *testing.T) {
+		w.checkErrorShapes(t)
+	})
 	for _, op := range ops {
 		cases, err := openapi.Cases(op)
 		if err != nil {
@@ -206,21 +210,26 @@ func (w *walker) quiet() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Three equal readings over 300 ms: a background effect (a contact
+	// check answered later, a message being sent) has had time to start.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
+	for same := 0; same < 2; {
 		time.Sleep(150 * time.Millisecond)
 		cur, err := w.c.Fingerprint()
 		if err != nil {
 			return "", err
 		}
 		if cur == prev {
-			return cur, nil
+			same++
+		} else {
+			same = 0
 		}
 		if time.Now().After(deadline) {
 			return "", fmt.Errorf("the cluster's state kept changing for 10 s before the case:\n%s\n%s", prev, cur)
 		}
 		prev = cur
 	}
+	return prev, nil
 }
 
 // step makes one setup request and captures what it names.
@@ -429,4 +438,68 @@ func truncate(b []byte, n int) string {
 		return string(b[:n]) + "..."
 	}
 	return string(b)
+}
+
+// checkErrorShapes sends requests no route takes to every node, through the
+// gateway and straight to the masters' and coreapps' internal ports (with
+// and without the cluster secret): each answer must be the error document,
+// as JSON, never a plain-text 404 or 405.
+func (w *walker) checkErrorShapes(t *testing.T) {
+	type probe struct {
+		method, path string
+		status, code int
+	}
+	check := func(where string, status int, hdr http.Header, body []byte, p probe) {
+		t.Helper()
+		var e struct {
+			Errors []struct {
+				Code int `json:"code"`
+			} `json:"errors"`
+		}
+		if status != p.status || !isJSONType(hdr.Get("Content-Type")) || json.Unmarshal(body, &e) != nil || len(e.Errors) == 0 || e.Errors[0].Code != p.code {
+			t.Errorf("%s %s %s: HTTP %d %q %s, want %d with code %d", where, p.method, p.path, status, hdr.Get("Content-Type"), truncate(body, 200), p.status, p.code)
+		}
+	}
+	for _, p := range []probe{
+		{"GET", "/nothing", 404, 1006},
+		{"GET", "/v1/nothing", 404, 1006},
+		{"GET", "/v1/settings/nothing", 404, 1006}, // forwarded to the primary master
+		{"PUT", "/v1/support", 405, 1025},          // the master has GET only
+		{"GET", "/v1/contacts", 405, 1025},         // a coreapp has POST only
+		{"GET", "/v1/media/a/b", 404, 1006},        // no such media route on a coreapp
+		{"PATCH", "/v1/users/login", 405, 1025},    // the gateway's own
+		{"POST", "/v1/health", 405, 1025},
+	} {
+		st, b, hdr, err := w.send("gateway", "admin", "", p.method, p.path, nil, nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("gateway", st, hdr, b, p)
+	}
+	nodes := append(append([]*Proc(nil), w.c.Masters...), w.c.Coreapps...)
+	for _, n := range nodes {
+		for _, p := range []probe{
+			{"GET", "/nothing", 404, 1006},
+			{"GET", "/v1/nothing", 404, 1006},
+			{"DELETE", "/internal/health", 405, 1025},
+			{"GET", "/v1//x/../nothing", 404, 1006},
+		} {
+			for _, member := range []bool{true, false} {
+				req, _ := http.NewRequest(p.method, "http://"+n.Addr+p.path, nil)
+				want := p
+				if member {
+					req.Header.Set(cluster.SecretHeader, w.c.Secret)
+				} else {
+					want.status, want.code = 403, 1005 // strangers learn nothing about routes
+				}
+				resp, err := w.hc.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				check(fmt.Sprintf("%s (member %v)", n.Name, member), resp.StatusCode, resp.Header, b, want)
+			}
+		}
+	}
 }
