@@ -29,9 +29,7 @@ func (m *Master) memberClient() *members.Client {
 }
 
 // meta is the original's response trailer.
-func meta() map[string]any {
-	return map[string]any{"api_status": "stable", "version": node.Version}
-}
+func meta() *apierror.Meta { return apierror.CurrentMeta() }
 
 // support is GET /v1/support: what an operator (or the support desk) needs
 // to see at once: versions, schema, the lease, every node with its role and

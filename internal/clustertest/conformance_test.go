@@ -54,9 +54,18 @@ func TestConformance(t *testing.T) {
 		fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%d {\n\tmulticonnect {\n\t\tbcrypt_cost 4\n\t}\n}\n", gp))
 	w := &walker{c: c, gw: gw, hc: &http.Client{Timeout: 30 * time.Second}, errors: errorsSchema}
 	w.tokens = map[string]string{"admin": gatewayLogin(t, gw)}
+	// The walker's own check: the fingerprint sees a change (the user
+	// created next), or "changed nothing" would prove nothing.
+	before, err := c.Fingerprint()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st, b, err := w.do("gateway", "admin", "", http.MethodPost, "/v1/users", nil,
 		[]byte(fmt.Sprintf(`{"username":%q,"password":%q,"role":"USER"}`, walkerUser, walkerUserPassword)), "application/json"); err != nil || st != http.StatusCreated {
 		t.Fatalf("creating the walker's USER: HTTP %d %s %v", st, b, err)
+	}
+	if after, err := c.Fingerprint(); err != nil || after == before {
+		t.Fatalf("the fingerprint did not change when a user was created (%v):\n%s", err, after)
 	}
 	st, b, err := w.do("gateway", "user-basic", "", http.MethodPost, "/v1/users/login", nil, nil, "")
 	var login struct {

@@ -51,10 +51,11 @@ func TestValidateCodes(t *testing.T) {
 		body string
 		code int
 	}{
-		{`{"errors":[{"code":1,"title":"x"}]}`, 0},
+		{`{"meta":{"api_status":"stable","version":"dev"},"errors":[{"code":1,"title":"x"}]}`, 0},
 		{`{}`, apierror.ParameterMissing},
-		{`{"errors":[{"code":"x","title":"x"}]}`, apierror.ParameterInvalid},
-		{`{"errors":[{"title":"x"}]}`, apierror.ParameterMissing},
+		{`{"meta":{"api_status":"stable","version":"dev"},"errors":[{"code":"x","title":"x"}]}`, apierror.ParameterInvalid},
+		{`{"meta":{"api_status":"stable","version":"dev"},"errors":[{"title":"x"}]}`, apierror.ParameterMissing},
+		{`{"errors":[{"code":1,"title":"x"}]}`, apierror.ParameterMissing},
 		{`{"errors":`, apierror.RequestNotValid},
 	}
 	for _, c := range cases {
