@@ -105,16 +105,6 @@ func OnPrem(op Operation) (string, error) {
 	return s, nil
 }
 
-// Summary is op's summary.
-func Summary(op Operation) (string, error) {
-	o, err := operation(op)
-	if err != nil {
-		return "", err
-	}
-	s, _ := o["summary"].(string)
-	return s, nil
-}
-
 // NotServedOperations lists the document's x-not-served entries.
 func NotServedOperations() ([]NotServed, error) {
 	once.Do(load)
