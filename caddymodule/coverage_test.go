@@ -167,3 +167,26 @@ func TestREADMEOperations(t *testing.T) {
 	}
 	t.Errorf("README.md's table of operations differs from the OpenAPI document; regenerate it with\n  go test ./caddymodule/ -run TestREADMEOperations -update\nwant:\n%s", table)
 }
+
+// The gateway's own table: literal paths before templates, HEAD as GET,
+// and a path it has under other methods answered 405 with those methods.
+func TestOwnRoutes(t *testing.T) {
+	for _, c := range []struct {
+		method, path, name, allow string
+	}{
+		{"POST", "/v1/users/login", "login", ""},
+		{"GET", "/v1/users/login", "method", "POST"},
+		{"GET", "/v1/users/bob", "users", ""},
+		{"PATCH", "/v1/users/bob", "method", "GET, PUT, DELETE"},
+		{"HEAD", "/v1/health", "health", ""},
+		{"POST", "/v1/health", "method", "GET"},
+		{"GET", "/v1/openapi.json", "openapi", ""},
+		{"POST", "/v1/messages", "messages", ""},
+	} {
+		rt := classify(c.method, c.path)
+		_, allow := ownMatch(c.method, c.path)
+		if rt.name != c.name || allow != c.allow {
+			t.Errorf("%s %s: route %q allow %q, want %q allow %q", c.method, c.path, rt.name, allow, c.name, c.allow)
+		}
+	}
+}

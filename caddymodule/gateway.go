@@ -395,6 +395,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case "openapi":
 		serveOpenAPI(w, r)
 	case "method":
+		_, allow := ownMatch(r.Method, p)
+		w.Header().Set("Allow", allow)
 		writeError(w, http.StatusMethodNotAllowed, apierror.RequestNotValid, "method "+r.Method+" is not allowed on "+p)
 	}
 	return nil

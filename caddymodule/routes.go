@@ -55,23 +55,11 @@ type route struct {
 // are sharded, master-only commands go to the primary master, and what
 // needs no particular shard goes to any primary coreapp.
 func classify(method, p string) route {
-	// Literal paths first: /v1/users/login is not the user "login".
-	for _, templated := range []bool{false, true} {
-		other := false
-		for _, o := range ownRoutes {
-			if strings.Contains(o.path, "{") != templated {
-				continue
-			}
-			if _, ok := routetable.Match(o.path, p); ok {
-				if o.method == method {
-					return route{o.name, toGateway, o.access}
-				}
-				other = true
-			}
-		}
-		if other {
-			return route{"method", toGateway, anyone}
-		}
+	if i, allow := ownMatch(method, p); i >= 0 {
+		o := ownRoutes[i]
+		return route{o.name, toGateway, o.access}
+	} else if allow != "" {
+		return route{"method", toGateway, anyone}
 	}
 	switch {
 	case p == "/v1/messages" && method == http.MethodPost:
@@ -119,6 +107,31 @@ var ownRoutes = []struct {
 	{http.MethodGet, "/v1/health", "health", monitor},
 	{http.MethodGet, "/metrics", "metrics", monitor},
 	{http.MethodGet, "/v1/openapi.json", "openapi", anyone},
+}
+
+// ownMatch finds the gateway's own route for method and path p: its index
+// in ownRoutes, or -1 and the methods p takes (for a 405's Allow header;
+// empty when p is not the gateway's). Literal paths come first:
+// /v1/users/login is not the user "login". HEAD is served as GET.
+func ownMatch(method, p string) (int, string) {
+	for _, templated := range []bool{false, true} {
+		var allow []string
+		for i, o := range ownRoutes {
+			if strings.Contains(o.path, "{") != templated {
+				continue
+			}
+			if _, ok := routetable.Match(o.path, p); ok {
+				if o.method == method || (method == http.MethodHead && o.method == http.MethodGet) {
+					return i, ""
+				}
+				allow = append(allow, o.method)
+			}
+		}
+		if len(allow) > 0 {
+			return -1, strings.Join(allow, ", ")
+		}
+	}
+	return -1, ""
 }
 
 // OwnRoutes lists the operations the gateway answers itself.
