@@ -195,7 +195,7 @@ func TestRolesAndTokens(t *testing.T) {
 	}
 	st, body = g.do("GET", "/v1/users", "", ah())
 	expect(t, "list users", st, body, 200, 0)
-	for _, want := range []string{`{"username":"admin","role":"ADMIN"}`, `{"username":"alice","role":"USER"}`, `{"username":"bob","role":"ADMIN"}`} {
+	for _, want := range []string{`{"username":"admin","role":"ADMIN","ROLES":"ROLE_ADMIN"}`, `{"username":"alice","role":"USER","ROLES":"ROLE_USER"}`, `{"username":"bob","role":"ADMIN","ROLES":"ROLE_ADMIN"}`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("GET /v1/users: %s lacks %s", body, want)
 		}

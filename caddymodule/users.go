@@ -307,9 +307,17 @@ func (g *Gateway) logout(w http.ResponseWriter, r *http.Request, p principal) {
 type userDoc struct {
 	Username string `json:"username"`
 	Role     string `json:"role,omitempty"`
+	// Roles is the original's name and form of the role (ROLE_ADMIN,
+	// ROLE_USER), answered beside ours so clients of either read it.
+	Roles string `json:"ROLES,omitempty"`
 }
 
 func usersJSON(us ...userDoc) []byte {
+	for i := range us {
+		if us[i].Role != "" {
+			us[i].Roles = "ROLE_" + us[i].Role
+		}
+	}
 	b, _ := json.Marshal(map[string][]userDoc{"users": us})
 	return b
 }
@@ -356,7 +364,7 @@ func (g *Gateway) users(w http.ResponseWriter, r *http.Request, p principal) {
 			dbUnavailable(err).write(w)
 			return
 		}
-		writeJSON(w, http.StatusOK, usersJSON(userDoc{name, role}))
+		writeJSON(w, http.StatusOK, usersJSON(userDoc{Username: name, Role: role}))
 	case http.MethodPut:
 		g.updateUser(w, r, db, p, name)
 	case http.MethodDelete:
@@ -404,7 +412,7 @@ func (g *Gateway) createUser(w http.ResponseWriter, r *http.Request, db *sql.DB)
 		dbUnavailable(err).write(w)
 		return
 	}
-	writeJSON(w, http.StatusCreated, usersJSON(userDoc{req.Username, role}))
+	writeJSON(w, http.StatusCreated, usersJSON(userDoc{Username: req.Username, Role: role}))
 }
 
 func parseRole(s string) (string, error) {
