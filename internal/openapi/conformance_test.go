@@ -45,7 +45,10 @@ func TestEveryOperationIsDescribed(t *testing.T) {
 					t.Errorf("%s %s: case %q gives no value for {%s}", op.Method, op.Path, c.Name, m[1])
 				}
 			}
-			if c.Status >= 200 && c.Status < 300 {
+			// Every answer a case expects is one the operation describes.
+			if _, err := ResponseMediaTypes(op, c.Status); err != nil {
+				t.Errorf("%s %s: case %q: %v", op.Method, op.Path, c.Name, err)
+			} else if c.Status >= 200 && c.Status < 300 {
 				if _, _, err := ResponseSchema(op, c.Status); err != nil {
 					t.Errorf("%s %s: case %q: %v", op.Method, op.Path, c.Name, err)
 				}
