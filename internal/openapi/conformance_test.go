@@ -10,7 +10,8 @@ var pathParam = regexp.MustCompile(`\{([^}/]+)\}`)
 
 // Every operation says how it compares with the original and carries
 // cases the conformance walker can send: at least one valid and one
-// refused, each naming every path parameter. (The walker itself runs them
+// refused, each naming every path parameter and expecting an answer the
+// operation describes. (The walker itself runs them
 // against a cluster; this finds a mistake in a part without one.)
 func TestEveryOperationIsDescribed(t *testing.T) {
 	ops, err := Operations()
