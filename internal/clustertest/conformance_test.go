@@ -37,7 +37,8 @@ const (
 // shape (the operation's response schema, or Errors), and, when refused,
 // that the database and the network are as they were. An operation without
 // a valid and an invalid case fails. Run one operation's cases with
-// -run 'TestConformance/POST_/v1/media/'.
+// -run 'TestConformance/^POST_$/^v1$/^media$' (each slash of a path is a level
+// of subtests).
 func TestConformance(t *testing.T) {
 	ops, err := openapi.Operations()
 	if err != nil {
