@@ -71,3 +71,15 @@ func TestValidateCodes(t *testing.T) {
 		t.Errorf("unknown schema: %+v", got)
 	}
 }
+
+// ValidateMissingFirst reports a missing field before a bad value, where
+// Validate reports the most specific failure.
+func TestValidateMissingFirst(t *testing.T) {
+	body := []byte(`{"meta":{"api_status":1}}`) // errors missing, meta.version missing, api_status not a string
+	if got := ValidateMissingFirst("Errors", body); got == nil || got.Code != apierror.ParameterMissing {
+		t.Errorf("ValidateMissingFirst: %+v, want 1008", got)
+	}
+	if got := ValidateMissingFirst("Errors", []byte(`{"meta":{"api_status":1,"version":"v"},"errors":[{"code":1,"title":"x"}]}`)); got == nil || got.Code != apierror.ParameterInvalid {
+		t.Errorf("ValidateMissingFirst with nothing missing: %+v, want 1009", got)
+	}
+}
