@@ -226,17 +226,7 @@ func (e *Invalid) Error() string { return e.Details }
 // result means the body conforms. An error of the document itself (a
 // schema that does not compile) is returned as an *Invalid with code 1000
 // so callers answer 500, never accept unchecked input.
-func Validate(name string, body []byte) *Invalid {
-	s, err := Schema(name)
-	if err != nil {
-		return &Invalid{Code: apierror.GenericError, Details: err.Error()}
-	}
-	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
-	if err != nil {
-		return &Invalid{Code: apierror.RequestNotValid, Details: "the body is not valid JSON"}
-	}
-	return ValidateValue(s, v)
-}
+func Validate(name string, body []byte) *Invalid { return validate(name, body, false) }
 
 // ValidateValue checks an already decoded JSON value (from
 // jsonschema.UnmarshalJSON, so numbers keep their precision) against s.
@@ -247,7 +237,9 @@ func ValidateValue(s *jsonschema.Schema, v any) *Invalid {
 // ValidateMissingFirst is Validate, except that a missing field anywhere
 // is reported (1008) before any bad value (1009), as the original's
 // registration answered.
-func ValidateMissingFirst(name string, body []byte) *Invalid {
+func ValidateMissingFirst(name string, body []byte) *Invalid { return validate(name, body, true) }
+
+func validate(name string, body []byte, missingFirst bool) *Invalid {
 	s, err := Schema(name)
 	if err != nil {
 		return &Invalid{Code: apierror.GenericError, Details: err.Error()}
@@ -256,7 +248,7 @@ func ValidateMissingFirst(name string, body []byte) *Invalid {
 	if err != nil {
 		return &Invalid{Code: apierror.RequestNotValid, Details: "the body is not valid JSON"}
 	}
-	return validateValue(s, v, true)
+	return validateValue(s, v, missingFirst)
 }
 
 func validateValue(s *jsonschema.Schema, v any, missingFirst bool) *Invalid {
