@@ -92,7 +92,7 @@ func TestFirstLoginAndPasswordRules(t *testing.T) {
 		expect(t, "new_password with "+tc.why, st, body, 400, apierror.ParameterInvalid)
 	}
 	st, body = g.do("POST", "/v1/users/login", `{"new_pasword":"`+adminPassword+`"}`, basic("admin", "secret"))
-	expect(t, "misspelt new_password", st, body, 400, apierror.RequestNotValid)
+	expect(t, "misspelt new_password", st, body, 400, apierror.ParameterInvalid)
 	st, body = g.do("POST", "/v1/users/login", `{"new_password":`, basic("admin", "secret"))
 	expect(t, "malformed login body", st, body, 400, apierror.RequestNotValid)
 
@@ -195,7 +195,7 @@ func TestRolesAndTokens(t *testing.T) {
 	}
 	st, body = g.do("GET", "/v1/users", "", ah())
 	expect(t, "list users", st, body, 200, 0)
-	for _, want := range []string{`{"username":"admin","role":"ADMIN"}`, `{"username":"alice","role":"USER"}`, `{"username":"bob","role":"ADMIN"}`} {
+	for _, want := range []string{`{"username":"admin","role":"ADMIN","ROLES":"ROLE_ADMIN"}`, `{"username":"alice","role":"USER","ROLES":"ROLE_USER"}`, `{"username":"bob","role":"ADMIN","ROLES":"ROLE_ADMIN"}`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("GET /v1/users: %s lacks %s", body, want)
 		}

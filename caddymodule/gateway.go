@@ -400,6 +400,12 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.serveMetrics(w, r)
 	case "certificates":
 		g.externalCA(w, r)
+	case "openapi":
+		serveOpenAPI(w, r)
+	case "method":
+		_, allow := ownMatch(r.Method, p)
+		w.Header().Set("Allow", allow)
+		writeError(w, http.StatusMethodNotAllowed, apierror.RequestNotValid, "method "+r.Method+" is not allowed on "+p)
 	}
 	return nil
 }

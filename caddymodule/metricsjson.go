@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
-	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/release"
 	"github.com/multiconnect/multiconnect/internal/stats"
 )
 
@@ -40,7 +40,7 @@ func (g *Gateway) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := json.Marshal(map[string]any{
 		"metrics": stats.Document(fams),
-		"meta":    map[string]string{"api_status": "stable", "version": node.Version},
+		"meta":    map[string]string{"api_status": "stable", "version": release.Version},
 	})
 	if err != nil {
 		writeError(w, 0, apierror.GenericError, "encoding metrics: "+err.Error())

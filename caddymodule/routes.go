@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"path"
 	"strings"
+
+	"github.com/multiconnect/multiconnect/internal/routetable"
 )
 
 // target says who answers a route.
@@ -53,6 +55,12 @@ type route struct {
 // are sharded, master-only commands go to the primary master, and what
 // needs no particular shard goes to any primary coreapp.
 func classify(method, p string) route {
+	if i, allow := ownMatch(method, p); i >= 0 {
+		o := ownRoutes[i]
+		return route{o.name, toGateway, o.access}
+	} else if allow != "" {
+		return route{"method", toGateway, anyone}
+	}
 	switch {
 	case p == "/v1/messages" && method == http.MethodPost:
 		return route{"messages", toShard, user}
@@ -62,23 +70,6 @@ func classify(method, p string) route {
 	case under(p, "/v1/messages"):
 		// PUT /v1/messages/{id} (mark as read) names no recipient.
 		return route{"messages", toCoreapp, user}
-	case p == "/v1/users/login":
-		return route{"login", toGateway, anyone}
-	case p == "/v1/users/logout":
-		return route{"logout", toGateway, user}
-	case p == "/v1/users":
-		return route{"users", toGateway, admin}
-	case under(p, "/v1/users"):
-		// Reading or changing one's own user is allowed; the handler checks
-		// that a USER names itself, and DELETE is ADMIN-only.
-		if method == http.MethodDelete {
-			return route{"users", toGateway, admin}
-		}
-		return route{"users", toGateway, user}
-	case p == "/v1/health":
-		return route{"health", toGateway, monitor}
-	case p == "/metrics" || p == "/v1/metrics":
-		return route{"metrics", toGateway, monitor}
 	case under(p, "/v1/stickerpacks"):
 		return route{"stickerpacks", toCoreapp, user}
 	case under(p, "/v1/services"): // on-demand garbage collection
@@ -97,13 +88,84 @@ func classify(method, p string) route {
 		return route{"account", toMaster, admin}
 	case under(p, "/v1/support"):
 		return route{"support", toMaster, admin}
-	case p == "/v1/certificates/external/ca":
-		// The CA of the certificate this gateway serves: its own TLS.
-		return route{"certificates", toGateway, user}
 	case under(p, "/v1/certificates"):
 		return route{"certificates", toMaster, admin}
 	}
 	return route{"unknown", toNowhere, anyone}
+}
+
+// ownRoutes are the operations the gateway answers itself. classify routes
+// by this table (a path it has under another method is answered 405), and
+// OwnRoutes exposes it to the test that compares served routes with the
+// OpenAPI document.
+var ownRoutes = []struct {
+	method, path, name string
+	access             access
+}{
+	{http.MethodPost, "/v1/users/login", "login", anyone},
+	{http.MethodPost, "/v1/users/logout", "logout", user},
+	{http.MethodGet, "/v1/users", "users", admin},
+	{http.MethodPost, "/v1/users", "users", admin},
+	// Reading or changing one's own user is allowed; the handler checks
+	// that a USER names itself, and DELETE is ADMIN-only.
+	{http.MethodGet, "/v1/users/{username}", "users", user},
+	{http.MethodPut, "/v1/users/{username}", "users", user},
+	{http.MethodDelete, "/v1/users/{username}", "users", admin},
+	{http.MethodGet, "/v1/health", "health", monitor},
+	{http.MethodGet, "/metrics", "metrics", monitor},
+	{http.MethodGet, "/v1/metrics", "metrics", monitor},
+	// The CA of the certificate this gateway serves: its own TLS.
+	{http.MethodGet, "/v1/certificates/external/ca", "certificates", user},
+	{http.MethodGet, "/v1/openapi.json", "openapi", anyone},
+}
+
+// ownMatch finds the gateway's own route for method and path p: its index
+// in ownRoutes, or -1 and the methods p takes (for a 405's Allow header;
+// empty when p is not the gateway's). Literal paths come first:
+// /v1/users/login is not the user "login". HEAD is served as GET.
+func ownMatch(method, p string) (int, string) {
+	for _, templated := range []bool{false, true} {
+		var allow []string
+		for i, o := range ownRoutes {
+			if strings.Contains(o.path, "{") != templated {
+				continue
+			}
+			if _, ok := routetable.Match(o.path, p); ok {
+				if o.method == method || (method == http.MethodHead && o.method == http.MethodGet) {
+					return i, ""
+				}
+				allow = append(allow, o.method)
+			}
+		}
+		if len(allow) > 0 {
+			return -1, strings.Join(allow, ", ")
+		}
+	}
+	return -1, ""
+}
+
+// OwnRoutes lists the operations the gateway answers itself.
+func OwnRoutes() []routetable.Route {
+	out := make([]routetable.Route, len(ownRoutes))
+	for i, o := range ownRoutes {
+		out[i] = routetable.Route{Method: o.method, Path: o.path}
+	}
+	return out
+}
+
+// Forwards says which kind of node the gateway sends method and path to:
+// "master", "coreapp" (any primary coreapp, or the recipient's shard's),
+// "gateway" (answered here) or "" (no route).
+func Forwards(method, path string) string {
+	switch classify(method, path).target {
+	case toMaster:
+		return "master"
+	case toCoreapp, toShard:
+		return "coreapp"
+	case toGateway:
+		return "gateway"
+	}
+	return ""
 }
 
 // under reports whether p is prefix or below it.

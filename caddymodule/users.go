@@ -25,6 +25,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 )
 
 // The original's built-in administrator and its first password, which must
@@ -105,9 +106,10 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// decodeObject decodes an optional JSON object body into v, refusing
-// unknown fields so a misspelt "new_pasword" is not silently ignored.
-func decodeObject(r *http.Request, v any, required bool) *requestError {
+// decodeObject decodes an optional JSON object body into v once it passes
+// components.schemas[schema] of the OpenAPI document (which refuses unknown
+// fields, so a misspelt "new_pasword" is not silently ignored).
+func decodeObject(r *http.Request, v any, required bool, schema string) *requestError {
 	body, rerr := readBody(r, 64<<10)
 	if rerr != nil {
 		return rerr
@@ -118,9 +120,10 @@ func decodeObject(r *http.Request, v any, required bool) *requestError {
 		}
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if inv := openapi.Validate(schema, body); inv != nil {
+		return &requestError{0, inv.Code, inv.Details}
+	}
+	if err := json.Unmarshal(body, v); err != nil {
 		return &requestError{0, apierror.RequestNotValid, "the request body is not a valid JSON object for this route: " + err.Error()}
 	}
 	return nil
@@ -178,7 +181,7 @@ func (g *Gateway) login(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		NewPassword string `json:"new_password"`
 	}
-	if rerr := decodeObject(r, &req, false); rerr != nil {
+	if rerr := decodeObject(r, &req, false, "LoginRequest"); rerr != nil {
 		rerr.write(w)
 		return
 	}
@@ -304,9 +307,17 @@ func (g *Gateway) logout(w http.ResponseWriter, r *http.Request, p principal) {
 type userDoc struct {
 	Username string `json:"username"`
 	Role     string `json:"role,omitempty"`
+	// Roles is the original's name and form of the role (ROLE_ADMIN,
+	// ROLE_USER), answered beside ours so clients of either read it.
+	Roles string `json:"ROLES,omitempty"`
 }
 
 func usersJSON(us ...userDoc) []byte {
+	for i := range us {
+		if us[i].Role != "" {
+			us[i].Roles = "ROLE_" + us[i].Role
+		}
+	}
 	b, _ := json.Marshal(map[string][]userDoc{"users": us})
 	return b
 }
@@ -353,7 +364,7 @@ func (g *Gateway) users(w http.ResponseWriter, r *http.Request, p principal) {
 			dbUnavailable(err).write(w)
 			return
 		}
-		writeJSON(w, http.StatusOK, usersJSON(userDoc{name, role}))
+		writeJSON(w, http.StatusOK, usersJSON(userDoc{Username: name, Role: role}))
 	case http.MethodPut:
 		g.updateUser(w, r, db, p, name)
 	case http.MethodDelete:
@@ -369,19 +380,11 @@ func (g *Gateway) createUser(w http.ResponseWriter, r *http.Request, db *sql.DB)
 		Password string `json:"password"`
 		Role     string `json:"role"`
 	}
-	if rerr := decodeObject(r, &req, true); rerr != nil {
+	// The schema says what is required, the username's characters, the
+	// password's length and the roles; the password's character classes
+	// are checked below.
+	if rerr := decodeObject(r, &req, true, "UserCreate"); rerr != nil {
 		rerr.write(w)
-		return
-	}
-	switch {
-	case req.Username == "":
-		writeError(w, 0, apierror.ParameterMissing, "username is required")
-		return
-	case req.Password == "":
-		writeError(w, 0, apierror.ParameterMissing, "password is required")
-		return
-	case !usernameRE.MatchString(req.Username):
-		writeError(w, 0, apierror.ParameterInvalid, "username: 1 to 64 letters, digits, or _ . @ -")
 		return
 	}
 	role, err := parseRole(req.Role)
@@ -409,7 +412,7 @@ func (g *Gateway) createUser(w http.ResponseWriter, r *http.Request, db *sql.DB)
 		dbUnavailable(err).write(w)
 		return
 	}
-	writeJSON(w, http.StatusCreated, usersJSON(userDoc{req.Username, role}))
+	writeJSON(w, http.StatusCreated, usersJSON(userDoc{Username: req.Username, Role: role}))
 }
 
 func parseRole(s string) (string, error) {
@@ -452,12 +455,8 @@ func (g *Gateway) updateUser(w http.ResponseWriter, r *http.Request, db *sql.DB,
 		Password string `json:"password"`
 		Role     string `json:"role"`
 	}
-	if rerr := decodeObject(r, &req, true); rerr != nil {
+	if rerr := decodeObject(r, &req, true, "UserUpdate"); rerr != nil {
 		rerr.write(w)
-		return
-	}
-	if req.Password == "" && req.Role == "" {
-		writeError(w, 0, apierror.ParameterMissing, "password (or, for an ADMIN, role) is required")
 		return
 	}
 	if req.Role != "" {

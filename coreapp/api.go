@@ -76,75 +76,38 @@ func (c *Coreapp) member(h *fasthttp.RequestHeader) bool {
 // message path). Every request must carry the cluster secret: masters send
 // heartbeats and promotions, the gateway forwards users' requests.
 func (c *Coreapp) handler() fasthttp.RequestHandler {
-	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
 	return func(ctx *fasthttp.RequestCtx) {
 		if !c.member(&ctx.Request.Header) {
 			c.log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()))
 			writeError(ctx, apierror.AccessDenied, "internal port: cluster members only")
 			return
 		}
-		method, path := string(ctx.Method()), string(ctx.Path())
-		switch {
-		case path == "/internal/heartbeat" && method == "POST":
-			c.metrics.heartbeats.Inc()
-			writeJSON(ctx, fasthttp.StatusOK, c.report())
-		case path == "/internal/health" && method == "GET":
-			writeJSON(ctx, fasthttp.StatusOK, c.health())
-		case path == "/internal/promote" && method == "POST":
-			c.promote(ctx)
-		case path == "/internal/release" && method == "POST":
-			c.release(ctx)
-		case path == "/internal/demote" && method == "POST":
-			select {
-			case c.holder.nudge <- struct{}{}:
-			default:
-			}
-			ctx.SetStatusCode(fasthttp.StatusNoContent)
-		case path == "/metrics" && method == "GET":
-			metrics(ctx)
-		case strings.HasPrefix(path, "/v1/"):
-			// Users' requests arrive here through the gateway. Only a primary
-			// answers; anything else is 1018 so the gateway reloads its shard
-			// map and retries elsewhere.
-			if !c.holder.status().Primary {
-				writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
-				return
-			}
-			c.userRoute(ctx, method, path)
-		default:
-			writeError(ctx, apierror.NotFound, "no such route: "+path)
-		}
+		c.route(ctx)
 	}
 }
 
-// userRoute serves the /v1 routes a primary coreapp owns.
-func (c *Coreapp) userRoute(ctx *fasthttp.RequestCtx, method, path string) {
-	if path == "/v1/messages" && method == "POST" {
-		c.postMessage(ctx) // its database work is bounded by acceptFlushers and, for media, by slots
-		return
-	}
-	if !c.slots.acquire(ctx) {
-		return
-	}
-	defer c.slots.release()
-	switch {
-	case path == "/v1/contacts" && method == "POST":
-		c.contacts.serve(ctx)
-	case path == "/v1/media" && method == "POST":
-		c.media.upload(ctx)
-	case strings.HasPrefix(path, "/v1/media/") && (method == "GET" || method == "DELETE"):
-		id := strings.TrimPrefix(path, "/v1/media/")
-		if method == "GET" {
-			c.media.download(ctx, id)
-		} else {
-			c.media.remove(ctx, id)
-		}
-	case c.restRoute(ctx, method, path): // rest.go
-	case path == "/v1/messages" || path == "/v1/contacts" || path == "/v1/media" || strings.HasPrefix(path, "/v1/media/"):
-		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
+func (c *Coreapp) serveHeartbeat(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	c.metrics.heartbeats.Inc()
+	writeJSON(ctx, fasthttp.StatusOK, c.report())
+}
+
+func (c *Coreapp) serveHealth(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	writeJSON(ctx, fasthttp.StatusOK, c.health())
+}
+
+func (c *Coreapp) serveDemote(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	select {
+	case c.holder.nudge <- struct{}{}:
 	default:
-		writeError(ctx, apierror.NotFound, "no such route: "+path)
 	}
+	ctx.SetStatusCode(fasthttp.StatusNoContent)
+}
+
+func (c *Coreapp) serveMetrics(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	c.metricsOnce.Do(func() {
+		c.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+	})
+	c.metricsHandler(ctx)
 }
 
 func (c *Coreapp) report() map[string]any {

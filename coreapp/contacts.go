@@ -3,23 +3,20 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 const (
 	// contactTTL is how long a check result is reused, as in the original.
-	contactTTL = 7 * 24 * time.Hour
-	// maxContacts bounds one request.
-	maxContacts       = 1000
+	contactTTL        = 7 * 24 * time.Hour
 	contactTimeout    = 10 * time.Second
 	contactProcessing = "processing"
 	contactFailed     = "failed"
@@ -38,44 +35,23 @@ type contactAnswer struct {
 }
 
 func (k *contactChecker) serve(ctx *fasthttp.RequestCtx) {
-	var req struct {
-		Blocking   *string          `json:"blocking"`
-		Contacts   *json.RawMessage `json:"contacts"`
-		ForceCheck *bool            `json:"force_check"`
+	// The document's ContactsRequest says what is required and allowed
+	// (1008 missing, 1009 invalid, 1025 not JSON).
+	body := ctx.PostBody()
+	if inv := openapi.Validate("ContactsRequest", body); inv != nil {
+		writeError(ctx, inv.Code, inv.Details)
+		return
 	}
-	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("%s has the wrong type", te.Field))
-			return
-		}
+	var req struct {
+		Blocking   string   `json:"blocking"`
+		Contacts   []string `json:"contacts"`
+		ForceCheck *bool    `json:"force_check"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
 		writeError(ctx, apierror.RequestNotValid, "the request body is not a valid JSON object: "+err.Error())
 		return
 	}
-	if req.Contacts == nil {
-		writeError(ctx, apierror.ParameterMissing, "contacts is required: an array of phone numbers")
-		return
-	}
-	var inputs []string
-	if err := json.Unmarshal(*req.Contacts, &inputs); err != nil {
-		writeError(ctx, apierror.ParameterInvalid, "contacts must be an array of strings")
-		return
-	}
-	if len(inputs) == 0 || len(inputs) > maxContacts {
-		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("contacts must hold 1 to %d numbers", maxContacts))
-		return
-	}
-	wait := false
-	if req.Blocking != nil {
-		switch *req.Blocking {
-		case "wait":
-			wait = true
-		case "no_wait":
-		default:
-			writeError(ctx, apierror.ParameterInvalid, "blocking must be \"wait\" or \"no_wait\"")
-			return
-		}
-	}
+	inputs, wait := req.Contacts, req.Blocking == "wait"
 	force := req.ForceCheck != nil && *req.ForceCheck
 	answers, err := k.check(ctx, inputs, wait, force)
 	if err != nil {

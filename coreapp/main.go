@@ -9,16 +9,19 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"github.com/valyala/fasthttp"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/release"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -26,6 +29,10 @@ import (
 
 // Coreapp is one coreapp process.
 type Coreapp struct {
+	// metricsHandler serves /metrics, made at its first scrape.
+	metricsOnce    sync.Once
+	metricsHandler fasthttp.RequestHandler
+
 	id       node.Identity
 	db       *sql.DB
 	claimDB  *sql.DB // reserved for the shard claim: never queues behind requests
@@ -47,6 +54,14 @@ type Coreapp struct {
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "routes" {
+		// The route table, for the test that compares it with the OpenAPI
+		// document.
+		if err := printRoutes(); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "coreapp: cannot start: %v\n", err)
 		os.Exit(1)
@@ -139,7 +154,7 @@ func run() error {
 	}
 	srv := c.server()
 	go srv.Serve(ln)
-	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", node.Version)
+	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", release.Version)
 
 	go c.settings.Run(ctx)
 	go c.plugins.Watch(ctx)

@@ -16,7 +16,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
-	"github.com/multiconnect/multiconnect/internal/node"
 	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -93,62 +92,6 @@ func securityNotice(payload []byte) bool {
 	return p.Message.System.Type == "user_identity_changed"
 }
 
-// restRoutes are this file's routes, path templates in the OpenAPI
-// document's form. All are users' routes (a primary answers) and take a
-// request slot.
-var restRoutes = []struct {
-	method, path string
-	serve        func(c *Coreapp, ctx *fasthttp.RequestCtx, params map[string]string)
-}{
-	{"PUT", "/v1/messages/{message-id}", (*Coreapp).serveMarkRead},
-	{"GET", "/v1/contacts/{wa_id}/identity", (*Coreapp).serveGetIdentity},
-	{"PUT", "/v1/contacts/{wa_id}/identity", (*Coreapp).serveAckIdentity},
-	{"GET", "/v1/stickerpacks", (*Coreapp).serveStickerpacks},
-	{"GET", "/v1/stickerpacks/{stickerpack-id}", (*Coreapp).serveStickerpack},
-	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers", (*Coreapp).serveStickers},
-	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers/{sticker-index}", (*Coreapp).serveSticker},
-}
-
-// restRoute serves restRoutes; it reports whether path was one of theirs
-// (a known path under another method is answered 1025).
-func (c *Coreapp) restRoute(ctx *fasthttp.RequestCtx, method, path string) bool {
-	known := false
-	for _, rt := range restRoutes {
-		params, ok := matchTemplate(rt.path, path)
-		if !ok {
-			continue
-		}
-		known = true
-		if rt.method == method {
-			rt.serve(c, ctx, params)
-			return true
-		}
-	}
-	if known {
-		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path)
-	}
-	return known
-}
-
-// matchTemplate matches path against a template whose {name} segments
-// match any one non-empty segment, returning them by name.
-func matchTemplate(tpl, path string) (map[string]string, bool) {
-	ts, ps := strings.Split(tpl, "/"), strings.Split(path, "/")
-	if len(ts) != len(ps) {
-		return nil, false
-	}
-	params := map[string]string{}
-	for i, t := range ts {
-		switch {
-		case strings.HasPrefix(t, "{") && strings.HasSuffix(t, "}") && ps[i] != "":
-			params[t[1:len(t)-1]] = ps[i]
-		case t != ps[i]:
-			return nil, false
-		}
-	}
-	return params, true
-}
-
 // call performs op with the network through the plugin. On failure it
 // answers the request and returns false.
 func (c *Coreapp) call(ctx *fasthttp.RequestCtx, op string, req any, res any) bool {
@@ -181,11 +124,6 @@ func (c *Coreapp) call(ctx *fasthttp.RequestCtx, op string, req any, res any) bo
 		writeError(ctx, apierror.ServiceUnavailable, "the network did not answer: "+err.Error())
 	}
 	return false
-}
-
-// restMeta is what the original put beside every answer's body.
-func restMeta() map[string]string {
-	return map[string]string{"api_status": "stable", "version": node.Version}
 }
 
 // validBody checks the request body against the OpenAPI schema name.
@@ -232,7 +170,7 @@ func (c *Coreapp) serveMarkRead(ctx *fasthttp.RequestCtx, p map[string]string) {
 	if !c.call(ctx, transport.OpMarkRead, transport.MarkReadRequest{MessageID: id, From: sender}, nil) {
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"meta": restMeta()})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"meta": apierror.CurrentMeta()})
 }
 
 // identityWAID is the digits of a path's wa_id, or "" (answered 1009).
@@ -257,7 +195,7 @@ func (c *Coreapp) serveGetIdentity(ctx *fasthttp.RequestCtx, p map[string]string
 	if !c.call(ctx, transport.OpIdentity, transport.IdentityRequest{WAID: d}, &id) {
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": id, "meta": restMeta()})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": id, "meta": apierror.CurrentMeta()})
 }
 
 // serveAckIdentity is PUT /v1/contacts/{wa_id}/identity {"hash"}: it
@@ -277,7 +215,7 @@ func (c *Coreapp) serveAckIdentity(ctx *fasthttp.RequestCtx, p map[string]string
 	if !c.call(ctx, transport.OpIdentityAck, transport.IdentityRequest{WAID: d, Hash: req.Hash}, nil) {
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"meta": restMeta()})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"meta": apierror.CurrentMeta()})
 }
 
 // The original's read routes of /v1/stickerpacks: with ?namespace=whatsapp
@@ -293,12 +231,12 @@ func (c *Coreapp) serveStickerpacks(ctx *fasthttp.RequestCtx, _ map[string]strin
 	for _, p := range cat.Packs {
 		out = append(out, map[string]string{"id": p.ID})
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": out, "meta": restMeta()})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": out, "meta": apierror.CurrentMeta()})
 }
 
 func (c *Coreapp) serveStickerpack(ctx *fasthttp.RequestCtx, p map[string]string) {
 	if pack := c.stickerpack(ctx, p["stickerpack-id"]); pack != nil {
-		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": []map[string]string{{"publisher": pack.Publisher, "name": pack.Name}}, "meta": restMeta()})
+		writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickerpacks": []map[string]string{{"publisher": pack.Publisher, "name": pack.Name}}, "meta": apierror.CurrentMeta()})
 	}
 }
 
@@ -311,7 +249,7 @@ func (c *Coreapp) serveStickers(ctx *fasthttp.RequestCtx, p map[string]string) {
 	for _, s := range pack.Stickers {
 		out = append(out, map[string]string{"index": s.Index})
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": out, "meta": restMeta()})
+	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": out, "meta": apierror.CurrentMeta()})
 }
 
 func (c *Coreapp) serveSticker(ctx *fasthttp.RequestCtx, p map[string]string) {
@@ -321,7 +259,7 @@ func (c *Coreapp) serveSticker(ctx *fasthttp.RequestCtx, p map[string]string) {
 	}
 	for _, s := range pack.Stickers {
 		if s.Index == p["sticker-index"] {
-			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": []map[string]any{{"id": s.ID, "emojis": s.Emojis}}, "meta": restMeta()})
+			writeJSON(ctx, fasthttp.StatusOK, map[string]any{"stickers": []map[string]any{{"id": s.ID, "emojis": s.Emojis}}, "meta": apierror.CurrentMeta()})
 			return
 		}
 	}

@@ -15,7 +15,7 @@ trap 'rm -rf "$stage"' EXIT
 
 # CGO_ENABLED=0: static binaries for an image with no libc. The same
 # setting as .ci/run's build, so the Go build cache serves both.
-CGO_ENABLED=0 go build -ldflags "-s -w -X github.com/multiconnect/multiconnect/internal/node.Version=$version" \
+CGO_ENABLED=0 go build -ldflags "-s -w -X github.com/multiconnect/multiconnect/internal/release.Version=$version" \
   -o "$stage/" ./caddymodule/cmd/caddy ./master ./coreapp ./plugins/simnet/cmd/simnetd \
   ./plugins/simnet/cmd/transport-simnet ./internal/healthprobe
 cp Caddyfile.example "$stage/Caddyfile"

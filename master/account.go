@@ -18,6 +18,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/openapi"
+	"github.com/multiconnect/multiconnect/internal/routetable"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -51,7 +52,7 @@ type storedPhoto struct {
 }
 
 // accountRoutes adds the account-level settings and backup routes.
-func (m *Master) accountRoutes(mux *http.ServeMux) {
+func (m *Master) accountRoutes(mux *routetable.Mux) {
 	mux.HandleFunc("GET /v1/settings/profile/about", m.primaryOnly(m.getAbout))
 	mux.HandleFunc("PATCH /v1/settings/profile/about", m.primaryOnly(m.patchAbout))
 	mux.HandleFunc("GET /v1/settings/profile/photo", m.primaryOnly(m.getPhoto))

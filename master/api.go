@@ -14,15 +14,22 @@ import (
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/openapi"
+	"github.com/multiconnect/multiconnect/internal/routetable"
 	"github.com/multiconnect/multiconnect/internal/settings"
 )
 
 // routes is the master's internal port. Only cluster members get in: the
 // gateway forwards users' master-only commands here with the cluster secret.
 func (m *Master) routes() http.Handler {
-	mux := http.NewServeMux()
+	return m.members(m.table())
+}
+
+// table is the master's router; it needs no running master to be built,
+// so "master routes" can print it.
+func (m *Master) table() *routetable.Mux {
+	mux := routetable.New()
 	mux.HandleFunc("GET /internal/health", m.health)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /metrics", m.serveMetrics)
 	mux.HandleFunc("GET /v1/settings/application", m.primaryOnly(m.getSettings))
 	mux.HandleFunc("PATCH /v1/settings/application", m.primaryOnly(m.patchSettings))
 	mux.HandleFunc("DELETE /v1/settings/application", m.primaryOnly(m.resetSettings))
@@ -39,8 +46,11 @@ func (m *Master) routes() http.Handler {
 	m.accountRoutes(mux)
 	m.certificateRoutes(mux)
 	mux.HandleFunc("PUT /v1/services/message/gc", m.primaryOnly(m.gcMessagesNow))
-	mux.HandleFunc("/v1/services/", servicesElse)
-	return m.members(mux)
+	return mux
+}
+
+func (m *Master) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	promhttp.HandlerFor(m.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP(w, r)
 }
 
 // members refuses (and logs) any request without the cluster secret.

@@ -9,13 +9,14 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/certs"
+	"github.com/multiconnect/multiconnect/internal/routetable"
 )
 
 // certificateRoutes are the original's /v1/certificates operations the
 // master serves: the uploads (stored in the settings table by the primary
 // master, fenced) and the webhook CA. GET /v1/certificates/external/ca is
 // the gateway's own: it is about the certificate that gateway serves.
-func (m *Master) certificateRoutes(mux *http.ServeMux) {
+func (m *Master) certificateRoutes(mux *routetable.Mux) {
 	mux.HandleFunc("POST /v1/certificates/external", m.primaryOnly(m.postExternalCert))
 	mux.HandleFunc("GET /v1/certificates/webhooks/ca", m.primaryOnly(m.getWebhooksCA))
 	mux.HandleFunc("POST /v1/certificates/webhooks/ca", m.primaryOnly(m.postWebhooksCA))

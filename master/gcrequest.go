@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/webhook"
 )
 
@@ -39,17 +38,6 @@ func (m *Master) gcMessagesNow(w http.ResponseWriter, r *http.Request) {
 		"services": map[string]any{"message": map[string]any{"gc": map[string]string{"status": "processing"}}},
 		"meta":     meta(),
 	})
-}
-
-// servicesElse answers the rest of /v1/services in the API's error shape:
-// another method on message/gc, or a service not served here.
-func servicesElse(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/v1/services/message/gc" {
-		w.Header().Set("Allow", http.MethodPut)
-		apierror.Write(w, apierror.RequestNotValid, "method "+r.Method+" is not allowed on "+r.URL.Path+": use PUT")
-		return
-	}
-	apierror.Write(w, apierror.NotFound, "no such service: "+r.URL.Path+" (only PUT /v1/services/message/gc is served)")
 }
 
 // runRequestedGC collects and notifies the webhook.

@@ -23,6 +23,8 @@ import (
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/release"
+	"github.com/multiconnect/multiconnect/internal/routetable"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
@@ -57,6 +59,14 @@ type Master struct {
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "routes" {
+		// The route table, for the test that compares it with the OpenAPI
+		// document.
+		if err := routetable.Print(os.Stdout, (&Master{}).table().Routes()); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "master: cannot start: %v\n", err)
 		os.Exit(1)
@@ -159,7 +169,7 @@ func run() error {
 	}
 	srv := &http.Server{Handler: m.routes(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
-	m.log.Info("master starting", "listen", cfg.id.ListenAddr, "lease_ttl", cfg.leaseTTL.String(), "version", node.Version)
+	m.log.Info("master starting", "listen", cfg.id.ListenAddr, "lease_ttl", cfg.leaseTTL.String(), "version", release.Version)
 
 	go m.lease.run(ctx, m)
 	if err := schema.WaitCurrent(ctx, db, 200*time.Millisecond, func(have int) {

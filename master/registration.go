@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -55,15 +56,11 @@ type inputError struct {
 
 func (e *inputError) Error() string { return e.detail }
 
-func missing(field string) error {
-	return &inputError{apierror.ParameterMissing, field + " is required"}
-}
-
 func invalid(format string, args ...any) error {
 	return &inputError{apierror.ParameterInvalid, fmt.Sprintf(format, args...)}
 }
 
-// jsonFields decodes a JSON object whose values the caller reads as strings.
+// jsonFields decodes a JSON object's fields.
 func jsonFields(body []byte) (map[string]json.RawMessage, error) {
 	var f map[string]json.RawMessage
 	if err := json.Unmarshal(body, &f); err != nil || f == nil {
@@ -72,83 +69,69 @@ func jsonFields(body []byte) (map[string]json.RawMessage, error) {
 	return f, nil
 }
 
-// stringField reads an optional string field; an empty string counts as
-// absent, as a form left blank.
-func stringField(f map[string]json.RawMessage, name string) (string, bool, error) {
-	raw, ok := f[name]
-	if !ok || string(raw) == "null" {
-		return "", false, nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", false, invalid("%s must be a string", name)
-	}
-	return s, s != "", nil
-}
-
-func digitsOnly(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return s != ""
-}
-
-// parseAccountRequest validates a POST /v1/account body: every missing
-// field is reported (1008) before any bad value (1009).
+// parseAccountRequest validates a POST /v1/account body against the
+// document's AccountRequest: every missing field is reported (1008) before
+// any bad value (1009). What the schema cannot say is checked here: the
+// number's total length and the certificate's base64.
 func parseAccountRequest(body []byte) (accountRequest, error) {
 	var a accountRequest
-	f, err := jsonFields(body)
-	if err != nil {
+	var req struct {
+		CC     string `json:"cc"`
+		Phone  string `json:"phone_number"`
+		Method string `json:"method"`
+		Cert   string `json:"cert"`
+		Pin    string `json:"pin"`
+	}
+	if err := decodeBySchema(body, "AccountRequest", &req); err != nil {
 		return a, err
 	}
-	vals := map[string]string{}
-	for _, name := range []string{"cc", "phone_number", "method", "cert", "pin"} {
-		v, ok, err := stringField(f, name)
-		if err != nil {
-			return a, err
-		}
-		if !ok && name != "pin" {
-			return a, missing(name)
-		}
-		vals[name] = v
-	}
-	a.CC, a.Phone, a.Method, a.Pin = vals["cc"], vals["phone_number"], vals["method"], vals["pin"]
-	switch {
-	case !digitsOnly(a.CC) || len(a.CC) > 3:
-		return a, invalid("cc must be the country calling code: 1 to 3 digits, got %q", a.CC)
-	case !digitsOnly(a.Phone):
-		return a, invalid("phone_number must be digits only (no +, spaces or dashes), got %q", a.Phone)
-	case len(a.CC)+len(a.Phone) > 15:
+	a.CC, a.Phone, a.Method, a.Pin = req.CC, req.Phone, req.Method, req.Pin
+	if len(a.CC)+len(a.Phone) > 15 {
 		return a, invalid("cc and phone_number together have %d digits; a phone number has at most 15", len(a.CC)+len(a.Phone))
-	case a.Method != transport.MethodSMS && a.Method != transport.MethodVoice:
-		return a, invalid("method must be sms or voice, got %q", a.Method)
-	case a.Pin != "" && (!digitsOnly(a.Pin) || len(a.Pin) != 6):
-		return a, invalid("pin must be the 6-digit two-step verification PIN")
 	}
-	if a.Cert, err = base64.StdEncoding.DecodeString(vals["cert"]); err != nil || len(a.Cert) == 0 {
+	var err error
+	if a.Cert, err = base64.StdEncoding.DecodeString(req.Cert); err != nil || len(a.Cert) == 0 {
 		return a, invalid("cert must be the base64 certificate from the business's account")
 	}
 	return a, nil
 }
 
-// parseVerifyRequest validates a POST /v1/account/verify body.
+// parseVerifyRequest validates a POST /v1/account/verify body against the
+// document's VerifyRequest.
 func parseVerifyRequest(body []byte) (string, error) {
+	var req struct {
+		Code string `json:"code"`
+	}
+	if err := decodeBySchema(body, "VerifyRequest", &req); err != nil {
+		return "", err
+	}
+	return req.Code, nil
+}
+
+// decodeBySchema decodes a JSON object body into v once it passes
+// components.schemas[schema]. An empty string or null counts as absent, as
+// a form field left blank.
+func decodeBySchema(body []byte, schema string, v any) error {
 	f, err := jsonFields(body)
 	if err != nil {
-		return "", err
+		return err
 	}
-	code, ok, err := stringField(f, "code")
-	switch {
-	case err != nil:
-		return "", err
-	case !ok:
-		return "", missing("code")
-	case !digitsOnly(code) || len(code) != 6:
-		return "", invalid("code must be the 6-digit registration code the network sent")
+	for k, raw := range f {
+		if string(raw) == "null" || string(raw) == `""` {
+			delete(f, k)
+		}
 	}
-	return code, nil
+	norm, err := json.Marshal(f)
+	if err != nil {
+		return &inputError{apierror.RequestNotValid, "the body must be a JSON object"}
+	}
+	if inv := openapi.ValidateMissingFirst(schema, norm); inv != nil {
+		return &inputError{inv.Code, inv.Details}
+	}
+	if err := json.Unmarshal(norm, v); err != nil {
+		return &inputError{apierror.RequestNotValid, "the body does not fit this route: " + err.Error()}
+	}
+	return nil
 }
 
 func readBody(r *http.Request) []byte {

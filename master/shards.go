@@ -15,6 +15,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/monotime"
+	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
 )
 
@@ -34,23 +35,25 @@ func (m *Master) getShards(w http.ResponseWriter, r *http.Request) {
 // postShards is POST /v1/account/shards {"shards": N}: the shard count
 // changes online, in one fenced transaction (see reshard).
 func (m *Master) postShards(w http.ResponseWriter, r *http.Request) {
+	// The document's ShardsRequest says what is required and the counts
+	// allowed (1008 missing, 1009 invalid, 1025 not JSON).
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+	if err != nil {
+		apierror.Write(w, apierror.RequestNotValid, "cannot read the body: "+err.Error())
+		return
+	}
+	if inv := openapi.Validate("ShardsRequest", body); inv != nil {
+		apierror.Write(w, inv.Code, inv.Details)
+		return
+	}
 	var req struct {
-		Shards *json.Number `json:"shards"`
+		Shards int64 `json:"shards"`
 	}
-	if err != nil || json.Unmarshal(body, &req) != nil {
-		apierror.Write(w, apierror.RequestNotValid, `the body must be a JSON object such as {"shards": 2}`)
-		return
-	}
-	if req.Shards == nil {
-		apierror.Write(w, apierror.ParameterMissing, "shards is required")
-		return
-	}
-	n, err := req.Shards.Int64()
-	if err != nil || !shard.ValidCount(int(n)) {
+	if err := json.Unmarshal(body, &req); err != nil || !shard.ValidCount(int(req.Shards)) {
 		apierror.Write(w, apierror.ParameterInvalid, fmt.Sprintf("shards must be one of %v", shard.Counts))
 		return
 	}
+	n := req.Shards
 	from, err := m.reshard(r.Context(), int(n))
 	switch {
 	case errors.Is(err, errTooFewCoreapps):

@@ -12,6 +12,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/members"
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/release"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/shardmap"
 	"github.com/multiconnect/multiconnect/internal/stats"
@@ -29,9 +30,7 @@ func (m *Master) memberClient() *members.Client {
 }
 
 // meta is the original's response trailer.
-func meta() map[string]any {
-	return map[string]any{"api_status": "stable", "version": node.Version}
-}
+func meta() *apierror.Meta { return apierror.CurrentMeta() }
 
 // support is GET /v1/support: what an operator (or the support desk) needs
 // to see at once: versions, schema, the lease, every node with its role and
@@ -76,7 +75,7 @@ func (m *Master) support(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"support": map[string]any{
-			"version":        node.Version,
+			"version":        release.Version,
 			"schema_version": have,
 			"schema_latest":  schema.Latest(),
 			"shards":         smap.Shards,

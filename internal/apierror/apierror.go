@@ -1,12 +1,15 @@
 // Package apierror is the original API's error shape, shared by the gateway,
 // masters and coreapps so a client sees one format whoever answered:
 //
-//	{"errors":[{"code":1009,"title":"Parameter value not valid","details":"..."}]}
+//	{"meta":{"api_status":"stable","version":"v1.2.0"},
+//	 "errors":[{"code":1009,"title":"Parameter value not valid","details":"..."}]}
 package apierror
 
 import (
 	"encoding/json"
 	"net/http"
+
+	"github.com/multiconnect/multiconnect/internal/release"
 )
 
 // Codes of the original API.
@@ -50,10 +53,21 @@ type Error struct {
 	Details string `json:"details,omitempty"`
 }
 
-// Body is the whole error document.
+// Meta is what the original put beside every answer's body: the API's
+// status and the version of the software that answered.
+type Meta struct {
+	APIStatus string `json:"api_status"`
+	Version   string `json:"version"`
+}
+
+// Body is the whole error document. Like the original's, it carries meta.
 type Body struct {
+	Meta   *Meta   `json:"meta,omitempty"`
 	Errors []Error `json:"errors"`
 }
+
+// CurrentMeta is the meta of this process's answers.
+func CurrentMeta() *Meta { return &Meta{APIStatus: "stable", Version: release.Version} }
 
 // New builds the error for code with details.
 func New(code int, details string) Error {
@@ -70,7 +84,7 @@ func Status(code int) int {
 
 // JSON renders the error document for code.
 func JSON(code int, details string) []byte {
-	b, _ := json.Marshal(Body{Errors: []Error{New(code, details)}})
+	b, _ := json.Marshal(Body{Meta: CurrentMeta(), Errors: []Error{New(code, details)}})
 	return b
 }
 
@@ -78,5 +92,13 @@ func JSON(code int, details string) []byte {
 func Write(w http.ResponseWriter, code int, details string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(Status(code))
+	w.Write(JSON(code, details))
+}
+
+// WriteStatus is Write with another HTTP status than code's own (405 for a
+// method a route does not take, 413 for a body too large).
+func WriteStatus(w http.ResponseWriter, status, code int, details string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
 	w.Write(JSON(code, details))
 }

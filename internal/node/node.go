@@ -16,12 +16,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/release"
 	"github.com/multiconnect/multiconnect/internal/settings"
 )
-
-// Version is the release, set at build time with
-// -ldflags "-X github.com/multiconnect/multiconnect/internal/node.Version=v1.2.3".
-var Version = "dev"
 
 // Roles as stored in nodes.role.
 const (
@@ -89,7 +86,7 @@ func Register(ctx context.Context, db *sql.DB, id Identity, keepaliveMS int64) e
 		ON DUPLICATE KEY UPDATE role = VALUES(role), hostname = VALUES(hostname), container = VALUES(container),
 			incarnation = VALUES(incarnation), keepalive_ms = VALUES(keepalive_ms), version = VALUES(version),
 			started_at = NOW(6), last_seen = NOW(6)`,
-		id.ID, id.Role, id.Hostname, id.Container, id.Incarnation, keepaliveMS, Version)
+		id.ID, id.Role, id.Hostname, id.Container, id.Incarnation, keepaliveMS, release.Version)
 	if err != nil {
 		return fmt.Errorf("register node %s: %w", id.ID, err)
 	}

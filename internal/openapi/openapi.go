@@ -226,7 +226,20 @@ func (e *Invalid) Error() string { return e.Details }
 // result means the body conforms. An error of the document itself (a
 // schema that does not compile) is returned as an *Invalid with code 1000
 // so callers answer 500, never accept unchecked input.
-func Validate(name string, body []byte) *Invalid {
+func Validate(name string, body []byte) *Invalid { return validate(name, body, false) }
+
+// ValidateValue checks an already decoded JSON value (from
+// jsonschema.UnmarshalJSON, so numbers keep their precision) against s.
+func ValidateValue(s *jsonschema.Schema, v any) *Invalid {
+	return validateValue(s, v, false)
+}
+
+// ValidateMissingFirst is Validate, except that a missing field anywhere
+// is reported (1008) before any bad value (1009), as the original's
+// registration answered.
+func ValidateMissingFirst(name string, body []byte) *Invalid { return validate(name, body, true) }
+
+func validate(name string, body []byte, missingFirst bool) *Invalid {
 	s, err := Schema(name)
 	if err != nil {
 		return &Invalid{Code: apierror.GenericError, Details: err.Error()}
@@ -235,12 +248,10 @@ func Validate(name string, body []byte) *Invalid {
 	if err != nil {
 		return &Invalid{Code: apierror.RequestNotValid, Details: "the body is not valid JSON"}
 	}
-	return ValidateValue(s, v)
+	return validateValue(s, v, missingFirst)
 }
 
-// ValidateValue checks an already decoded JSON value (from
-// jsonschema.UnmarshalJSON, so numbers keep their precision) against s.
-func ValidateValue(s *jsonschema.Schema, v any) *Invalid {
+func validateValue(s *jsonschema.Schema, v any, missingFirst bool) *Invalid {
 	err := s.Validate(v)
 	if err == nil {
 		return nil
@@ -250,6 +261,11 @@ func ValidateValue(s *jsonschema.Schema, v any) *Invalid {
 		return &Invalid{Code: apierror.ParameterInvalid, Details: err.Error()}
 	}
 	leaf := deepest(ve)
+	if missingFirst {
+		if m := firstRequired(ve); m != nil {
+			leaf = m
+		}
+	}
 	where := "/" + strings.Join(leaf.InstanceLocation, "/")
 	if req, ok := leaf.ErrorKind.(*kind.Required); ok {
 		missing := strings.Join(req.Missing, ", ")
@@ -271,6 +287,19 @@ func ValidateValue(s *jsonschema.Schema, v any) *Invalid {
 }
 
 var english = message.NewPrinter(language.English)
+
+// firstRequired finds a missing-field failure anywhere below e.
+func firstRequired(e *jsonschema.ValidationError) *jsonschema.ValidationError {
+	if _, ok := e.ErrorKind.(*kind.Required); ok {
+		return e
+	}
+	for _, c := range e.Causes {
+		if m := firstRequired(c); m != nil {
+			return m
+		}
+	}
+	return nil
+}
 
 // deepest follows the first cause down to the most specific failure, which
 // names the field a client got wrong rather than "doesn't match oneOf".

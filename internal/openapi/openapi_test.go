@@ -51,10 +51,11 @@ func TestValidateCodes(t *testing.T) {
 		body string
 		code int
 	}{
-		{`{"errors":[{"code":1,"title":"x"}]}`, 0},
+		{`{"meta":{"api_status":"stable","version":"dev"},"errors":[{"code":1,"title":"x"}]}`, 0},
 		{`{}`, apierror.ParameterMissing},
-		{`{"errors":[{"code":"x","title":"x"}]}`, apierror.ParameterInvalid},
-		{`{"errors":[{"title":"x"}]}`, apierror.ParameterMissing},
+		{`{"meta":{"api_status":"stable","version":"dev"},"errors":[{"code":"x","title":"x"}]}`, apierror.ParameterInvalid},
+		{`{"meta":{"api_status":"stable","version":"dev"},"errors":[{"title":"x"}]}`, apierror.ParameterMissing},
+		{`{"errors":[{"code":1,"title":"x"}]}`, apierror.ParameterMissing},
 		{`{"errors":`, apierror.RequestNotValid},
 	}
 	for _, c := range cases {
@@ -68,5 +69,17 @@ func TestValidateCodes(t *testing.T) {
 	}
 	if got := Validate("NoSuchSchema", []byte(`{}`)); got == nil || got.Code != apierror.GenericError {
 		t.Errorf("unknown schema: %+v", got)
+	}
+}
+
+// ValidateMissingFirst reports a missing field before a bad value, where
+// Validate reports the most specific failure.
+func TestValidateMissingFirst(t *testing.T) {
+	body := []byte(`{"meta":{"api_status":1}}`) // errors missing, meta.version missing, api_status not a string
+	if got := ValidateMissingFirst("Errors", body); got == nil || got.Code != apierror.ParameterMissing {
+		t.Errorf("ValidateMissingFirst: %+v, want 1008", got)
+	}
+	if got := ValidateMissingFirst("Errors", []byte(`{"meta":{"api_status":1,"version":"v"},"errors":[{"code":1,"title":"x"}]}`)); got == nil || got.Code != apierror.ParameterInvalid {
+		t.Errorf("ValidateMissingFirst with nothing missing: %+v, want 1009", got)
 	}
 }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"os"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/routetable"
+)
+
+// coreRoute is one route of the coreapp's port. The table below is the
+// router itself: what "coreapp routes" prints (for the test that compares
+// the served routes with the OpenAPI document) is what is served.
+type coreRoute struct {
+	method, path string // path in the document's form: /v1/media/{media-id}
+	// user routes arrive from users through the gateway: only a primary
+	// answers them; anything else answers 1018 so the gateway reloads its
+	// shard map and retries elsewhere.
+	user bool
+	// slot routes do their database work in one of the bounded request
+	// slots (the message path bounds its own).
+	slot  bool
+	serve func(c *Coreapp, ctx *fasthttp.RequestCtx, params map[string]string)
+}
+
+// coreRoutes is matched in order: the message path first.
+var coreRoutes = []coreRoute{
+	{"POST", "/v1/messages", true, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.postMessage(ctx) }},
+	{"POST", "/v1/contacts", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.contacts.serve(ctx) }},
+	{"POST", "/v1/media", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.media.upload(ctx) }},
+	{"GET", "/v1/media/{media-id}", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, p map[string]string) { c.media.download(ctx, p["media-id"]) }},
+	{"DELETE", "/v1/media/{media-id}", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, p map[string]string) { c.media.remove(ctx, p["media-id"]) }},
+	// rest.go: what the network answers beyond sending.
+	{"PUT", "/v1/messages/{message-id}", true, true, (*Coreapp).serveMarkRead},
+	{"GET", "/v1/contacts/{wa_id}/identity", true, true, (*Coreapp).serveGetIdentity},
+	{"PUT", "/v1/contacts/{wa_id}/identity", true, true, (*Coreapp).serveAckIdentity},
+	{"GET", "/v1/stickerpacks", true, true, (*Coreapp).serveStickerpacks},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}", true, true, (*Coreapp).serveStickerpack},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers", true, true, (*Coreapp).serveStickers},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers/{sticker-index}", true, true, (*Coreapp).serveSticker},
+	{"POST", "/internal/heartbeat", false, false, (*Coreapp).serveHeartbeat},
+	{"GET", "/internal/health", false, false, (*Coreapp).serveHealth},
+	{"POST", "/internal/promote", false, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.promote(ctx) }},
+	{"POST", "/internal/release", false, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.release(ctx) }},
+	{"POST", "/internal/demote", false, false, (*Coreapp).serveDemote},
+	{"GET", "/metrics", false, false, (*Coreapp).serveMetrics},
+}
+
+// route serves a member's request from coreRoutes: 404 (1006) for a path
+// no route has, 405 (1025, with Allow) for a method the path does not take.
+func (c *Coreapp) route(ctx *fasthttp.RequestCtx) {
+	method, path := string(ctx.Method()), string(ctx.Path())
+	var allow []string
+	for i := range coreRoutes {
+		rt := &coreRoutes[i]
+		params, ok := routetable.Match(rt.path, path)
+		if !ok {
+			continue
+		}
+		if rt.method != method {
+			allow = append(allow, rt.method)
+			continue
+		}
+		if rt.user && !c.holder.status().Primary {
+			writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
+			return
+		}
+		if rt.slot {
+			if !c.slots.acquire(ctx) {
+				return
+			}
+			defer c.slots.release()
+		}
+		rt.serve(c, ctx, params)
+		return
+	}
+	if len(allow) > 0 {
+		ctx.Response.Header.Set("Allow", strings.Join(allow, ", "))
+		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path+"; use "+strings.Join(allow, ", "))
+		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
+		return
+	}
+	writeError(ctx, apierror.NotFound, "no such route: "+method+" "+path)
+}
+
+// printRoutes is "coreapp routes".
+func printRoutes() error {
+	rs := make([]routetable.Route, len(coreRoutes))
+	for i, rt := range coreRoutes {
+		rs[i] = routetable.Route{Method: rt.method, Path: rt.path}
+	}
+	return routetable.Print(os.Stdout, rs)
+}
