@@ -441,10 +441,13 @@ func TestBackupRestoreIntoAFreshCluster(t *testing.T) {
 	a1.call("POST", "/v1/settings/account/two-step", `{"pin":"246802"}`, 200)
 	a1.call("PATCH", "/v1/settings/application", `{"sent_status":true}`, 200)
 	a1.call("POST", "/v1/users", `{"username":"alice","password":"Al1ce-passw0rd!","role":"USER"}`, http.StatusCreated)
-	// Rows other areas keep: the webhook CA goes into backups, the
-	// gateway's own certificate and key do not.
+	// Rows other areas keep: the webhook CA goes into backups (set through
+	// the API, as an operator would), the gateway's own certificate and
+	// key do not.
+	if st, out := g1.do("POST", "/v1/certificates/webhooks/ca", certPEM(newTestCA(t, "backup webhook CA", nil).cert), textHeaders(a1.token)); st != 200 {
+		t.Fatalf("setting the webhook CA: HTTP %d %s", st, out)
+	}
 	if _, err := cl1.SQL.Exec(`INSERT INTO settings (name, value, updated_at) VALUES
-		('webhooks.ca', '{"pem":"-----BEGIN CERTIFICATE-----cluster1"}', NOW(6)),
 		('certificates.external', '{"key":"cluster1 private key"}', NOW(6))`); err != nil {
 		t.Fatal(err)
 	}

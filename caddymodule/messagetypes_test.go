@@ -165,6 +165,12 @@ func TestMessageTypesThroughGateway(t *testing.T) {
 	var accepted []sent
 	types, refusedTypes := map[string]bool{}, map[string]bool{}
 	for _, c := range conformanceCases(t, "/v1/messages", "post") {
+		if b, _ := json.Marshal(c.Body); strings.Contains(string(b), `"provider"`) {
+			// The coreapp sends the network the fetched file, not the body
+			// as sent: TestMediaProvidersThroughGateway checks that, and the
+			// conformance walker runs the case against its media server.
+			continue
+		}
 		captured := map[string]string{}
 		for _, s := range c.Setup {
 			raw, err := base64.StdEncoding.DecodeString(s.RawBase64)

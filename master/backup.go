@@ -11,6 +11,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/backup"
+	"github.com/multiconnect/multiconnect/internal/certs"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
@@ -110,7 +111,13 @@ func checkPayload(p backup.Payload) error {
 		return errors.New("the backup has no built-in admin user")
 	}
 	for _, s := range p.Settings {
-		if s.Name == "" || !json.Valid([]byte(s.Value)) {
+		valid := json.Valid([]byte(s.Value))
+		if s.Name == certs.WebhooksCARow {
+			// The webhook CA is kept as PEM, not JSON.
+			_, _, err := certs.ParseCABundle([]byte(s.Value))
+			valid = err == nil
+		}
+		if s.Name == "" || !valid {
 			return fmt.Errorf("the backup's setting %q is not valid", s.Name)
 		}
 	}

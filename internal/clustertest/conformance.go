@@ -41,7 +41,7 @@ var fingerprintColumns = map[string][]string{
 // SimnetStatePaths are the simulated network's API paths whose answers
 // are its recorded state (what it received and was asked to do). An area
 // that makes the network record something new adds its path here.
-var SimnetStatePaths = []string{"/v1/messages", "/v1/registrations"}
+var SimnetStatePaths = []string{"/v1/messages", "/v1/registrations", "/v1/account/settings", "/v1/reads", "/v1/identities"}
 
 // Fingerprint is a digest of the cluster's user-visible state: the
 // database's tables (see above) and the simulated network's records. Two

@@ -2,12 +2,18 @@ package clustertest
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/textproto"
 	"net/url"
 	"regexp"
 	"slices"
@@ -51,9 +57,50 @@ func TestConformance(t *testing.T) {
 	c := New(t, Options{})
 	caddy := buildCaddyBin(t)
 	gp := FreePort(t)
-	_, gw := startCaddyProc(t, c, caddy, "gateway", gp,
-		fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%d {\n\tmulticonnect {\n\t\tbcrypt_cost 4\n\t}\n}\n", gp))
-	w := &walker{c: c, gw: gw, hc: &http.Client{Timeout: 30 * time.Second}, errors: errorsSchema}
+	// The same gateway on HTTPS too, with Caddy's internal CA (tls
+	// internal, a site for localhost), for the cases marked tls: the
+	// gateway's own certificate routes.
+	tp := FreePort(t)
+	_, gw := startCaddyProc(t, c, caddy, "gateway", gp, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	skip_install_trust
+	auto_https disable_redirects
+}
+:%d {
+	multiconnect {
+		bcrypt_cost 4
+	}
+}
+https://localhost:%d {
+	tls internal
+	multiconnect {
+		bcrypt_cost 4
+	}
+}
+`, gp, tp))
+	// A media server for messages whose media a provider fetches: it
+	// answers only the provider's bearer token.
+	media := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer conformance-media-token" {
+			http.Error(rw, "who are you", http.StatusUnauthorized)
+			return
+		}
+		rw.Header().Set("Content-Type", "video/mp4")
+		rw.Write([]byte("\x00\x00\x00\x18ftypmp42 conformance video"))
+	}))
+	t.Cleanup(media.Close)
+	w := &walker{c: c, gw: gw, hc: &http.Client{Timeout: 30 * time.Second}, errors: errorsSchema,
+		gwTLS: fmt.Sprintf("https://localhost:%d", tp),
+		// The walker checks answers, not the chain: TestCertificatesOverHTTPS
+		// checks that the CA external/ca returns verifies what is served.
+		hcTLS: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "localhost"},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", tp))
+			}}},
+		fixed: map[string]any{"provider-link": media.URL + "/v.mp4"}}
 	w.tokens = map[string]string{"admin": gatewayLogin(t, gw)}
 	// The walker's own check: the fingerprint sees a change (the user
 	// created next), or "changed nothing" would prove nothing.
@@ -105,6 +152,11 @@ func TestConformance(t *testing.T) {
 }
 
 type walker struct {
+	gwTLS string       // the gateway's HTTPS site (cases with tls: true)
+	hcTLS *http.Client // dials it on loopback whatever localhost resolves to
+	// fixed are values every case may name as "$name": provider-link, a
+	// file on the walker's media server (bearer conformance-media-token).
+	fixed  map[string]any
 	c      *Cluster
 	gw     string
 	hc     *http.Client
@@ -115,6 +167,9 @@ type walker struct {
 // run sends one case and checks its answer.
 func (w *walker) run(t *testing.T, op openapi.Operation, cs openapi.Case) {
 	captured := map[string]any{}
+	for k, v := range w.fixed {
+		captured[k] = v
+	}
 	for i, st := range cs.Setup {
 		if err := w.step(st, captured); err != nil {
 			t.Fatalf("setup step %d (%s %s): %v", i+1, st.Method, st.Path, err)
@@ -128,6 +183,9 @@ func (w *walker) run(t *testing.T, op openapi.Operation, cs openapi.Case) {
 		t.Fatalf("path %s: a parameter has no value in params", p)
 	}
 	body, ctype, err := caseBody(cs.Body, cs.Raw, cs.RawBase64, cs.ContentType, captured)
+	if cs.Multipart != nil {
+		body, ctype, err = multipartBody(*cs.Multipart)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +201,11 @@ func (w *walker) run(t *testing.T, op openapi.Operation, cs openapi.Case) {
 			t.Fatal(err)
 		}
 	}
-	status, answer, hdr, err := w.send("gateway", roleOf(cs.Role), bearer, op.Method, p, query, body, ctype)
+	target := "gateway"
+	if cs.TLS {
+		target = "gateway-tls"
+	}
+	status, answer, hdr, err := w.send(target, roleOf(cs.Role), bearer, op.Method, p, query, body, ctype)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,9 +350,12 @@ func (w *walker) do(target, role, bearer, method, p string, query url.Values, bo
 // send makes one request to the gateway (with role's credentials) or the
 // simulated network's API.
 func (w *walker) send(target, role, bearer, method, p string, query url.Values, body []byte, ctype string) (int, []byte, http.Header, error) {
-	base := w.gw
+	base, hc := w.gw, w.hc
 	switch target {
 	case "gateway":
+	case "gateway-tls":
+		base, hc = w.gwTLS, w.hcTLS
+		target = "gateway"
 	case "simnet":
 		base = "http://" + w.c.SimnetHTTP
 	default:
@@ -326,7 +391,7 @@ func (w *walker) send(target, role, bearer, method, p string, query url.Values, 
 			return 0, nil, nil, fmt.Errorf("unknown role %q (admin, user, none, admin-basic, user-basic)", role)
 		}
 	}
-	resp, err := w.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -366,6 +431,28 @@ func caseBody(body json.RawMessage, raw *string, rawBase64, ctype string, captur
 		ctype = "application/json"
 	}
 	return b, ctype, nil
+}
+
+// multipartBody is a multipart/form-data body holding m's one file.
+func multipartBody(m openapi.Multipart) ([]byte, string, error) {
+	content, err := base64.StdEncoding.DecodeString(m.ContentBase64)
+	if err != nil {
+		return nil, "", fmt.Errorf("multipart content_base64: %w", err)
+	}
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	h := textproto.MIMEHeader{}
+	h.Set("Content-Disposition", fmt.Sprintf(`form-data; name=%q; filename=%q`, m.Field, m.Filename))
+	h.Set("Content-Type", m.ContentType)
+	part, err := mw.CreatePart(h)
+	if err != nil {
+		return nil, "", err
+	}
+	part.Write(content)
+	if err := mw.Close(); err != nil {
+		return nil, "", err
+	}
+	return buf.Bytes(), mw.FormDataContentType(), nil
 }
 
 var capturedName = regexp.MustCompile(`^\$([A-Za-z0-9_-]+)$`)

@@ -28,9 +28,22 @@ type Case struct {
 	Raw         *string           `json:"raw,omitempty"`
 	RawBase64   string            `json:"raw_base64,omitempty"`
 	ContentType string            `json:"content_type,omitempty"`
-	Setup       []Step            `json:"setup,omitempty"`
-	Status      int               `json:"status"`
-	Code        int               `json:"code,omitempty"`
+	// TLS sends the case to the gateway's HTTPS site (Caddy's internal CA)
+	// instead of its plain HTTP one.
+	TLS bool `json:"tls,omitempty"`
+	// Multipart, when set, sends a multipart/form-data body of one file.
+	Multipart *Multipart `json:"multipart,omitempty"`
+	Setup     []Step     `json:"setup,omitempty"`
+	Status    int        `json:"status"`
+	Code      int        `json:"code,omitempty"`
+}
+
+// Multipart is a form with one file part.
+type Multipart struct {
+	Field         string `json:"field"`
+	Filename      string `json:"filename"`
+	ContentType   string `json:"content_type"`
+	ContentBase64 string `json:"content_base64"`
 }
 
 // Step is a request a case makes before its own, in order.
