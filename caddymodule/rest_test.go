@@ -363,7 +363,7 @@ func TestRestSurfaceWithRealNodes(t *testing.T) {
 	st, body = g.do("PUT", "/v1/messages/"+id, `{"status":"read"}`, auth)
 	expect(t, "mark read a collected message", st, body, 404, apierror.NotFound)
 	st, body = g.do("GET", "/v1/services/message/gc", "", auth)
-	expect(t, "GET on the collection", st, body, 400, apierror.RequestNotValid)
+	expect(t, "GET on the collection", st, body, 405, apierror.RequestNotValid)
 	st, body = g.do("PUT", "/v1/services/media/gc", "", auth)
 	expect(t, "a service not served", st, body, 404, apierror.NotFound)
 	var left int
