@@ -273,6 +273,54 @@ var Migrations = []Migration{
 			KEY inbound_received (received_at)
 		) ENGINE=InnoDB`,
 	}},
+	{10, "the Cloud API transport's tables", []string{
+		// What Meta's webhooks delivered to a gateway, stored before the
+		// gateway answers 200 (Meta retries what is not acknowledged), one
+		// row per contact's event. seq numbers a shard's rows from 1
+		// without gaps (the transport Event contract); the gateway takes
+		// it from cloudapi_inbound_seq under a row lock. dedupe_key (the
+		// wamid, and the status for a status) makes Meta's retries and
+		// duplicates one row. kind, message_id, status, recipient, ts and
+		// payload are the transport Event the shard's primary coreapp's
+		// plugin hands on; acked is set when the coreapp acknowledged it.
+		`CREATE TABLE IF NOT EXISTS cloudapi_inbound (
+			shard INT NOT NULL,
+			seq BIGINT NOT NULL,
+			dedupe_key VARCHAR(191) NOT NULL,
+			kind VARCHAR(16) NOT NULL,
+			message_id VARCHAR(191) NOT NULL,
+			status VARCHAR(32) NOT NULL DEFAULT '',
+			recipient VARCHAR(64) NOT NULL,
+			ts BIGINT NOT NULL,
+			payload MEDIUMTEXT NOT NULL,
+			received_at DATETIME(6) NOT NULL,
+			acked TINYINT NOT NULL DEFAULT 0,
+			PRIMARY KEY (shard, seq),
+			UNIQUE KEY cloudapi_inbound_dedupe (dedupe_key),
+			KEY cloudapi_inbound_acked (acked, received_at)
+		) ENGINE=InnoDB`,
+		`CREATE TABLE IF NOT EXISTS cloudapi_inbound_seq (
+			shard INT NOT NULL PRIMARY KEY,
+			seq BIGINT NOT NULL
+		) ENGINE=InnoDB`,
+		// Each send attempt of the Cloud API transport: our message id, the
+		// wamid Meta returned (both ways: statuses, mark-as-read and
+		// replies map through it), and the attempt's outcome, so a request
+		// whose outcome is unknown is never sent again blindly.
+		`CREATE TABLE IF NOT EXISTS cloudapi_messages (
+			id VARCHAR(191) NOT NULL PRIMARY KEY,
+			wamid VARCHAR(191) NULL,
+			recipient VARCHAR(64) NOT NULL,
+			state VARCHAR(16) NOT NULL,
+			attempts INT NOT NULL DEFAULT 0,
+			node VARCHAR(255) NOT NULL DEFAULT '',
+			first_at DATETIME(6) NOT NULL,
+			last_at DATETIME(6) NOT NULL,
+			error TEXT NULL,
+			UNIQUE KEY cloudapi_messages_wamid (wamid),
+			KEY cloudapi_messages_state (state, last_at)
+		) ENGINE=InnoDB`,
+	}},
 }
 
 // Latest is the schema version this binary knows.
