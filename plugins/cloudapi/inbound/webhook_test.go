@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/metaspec"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -113,8 +114,8 @@ func TestTranslateMessages(t *testing.T) {
 	}{
 		{"text", `{` + base + `,"type":"text","text":{"body":"Does it come in another color?"}}`, false,
 			`{"from":"16505551234","id":"wamid.IN1","timestamp":"1749416383","type":"text","text":{"body":"Does it come in another color?"},"profile":{"name":"Sheena Nelson"}}`},
-		{"text reply to our message", `{` + base + `,"type":"text","text":{"body":"yes"},"context":{"from":"15550783881","id":"wamid.OURS1"}}`, false,
-			`{"from":"16505551234","id":"wamid.IN1","timestamp":"1749416383","type":"text","text":{"body":"yes"},"context":{"from":"15550783881","id":"gBEGkYiEB1VXAglK1ZEqA1YKPrU"},"profile":{"name":"Sheena Nelson"}}`},
+		{"text about a product of our message", `{` + base + `,"type":"text","text":{"body":"yes"},"context":{"from":"15550783881","id":"wamid.OURS1","referred_product":{"catalog_id":"194836987003835","product_retailer_id":"di9ozbzfi4"}}}`, false,
+			`{"from":"16505551234","id":"wamid.IN1","timestamp":"1749416383","type":"text","text":{"body":"yes"},"context":{"from":"15550783881","id":"gBEGkYiEB1VXAglK1ZEqA1YKPrU","referred_product":{"catalog_id":"194836987003835","product_retailer_id":"di9ozbzfi4"}},"profile":{"name":"Sheena Nelson"}}`},
 		{"image", `{` + base + `,"type":"image","image":{"caption":"Taj Mahal","mime_type":"image/jpeg","sha256":"SfInY0gGKTsJlUWbwxC1k+FAD0FZHvzwfpvO0zX0GUI=","id":"1003383421387256"}}`, false,
 			`{"from":"16505551234","id":"wamid.IN1","timestamp":"1749416383","type":"image","image":{"caption":"Taj Mahal","mime_type":"image/jpeg","sha256":"SfInY0gGKTsJlUWbwxC1k+FAD0FZHvzwfpvO0zX0GUI=","id":"1003383421387256"},"profile":{"name":"Sheena Nelson"}}`},
 		{"audio", `{` + base + `,"type":"audio","audio":{"mime_type":"audio/ogg","sha256":"abc=","id":"2001","voice":false}}`, false,
@@ -322,3 +323,8 @@ func assertJSON(t *testing.T, got []byte, want string) {
 		t.Errorf("payload\n got %s\nwant %s", gb, wb)
 	}
 }
+
+// validateWebhook checks a test's webhook against Meta's description, so
+// the translations are tested on what Meta sends, not on what we think it
+// sends.
+func validateWebhook(body []byte) error { return metaspec.ValidateWebhook(body) }
