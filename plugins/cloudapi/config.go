@@ -1,0 +1,144 @@
+package cloudapi
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/graphapi"
+)
+
+// Unknown-outcome policies (MC_CLOUDAPI_UNKNOWN_OUTCOME): what the delivery
+// engine does with a message whose request may or may not have reached the
+// Graph API once its bounded wait for a status webhook naming it is over.
+const (
+	// PolicyResend sends it again: no message is lost, a duplicate is
+	// possible.
+	PolicyResend = "resend"
+	// PolicyFail reports it failed: no duplicate, a message that did reach
+	// the recipient may be reported failed.
+	PolicyFail = "fail"
+)
+
+// Config is the plugin's configuration, read from the environment the
+// coreapp passes on (see FromEnv and the README's "Cloud API transport").
+type Config struct {
+	PhoneNumberID string // MC_CLOUDAPI_PHONE_NUMBER_ID
+	AccessToken   string // MC_CLOUDAPI_ACCESS_TOKEN (secret)
+	AppSecret     string // MC_CLOUDAPI_APP_SECRET (secret; the gateway's, read here only to refuse a half configuration)
+	VerifyToken   string // MC_CLOUDAPI_VERIFY_TOKEN (secret; the gateway's)
+	GraphVersion  string // MC_CLOUDAPI_GRAPH_VERSION, default v23.0
+	BaseURL       string // MC_CLOUDAPI_BASE_URL, default https://graph.facebook.com
+	// Throughput is the number's messages/s shared by every shard
+	// (MC_CLOUDAPI_THROUGHPUT, default 80, at most 1000; 0 unlimited).
+	Throughput int
+	// UnknownOutcome is PolicyResend or PolicyFail (MC_CLOUDAPI_UNKNOWN_OUTCOME).
+	UnknownOutcome string
+	// MediaDir is the shared media directory (MC_MEDIA_DIR, default
+	// /usr/local/wamedia, as the coreapp): media sent by our id are read
+	// from it and uploaded to the Graph API.
+	MediaDir string
+}
+
+// Defaults.
+const (
+	DefaultThroughput     = 80
+	MaxThroughput         = 1000
+	DefaultUnknownOutcome = PolicyResend
+	DefaultMediaDir       = "/usr/local/wamedia"
+)
+
+var (
+	phoneIDRE = regexp.MustCompile(`^[0-9]{1,32}$`)
+	versionRE = regexp.MustCompile(`^v[0-9]{1,3}\.[0-9]{1,3}$`)
+)
+
+// FromEnv reads the configuration from getenv (os.Getenv in the plugin),
+// refusing values that cannot work with an error naming the variable.
+// Secrets never appear in its errors.
+func FromEnv(getenv func(string) string) (Config, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	c := Config{
+		PhoneNumberID:  strings.TrimSpace(getenv("MC_CLOUDAPI_PHONE_NUMBER_ID")),
+		AccessToken:    strings.TrimSpace(getenv("MC_CLOUDAPI_ACCESS_TOKEN")),
+		AppSecret:      getenv("MC_CLOUDAPI_APP_SECRET"),
+		VerifyToken:    getenv("MC_CLOUDAPI_VERIFY_TOKEN"),
+		GraphVersion:   or(strings.TrimSpace(getenv("MC_CLOUDAPI_GRAPH_VERSION")), graphapi.DefaultVersion),
+		BaseURL:        strings.TrimRight(or(strings.TrimSpace(getenv("MC_CLOUDAPI_BASE_URL")), graphapi.DefaultBaseURL), "/"),
+		Throughput:     DefaultThroughput,
+		UnknownOutcome: or(strings.ToLower(strings.TrimSpace(getenv("MC_CLOUDAPI_UNKNOWN_OUTCOME"))), DefaultUnknownOutcome),
+		MediaDir:       or(getenv("MC_MEDIA_DIR"), DefaultMediaDir),
+	}
+	var errs []error
+	switch {
+	case c.PhoneNumberID == "":
+		errs = append(errs, errors.New("MC_CLOUDAPI_PHONE_NUMBER_ID is not set: the Cloud API phone number id (digits, from WhatsApp Manager or the app dashboard)"))
+	case !phoneIDRE.MatchString(c.PhoneNumberID):
+		errs = append(errs, fmt.Errorf("MC_CLOUDAPI_PHONE_NUMBER_ID=%q is not a phone number id (digits only)", c.PhoneNumberID))
+	}
+	if c.AccessToken == "" {
+		errs = append(errs, errors.New("MC_CLOUDAPI_ACCESS_TOKEN is not set: a system user access token with whatsapp_business_messaging"))
+	} else if strings.ContainsAny(c.AccessToken, " \t\r\n") {
+		errs = append(errs, errors.New("MC_CLOUDAPI_ACCESS_TOKEN contains white space (value not shown)"))
+	}
+	if !versionRE.MatchString(c.GraphVersion) {
+		errs = append(errs, fmt.Errorf("MC_CLOUDAPI_GRAPH_VERSION=%q is not a Graph API version such as %s", c.GraphVersion, graphapi.DefaultVersion))
+	}
+	if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" {
+		errs = append(errs, fmt.Errorf("MC_CLOUDAPI_BASE_URL=%q is not an http(s) URL with a host", c.BaseURL))
+	}
+	if v := strings.TrimSpace(getenv("MC_CLOUDAPI_THROUGHPUT")); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxThroughput {
+			errs = append(errs, fmt.Errorf("MC_CLOUDAPI_THROUGHPUT=%q: want messages per second, 0 (unlimited) to %d", v, MaxThroughput))
+		} else {
+			c.Throughput = n
+		}
+	}
+	if c.UnknownOutcome != PolicyResend && c.UnknownOutcome != PolicyFail {
+		errs = append(errs, fmt.Errorf("MC_CLOUDAPI_UNKNOWN_OUTCOME=%q: want %s or %s", c.UnknownOutcome, PolicyResend, PolicyFail))
+	}
+	if len(errs) > 0 {
+		return c, fmt.Errorf("cloud api transport configuration: %w", errors.Join(errs...))
+	}
+	return c, nil
+}
+
+// LogValue keeps secrets out of logs: a Config logged with slog shows
+// whether each secret is set, never its value.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("phone_number_id", c.PhoneNumberID), slog.String("graph_version", c.GraphVersion),
+		slog.String("base_url", c.BaseURL), slog.Int("throughput", c.Throughput),
+		slog.String("unknown_outcome", c.UnknownOutcome), slog.String("media_dir", c.MediaDir),
+		slog.String("access_token", set(c.AccessToken)), slog.String("app_secret", set(c.AppSecret)),
+		slog.String("verify_token", set(c.VerifyToken)),
+	)
+}
+
+// String never prints a secret (fmt's %v of a Config).
+func (c Config) String() string { return c.LogValue().String() }
+
+// GoString never prints a secret either (fmt's %#v).
+func (c Config) GoString() string { return c.String() }
+
+func set(s string) string {
+	if s == "" {
+		return "unset"
+	}
+	return "set"
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
