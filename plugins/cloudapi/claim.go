@@ -32,6 +32,7 @@ func (t *Transport) Connect(_ context.Context, req transport.ConnectRequest) err
 		t.log.Info("claim replaced", "shard", t.claim.Shard, "epoch", t.claim.Epoch, "by_shard", req.Shard, "by_epoch", req.Epoch)
 	}
 	t.claim = Claim{Shard: req.Shard, Epoch: req.Epoch, Node: req.Node, Deadline: req.Deadline, Conn: t.newConnLocked()}
+	t.claimFirstConn = t.claim.Conn
 	t.connected, t.lastErr = true, ""
 	delete(t.acked, req.Shard)
 	t.log.Info("claim taken: sending for the shard", "shard", req.Shard, "epoch", req.Epoch, "node", req.Node,

@@ -80,10 +80,12 @@ type Transport struct {
 	lastErr  string
 	tokenErr string
 	lastConn int64
-	// acked is the highest seq the coreapp acknowledged, by shard, and
-	// ackedAt when it last moved (redelivery after a stall).
-	acked   map[int]uint64
-	ackedAt map[int]time.Time
+	// claimFirstConn is the first Conn of the current claim: Ack takes
+	// any of the claim's Conns.
+	claimFirstConn int64
+	// acked is the highest seq the coreapp acknowledged on the claim, by
+	// shard (flow control and redelivery after a stall).
+	acked map[int]uint64
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -105,10 +107,13 @@ func New(cfg Config, o Options) *Transport {
 	t := &Transport{
 		cfg: cfg, log: log, db: o.DB,
 		graph: graph.New(graph.Config{BaseURL: cfg.BaseURL, Version: cfg.GraphVersion, PhoneNumberID: cfg.PhoneNumberID, AccessToken: cfg.AccessToken}),
-		acked: map[int]uint64{}, ackedAt: map[int]time.Time{},
+		acked: map[int]uint64{},
 		media: newMediaCache(),
 	}
 	t.sender, t.inbound = o.Sender, o.Inbound
+	if t.inbound == nil && o.DB != nil {
+		t.inbound = dbReader{db: o.DB}
+	}
 	return t
 }
 
