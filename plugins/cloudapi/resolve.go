@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"time"
+
+	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 // resolver is the Translate Resolver of a Transport: wamids from
@@ -25,6 +27,18 @@ func (r resolver) WAMID(ctx context.Context, id string) (string, error) {
 	return w.String, err
 }
 
+// MediaID uploads under the claim (ops.go's MediaID, bounded by the
+// claim's deadline); an upload the cluster no longer has is a BadMessage.
 func (r resolver) MediaID(ctx context.Context, id string) (string, error) {
-	return r.t.cloudMediaID(ctx, id)
+	c, err := r.t.Current()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	mid, err := r.t.ops.MediaID(ctx, c.sender(), id)
+	if errors.Is(err, transport.ErrNoSuchItem) {
+		return "", &BadMessage{Reason: err.Error()}
+	}
+	return mid, err
 }

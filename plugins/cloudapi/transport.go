@@ -47,6 +47,17 @@ type Claim struct {
 	Conn int64
 }
 
+// sender names the claim in a request's headers.
+func (c Claim) sender() graph.Sender {
+	return graph.Sender{Node: c.Node, Shard: c.Shard, Epoch: c.Epoch}
+}
+
+// bound returns ctx ended at the claim's deadline: a request started
+// under the claim cannot outlive it.
+func (c Claim) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(ctx, time.Now().Add(transport.Until(c.Deadline)))
+}
+
 // InboundReader reads the shard's rows of cloudapi_inbound, which the
 // gateway's webhook route writes: Read returns the shard's unacknowledged
 // events with a seq above afterSeq, in seq order, at most limit; Ack marks
@@ -68,7 +79,8 @@ type Transport struct {
 	sender delivery.Sender
 	// inbound reads what the webhook route stored for the shard.
 	inbound InboundReader
-	media   *mediaCache
+	// ops are the account operations, registration and media (ops.go).
+	ops *operations
 
 	mu        sync.Mutex
 	claim     Claim
@@ -108,12 +120,20 @@ func New(cfg Config, o Options) *Transport {
 		cfg: cfg, log: log, db: o.DB,
 		graph: graph.New(graph.Config{BaseURL: cfg.BaseURL, Version: cfg.GraphVersion, PhoneNumberID: cfg.PhoneNumberID, AccessToken: cfg.AccessToken}),
 		acked: map[int]uint64{},
-		media: newMediaCache(),
 	}
 	t.sender, t.inbound = o.Sender, o.Inbound
 	if t.inbound == nil && o.DB != nil {
 		t.inbound = dbReader{db: o.DB}
 	}
+	t.ops = newOperations(t.graph, o.DB, cfg.MediaDir, log)
+	t.ops.sender = func() (graph.Sender, error) {
+		c, err := t.Current()
+		if err != nil {
+			return graph.Sender{}, err
+		}
+		return c.sender(), nil
+	}
+	t.ops.tokenRefused = t.NoteTokenError
 	return t
 }
 
@@ -154,9 +174,9 @@ func (t *Transport) Do(ctx context.Context, method, path, contentType string, bo
 	if err != nil {
 		return fmt.Errorf("graph %s %s: %w", method, path, err)
 	}
-	rctx, cancel := context.WithDeadline(ctx, time.Now().Add(transport.Until(c.Deadline)))
+	rctx, cancel := c.bound(ctx)
 	defer cancel()
-	err = t.graph.Do(rctx, graph.Sender{Node: c.Node, Shard: c.Shard, Epoch: c.Epoch}, method, path, contentType, body, out)
+	err = t.graph.Do(rctx, c.sender(), method, path, contentType, body, out)
 	t.noteResult(err)
 	return err
 }
