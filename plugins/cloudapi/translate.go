@@ -269,28 +269,16 @@ func hsmTemplate(h map[string]any) map[string]any {
 	return out
 }
 
-// location: the Cloud API's description takes the coordinates as strings
-// (as Meta's examples write them).
+// location: the coordinates stay the numbers they were (exactly: decoded
+// as json.Number), as Meta's reference pages give them.
 func location(l map[string]any) map[string]any {
-	out := map[string]any{"latitude": numString(l["latitude"]), "longitude": numString(l["longitude"])}
+	out := map[string]any{"latitude": l["latitude"], "longitude": l["longitude"]}
 	for _, k := range []string{"name", "address"} {
 		if s := str(l[k]); s != "" {
 			out[k] = s
 		}
 	}
 	return out
-}
-
-func numString(v any) string {
-	switch x := v.(type) {
-	case json.Number:
-		return x.String()
-	case float64:
-		return strconv.FormatFloat(x, 'f', -1, 64)
-	case string:
-		return x
-	}
-	return fmt.Sprint(v)
 }
 
 // contacts copies the fields of each card that the Cloud API has. Its

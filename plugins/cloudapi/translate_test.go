@@ -1,11 +1,17 @@
 package cloudapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/metaspec"
 )
 
 // mapResolver resolves from fixed maps: the translation's lookups, not the
@@ -95,9 +101,9 @@ var translateCases = []struct {
 	{"sticker", "15550104011",
 		`{"to":"15550104011","type":"sticker","sticker":{"link":"https://example.com/s.webp"}}`,
 		`{"type":"sticker","sticker":{"link":"https://example.com/s.webp"}}`},
-	{"location with coordinates as strings", "15550104012",
+	{"location", "15550104012",
 		`{"to":"15550104012","type":"location","location":{"latitude":37.4847,"longitude":-122.1477,"name":"HQ","address":"1 Hacker Way"}}`,
-		`{"type":"location","location":{"latitude":"37.4847","longitude":"-122.1477","name":"HQ","address":"1 Hacker Way"}}`},
+		`{"type":"location","location":{"latitude":37.4847,"longitude":-122.1477,"name":"HQ","address":"1 Hacker Way"}}`},
 	{"contacts card", "15550104013",
 		`{"to":"15550104013","type":"contacts","contacts":[{"name":{"formatted_name":"John Smith","first_name":"John","last_name":"Smith"},"birthday":"2012-08-18",
 		  "phones":[{"phone":"+1 (940) 555-1234","type":"HOME"},{"phone":"+1 (650) 555-1234","type":"WORK","wa_id":"16505551234"},{"phone":"+1 650 555 0000","type":"CELL"}],
@@ -159,6 +165,40 @@ func TestTranslate(t *testing.T) {
 				t.Errorf("Translate:\n got %s\nwant %s", got, mustJSON(w))
 			}
 		})
+	}
+}
+
+// TestTranslateMeetsMetaDescription sends every translation through the
+// validator of Meta's OpenAPI description (metaspec), as the Graph API test
+// server does: a body Meta would refuse fails here.
+func TestTranslateMeetsMetaDescription(t *testing.T) {
+	for _, tc := range translateCases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Translate(context.Background(), "our-id-7", tc.to, []byte(tc.in), testResolver)
+			if err != nil {
+				t.Fatalf("Translate: %v", err)
+			}
+			r := httptest.NewRequest(http.MethodPost, "/v23.0/106540352242922/messages", bytes.NewReader(got))
+			r.Header.Set("Content-Type", "application/json")
+			r.Header.Set("Authorization", "Bearer test-token")
+			if err := metaspec.ValidateRequest(r, got); err != nil {
+				t.Errorf("Meta's description refuses %s: %v", got, err)
+			}
+		})
+	}
+}
+
+// TestMetaDescriptionRefusesOnPremBodies shows the validator is not
+// lenient: the On-Premises bodies as they are (no messaging_product, hsm,
+// template namespace) are refused.
+func TestMetaDescriptionRefusesOnPremBodies(t *testing.T) {
+	for _, tc := range translateCases {
+		r := httptest.NewRequest(http.MethodPost, "/v23.0/106540352242922/messages", strings.NewReader(tc.in))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Authorization", "Bearer test-token")
+		if err := metaspec.ValidateRequest(r, []byte(tc.in)); err == nil {
+			t.Errorf("%s: Meta's description takes the On-Premises body %s as it is", tc.name, tc.in)
+		}
 	}
 }
 
