@@ -234,7 +234,6 @@ func (o *operations) mapError(op string, err error) error {
 	return fmt.Errorf("%s: %w", op, ge)
 }
 
-
 // businessProfileUpdate is Meta's WhatsAppBusinessProfileUpdateRequest.
 // Pointers: a field left nil is not sent (the Graph API keeps its value).
 type businessProfileUpdate struct {
