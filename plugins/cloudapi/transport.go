@@ -243,3 +243,13 @@ func redact(s, secret string) string {
 	}
 	return strings.ReplaceAll(s, secret, "[redacted]")
 }
+
+// Open returns the transport for cfg with its delivery engine (posting
+// through the transport's Poster) and, when o.DB is set, its inbound reader.
+func Open(cfg Config, o Options) (*Transport, error) {
+	t := New(cfg, o)
+	if t.sender == nil {
+		t.sender = serialSender{p: poster{t}, token: t.NoteTokenError}
+	}
+	return t, nil
+}

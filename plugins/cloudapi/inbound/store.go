@@ -85,7 +85,10 @@ func store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (int, erro
 }
 
 func storeShard(ctx context.Context, tx *sql.Tx, shard int, recs []Record) (int, error) {
-	if _, err := tx.ExecContext(ctx, `INSERT IGNORE INTO cloudapi_inbound_seq (shard, seq) VALUES (?, 0)`, shard); err != nil {
+	// ON DUPLICATE KEY UPDATE takes the row's exclusive lock at once (an
+	// INSERT IGNORE would take a shared one first, and two webhooks both
+	// upgrading it deadlock); it creates the shard's row the first time.
+	if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound_seq (shard, seq) VALUES (?, 0) ON DUPLICATE KEY UPDATE seq = seq`, shard); err != nil {
 		return 0, fmt.Errorf("seq row: %w", err)
 	}
 	var seq uint64
