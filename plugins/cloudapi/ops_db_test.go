@@ -28,9 +28,9 @@ func TestMediaCacheAndStoredPin(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := newGraphServer(t)
-	cfg := Config{PhoneNumberID: testPhoneID, AccessToken: testToken, GraphVersion: "v23.0", BaseURL: g.srv.URL, MediaDir: t.TempDir()}
+	cfg := Config{PhoneNumberID: testPhoneID, AccessToken: opsToken, GraphVersion: "v23.0", BaseURL: g.srv.URL, MediaDir: t.TempDir()}
 	tr := New(cfg, Options{DB: db})
-	connect(t, tr)
+	claimShard(t, tr)
 	c, _ := tr.Current()
 
 	ours := "5d0c2a8e-1f3b-4c5d-9e6f-708192a3b4c5"

@@ -33,7 +33,7 @@ import (
 
 const (
 	testPhoneID = "106540352242922"
-	testToken   = "EAAtesttoken"
+	opsToken   = "EAAtesttoken"
 	testNumber  = "15550001234" // the number testPhoneID is
 )
 
@@ -89,7 +89,7 @@ func (g *graphServer) reset() {
 
 func (g *graphServer) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
-	if r.Header.Get("Authorization") != "Bearer "+testToken {
+	if r.Header.Get("Authorization") != "Bearer "+opsToken {
 		writeGraph(w, http.StatusUnauthorized, graphapi.Error{Message: "Invalid OAuth access token", Type: "OAuthException", Code: 190})
 		return
 	}
@@ -203,15 +203,15 @@ func writeJSONAnswer(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// newTestTransport is a transport on g, without a database, its media
+// newOpsTransport is a transport on g, without a database, its media
 // directory a fresh one.
-func newTestTransport(t *testing.T, g *graphServer) *Transport {
+func newOpsTransport(t *testing.T, g *graphServer) *Transport {
 	t.Helper()
-	cfg := Config{PhoneNumberID: testPhoneID, AccessToken: testToken, GraphVersion: "v23.0", BaseURL: g.srv.URL, MediaDir: t.TempDir()}
+	cfg := Config{PhoneNumberID: testPhoneID, AccessToken: opsToken, GraphVersion: "v23.0", BaseURL: g.srv.URL, MediaDir: t.TempDir()}
 	return New(cfg, Options{})
 }
 
-func connect(t *testing.T, tr *Transport) {
+func claimShard(t *testing.T, tr *Transport) {
 	t.Helper()
 	if err := tr.Connect(context.Background(), transport.ConnectRequest{Shard: 0, Epoch: 1, Node: "n1", Deadline: transport.MonoNow() + int64(time.Minute)}); err != nil {
 		t.Fatal(err)
@@ -230,8 +230,8 @@ func opBody(v any) []byte {
 // has (the server validated it), and answers what the op's result is.
 func TestCallOpsRoundTrip(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
-	connect(t, tr)
+	tr := newOpsTransport(t, g)
+	claimShard(t, tr)
 	ctx := context.Background()
 	profile := "/" + testPhoneID + "/whatsapp_business_profile"
 	cases := []struct {
@@ -284,7 +284,7 @@ func TestCallOpsRoundTrip(t *testing.T) {
 // no request; stickerpacks is an empty catalogue.
 func TestOpsTheCloudAPILacks(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
+	tr := newOpsTransport(t, g)
 	ctx := context.Background()
 	for op, why := range map[string]string{
 		transport.OpSetProfilePhoto:    "Resumable Upload API",
@@ -312,7 +312,7 @@ func TestOpsTheCloudAPILacks(t *testing.T) {
 // mark_read is the shard's: without a claim it sends nothing.
 func TestMarkReadNeedsTheClaim(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
+	tr := newOpsTransport(t, g)
 	_, err := tr.Call(context.Background(), transport.OpMarkRead, opBody(transport.MarkReadRequest{MessageID: "wamid.x"}))
 	if !errors.Is(err, transport.ErrNotConnected) {
 		t.Fatalf("mark_read without a claim: %v, want ErrNotConnected", err)
@@ -326,8 +326,8 @@ func TestMarkReadNeedsTheClaim(t *testing.T) {
 // Health until a request is accepted.
 func TestGraphErrorsMapToTransportErrors(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
-	connect(t, tr)
+	tr := newOpsTransport(t, g)
+	claimShard(t, tr)
 	ctx := context.Background()
 	profile := "POST /" + testPhoneID + "/whatsapp_business_profile"
 	about := opBody(transport.ProfileAbout{Text: "hi"})
@@ -369,7 +369,7 @@ func TestGraphErrorsMapToTransportErrors(t *testing.T) {
 	if h, _ := tr.Health(ctx); !strings.Contains(h.LastError, "access token") || !strings.Contains(h.LastError, "190") {
 		t.Errorf("after 190 Health says %q, want the token error", h.LastError)
 	}
-	if strings.Contains(err.Error(), testToken) {
+	if strings.Contains(err.Error(), opsToken) {
 		t.Errorf("the error shows the token: %v", err)
 	}
 }
@@ -378,7 +378,7 @@ func TestGraphErrorsMapToTransportErrors(t *testing.T) {
 // then /register with the PIN given at the request.
 func TestRegistration(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
+	tr := newOpsTransport(t, g)
 	ctx := context.Background()
 	req := transport.RegistrationRequest{CC: "1", Phone: "5550001234", Method: transport.MethodVoice, Cert: []byte("ignored"), Pin: "246810"}
 
@@ -426,7 +426,7 @@ func TestRegistration(t *testing.T) {
 func TestRegistrationOfAVerifiedNumber(t *testing.T) {
 	g := newGraphServer(t)
 	g.verified = true
-	tr := newTestTransport(t, g)
+	tr := newOpsTransport(t, g)
 	ctx := context.Background()
 	req := transport.RegistrationRequest{CC: "1", Phone: "5550001234", Method: transport.MethodSMS, Pin: "135790"}
 	res, err := tr.RequestCode(ctx, req)
@@ -447,7 +447,7 @@ func TestRegistrationOfAVerifiedNumber(t *testing.T) {
 // the transport's, and no PIN to register with.
 func TestRegistrationRefusals(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
+	tr := newOpsTransport(t, g)
 	ctx := context.Background()
 	_, err := tr.RequestCode(ctx, transport.RegistrationRequest{CC: "44", Phone: "7700900123", Method: transport.MethodSMS, Pin: "123456"})
 	if !errors.Is(err, transport.ErrInvalidValue) || !strings.Contains(err.Error(), testNumber) {
@@ -473,8 +473,8 @@ func TestRegistrationRefusals(t *testing.T) {
 // before its bytes are fetched.
 func TestMedia(t *testing.T) {
 	g := newGraphServer(t)
-	tr := newTestTransport(t, g)
-	connect(t, tr)
+	tr := newOpsTransport(t, g)
+	claimShard(t, tr)
 	ctx := context.Background()
 	jpeg := append([]byte{0xff, 0xd8, 0xff, 0xe0}, bytes.Repeat([]byte("x"), 2000)...)
 	path := filepath.Join(tr.cfg.MediaDir, "0b6c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3")
