@@ -26,6 +26,7 @@ func (t *Transport) Connect(_ context.Context, req transport.ConnectRequest) err
 	defer t.mu.Unlock()
 	if t.connected && transport.Until(t.claim.Deadline) > 0 && t.claim.Shard == req.Shard && t.claim.Epoch == req.Epoch {
 		t.claim.Deadline = req.Deadline
+		t.learnLayoutLocked(req.Shard, req.Layout)
 		return nil
 	}
 	if t.connected {
@@ -33,6 +34,7 @@ func (t *Transport) Connect(_ context.Context, req transport.ConnectRequest) err
 	}
 	t.claim = Claim{Shard: req.Shard, Epoch: req.Epoch, Node: req.Node, Deadline: req.Deadline, Conn: t.newConnLocked()}
 	t.claimFirstConn = t.claim.Conn
+	t.learnLayoutLocked(req.Shard, req.Layout)
 	t.connected, t.lastErr = true, ""
 	delete(t.acked, req.Shard)
 	t.log.Info("claim taken: sending for the shard", "shard", req.Shard, "epoch", req.Epoch, "node", req.Node,
@@ -52,7 +54,7 @@ func (t *Transport) newConnLocked() int64 {
 }
 
 // Extend implements transport.Transport.
-func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64, _ transport.Layout) error {
+func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64, layout transport.Layout) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c, err := t.currentLocked()
@@ -67,7 +69,19 @@ func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64, _ tr
 		return fmt.Errorf("extend epoch %d: new deadline is in the past: %w", epoch, transport.ErrDeadlinePassed)
 	}
 	t.claim.Deadline = deadline
+	t.learnLayoutLocked(c.Shard, layout)
 	return nil
+}
+
+// learnLayoutLocked gives the engine its shard and the newest shard count:
+// its share of the number's throughput.
+func (t *Transport) learnLayoutLocked(shard int, l transport.Layout) {
+	if l.Shards > 0 && l.Version >= t.layout.Version {
+		t.layout = l
+	}
+	if t.engine != nil {
+		t.engine.SetLayout(shard, max(t.layout.Shards, 1))
+	}
 }
 
 // Disconnect implements transport.Transport: after it, no request goes out
@@ -98,6 +112,10 @@ func (t *Transport) Health(context.Context) (transport.Health, error) {
 	}
 	if t.tokenErr != "" {
 		h.LastError = t.tokenErr
+	} else if t.engine != nil {
+		if e := t.engine.TokenError(); e != "" {
+			h.LastError = "access token refused by the Graph API (code 190): set a valid MC_CLOUDAPI_ACCESS_TOKEN (" + redact(e, t.cfg.AccessToken) + ")"
+		}
 	}
 	return h, nil
 }

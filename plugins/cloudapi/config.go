@@ -10,19 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/delivery"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/graphapi"
-)
-
-// Unknown-outcome policies (MC_CLOUDAPI_UNKNOWN_OUTCOME): what the delivery
-// engine does with a message whose request may or may not have reached the
-// Graph API once its bounded wait for a status webhook naming it is over.
-const (
-	// PolicyResend sends it again: no message is lost, a duplicate is
-	// possible.
-	PolicyResend = "resend"
-	// PolicyFail reports it failed: no duplicate, a message that did reach
-	// the recipient may be reported failed.
-	PolicyFail = "fail"
 )
 
 // Config is the plugin's configuration, read from the environment the
@@ -34,24 +23,18 @@ type Config struct {
 	VerifyToken   string // MC_CLOUDAPI_VERIFY_TOKEN (secret; the gateway's)
 	GraphVersion  string // MC_CLOUDAPI_GRAPH_VERSION, default v23.0
 	BaseURL       string // MC_CLOUDAPI_BASE_URL, default https://graph.facebook.com
-	// Throughput is the number's messages/s shared by every shard
-	// (MC_CLOUDAPI_THROUGHPUT, default 80, at most 1000; 0 unlimited).
-	Throughput int
-	// UnknownOutcome is PolicyResend or PolicyFail (MC_CLOUDAPI_UNKNOWN_OUTCOME).
-	UnknownOutcome string
+	// Delivery is the send engine's (MC_CLOUDAPI_THROUGHPUT,
+	// MC_CLOUDAPI_UNKNOWN_OUTCOME and its waits, MC_CLOUDAPI_TOKEN_RETRY:
+	// delivery.ConfigFromEnv).
+	Delivery delivery.Config
 	// MediaDir is the shared media directory (MC_MEDIA_DIR, default
 	// /usr/local/wamedia, as the coreapp): media sent by our id are read
 	// from it and uploaded to the Graph API.
 	MediaDir string
 }
 
-// Defaults.
-const (
-	DefaultThroughput     = 80
-	MaxThroughput         = 1000
-	DefaultUnknownOutcome = PolicyResend
-	DefaultMediaDir       = "/usr/local/wamedia"
-)
+// DefaultMediaDir is the coreapp's default media directory.
+const DefaultMediaDir = "/usr/local/wamedia"
 
 var (
 	phoneIDRE = regexp.MustCompile(`^[0-9]{1,32}$`)
@@ -66,15 +49,13 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		getenv = os.Getenv
 	}
 	c := Config{
-		PhoneNumberID:  strings.TrimSpace(getenv("MC_CLOUDAPI_PHONE_NUMBER_ID")),
-		AccessToken:    strings.TrimSpace(getenv("MC_CLOUDAPI_ACCESS_TOKEN")),
-		AppSecret:      getenv("MC_CLOUDAPI_APP_SECRET"),
-		VerifyToken:    getenv("MC_CLOUDAPI_VERIFY_TOKEN"),
-		GraphVersion:   or(strings.TrimSpace(getenv("MC_CLOUDAPI_GRAPH_VERSION")), graphapi.DefaultVersion),
-		BaseURL:        strings.TrimRight(or(strings.TrimSpace(getenv("MC_CLOUDAPI_BASE_URL")), graphapi.DefaultBaseURL), "/"),
-		Throughput:     DefaultThroughput,
-		UnknownOutcome: or(strings.ToLower(strings.TrimSpace(getenv("MC_CLOUDAPI_UNKNOWN_OUTCOME"))), DefaultUnknownOutcome),
-		MediaDir:       or(getenv("MC_MEDIA_DIR"), DefaultMediaDir),
+		PhoneNumberID: strings.TrimSpace(getenv("MC_CLOUDAPI_PHONE_NUMBER_ID")),
+		AccessToken:   strings.TrimSpace(getenv("MC_CLOUDAPI_ACCESS_TOKEN")),
+		AppSecret:     getenv("MC_CLOUDAPI_APP_SECRET"),
+		VerifyToken:   getenv("MC_CLOUDAPI_VERIFY_TOKEN"),
+		GraphVersion:  or(strings.TrimSpace(getenv("MC_CLOUDAPI_GRAPH_VERSION")), graphapi.DefaultVersion),
+		BaseURL:       strings.TrimRight(or(strings.TrimSpace(getenv("MC_CLOUDAPI_BASE_URL")), graphapi.DefaultBaseURL), "/"),
+		MediaDir:      or(getenv("MC_MEDIA_DIR"), DefaultMediaDir),
 	}
 	var errs []error
 	switch {
@@ -94,17 +75,11 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if u, err := url.Parse(c.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" {
 		errs = append(errs, fmt.Errorf("MC_CLOUDAPI_BASE_URL=%q is not an http(s) URL with a host", c.BaseURL))
 	}
-	if v := strings.TrimSpace(getenv("MC_CLOUDAPI_THROUGHPUT")); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 || n > MaxThroughput {
-			errs = append(errs, fmt.Errorf("MC_CLOUDAPI_THROUGHPUT=%q: want messages per second, 0 (unlimited) to %d", v, MaxThroughput))
-		} else {
-			c.Throughput = n
-		}
+	dc, err := delivery.ConfigFromEnv(func(k string) string { return strings.TrimSpace(getenv(k)) })
+	if err != nil {
+		errs = append(errs, err)
 	}
-	if c.UnknownOutcome != PolicyResend && c.UnknownOutcome != PolicyFail {
-		errs = append(errs, fmt.Errorf("MC_CLOUDAPI_UNKNOWN_OUTCOME=%q: want %s or %s", c.UnknownOutcome, PolicyResend, PolicyFail))
-	}
+	c.Delivery = dc
 	if len(errs) > 0 {
 		return c, fmt.Errorf("cloud api transport configuration: %w", errors.Join(errs...))
 	}
@@ -116,8 +91,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("phone_number_id", c.PhoneNumberID), slog.String("graph_version", c.GraphVersion),
-		slog.String("base_url", c.BaseURL), slog.Int("throughput", c.Throughput),
-		slog.String("unknown_outcome", c.UnknownOutcome), slog.String("media_dir", c.MediaDir),
+		slog.String("base_url", c.BaseURL), slog.String("throughput", throughput(c.Delivery)),
+		slog.String("unknown_outcome", string(c.Delivery.Policy)), slog.String("media_dir", c.MediaDir),
 		slog.String("access_token", set(c.AccessToken)), slog.String("app_secret", set(c.AppSecret)),
 		slog.String("verify_token", set(c.VerifyToken)),
 	)
@@ -128,6 +103,16 @@ func (c Config) String() string { return c.LogValue().String() }
 
 // GoString never prints a secret either (fmt's %#v).
 func (c Config) GoString() string { return c.String() }
+
+func throughput(d delivery.Config) string {
+	switch {
+	case d.Unlimited:
+		return "unlimited"
+	case d.Throughput == 0:
+		return strconv.Itoa(delivery.DefaultThroughput) + "/s"
+	}
+	return strconv.Itoa(d.Throughput) + "/s"
+}
 
 func set(s string) string {
 	if s == "" {

@@ -2,29 +2,28 @@ package cloudapi
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"time"
 
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
-// resolver is the Translate Resolver of a Transport: wamids from
-// cloudapi_messages, media ids from the media cache (uploading).
+// resolver is the Translate Resolver of a Transport: wamids from the
+// engine's records (cloudapi_messages), media ids from cloudapi_media
+// (uploading the file the first time).
 type resolver struct{ t *Transport }
 
 func (r resolver) WAMID(ctx context.Context, id string) (string, error) {
-	if r.t.db == nil {
+	if r.t.store == nil {
 		return "", nil
 	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var w sql.NullString
-	err := r.t.db.QueryRowContext(qctx, `SELECT wamid FROM cloudapi_messages WHERE id = ?`, id).Scan(&w)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
+	recs, err := r.t.store.Load(qctx, []string{id})
+	if err != nil {
+		return "", err
 	}
-	return w.String, err
+	return recs[id].WAMID, nil
 }
 
 // MediaID uploads under the claim (ops.go's MediaID, bounded by the

@@ -18,12 +18,12 @@ var ErrLater = errors.New("some messages are to be sent later")
 // Send implements transport.Transport. Each message is translated to the
 // Cloud API's body and handed, in order, to the delivery engine, which
 // posts it under the claim and decides on limits, retries and unknown
-// outcomes. The Cloud API does not deduplicate, so what a Send settles is
-// recorded (cloudapi_messages) and the coreapp's resend of a batch answers
-// a sent message SendDuplicate and a failed one SendFailed without a
-// request. A message left for later (delivery.Later) makes the batch fail
-// (the coreapp sends it again, in order, with the rest): a message of its
-// recipient after it in the batch is not sent before it.
+// outcomes. The Cloud API does not deduplicate, so the engine records each
+// attempt (cloudapi_messages): a batch the coreapp sends again is answered
+// from the records for what was settled (sent, failed) without a second
+// request. A message left for later (delivery.Later) fails the batch, so
+// the coreapp sends it again, in order, with the rest; the engine sends no
+// message of a recipient before an earlier one left for later.
 func (t *Transport) Send(ctx context.Context, msgs []transport.Message) ([]transport.SendResult, error) {
 	if _, err := t.Current(); err != nil {
 		return nil, fmt.Errorf("send: %w", err)
@@ -31,11 +31,7 @@ func (t *Transport) Send(ctx context.Context, msgs []transport.Message) ([]trans
 	if t.sender == nil {
 		return nil, errors.New("send: no delivery engine")
 	}
-	ids := make([]string, len(msgs))
-	for i, m := range msgs {
-		ids[i] = m.ID
-	}
-	known, err := t.known(ctx, ids)
+	settled, err := t.settled(ctx, msgs)
 	if err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
@@ -52,38 +48,34 @@ func (t *Transport) Send(ctx context.Context, msgs []transport.Message) ([]trans
 			later++ // an earlier message of the recipient waits: so does this one
 			continue
 		}
-		switch r := known[m.ID]; r.state {
-		case stateSent:
-			results[i].Status = transport.SendDuplicate
-			continue
-		case stateFailed:
-			results[i].Status, results[i].Error = transport.SendFailed, r.err
-			continue
-		}
 		if m.ID == "" {
 			results[i].Status, results[i].Error = transport.SendFailed, "missing id"
 			continue
 		}
-		body, err := Translate(ctx, m.ID, m.To, m.Body, res)
-		var bm *BadMessage
-		switch {
-		case errors.As(err, &bm):
-			reason := transport.SendError(transport.StatusError{Code: apierror.GenericError, Title: "Generic error", Details: bm.Error()})
-			if rerr := t.recordFailed(ctx, m.ID, to, reason); rerr != nil {
-				return nil, fmt.Errorf("send: record the failure of %s: %w", m.ID, rerr)
+		var body []byte
+		if !settled[m.ID] {
+			// (A settled message is answered from its record: it is
+			// not translated again, which could now fail.)
+			var err error
+			body, err = Translate(ctx, m.ID, m.To, m.Body, res)
+			var bm *BadMessage
+			switch {
+			case errors.As(err, &bm):
+				results[i].Status = transport.SendFailed
+				results[i].Error = transport.SendError(transport.StatusError{Code: apierror.GenericError, Title: "Generic error", Details: bm.Error()})
+				continue
+			case err != nil:
+				t.log.Warn("message not translated; sending it later", "id", m.ID, "err", err)
+				held[to] = true
+				later++
+				continue
 			}
-			results[i].Status, results[i].Error = transport.SendFailed, reason
-			continue
-		case err != nil:
-			t.log.Warn("message not translated; sending it later", "id", m.ID, "err", err)
-			held[to] = true
-			later++
-			continue
 		}
 		out = append(out, delivery.Outgoing{ID: m.ID, To: to, Body: body})
 		index = append(index, i)
 	}
 	var sent, failed int
+	var why string
 	if len(out) > 0 {
 		rs := t.sender.Send(ctx, out)
 		if len(rs) != len(out) {
@@ -96,25 +88,47 @@ func (t *Transport) Send(ctx context.Context, msgs []transport.Message) ([]trans
 				results[i].Status = transport.SendAccepted
 				sent++
 			case delivery.Failed:
-				reason := transport.SendError(failure(r))
-				if err := t.recordFailed(ctx, r.ID, out[j].To, reason); err != nil {
-					return nil, fmt.Errorf("send: record the failure of %s: %w", r.ID, err)
-				}
-				results[i].Status, results[i].Error = transport.SendFailed, reason
+				results[i].Status, results[i].Error = transport.SendFailed, transport.SendError(failure(r))
 				failed++
 			default:
+				if why == "" {
+					why = r.Detail
+				}
 				later++
 			}
 		}
 	}
 	if later > 0 {
-		return nil, fmt.Errorf("send: %d sent, %d failed, %d of %d left for the next attempt: %w", sent, failed, later, len(msgs), ErrLater)
+		return nil, fmt.Errorf("send: %d sent, %d failed, %d of %d left for the next attempt (%s): %w", sent, failed, later, len(msgs), why, ErrLater)
 	}
 	return results, nil
 }
 
+// settled tells which messages already have a final record (sent or
+// failed): the engine answers them from it.
+func (t *Transport) settled(ctx context.Context, msgs []transport.Message) (map[string]bool, error) {
+	out := map[string]bool{}
+	if t.store == nil {
+		return out, nil
+	}
+	ids := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		ids = append(ids, m.ID)
+	}
+	recs, err := t.store.Load(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	for id, r := range recs {
+		if r.State == delivery.StateSent || r.State == delivery.StateFailed {
+			out[id] = true
+		}
+	}
+	return out, nil
+}
+
 // failure is the original's error for a message the engine failed: the
-// Graph error's code mapped to the On-Premises one (the same table as the
+// Graph error's code mapped to the On-Premises one (the table of the
 // failed statuses of webhooks), else generic.
 func failure(r delivery.Result) transport.StatusError {
 	if r.Err == nil {
@@ -126,9 +140,5 @@ func failure(r delivery.Result) transport.StatusError {
 			Details string `json:"details,omitempty"`
 		}{r.Err.ErrorData.Details}
 	}
-	se := inbound.OnPremError(ce)
-	if r.Detail != "" && se.Details == "" {
-		se.Details = r.Detail
-	}
-	return se
+	return inbound.OnPremError(ce)
 }

@@ -75,8 +75,12 @@ type Transport struct {
 	// db is the cluster's MySQL (from the coreapp's WA_DB_* environment):
 	// cloudapi_messages (our id ↔ wamid) and cloudapi_inbound.
 	db *sql.DB
-	// sender is the delivery engine (limits, retries, unknown outcomes).
+	// sender is the delivery engine (limits, retries, unknown outcomes);
+	// engine is the same when it is the package's Engine (its layout and
+	// token state), store its attempt records.
 	sender delivery.Sender
+	engine *delivery.Engine
+	store  delivery.Store
 	// inbound reads what the webhook route stored for the shard.
 	inbound InboundReader
 	// ops are the account operations, registration and media (ops.go).
@@ -95,6 +99,8 @@ type Transport struct {
 	// claimFirstConn is the first Conn of the current claim: Ack takes
 	// any of the claim's Conns.
 	claimFirstConn int64
+	// layout is the newest shard count the coreapp told.
+	layout transport.Layout
 	// acked is the highest seq the coreapp acknowledged on the claim, by
 	// shard (flow control and redelivery after a stall).
 	acked map[int]uint64
@@ -245,11 +251,20 @@ func redact(s, secret string) string {
 }
 
 // Open returns the transport for cfg with its delivery engine (posting
-// through the transport's Poster) and, when o.DB is set, its inbound reader.
+// through the transport's Poster, recording attempts in cloudapi_messages)
+// and, when o.DB is set, its inbound reader.
 func Open(cfg Config, o Options) (*Transport, error) {
 	t := New(cfg, o)
-	if t.sender == nil {
-		t.sender = serialSender{p: poster{t}, token: t.NoteTokenError}
+	if t.sender != nil {
+		return t, nil
 	}
+	if o.DB == nil {
+		return nil, errors.New("cloud api transport: the delivery engine needs the cluster's database (WA_DB_*)")
+	}
+	dc := cfg.Delivery
+	dc.Log = t.log
+	t.store = delivery.SQLStore{DB: o.DB}
+	t.engine = delivery.NewEngine(dc, poster{t}, t.store)
+	t.sender = t.engine
 	return t, nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/delivery"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -26,7 +27,7 @@ func TestFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.GraphVersion != "v23.0" || c.BaseURL != "https://graph.facebook.com" || c.Throughput != 80 || c.UnknownOutcome != PolicyResend || c.MediaDir != "/usr/local/wamedia" {
+	if c.GraphVersion != "v23.0" || c.BaseURL != "https://graph.facebook.com" || c.Delivery.Throughput != 0 || c.Delivery.Unlimited || c.Delivery.Policy != delivery.PolicyResend || c.MediaDir != "/usr/local/wamedia" {
 		t.Errorf("defaults: %+v", c)
 	}
 	for _, shown := range []string{c.String(), fmt.Sprintf("%v %+v %#v", c, c, c)} {
@@ -49,7 +50,7 @@ func TestFromEnv(t *testing.T) {
 		{"MC_CLOUDAPI_BASE_URL", "graph.facebook.com", "not an http(s) URL"},
 		{"MC_CLOUDAPI_THROUGHPUT", "1001", "0 (unlimited) to 1000"},
 		{"MC_CLOUDAPI_THROUGHPUT", "-1", "0 (unlimited) to 1000"},
-		{"MC_CLOUDAPI_UNKNOWN_OUTCOME", "maybe", "want resend or fail"},
+		{"MC_CLOUDAPI_UNKNOWN_OUTCOME", "maybe", "want resend, fail or wait"},
 	}
 	for _, b := range bad {
 		env := map[string]string{}
@@ -69,9 +70,9 @@ func TestFromEnv(t *testing.T) {
 	for k, v := range base {
 		env[k] = v
 	}
-	env["MC_CLOUDAPI_THROUGHPUT"], env["MC_CLOUDAPI_BASE_URL"], env["MC_CLOUDAPI_UNKNOWN_OUTCOME"] = "0", "http://127.0.0.1:9/", "FAIL"
+	env["MC_CLOUDAPI_THROUGHPUT"], env["MC_CLOUDAPI_BASE_URL"], env["MC_CLOUDAPI_UNKNOWN_OUTCOME"] = "0", "http://127.0.0.1:9/", "fail"
 	c, err = FromEnv(envOf(env))
-	if err != nil || c.Throughput != 0 || c.BaseURL != "http://127.0.0.1:9" || c.UnknownOutcome != PolicyFail {
+	if err != nil || !c.Delivery.Unlimited || c.BaseURL != "http://127.0.0.1:9" || c.Delivery.Policy != delivery.PolicyFail {
 		t.Errorf("unlimited, a test server, fail policy: %+v, %v", c, err)
 	}
 }
@@ -103,11 +104,7 @@ func newTestTransport(t *testing.T, answer func(w http.ResponseWriter, r *http.R
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := Open(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr, g
+	return New(cfg, Options{}), g
 }
 
 func okJSON(w http.ResponseWriter, _ *http.Request) {
