@@ -3,7 +3,6 @@ package cloudapi
 import (
 	"context"
 	"errors"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -27,8 +26,8 @@ func TestMediaCacheAndStoredPin(t *testing.T) {
 	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
 		t.Fatal(err)
 	}
-	g := newGraphServer(t)
-	cfg := Config{PhoneNumberID: testPhoneID, AccessToken: opsToken, GraphVersion: "v23.0", BaseURL: g.srv.URL, MediaDir: t.TempDir()}
+	gs, url := opsServer(t, nil)
+	cfg := Config{PhoneNumberID: opsPhone, AccessToken: opsToken, GraphVersion: "v23.0", BaseURL: url, MediaDir: t.TempDir()}
 	tr := New(cfg, Options{DB: db})
 	claimShard(t, tr)
 	c, _ := tr.Current()
@@ -48,40 +47,29 @@ func TestMediaCacheAndStoredPin(t *testing.T) {
 	if err != nil || again != first {
 		t.Fatalf("second send: %q, %v; want the cached %q", again, err, first)
 	}
-	uploads := func() int {
-		n := 0
-		for _, r := range g.taken() {
-			if r.Path == "/"+testPhoneID+"/media" {
-				n++
-				if r.Fields["type"] != "application/pdf" {
-					t.Errorf("uploaded as %q, want the stored type", r.Fields["type"])
-				}
-			}
-		}
-		return n
-	}
-	if n := uploads(); n != 1 {
-		t.Fatalf("%d uploads for two sends, want 1", n)
+	media := gs.Snapshot().Media
+	if len(media) != 1 || media[0].MimeType != "application/pdf" {
+		t.Fatalf("media at the server after two sends: %+v; want one upload, of the stored type", media)
 	}
 	// Past Meta's retention the medium is uploaded again.
 	if _, err := db.Exec(`UPDATE cloudapi_media SET uploaded_at = NOW(6) - INTERVAL 30 DAY WHERE media_id = ?`, ours); err != nil {
 		t.Fatal(err)
 	}
 	renewed, err := tr.ops.MediaID(ctx, c.sender(), ours)
-	if err != nil || renewed == first || uploads() != 2 {
-		t.Fatalf("after 30 days: %q (was %q), %d uploads, %v; want a new upload", renewed, first, uploads(), err)
+	if err != nil || renewed == first || len(gs.Snapshot().Media) != 2 {
+		t.Fatalf("after 30 days: %q (was %q), %v; want a new upload", renewed, first, err)
 	}
 	if _, err := tr.ops.MediaID(ctx, c.sender(), "00000000-0000-4000-8000-000000000000"); !errors.Is(err, transport.ErrNoSuchItem) {
 		t.Errorf("an id we do not have: %v, want ErrNoSuchItem", err)
 	}
 
-	g.reset()
 	if _, err := tr.Call(ctx, transport.OpMediaDelete, opBody(transport.MediaRef{ID: ours})); err != nil {
 		t.Fatal(err)
 	}
-	reqs := g.taken()
-	if len(reqs) != 1 || reqs[0].Method != http.MethodDelete || reqs[0].Path != "/"+renewed {
-		t.Fatalf("delete sent %+v, want DELETE /%s", reqs, renewed)
+	for _, m := range gs.Snapshot().Media {
+		if m.Deleted != (m.ID == renewed) {
+			t.Errorf("after delete: %+v; want only %s deleted", m, renewed)
+		}
 	}
 	var n int
 	db.QueryRow(`SELECT COUNT(*) FROM cloudapi_media WHERE media_id = ?`, ours).Scan(&n)
@@ -89,23 +77,22 @@ func TestMediaCacheAndStoredPin(t *testing.T) {
 		t.Errorf("the Cloud copy is still remembered after delete")
 	}
 	// A medium never sent has no Cloud copy: nothing to delete.
-	g.reset()
-	if _, err := tr.Call(ctx, transport.OpMediaDelete, opBody(transport.MediaRef{ID: ours})); err != nil || len(g.taken()) != 0 {
-		t.Errorf("deleting a medium without a Cloud copy: %v, sent %+v", err, g.taken())
+	gs.Reset()
+	if _, err := tr.Call(ctx, transport.OpMediaDelete, opBody(transport.MediaRef{ID: ours})); err != nil || len(served(t, gs)) != 0 {
+		t.Errorf("deleting a medium without a Cloud copy: %v, sent %v", err, served(t, gs))
 	}
 
 	// The stored two-step PIN (the master's settings row).
 	if _, err := db.Exec(`INSERT INTO settings (name, value, updated_at) VALUES ('account.two_step', '{"pin":"424242"}', NOW(6))`); err != nil {
 		t.Fatal(err)
 	}
-	g.reset()
-	g.verified = true
-	res, err := tr.RequestCode(ctx, transport.RegistrationRequest{CC: "1", Phone: "5550001234", Method: transport.MethodSMS})
-	if err != nil || !res.AlreadyRegistered {
-		t.Fatalf("register with the stored PIN: %+v, %v", res, err)
+	if _, err := tr.RequestCode(ctx, transport.RegistrationRequest{CC: "1", Phone: "5550001234", Method: transport.MethodSMS}); err != nil {
+		t.Fatalf("request code with the stored PIN: %v", err)
 	}
-	reqs = g.taken()
-	if len(reqs) != 2 || string(reqs[1].Body) != `{"messaging_product":"whatsapp","pin":"424242"}` {
-		t.Errorf("register sent %+v, want the stored PIN", reqs)
+	if err := tr.VerifyCode(ctx, transport.VerifyRequest{CC: "1", Phone: "5550001234", Code: gs.Snapshot().Codes[opsPhone]}); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if pin := gs.Snapshot().Pins[opsPhone]; pin != "424242" {
+		t.Errorf("registered with PIN %q, want the stored one", pin)
 	}
 }
