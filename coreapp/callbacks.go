@@ -247,6 +247,10 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 			keep = append(keep, cb)
 		}
 	}
+	// Inbound media the settings ask for are fetched before their
+	// callbacks are stored, so GET /v1/media/{id} serves what a webhook
+	// names (inboundmedia.go).
+	w.c.media.fetchInbound(ctx, batch, s.Media.AutoDownload)
 	// Who sent each inbound message is recorded first, webhook or not,
 	// so it can be marked read (markread.go); false leaves the batch
 	// unacknowledged for the shard's next holder.

@@ -213,25 +213,25 @@ func (o *operations) mapError(op string, err error) error {
 	if !errors.As(err, &ge) {
 		return fmt.Errorf("%s: %w", op, err)
 	}
+	// Both the sentinel and the Graph error stay in the chain: callers
+	// test the one (errors.Is), registration reads the other's code.
+	wrap := func(sentinel error) error {
+		if ge.ErrorData != nil && ge.ErrorData.Details != "" {
+			return fmt.Errorf("%s: %w: %w: %s", op, sentinel, ge, ge.ErrorData.Details)
+		}
+		return fmt.Errorf("%s: %w: %w", op, sentinel, ge)
+	}
 	switch {
 	case ge.Code == graphapi.CodeAccessToken:
 		o.tokenRefused(ge)
 		return fmt.Errorf("%s: the Cloud API refused the access token (MC_CLOUDAPI_ACCESS_TOKEN expired or revoked; code 190): %w", op, ge)
 	case ge.Code == codeNotFound || (ge.Code == graphapi.CodeInvalidParameter && ge.ErrorSubcode == subcodeNoObject) ||
 		ge.HTTPStatus == http.StatusNotFound:
-		return fmt.Errorf("%s: %w: %s (Graph code %d)", op, transport.ErrNoSuchItem, graphDetail(ge), ge.Code)
+		return wrap(transport.ErrNoSuchItem)
 	case ge.Code == graphapi.CodeInvalidParameter || ge.Code == graphapi.CodeRecipientNotValid:
-		return fmt.Errorf("%s: %w: %s (Graph code %d)", op, transport.ErrInvalidValue, graphDetail(ge), ge.Code)
+		return wrap(transport.ErrInvalidValue)
 	}
 	return fmt.Errorf("%s: %w", op, ge)
-}
-
-// graphDetail is the most telling text of a Graph error.
-func graphDetail(ge *graphapi.Error) string {
-	if ge.ErrorData != nil && ge.ErrorData.Details != "" {
-		return ge.Message + ": " + ge.ErrorData.Details
-	}
-	return ge.Message
 }
 
 // businessProfileUpdate is Meta's WhatsAppBusinessProfileUpdateRequest.

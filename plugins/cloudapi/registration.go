@@ -107,7 +107,7 @@ func (o *operations) verifyCode(ctx context.Context, req transport.VerifyRequest
 	if errors.As(err, &ge) && (ge.Code == graphapi.CodeInvalidParameter || ge.Code == codeCodeNotVerified) {
 		// The Cloud API tells neither a wrong code from an expired one nor
 		// from none requested: all are a wrong code to the API.
-		return fmt.Errorf("%s: %w: %s (Graph code %d)", op, transport.ErrBadCode, ge.Message, ge.Code)
+		return fmt.Errorf("%s: %w: %s (Graph code %d)", op, transport.ErrBadCode, ge.Message, ge.Code) // not ErrInvalidValue
 	}
 	if err != nil {
 		return err
