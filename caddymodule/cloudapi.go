@@ -28,6 +28,11 @@ import (
 // callback URL is https://<gateway host>/cloudapi/webhook).
 const cloudAPIWebhookPath = "/cloudapi/webhook"
 
+// cloudAPIMaxBody is the least body size the webhook takes whatever
+// max_body_size says: Meta batches up to 1,000 updates in one webhook, a
+// few megabytes at most, and a refused batch would come back forever.
+const cloudAPIMaxBody = 8 << 20
+
 // cloudAPIConfig is the webhook's configuration after placeholders.
 type cloudAPIConfig struct {
 	secret, verifyToken, phoneNumberID string
@@ -67,11 +72,11 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		g.cloudAPIVerify(w, r)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.MaxBodySize))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max(g.MaxBodySize, cloudAPIMaxBody)))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			writeError(w, http.StatusRequestEntityTooLarge, apierror.ParameterInvalid, "the webhook body is larger than max_body_size")
+			writeError(w, http.StatusRequestEntityTooLarge, apierror.ParameterInvalid, "the webhook body is larger than 8 MiB and max_body_size")
 			return
 		}
 		writeError(w, http.StatusBadRequest, apierror.RequestNotValid, "reading the webhook body: "+err.Error())

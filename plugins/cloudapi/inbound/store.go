@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -191,3 +192,147 @@ const DefaultMaxAge = 8 * 24 * time.Hour
 // DefaultMaxAge, so a retried webhook the gateway still accepts finds its
 // rows and is not stored twice.
 const MinRetention = DefaultMaxAge
+
+// Relayout moves every unacknowledged event whose contact's shard under
+// shards is not the shard it is stored in (the shard count changed, or a
+// gateway wrote it under the old count) to the end of its new shard's
+// stream, as the transport contract's networks do (transport.Layout): in
+// its old place stays an EventMoved row, so the old stream keeps no gap, and
+// a contact's events keep their order. A shard removed by a shrink is
+// emptied the same way. It returns how many events moved.
+//
+// The plugin calls it whenever it learns a newer layout and then
+// periodically (rows a gateway stored under the old count until its map
+// refresh); any number of callers may run it at once: each move is made
+// under the row locks of the shards involved.
+func Relayout(ctx context.Context, db *sql.DB, shards int) (int, error) {
+	if !shard.ValidCount(shards) {
+		return 0, fmt.Errorf("relayout inbound events: %d is not a shard count", shards)
+	}
+	rows, err := db.QueryContext(ctx, `SELECT shard, recipient FROM cloudapi_inbound WHERE acked = 0 AND kind <> ?`, string(transport.EventMoved))
+	if err != nil {
+		return 0, fmt.Errorf("relayout inbound events: %w", err)
+	}
+	involved := map[int]bool{}
+	sources := map[int]bool{}
+	for rows.Next() {
+		var s int
+		var rcpt string
+		if err := rows.Scan(&s, &rcpt); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("relayout inbound events: %w", err)
+		}
+		if to, err := shard.For(rcpt, shards); err == nil && to != s {
+			involved[s], involved[to], sources[s] = true, true, true
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: %w", err)
+	}
+	if len(sources) == 0 {
+		return 0, nil
+	}
+	for attempt := 0; ; attempt++ {
+		n, err := relayout(ctx, db, shards, involved, sources)
+		if err == nil || attempt == 2 || !database.Deadlock(err) {
+			return n, err
+		}
+	}
+}
+
+func relayout(ctx context.Context, db *sql.DB, shards int, involved, sources map[int]bool) (int, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("relayout inbound events: begin: %w", err)
+	}
+	defer tx.Rollback()
+	order := make([]int, 0, len(involved))
+	for s := range involved {
+		order = append(order, s)
+	}
+	slices.Sort(order)
+	next := map[int]uint64{}
+	for _, s := range order {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound_seq (shard, seq) VALUES (?, 0) ON DUPLICATE KEY UPDATE seq = seq`, s); err != nil {
+			return 0, fmt.Errorf("relayout inbound events: seq row of shard %d: %w", s, err)
+		}
+		var seq uint64
+		if err := tx.QueryRowContext(ctx, `SELECT seq FROM cloudapi_inbound_seq WHERE shard = ? FOR UPDATE`, s).Scan(&seq); err != nil {
+			return 0, fmt.Errorf("relayout inbound events: lock seq of shard %d: %w", s, err)
+		}
+		next[s] = seq
+	}
+	type row struct {
+		shard                                  int
+		seq                                    uint64
+		key, kind, id, status, recipient, body string
+		ts                                     int64
+		received                               sql.NullTime
+	}
+	var move []row
+	for s := range sources {
+		// Under the shard's seq lock no new row appears; acked can
+		// still change (the plugin's Ack), so read again what to move.
+		rs, err := tx.QueryContext(ctx, `SELECT seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at
+			FROM cloudapi_inbound WHERE shard = ? AND acked = 0 AND kind <> ? ORDER BY seq FOR UPDATE`, s, string(transport.EventMoved))
+		if err != nil {
+			return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
+		}
+		for rs.Next() {
+			r := row{shard: s}
+			if err := rs.Scan(&r.seq, &r.key, &r.kind, &r.id, &r.status, &r.recipient, &r.ts, &r.body, &r.received); err != nil {
+				rs.Close()
+				return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
+			}
+			if to, err := shard.For(r.recipient, shards); err == nil && to != s && involved[to] {
+				move = append(move, r)
+			}
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
+		}
+	}
+	slices.SortFunc(move, func(a, b row) int { return cmpRow(a.shard, a.seq, b.shard, b.seq) })
+	for _, r := range move {
+		to, _ := shard.For(r.recipient, shards)
+		// The old place keeps a moved row under a key of its own, which
+		// frees the dedupe key for the event's new row. A removed
+		// shard's has no reader left to acknowledge it: it is marked
+		// acknowledged, for the collector.
+		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound SET kind = ?, dedupe_key = ?, message_id = '', status = '', payload = '', acked = ?
+			WHERE shard = ? AND seq = ?`, string(transport.EventMoved), fmt.Sprintf("moved:%d:%d", r.shard, r.seq), r.shard >= shards, r.shard, r.seq); err != nil {
+			return 0, fmt.Errorf("relayout inbound event %d/%d: %w", r.shard, r.seq, err)
+		}
+		next[to]++
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound
+			(shard, seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, NOW(6)))`,
+			to, next[to], r.key, r.kind, r.id, r.status, r.recipient, r.ts, r.body, r.received); err != nil {
+			return 0, fmt.Errorf("relayout inbound event %d/%d to shard %d: %w", r.shard, r.seq, to, err)
+		}
+	}
+	for _, s := range order {
+		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound_seq SET seq = ? WHERE shard = ?`, next[s], s); err != nil {
+			return 0, fmt.Errorf("relayout inbound events: advance seq of shard %d: %w", s, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: commit: %w", err)
+	}
+	return len(move), nil
+}
+
+func cmpRow(as int, aseq uint64, bs int, bseq uint64) int {
+	if as != bs {
+		return as - bs
+	}
+	switch {
+	case aseq < bseq:
+		return -1
+	case aseq > bseq:
+		return 1
+	}
+	return 0
+}

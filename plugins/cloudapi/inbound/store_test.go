@@ -9,6 +9,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/schema"
+	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -155,5 +156,74 @@ func TestStoreConcurrent(t *testing.T) {
 		if len(evs) != writers/2*perWriter {
 			t.Errorf("shard %d: %d events, want %d", s, len(evs), writers/2*perWriter)
 		}
+	}
+}
+
+// When the shard count changes, unacknowledged events move to the end of
+// their contact's new shard's stream, in order, leaving moved rows in
+// their old places; acknowledged ones stay. A shrink empties the removed
+// shard the same way.
+func TestRelayout(t *testing.T) {
+	db := testDB(t)
+	ctx := context.Background()
+	// Contacts of shard 0 and 1 among 2 (all in shard 0 among 1).
+	var in0, in1 string
+	for i := 0; in0 == "" || in1 == ""; i++ {
+		c := fmt.Sprintf("1555%07d", i)
+		if s, _ := shard.For(c, 2); s == 0 && in0 == "" {
+			in0 = c
+		} else if s == 1 && in1 == "" {
+			in1 = c
+		}
+	}
+	if _, err := Store(ctx, db, map[int][]Record{0: {inboundRec("a1", in1), inboundRec("b1", in0), inboundRec("a2", in1), statusRec("a3", "read", in1)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Ack(ctx, db, 0, 1); err != nil { // a1 is the coreapp's already
+		t.Fatal(err)
+	}
+	if _, err := Store(ctx, db, map[int][]Record{1: {inboundRec("c1", in1)}}); err != nil { // stored under 2 shards already
+		t.Fatal(err)
+	}
+	n, err := Relayout(ctx, db, 2)
+	if err != nil || n != 2 {
+		t.Fatalf("Relayout(2) = %d, %v; want the 2 unacknowledged events of %s", n, err, in1)
+	}
+	kinds := func(evs []transport.Event) string {
+		s := ""
+		for _, e := range evs {
+			s += fmt.Sprintf("%d:%s:%s ", e.Seq, e.Kind, e.MessageID)
+		}
+		return s
+	}
+	if evs, _ := Read(ctx, db, 0, 0, 100); kinds(evs) != "2:inbound:b1 3:moved: 4:moved: " {
+		t.Errorf("shard 0 after doubling: %q", kinds(evs))
+	}
+	if evs, _ := Read(ctx, db, 1, 0, 100); kinds(evs) != "1:inbound:c1 2:inbound:a2 3:status:our-a3 " {
+		t.Errorf("shard 1 after doubling: %q", kinds(evs))
+	}
+	if n, err := Relayout(ctx, db, 2); err != nil || n != 0 {
+		t.Errorf("Relayout again = %d, %v; want nothing to move", n, err)
+	}
+	// A retry of a moved event is still a duplicate.
+	if n, err := Store(ctx, db, map[int][]Record{1: {inboundRec("a2", in1)}}); err != nil || n != 0 {
+		t.Errorf("Meta's retry of a moved event stored %d, %v", n, err)
+	}
+	// Back to one shard: shard 1's events go to the end of shard 0's.
+	if n, err := Relayout(ctx, db, 1); err != nil || n != 3 {
+		t.Fatalf("Relayout(1) = %d, %v; want 3", n, err)
+	}
+	if evs, _ := Read(ctx, db, 0, 0, 100); kinds(evs) != "2:inbound:b1 3:moved: 4:moved: 5:inbound:c1 6:inbound:a2 7:status:our-a3 " {
+		t.Errorf("shard 0 after shrinking: %q", kinds(evs))
+	}
+	// The removed shard has no reader: its moved rows are acknowledged
+	// already, for the collector.
+	if evs, _ := Read(ctx, db, 1, 0, 100); len(evs) != 0 {
+		t.Errorf("shard 1 after shrinking: %q, want nothing unacknowledged", kinds(evs))
+	}
+	var movedAcked int
+	db.QueryRow(`SELECT COUNT(*) FROM cloudapi_inbound WHERE shard = 1 AND kind = 'moved' AND acked = 1`).Scan(&movedAcked)
+	if movedAcked != 3 {
+		t.Errorf("%d acknowledged moved rows in the removed shard, want 3", movedAcked)
 	}
 }

@@ -134,30 +134,31 @@ func Translate(ctx context.Context, p *Payload, phoneNumberID string, lookup Loo
 			}
 			t.Errors = append(t.Errors, v.Errors...)
 			for _, m := range v.Messages {
-				r, why, err := message(ctx, v, m, lookup)
-				if err != nil {
+				if err := t.add(message(ctx, v, m, lookup)); err != nil {
 					return nil, err
 				}
-				if why != "" {
-					t.Skipped = append(t.Skipped, why)
-					continue
-				}
-				t.Records = append(t.Records, r)
 			}
 			for _, s := range v.Statuses {
-				r, why, err := status(ctx, s, lookup)
-				if err != nil {
+				if err := t.add(status(ctx, s, lookup)); err != nil {
 					return nil, err
 				}
-				if why != "" {
-					t.Skipped = append(t.Skipped, why)
-					continue
-				}
-				t.Records = append(t.Records, r)
 			}
 		}
 	}
 	return t, nil
+}
+
+// add keeps a translated event, or why it was left out.
+func (t *Translation) add(r Record, why string, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case why != "":
+		t.Skipped = append(t.Skipped, why)
+	default:
+		t.Records = append(t.Records, r)
+	}
+	return nil
 }
 
 // CheckFresh refuses (ErrStale) records whose newest timestamp is more than
