@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -158,6 +160,42 @@ func TestCloudAPIAccountOps(t *testing.T) {
 		t.Errorf("GET /v1/media/%s: %d bytes, want the %d graphapid holds", mi.ID, len(got), len(img))
 	}
 
+	// A type auto_download does not list is not fetched ahead, but
+	// GET /v1/media/{id} fetches it on request, as the original did.
+	c.PatchSettings(`{"media":{"auto_download":["document"]}}`)
+	time.Sleep(time.Second) // every node's settings cache polls every 200 ms
+	img2 := append([]byte{0xff, 0xd8, 0xff, 0xe1}, bytes.Repeat([]byte("later"), 300)...)
+	req, _ = http.NewRequest("POST", c.GraphURL+"/_test/media?phone="+CloudPhoneID+"&type=image%2Fjpeg", bytes.NewReader(img2))
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mi2 graphtest.MediaInfo
+	json.NewDecoder(resp.Body).Decode(&mi2)
+	resp.Body.Close()
+	sum = sha256.Sum256(img2)
+	content, _ = json.Marshal(map[string]string{"id": mi2.ID, "mime_type": "image/jpeg", "sha256": hex.EncodeToString(sum[:])})
+	var second struct {
+		ID string `json:"id"`
+	}
+	if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "image", Content: content}, &second); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually(30*time.Second, "the second image's callback stored", func() error {
+		var n int
+		if err := c.SQL.QueryRow(`SELECT COUNT(*) FROM inbound_messages WHERE id = ?`, second.ID).Scan(&n); err != nil || n != 1 {
+			return fmt.Errorf("%d rows, %v", n, err)
+		}
+		return nil
+	})
+	if _, err := os.Stat(filepath.Join(c.Dir, "media", mi2.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an image fetched ahead though auto_download lists only documents: %v", err)
+	}
+	st2, got2 := call("GET", "/v1/media/"+mi2.ID, "", nil)
+	if st2 != http.StatusOK || !bytes.Equal(got2, img2) {
+		t.Errorf("GET /v1/media/%s on request: HTTP %d, %d bytes; want the %d graphapid holds", mi2.ID, st2, len(got2), len(img2))
+	}
+
 	// Marked read by its id, the wamid. A wamid is base64: one holding a
 	// '/' (escaped in the path) is marked read too.
 	ids := []string{injected.ID}
@@ -210,7 +248,7 @@ func TestCloudAPIAccountOps(t *testing.T) {
 		}
 		var uploads []string
 		for _, m := range st.Media {
-			if m.ID != mi.ID {
+			if m.ID != mi.ID && m.ID != mi2.ID { // not the inbound ones
 				uploads = append(uploads, m.ID)
 			}
 		}
