@@ -502,3 +502,45 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	}
 }
+
+// brokenStore fails what the test says (MySQL down).
+type brokenStore struct {
+	*memStore
+	load, begin error
+}
+
+func (s brokenStore) Load(ctx context.Context, ids []string) (map[string]Record, error) {
+	if s.load != nil {
+		return nil, s.load
+	}
+	return s.memStore.Load(ctx, ids)
+}
+
+func (s brokenStore) Begin(ctx context.Context, m Outgoing, node string, at time.Time) error {
+	if s.begin != nil {
+		return s.begin
+	}
+	return s.memStore.Begin(ctx, m, node, at)
+}
+
+// Without its records the engine posts nothing: an attempt it could not
+// record, or a message whose record it could not read, might be sent twice.
+func TestStoreDownPostsNothing(t *testing.T) {
+	for name, s := range map[string]brokenStore{
+		"load":  {memStore: newMemStore(), load: fmt.Errorf("connection refused")},
+		"begin": {memStore: newMemStore(), begin: fmt.Errorf("connection refused")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := newFakePoster()
+			e := NewEngine(fast(), p, s)
+			res := send(t, e, msgs("a1>1", "a2>1", "b1>2"))
+			want(t, res, "a1=later a2=later b1=later")
+			if !strings.Contains(res[0].Detail, "connection refused") {
+				t.Fatalf("detail %q", res[0].Detail)
+			}
+			if n := len(p.sent()); n != 0 {
+				t.Fatalf("%d posts without records", n)
+			}
+		})
+	}
+}
