@@ -42,6 +42,10 @@ func init() {
 //	    bcrypt_cost      <cost>
 //	    health_timeout   <duration>
 //	    forget_after     <duration>
+//	    cloudapi_app_secret      <secret>  # default {env.MC_CLOUDAPI_APP_SECRET}
+//	    cloudapi_verify_token    <token>   # default {env.MC_CLOUDAPI_VERIFY_TOKEN}
+//	    cloudapi_phone_number_id <id>      # default {env.MC_CLOUDAPI_PHONE_NUMBER_ID}
+//	    cloudapi_max_age         <duration> # default 192h
 //	    reverse_proxy {
 //	        # any reverse_proxy subdirective but upstreams, for example
 //	        transport http {
@@ -87,7 +91,7 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 			if err := g.unmarshalDatabase(d); err != nil {
 				return nil, err
 			}
-		case "refresh_interval", "retry_wait", "response_timeout", "token_ttl", "token_cache", "token_grace", "health_timeout", "forget_after":
+		case "refresh_interval", "retry_wait", "response_timeout", "token_ttl", "token_cache", "token_grace", "health_timeout", "forget_after", "cloudapi_max_age":
 			v, err := oneArg(d)
 			if err != nil {
 				return nil, err
@@ -99,7 +103,7 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 			*map[string]*caddy.Duration{
 				"refresh_interval": &g.RefreshInterval, "retry_wait": &g.RetryWait, "response_timeout": &g.ResponseTimeout, "token_ttl": &g.TokenTTL,
 				"token_cache": &g.TokenCache, "token_grace": &g.TokenGrace, "health_timeout": &g.HealthTimeout,
-				"forget_after": &g.ForgetAfter,
+				"forget_after": &g.ForgetAfter, "cloudapi_max_age": &g.CloudAPIMaxAge,
 			}[key] = caddy.Duration(dur)
 		case "max_body_size":
 			v, err := oneArg(d)
@@ -111,12 +115,15 @@ func (g *Gateway) unmarshal(d *caddyfile.Dispenser) (*reverseproxy.Handler, erro
 				return nil, d.Errf("max_body_size: %q is not a size such as 1MiB", v)
 			}
 			g.MaxBodySize = int64(n)
-		case "api_key":
+		case "api_key", "cloudapi_app_secret", "cloudapi_verify_token", "cloudapi_phone_number_id":
 			v, err := oneArg(d)
 			if err != nil {
 				return nil, err
 			}
-			g.APIKey = v
+			*map[string]*string{
+				"api_key": &g.APIKey, "cloudapi_app_secret": &g.CloudAPIAppSecret,
+				"cloudapi_verify_token": &g.CloudAPIVerifyToken, "cloudapi_phone_number_id": &g.CloudAPIPhoneNumberID,
+			}[key] = v
 		case "login_failures":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {

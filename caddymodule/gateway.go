@@ -120,6 +120,22 @@ type Gateway struct {
 	// /v1/health. Default: 1h.
 	ForgetAfter caddy.Duration `json:"forget_after,omitempty"`
 
+	// The Cloud API webhook (POST and GET /cloudapi/webhook, see
+	// cloudapi.go): Meta's app secret, which signs every webhook, and the
+	// verify token of its subscription check. Defaults: the
+	// MC_CLOUDAPI_APP_SECRET and MC_CLOUDAPI_VERIFY_TOKEN environment
+	// variables. Without an app secret the route answers 404.
+	CloudAPIAppSecret   string `json:"cloudapi_app_secret,omitempty"`
+	CloudAPIVerifyToken string `json:"cloudapi_verify_token,omitempty"`
+
+	// When set (default: MC_CLOUDAPI_PHONE_NUMBER_ID), webhook changes of
+	// another phone number of the same app are acknowledged and not stored.
+	CloudAPIPhoneNumberID string `json:"cloudapi_phone_number_id,omitempty"`
+
+	// A webhook whose newest event is older than this is refused as a
+	// replay. It must exceed Meta's 7 days of retries. Default: 192h (8 days).
+	CloudAPIMaxAge caddy.Duration `json:"cloudapi_max_age,omitempty"`
+
 	// The reverse_proxy handler that carries requests to the nodes. It
 	// must take its upstreams from the multiconnect source. Default:
 	// {"handler": "reverse_proxy", "dynamic_upstreams": {"source": "multiconnect"}}.
@@ -136,6 +152,7 @@ type Gateway struct {
 	healthClient *http.Client
 	dummyHash    func() []byte
 	lookups      *rate.Limiter // nil: unlimited
+	cloudAPI     cloudAPIConfig
 }
 
 // DatabaseConfig overrides db.env; see Gateway.Database.
@@ -191,6 +208,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if g.APIKey != "" {
 		g.apiKey = repl.ReplaceAll(g.APIKey, "")
 	}
+	g.provisionCloudAPI(repl)
 	cost := g.BcryptCost
 	g.dummyHash = sync.OnceValue(func() []byte {
 		h, _ := bcrypt.GenerateFromPassword([]byte("not anyone's password"), cost)
@@ -331,6 +349,8 @@ func (g *Gateway) Validate() error {
 		return fmt.Errorf("login_failures must be at least 1")
 	case g.LoginWindow < 0 || g.HealthTimeout < 0 || g.ForgetAfter < 0:
 		return fmt.Errorf("login_window, health_timeout and forget_after must be positive")
+	case g.CloudAPIMaxAge != 0 && time.Duration(g.CloudAPIMaxAge) <= 7*24*time.Hour:
+		return fmt.Errorf("cloudapi_max_age must exceed 168h: Meta retries a webhook for 7 days, and a retry refused as stale is lost")
 	case g.BcryptCost < bcrypt.MinCost || g.BcryptCost > bcrypt.MaxCost:
 		return fmt.Errorf("bcrypt_cost must be between %d and %d", bcrypt.MinCost, bcrypt.MaxCost)
 	}
@@ -402,6 +422,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		g.externalCA(w, r)
 	case "openapi":
 		serveOpenAPI(w, r)
+	case "cloudapi_webhook":
+		g.cloudAPIWebhook(w, r)
 	case "method":
 		_, allow := ownMatch(r.Method, p)
 		w.Header().Set("Allow", allow)

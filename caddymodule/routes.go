@@ -117,6 +117,10 @@ var ownRoutes = []struct {
 	// The CA of the certificate this gateway serves: its own TLS.
 	{http.MethodGet, "/v1/certificates/external/ca", "certificates", user},
 	{http.MethodGet, "/v1/openapi.json", "openapi", anyone},
+	// Meta's webhooks: no token (Meta cannot log in); the handler checks
+	// the verify token or the body's signature (cloudapi.go).
+	{http.MethodGet, cloudAPIWebhookPath, "cloudapi_webhook", anyone},
+	{http.MethodPost, cloudAPIWebhookPath, "cloudapi_webhook", anyone},
 }
 
 // ownMatch finds the gateway's own route for method and path p: its index

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 )
 
 // gcBatch bounds each DELETE, so the collector never holds long locks on
@@ -78,6 +79,11 @@ func (m *Master) collectGarbage(ctx context.Context) {
 		}
 		m.gcRows(ctx, "tokens", `DELETE FROM tokens WHERE revoked = 1 LIMIT ?`)
 		m.gcRows(ctx, "tokens", `DELETE FROM tokens WHERE revoked = 0 AND expires_at < NOW(6) LIMIT ?`)
+		// The Cloud API's acknowledged webhook rows: the transport's
+		// bookkeeping (the callbacks hold what the user sees), collected
+		// whatever the messages setting, never younger than the gateway
+		// still deduplicates against.
+		m.gcRows(ctx, "cloudapi_inbound", inbound.CollectQuery, max(m.gc.retention, inbound.MinRetention).Microseconds())
 		m.gcRows(ctx, "failovers", `DELETE FROM failovers WHERE at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`, ret)
 		m.gcRows(ctx, "observations", `DELETE FROM observations WHERE updated_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`,
 			max(m.gc.retention, gcSilentFloor).Microseconds())

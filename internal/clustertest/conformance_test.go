@@ -26,6 +26,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/openapi"
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 )
 
 // The walker's two users: the first admin (whose password the first login
@@ -34,6 +35,9 @@ const (
 	walkerAdminPassword = "Bench-Passw0rd!" // set by gatewayLogin
 	walkerUser          = "conformance-user"
 	walkerUserPassword  = "Walker-Passw0rd!"
+	// The Cloud API webhook's credentials (internal/openapi/spec/70-cloudapi.yaml).
+	walkerAppSecret   = "conformance-app-secret"
+	walkerVerifyToken = "conformance-verify-token"
 )
 
 // TestConformance walks every operation of the OpenAPI document against a
@@ -67,18 +71,22 @@ func TestConformance(t *testing.T) {
 	skip_install_trust
 	auto_https disable_redirects
 }
-:%d {
+:%[1]d {
 	multiconnect {
 		bcrypt_cost 4
+		cloudapi_app_secret %[3]s
+		cloudapi_verify_token %[4]s
 	}
 }
-https://localhost:%d {
+https://localhost:%[2]d {
 	tls internal
 	multiconnect {
 		bcrypt_cost 4
+		cloudapi_app_secret %[3]s
+		cloudapi_verify_token %[4]s
 	}
 }
-`, gp, tp))
+`, gp, tp, walkerAppSecret, walkerVerifyToken))
 	// A media server for messages whose media a provider fetches: it
 	// answers only the provider's bearer token.
 	media := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -101,6 +109,9 @@ https://localhost:%d {
 				return d.DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", tp))
 			}}},
 		fixed: map[string]any{"provider-link": media.URL + "/v.mp4"}}
+	// $now: the current Unix time as Meta writes timestamps, so a webhook
+	// case is fresh whenever the walker runs.
+	w.fixed["now"] = strconv.FormatInt(time.Now().Unix(), 10)
 	w.tokens = map[string]string{"admin": gatewayLogin(t, gw)}
 	// The walker's own check: the fingerprint sees a change (the user
 	// created next), or "changed nothing" would prove nothing.
@@ -205,7 +216,15 @@ func (w *walker) run(t *testing.T, op openapi.Operation, cs openapi.Case) {
 	if cs.TLS {
 		target = "gateway-tls"
 	}
-	status, answer, hdr, err := w.send(target, roleOf(cs.Role), bearer, op.Method, p, query, body, ctype)
+	extra := http.Header{}
+	switch cs.HubSignature {
+	case "":
+	case "sign":
+		extra.Set(inbound.SignatureHeader, inbound.Sign([]byte(walkerAppSecret), body))
+	default:
+		extra.Set(inbound.SignatureHeader, cs.HubSignature)
+	}
+	status, answer, hdr, err := w.send(target, roleOf(cs.Role), bearer, op.Method, p, query, body, ctype, extra)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,8 +367,8 @@ func (w *walker) do(target, role, bearer, method, p string, query url.Values, bo
 }
 
 // send makes one request to the gateway (with role's credentials) or the
-// simulated network's API.
-func (w *walker) send(target, role, bearer, method, p string, query url.Values, body []byte, ctype string) (int, []byte, http.Header, error) {
+// simulated network's API, with the headers of extra.
+func (w *walker) send(target, role, bearer, method, p string, query url.Values, body []byte, ctype string, extra ...http.Header) (int, []byte, http.Header, error) {
 	base, hc := w.gw, w.hc
 	switch target {
 	case "gateway":
@@ -375,6 +394,11 @@ func (w *walker) send(target, role, bearer, method, p string, query url.Values, 
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
+	}
+	for _, h := range extra {
+		for k, vs := range h {
+			req.Header[k] = vs
+		}
 	}
 	if target == "gateway" {
 		switch {

@@ -33,9 +33,13 @@ type Case struct {
 	TLS bool `json:"tls,omitempty"`
 	// Multipart, when set, sends a multipart/form-data body of one file.
 	Multipart *Multipart `json:"multipart,omitempty"`
-	Setup     []Step     `json:"setup,omitempty"`
-	Status    int        `json:"status"`
-	Code      int        `json:"code,omitempty"`
+	// HubSignature, when set, sends X-Hub-Signature-256 as Meta signs its
+	// webhooks: "sign" signs the body with the app secret the walker's
+	// gateway is configured with; any other value is sent as it is.
+	HubSignature string `json:"hub_signature,omitempty"`
+	Setup        []Step `json:"setup,omitempty"`
+	Status       int    `json:"status"`
+	Code         int    `json:"code,omitempty"`
 }
 
 // Multipart is a form with one file part.

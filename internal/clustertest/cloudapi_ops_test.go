@@ -1,0 +1,173 @@
+package clustertest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/graphtest"
+)
+
+// TestCloudAPIAccountOps: a cluster whose masters and coreapps run
+// transport-cloudapi against the Graph API test server, driven through the
+// real gateway as an On-Premises client would: registration (request
+// code, verify, /register with the PIN), profile about, business profile,
+// two-step set and (not available) delete, an inbound image fetched into
+// the media directory and served by GET /v1/media/{id}, and that message
+// marked read by its wamid. graphapid's record shows each Cloud API call.
+func TestCloudAPIAccountOps(t *testing.T) {
+	gwPort, graphPort := FreePort(t), FreePort(t)
+	graphURL := fmt.Sprintf("http://127.0.0.1:%d", graphPort)
+	// The masters make the account calls: they need the transport too,
+	// and graphapid's address before it starts, so it listens on a port
+	// chosen here (a later -listen wins over the harness's).
+	c := New(t, Options{CloudAPI: true, Coreapps: 2,
+		GraphArgs: []string{"-listen", fmt.Sprintf("127.0.0.1:%d", graphPort), "-webhook-url", fmt.Sprintf("http://127.0.0.1:%d/cloudapi/webhook", gwPort)},
+		MasterEnv: []string{"MC_TRANSPORT=" + filepath.Join(Binaries(t), "transport-cloudapi"), "MC_CLOUDAPI_PHONE_NUMBER_ID=" + CloudPhoneID, "MC_CLOUDAPI_ACCESS_TOKEN=" + CloudToken, "MC_CLOUDAPI_BASE_URL=" + graphURL}})
+	if c.GraphURL != graphURL {
+		t.Fatalf("graphapid at %s, want %s", c.GraphURL, graphURL)
+	}
+	caddy := buildCaddyBin(t)
+	_, gw := startCaddyProc(t, c, caddy, "gateway", gwPort, fmt.Sprintf(`{
+	admin off
+	persist_config off
+	auto_https off
+}
+:%d {
+	multiconnect {
+		bcrypt_cost 4
+		cloudapi_app_secret %s
+		cloudapi_verify_token %s
+		cloudapi_phone_number_id %s
+	}
+}
+`, gwPort, CloudAppSecret, CloudVerifyToken, CloudPhoneID))
+	token := gatewayLogin(t, gw)
+	hc := &http.Client{Timeout: 30 * time.Second}
+	call := func(method, path, ct string, body []byte) (int, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(method, gw+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	want := func(method, path, body string, status int) []byte {
+		t.Helper()
+		var st int
+		var b []byte
+		// A master that just started may not be primary yet (1017, which
+		// the gateway retries for a while).
+		c.Eventually(30*time.Second, method+" "+path, func() error {
+			st, b = call(method, path, "application/json", []byte(body))
+			if st == http.StatusServiceUnavailable {
+				return fmt.Errorf("HTTP %d %s", st, b)
+			}
+			return nil
+		})
+		if st != status {
+			t.Fatalf("%s %s: HTTP %d %s, want %d", method, path, st, b, status)
+		}
+		return b
+	}
+
+	// Registration: the number is graphapid's phone number id (1 + the
+	// rest as the national number); the PIN goes to /register.
+	cc, phone := CloudPhoneID[:1], CloudPhoneID[1:]
+	cert := base64.StdEncoding.EncodeToString([]byte("not used on the Cloud API"))
+	b := want("POST", "/v1/account", fmt.Sprintf(`{"cc":%q,"phone_number":%q,"method":"sms","cert":%q,"pin":"112233"}`, cc, phone, cert), http.StatusAccepted)
+	if !strings.Contains(string(b), `"vname":"graphtest"`) {
+		t.Errorf("POST /v1/account: %s, want the number's verified name", b)
+	}
+	var codes map[string]string
+	if err := c.GraphDo("GET", "/_test/codes", nil, &codes); err != nil || codes[CloudPhoneID] == "" {
+		t.Fatalf("codes issued: %v, %v", codes, err)
+	}
+	want("POST", "/v1/account/verify", fmt.Sprintf(`{"code":%q}`, codes[CloudPhoneID]), http.StatusCreated)
+	st := c.GraphState()
+	if st.Pins[CloudPhoneID] != "112233" {
+		t.Errorf("registered with PIN %q, want the request's", st.Pins[CloudPhoneID])
+	}
+
+	want("PATCH", "/v1/settings/profile/about", `{"text":"Open all night"}`, http.StatusOK)
+	want("POST", "/v1/settings/business/profile", `{"address":"1 Main St","description":"Shop","email":"shop@example.com","vertical":"Restaurant","websites":["https://example.com"]}`, http.StatusOK)
+	p := c.GraphState().Profiles[CloudPhoneID]
+	if p["about"] != "Open all night" || p["vertical"] != "RESTAURANT" || p["email"] != "shop@example.com" {
+		t.Errorf("profile at graphapid: %v", p)
+	}
+	want("POST", "/v1/settings/account/two-step", `{"pin":"445566"}`, http.StatusOK)
+	if pin := c.GraphState().Pins[CloudPhoneID]; pin != "445566" {
+		t.Errorf("two-step PIN at graphapid: %q", pin)
+	}
+	b = want("DELETE", "/v1/settings/account/two-step", "", http.StatusNotFound)
+	if !strings.Contains(string(b), "1006") || !strings.Contains(string(b), "no endpoint to disable two-step verification") {
+		t.Errorf("DELETE two-step: %s, want 1006 with the reason", b)
+	}
+
+	// An inbound image: graphapid holds it, its webhook names it; the
+	// shard's coreapp fetches it before storing the callback.
+	img := append([]byte{0xff, 0xd8, 0xff, 0xe0}, bytes.Repeat([]byte("jpeg"), 500)...)
+	var mi graphtest.MediaInfo
+	req, _ := http.NewRequest("POST", c.GraphURL+"/_test/media?phone="+CloudPhoneID+"&type=image%2Fjpeg", bytes.NewReader(img))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&mi)
+	resp.Body.Close()
+	if mi.ID == "" {
+		t.Fatalf("graphapid took no media: %+v", mi)
+	}
+	sum := sha256.Sum256(img)
+	content, _ := json.Marshal(map[string]string{"id": mi.ID, "mime_type": "image/jpeg", "sha256": hex.EncodeToString(sum[:]), "caption": "look"})
+	var injected struct {
+		ID string `json:"id"`
+	}
+	if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "image", Content: content}, &injected); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	c.Eventually(30*time.Second, "GET /v1/media/"+mi.ID+" serves the inbound image", func() error {
+		st, body := call("GET", "/v1/media/"+mi.ID, "", nil)
+		if st != http.StatusOK {
+			return fmt.Errorf("HTTP %d %s", st, body)
+		}
+		got = body
+		return nil
+	})
+	if !bytes.Equal(got, img) {
+		t.Errorf("GET /v1/media/%s: %d bytes, want the %d graphapid holds", mi.ID, len(got), len(img))
+	}
+
+	// Marked read by its id, the wamid.
+	c.Eventually(30*time.Second, "mark read "+injected.ID, func() error {
+		// A wamid is base64 and may hold '/': a client escapes it.
+		st, body := call("PUT", "/v1/messages/"+url.PathEscape(injected.ID), "application/json", []byte(`{"status":"read"}`))
+		if st != http.StatusOK {
+			return fmt.Errorf("HTTP %d %s", st, body)
+		}
+		return nil
+	})
+	reads := c.GraphState().Reads
+	if len(reads) != 1 || reads[0].MessageID != injected.ID || !reads[0].Known {
+		t.Errorf("reads at graphapid: %+v, want %s", reads, injected.ID)
+	}
+	t.Logf("graphapid served %d requests", len(c.GraphState().Requests))
+}

@@ -1,0 +1,338 @@
+// Package inbound is the Cloud API transport's inbound path: Meta's
+// webhooks, taken by the gateway's POST /cloudapi/webhook, become rows of
+// cloudapi_inbound (schema 10), one per status or message, in the stream of
+// the contact's shard; the shard's primary coreapp's cloudapi plugin reads
+// them as its transport Events and acknowledges them.
+//
+// Both sides live here so the row format has one owner: the gateway calls
+// Verify, Parse and Store; the plugin calls Read and Ack; the primary
+// master's garbage collector runs CollectQuery.
+package inbound
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/shard"
+	"github.com/multiconnect/multiconnect/plugins/transport"
+)
+
+// Stream is the Event.Stream of every event read from cloudapi_inbound.
+// Sequence numbers live in MySQL and never start again, so one name is
+// enough.
+const Stream = "cloudapi-inbound"
+
+// Record is one event to store: the transport Event (its Shard, Seq, Stream
+// and Conn are the store's and the reader's to set) and its dedupe key.
+type Record struct {
+	Event transport.Event
+	// DedupeKey makes Meta's retries one row: the wamid for a message,
+	// wamid + ":" + status for a status.
+	DedupeKey string
+}
+
+// Store writes each shard's records (shard -> records, in the order Meta
+// sent them) in one transaction: each record not stored before gets its
+// shard's next seq (cloudapi_inbound_seq, row-locked, so the rows of a shard
+// commit in seq order and a reader never sees a gap); a record whose dedupe
+// key is already stored is left out. It returns how many rows it added. A
+// nil error means everything is committed: only then may the webhook be
+// answered 200. Shards are locked in ascending order, so two concurrent
+// webhooks cannot deadlock on them; an InnoDB deadlock (the dedupe index)
+// is retried.
+func Store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (added int, err error) {
+	for attempt := 0; ; attempt++ {
+		added, err = store(ctx, db, byShard)
+		if err == nil || attempt == 2 || !database.Deadlock(err) {
+			return added, err
+		}
+	}
+}
+
+func store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (int, error) {
+	shards := make([]int, 0, len(byShard))
+	for s, recs := range byShard {
+		if len(recs) > 0 {
+			shards = append(shards, s)
+		}
+	}
+	if len(shards) == 0 {
+		return 0, nil
+	}
+	slices.Sort(shards)
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("store inbound events: begin: %w", err)
+	}
+	defer tx.Rollback()
+	added := 0
+	for _, s := range shards {
+		n, err := storeShard(ctx, tx, s, byShard[s])
+		if err != nil {
+			return 0, fmt.Errorf("store inbound events of shard %d: %w", s, err)
+		}
+		added += n
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("store inbound events: commit: %w", err)
+	}
+	return added, nil
+}
+
+func storeShard(ctx context.Context, tx *sql.Tx, shard int, recs []Record) (int, error) {
+	// ON DUPLICATE KEY UPDATE takes the row's exclusive lock at once (an
+	// INSERT IGNORE would take a shared one first, and two webhooks both
+	// upgrading it deadlock); it creates the shard's row the first time.
+	if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound_seq (shard, seq) VALUES (?, 0) ON DUPLICATE KEY UPDATE seq = seq`, shard); err != nil {
+		return 0, fmt.Errorf("seq row: %w", err)
+	}
+	var seq uint64
+	if err := tx.QueryRowContext(ctx, `SELECT seq FROM cloudapi_inbound_seq WHERE shard = ? FOR UPDATE`, shard).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("lock seq: %w", err)
+	}
+	added := 0
+	for _, r := range recs {
+		e := r.Event
+		if r.DedupeKey == "" {
+			return 0, fmt.Errorf("an event of %s without a dedupe key", e.Recipient)
+		}
+		key := r.DedupeKey
+		if len(key) > 191 { // the column's length; wamids are far shorter
+			sum := sha256.Sum256([]byte(key))
+			key = "sha256:" + hex.EncodeToString(sum[:])
+		}
+		// Under the seq lock nobody else writes this shard's rows, so
+		// the key that can collide is only the dedupe key: zero rows
+		// affected means Meta sent this event before.
+		res, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound
+			(shard, seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NOW(6))
+			ON DUPLICATE KEY UPDATE dedupe_key = dedupe_key`,
+			shard, seq+1, key, string(e.Kind), e.MessageID, e.Status, e.Recipient, e.Timestamp, string(e.Payload))
+		if err != nil {
+			return 0, fmt.Errorf("insert %s: %w", r.DedupeKey, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return 0, fmt.Errorf("insert %s: %w", r.DedupeKey, err)
+		} else if n == 1 {
+			seq++
+			added++
+		}
+	}
+	if added > 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound_seq SET seq = ? WHERE shard = ?`, seq, shard); err != nil {
+			return 0, fmt.Errorf("advance seq: %w", err)
+		}
+	}
+	return added, nil
+}
+
+// Read returns up to limit unacknowledged events of shard with a seq above
+// afterSeq, in seq order, as transport Events (Stream set, Conn left for
+// the plugin to set). Acknowledgements are cumulative (Ack), so the
+// unacknowledged rows are the shard's newest, without gaps: a new
+// connection reads from afterSeq 0 and gets the oldest unacknowledged event
+// first, as the transport contract asks; then it reads on from the last
+// seq it got.
+func Read(ctx context.Context, db *sql.DB, shard int, afterSeq uint64, limit int) ([]transport.Event, error) {
+	rows, err := db.QueryContext(ctx, `SELECT seq, kind, message_id, status, recipient, ts, payload
+		FROM cloudapi_inbound WHERE shard = ? AND seq > ? AND acked = 0 ORDER BY seq LIMIT ?`, shard, afterSeq, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read inbound events of shard %d: %w", shard, err)
+	}
+	defer rows.Close()
+	var out []transport.Event
+	for rows.Next() {
+		e := transport.Event{Shard: shard, Stream: Stream}
+		var kind, payload string
+		if err := rows.Scan(&e.Seq, &kind, &e.MessageID, &e.Status, &e.Recipient, &e.Timestamp, &payload); err != nil {
+			return nil, fmt.Errorf("read inbound events of shard %d: %w", shard, err)
+		}
+		e.Kind = transport.EventKind(kind)
+		if payload != "" {
+			e.Payload = []byte(payload)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read inbound events of shard %d: %w", shard, err)
+	}
+	return out, nil
+}
+
+// Ack marks every event of shard up to and including seq acknowledged: the
+// coreapp has stored it (as a callback). Acknowledging again is a no-op.
+func Ack(ctx context.Context, db *sql.DB, shard int, seq uint64) error {
+	if _, err := db.ExecContext(ctx, `UPDATE cloudapi_inbound SET acked = 1 WHERE shard = ? AND seq <= ? AND acked = 0`, shard, seq); err != nil {
+		return fmt.Errorf("acknowledge inbound events of shard %d up to %d: %w", shard, seq, err)
+	}
+	return nil
+}
+
+// CollectQuery deletes a batch of acknowledged rows received more than a
+// retention ago (arguments: the retention in microseconds, the batch size).
+// The primary master's garbage collector runs it with MC_GC_RETENTION, but
+// never less than MinRetention: a deleted row no longer deduplicates, so it
+// must outlive every copy of its webhook the gateway would still accept
+// (see DefaultMaxAge). Unacknowledged rows are never collected.
+const CollectQuery = `DELETE FROM cloudapi_inbound WHERE acked = 1 AND received_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?`
+
+// DefaultMaxAge is how old the newest event of a webhook may be before the
+// gateway refuses it as stale (a replay): Meta retries an unacknowledged
+// webhook for up to 7 days, so a day more.
+const DefaultMaxAge = 8 * 24 * time.Hour
+
+// MinRetention is the least age at which acknowledged rows are collected:
+// DefaultMaxAge, so a retried webhook the gateway still accepts finds its
+// rows and is not stored twice.
+const MinRetention = DefaultMaxAge
+
+// Relayout moves every unacknowledged event whose contact's shard under
+// shards is not the shard it is stored in (the shard count changed, or a
+// gateway wrote it under the old count) to the end of its new shard's
+// stream, as the transport contract's networks do (transport.Layout): in
+// its old place stays an EventMoved row, so the old stream keeps no gap, and
+// a contact's events keep their order. A shard removed by a shrink is
+// emptied the same way. It returns how many events moved.
+//
+// The plugin calls it whenever it learns a newer layout and then
+// periodically (rows a gateway stored under the old count until its map
+// refresh); any number of callers may run it at once: each move is made
+// under the row locks of the shards involved.
+func Relayout(ctx context.Context, db *sql.DB, shards int) (int, error) {
+	if !shard.ValidCount(shards) {
+		return 0, fmt.Errorf("relayout inbound events: %d is not a shard count", shards)
+	}
+	rows, err := db.QueryContext(ctx, `SELECT shard, recipient FROM cloudapi_inbound WHERE acked = 0 AND kind <> ?`, string(transport.EventMoved))
+	if err != nil {
+		return 0, fmt.Errorf("relayout inbound events: %w", err)
+	}
+	involved := map[int]bool{}
+	sources := map[int]bool{}
+	for rows.Next() {
+		var s int
+		var rcpt string
+		if err := rows.Scan(&s, &rcpt); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("relayout inbound events: %w", err)
+		}
+		if to, err := shard.For(rcpt, shards); err == nil && to != s {
+			involved[s], involved[to], sources[s] = true, true, true
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: %w", err)
+	}
+	if len(sources) == 0 {
+		return 0, nil
+	}
+	for attempt := 0; ; attempt++ {
+		n, err := relayout(ctx, db, shards, involved, sources)
+		if err == nil || attempt == 2 || !database.Deadlock(err) {
+			return n, err
+		}
+	}
+}
+
+func relayout(ctx context.Context, db *sql.DB, shards int, involved, sources map[int]bool) (int, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("relayout inbound events: begin: %w", err)
+	}
+	defer tx.Rollback()
+	order := make([]int, 0, len(involved))
+	for s := range involved {
+		order = append(order, s)
+	}
+	slices.Sort(order)
+	next := map[int]uint64{}
+	for _, s := range order {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound_seq (shard, seq) VALUES (?, 0) ON DUPLICATE KEY UPDATE seq = seq`, s); err != nil {
+			return 0, fmt.Errorf("relayout inbound events: seq row of shard %d: %w", s, err)
+		}
+		var seq uint64
+		if err := tx.QueryRowContext(ctx, `SELECT seq FROM cloudapi_inbound_seq WHERE shard = ? FOR UPDATE`, s).Scan(&seq); err != nil {
+			return 0, fmt.Errorf("relayout inbound events: lock seq of shard %d: %w", s, err)
+		}
+		next[s] = seq
+	}
+	type row struct {
+		shard                                  int
+		seq                                    uint64
+		key, kind, id, status, recipient, body string
+		ts                                     int64
+		received                               sql.NullTime
+	}
+	var move []row
+	for s := range sources {
+		// Under the shard's seq lock no new row appears; acked can
+		// still change (the plugin's Ack), so read again what to move.
+		rs, err := tx.QueryContext(ctx, `SELECT seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at
+			FROM cloudapi_inbound WHERE shard = ? AND acked = 0 AND kind <> ? ORDER BY seq FOR UPDATE`, s, string(transport.EventMoved))
+		if err != nil {
+			return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
+		}
+		for rs.Next() {
+			r := row{shard: s}
+			if err := rs.Scan(&r.seq, &r.key, &r.kind, &r.id, &r.status, &r.recipient, &r.ts, &r.body, &r.received); err != nil {
+				rs.Close()
+				return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
+			}
+			if to, err := shard.For(r.recipient, shards); err == nil && to != s && involved[to] {
+				move = append(move, r)
+			}
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
+		}
+	}
+	slices.SortFunc(move, func(a, b row) int { return cmpRow(a.shard, a.seq, b.shard, b.seq) })
+	for _, r := range move {
+		to, _ := shard.For(r.recipient, shards)
+		// The old place keeps a moved row under a key of its own, which
+		// frees the dedupe key for the event's new row. A removed
+		// shard's has no reader left to acknowledge it: it is marked
+		// acknowledged, for the collector.
+		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound SET kind = ?, dedupe_key = ?, message_id = '', status = '', payload = '', acked = ?
+			WHERE shard = ? AND seq = ?`, string(transport.EventMoved), fmt.Sprintf("moved:%d:%d", r.shard, r.seq), r.shard >= shards, r.shard, r.seq); err != nil {
+			return 0, fmt.Errorf("relayout inbound event %d/%d: %w", r.shard, r.seq, err)
+		}
+		next[to]++
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_inbound
+			(shard, seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, NOW(6)))`,
+			to, next[to], r.key, r.kind, r.id, r.status, r.recipient, r.ts, r.body, r.received); err != nil {
+			return 0, fmt.Errorf("relayout inbound event %d/%d to shard %d: %w", r.shard, r.seq, to, err)
+		}
+	}
+	for _, s := range order {
+		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound_seq SET seq = ? WHERE shard = ?`, next[s], s); err != nil {
+			return 0, fmt.Errorf("relayout inbound events: advance seq of shard %d: %w", s, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: commit: %w", err)
+	}
+	return len(move), nil
+}
+
+func cmpRow(as int, aseq uint64, bs int, bseq uint64) int {
+	if as != bs {
+		return as - bs
+	}
+	switch {
+	case aseq < bseq:
+		return -1
+	case aseq > bseq:
+		return 1
+	}
+	return 0
+}
