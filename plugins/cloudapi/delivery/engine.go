@@ -468,14 +468,18 @@ func (b *batch) unknown(ctx context.Context, i int, rec Record) (done, send bool
 // code: Graph codes are positive.
 const CodeOutcomeUnknown = -1
 
-// throttled starts or lengthens the number's pause.
+// throttled starts the number's pause, or lengthens the backoff when a
+// request sent after the last pause is throttled again. Answers to
+// requests that were in flight together count once: sixteen 130429s of
+// one burst are one signal, not sixteen doublings.
 func (e *Engine) throttled() time.Time {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	until := time.Now().Add(e.throttle.NextBackOff())
-	if until.After(e.pausedUntil) {
-		e.pausedUntil = until
+	now := time.Now()
+	if now.Before(e.pausedUntil) {
+		return e.pausedUntil
 	}
+	e.pausedUntil = now.Add(e.throttle.NextBackOff())
 	return e.pausedUntil
 }
 

@@ -243,6 +243,27 @@ func TestThrottleBackoffGrows(t *testing.T) {
 	want(t, send(t, e, msgs("a1>1")), "a1=sent")
 }
 
+// A burst of requests in flight together that all get 130429 pauses the
+// number once, at the initial backoff, not once per answer.
+func TestThrottleBurstCountsOnce(t *testing.T) {
+	p, s := newFakePoster(), newMemStore()
+	p.latency = 20 * time.Millisecond // all eight in flight at once
+	p.all = []error{gerr(graphapi.CodeThroughput, 429)}
+	cfg := fast()
+	cfg.Concurrency = 8
+	cfg.ThrottleInitial, cfg.ThrottleMax = 200*time.Millisecond, 10*time.Second
+	e := NewEngine(cfg, p, s)
+	want(t, send(t, e, msgs("a>1", "b>2", "c>3", "d>4", "e>5", "f>6", "g>7", "h>8")),
+		"a=later b=later c=later d=later e=later f=later g=later h=later")
+	if n := len(p.sent()); n < 2 {
+		t.Fatalf("%d requests in flight, want several", n)
+	}
+	// Initial 200 ms with ±50 % jitter: at most 300 ms.
+	if d := time.Until(e.NotBefore()); d > 300*time.Millisecond {
+		t.Fatalf("paused %v after one burst", d)
+	}
+}
+
 // 131056 delays only that recipient, keeping its order; others go on.
 func TestPairLimit(t *testing.T) {
 	p, s := newFakePoster(), newMemStore()
