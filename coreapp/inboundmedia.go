@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,10 +18,11 @@ import (
 // limited time) are fetched through the plugin (transport.OpMediaDownload)
 // into the shared media directory under that same id, when the settings'
 // media.auto_download lists their type, so GET /v1/media/{id} serves them
-// as the original did. A network whose messages carry links (the
-// simulated network) answers ErrUnsupported and nothing is fetched. A
-// fetch that fails is logged and the callback goes on without it: a
-// webhook is never held back for a medium.
+// as the original did; GET /v1/media/{id} fetches one it does not have
+// (another type, or a fetch that failed). A network whose messages carry
+// links (the simulated network) answers ErrUnsupported and nothing is
+// fetched. A fetch that fails is logged and the callback goes on without
+// it: a webhook is never held back for a medium.
 
 const (
 	// mediaFetchTimeout bounds the fetches of one batch of callbacks.
@@ -89,8 +91,9 @@ func (m *mediaStore) fetchInbound(ctx context.Context, batch []*callback, auto [
 	wg.Wait()
 }
 
-// fetchOne downloads one medium through the plugin and stores it under id.
-func (m *mediaStore) fetchOne(ctx context.Context, id, typ string) {
+// fetchOne downloads one medium through the plugin and stores it under
+// id; it reports whether it did.
+func (m *mediaStore) fetchOne(ctx context.Context, id, typ string) bool {
 	body, _ := json.Marshal(transport.MediaRef{ID: id})
 	var out []byte
 	err := errNoTransport
@@ -101,19 +104,36 @@ func (m *mediaStore) fetchOne(ctx context.Context, id, typ string) {
 	}
 	switch {
 	case errors.Is(err, transport.ErrUnsupported):
-		return // the network's media come as links
+		return false // the network's media come as links
+	case errors.Is(err, transport.ErrNoSuchItem):
+		m.c.log.Debug("the network has no such medium", "media_id", id, "err", err)
+		return false
 	case err != nil:
-		m.c.log.Warn("could not fetch an inbound medium; GET /v1/media/{id} will not serve it", "media_id", id, "type", typ, "err", err)
-		return
+		m.c.log.Warn("could not fetch an inbound medium", "media_id", id, "type", typ, "err", err)
+		return false
 	case len(mc.Data) == 0 || mc.MimeType == "":
 		m.c.log.Warn("the network answered an inbound medium without bytes or type", "media_id", id, "type", typ)
-		return
+		return false
 	}
 	if _, code, details := m.saveAs(ctx, id, mc.MimeType, mc.Data); code != 0 {
 		m.c.log.Warn("could not store an inbound medium", "media_id", id, "details", details)
-		return
+		return false
 	}
 	m.c.log.Debug("inbound medium fetched", "media_id", id, "type", typ, "bytes", len(mc.Data))
+	return true
+}
+
+// fetchOnRequest fetches a network medium that GET /v1/media/{id} asks
+// for and the store does not have (its type was not in auto_download, or
+// fetching it then failed), as the original fetched media on request.
+// Our own ids (UUIDs) are never the network's.
+func (m *mediaStore) fetchOnRequest(ctx context.Context, id string) bool {
+	if strings.Contains(id, "-") {
+		return false
+	}
+	fctx, cancel := context.WithTimeout(ctx, mediaFetchTimeout)
+	defer cancel()
+	return m.fetchOne(fctx, id, "")
 }
 
 // forgetAtNetwork tells the network that upload id was deleted, so it

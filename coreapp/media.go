@@ -143,6 +143,9 @@ func (m *mediaStore) lookup(ctx context.Context, id string) (mimeType string, er
 // download serves GET /v1/media/{id}.
 func (m *mediaStore) download(ctx *fasthttp.RequestCtx, id string) {
 	mt, err := m.lookup(ctx, id)
+	if errors.Is(err, sql.ErrNoRows) && mediaIDRE.MatchString(id) && m.fetchOnRequest(ctx, id) { // inboundmedia.go
+		mt, err = m.lookup(ctx, id)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		writeError(ctx, apierror.NotFound, "no media with id "+id)
 		return

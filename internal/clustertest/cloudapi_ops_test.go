@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,7 +26,9 @@ import (
 // code, verify, /register with the PIN), profile about, business profile,
 // two-step set and (not available) delete, an inbound image fetched into
 // the media directory and served by GET /v1/media/{id}, and that message
-// marked read by its wamid. graphapid's record shows each Cloud API call.
+// marked read by its wamid, and an upload sent twice by our id (one Cloud
+// upload) then deleted (the Cloud copy too). graphapid's record shows each
+// Cloud API call.
 func TestCloudAPIAccountOps(t *testing.T) {
 	gwPort, graphPort := FreePort(t), FreePort(t)
 	graphURL := fmt.Sprintf("http://127.0.0.1:%d", graphPort)
@@ -156,18 +160,119 @@ func TestCloudAPIAccountOps(t *testing.T) {
 		t.Errorf("GET /v1/media/%s: %d bytes, want the %d graphapid holds", mi.ID, len(got), len(img))
 	}
 
-	// Marked read by its id, the wamid.
-	c.Eventually(30*time.Second, "mark read "+injected.ID, func() error {
-		// A wamid is base64 and may hold '/': a client escapes it.
-		st, body := call("PUT", "/v1/messages/"+url.PathEscape(injected.ID), "application/json", []byte(`{"status":"read"}`))
-		if st != http.StatusOK {
-			return fmt.Errorf("HTTP %d %s", st, body)
+	// A type auto_download does not list is not fetched ahead, but
+	// GET /v1/media/{id} fetches it on request, as the original did.
+	c.PatchSettings(`{"media":{"auto_download":["document"]}}`)
+	time.Sleep(time.Second) // every node's settings cache polls every 200 ms
+	img2 := append([]byte{0xff, 0xd8, 0xff, 0xe1}, bytes.Repeat([]byte("later"), 300)...)
+	req, _ = http.NewRequest("POST", c.GraphURL+"/_test/media?phone="+CloudPhoneID+"&type=image%2Fjpeg", bytes.NewReader(img2))
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mi2 graphtest.MediaInfo
+	json.NewDecoder(resp.Body).Decode(&mi2)
+	resp.Body.Close()
+	sum = sha256.Sum256(img2)
+	content, _ = json.Marshal(map[string]string{"id": mi2.ID, "mime_type": "image/jpeg", "sha256": hex.EncodeToString(sum[:])})
+	var second struct {
+		ID string `json:"id"`
+	}
+	if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "image", Content: content}, &second); err != nil {
+		t.Fatal(err)
+	}
+	c.Eventually(30*time.Second, "the second image's callback stored", func() error {
+		var n int
+		if err := c.SQL.QueryRow(`SELECT COUNT(*) FROM inbound_messages WHERE id = ?`, second.ID).Scan(&n); err != nil || n != 1 {
+			return fmt.Errorf("%d rows, %v", n, err)
 		}
 		return nil
 	})
-	reads := c.GraphState().Reads
-	if len(reads) != 1 || reads[0].MessageID != injected.ID || !reads[0].Known {
-		t.Errorf("reads at graphapid: %+v, want %s", reads, injected.ID)
+	if _, err := os.Stat(filepath.Join(c.Dir, "media", mi2.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an image fetched ahead though auto_download lists only documents: %v", err)
 	}
+	st2, got2 := call("GET", "/v1/media/"+mi2.ID, "", nil)
+	if st2 != http.StatusOK || !bytes.Equal(got2, img2) {
+		t.Errorf("GET /v1/media/%s on request: HTTP %d, %d bytes; want the %d graphapid holds", mi2.ID, st2, len(got2), len(img2))
+	}
+
+	// Marked read by its id, the wamid. A wamid is base64: one holding a
+	// '/' (escaped in the path) is marked read too.
+	ids := []string{injected.ID}
+	for i := 0; i < 20 && !strings.Contains(ids[len(ids)-1], "/"); i++ {
+		var more struct {
+			ID string `json:"id"`
+		}
+		if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "text", Content: json.RawMessage(`{"body":"hi"}`)}, &more); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, more.ID)
+	}
+	for _, id := range []string{ids[0], ids[len(ids)-1]} {
+		c.Eventually(30*time.Second, "mark read "+id, func() error {
+			st, body := call("PUT", "/v1/messages/"+url.PathEscape(id), "application/json", []byte(`{"status":"read"}`))
+			if st != http.StatusOK {
+				return fmt.Errorf("HTTP %d %s", st, body)
+			}
+			return nil
+		})
+	}
+	reads := c.GraphState().Reads
+	if len(reads) != 2 || reads[0].MessageID != ids[0] || reads[1].MessageID != ids[len(ids)-1] || !reads[0].Known || !reads[1].Known {
+		t.Errorf("reads at graphapid: %+v, want %s and %s", reads, ids[0], ids[len(ids)-1])
+	}
+
+	// Media the other way: an upload sent by our id goes to the Cloud API
+	// once, and deleting the upload deletes the Cloud copy.
+	st0, b := call("POST", "/v1/media", "image/jpeg", img)
+	var up struct {
+		Media []struct {
+			ID string `json:"id"`
+		} `json:"media"`
+	}
+	if json.Unmarshal(b, &up); st0 != http.StatusCreated || len(up.Media) != 1 {
+		t.Fatalf("POST /v1/media: HTTP %d %s", st0, b)
+	}
+	ours := up.Media[0].ID
+	for i := 0; i < 2; i++ {
+		msg := fmt.Sprintf(`{"to":"4915112345678","type":"image","image":{"id":%q,"caption":"again %d"}}`, ours, i)
+		if st, b := call("POST", "/v1/messages", "application/json", []byte(msg)); st != http.StatusCreated {
+			t.Fatalf("POST /v1/messages: HTTP %d %s", st, b)
+		}
+	}
+	var cloudID string
+	c.Eventually(30*time.Second, "both messages sent with one upload", func() error {
+		st := c.GraphState()
+		if len(st.Messages) != 2 {
+			return fmt.Errorf("%d messages at graphapid", len(st.Messages))
+		}
+		var uploads []string
+		for _, m := range st.Media {
+			if m.ID != mi.ID && m.ID != mi2.ID { // not the inbound ones
+				uploads = append(uploads, m.ID)
+			}
+		}
+		if len(uploads) != 1 {
+			return fmt.Errorf("uploads %v, want one", uploads)
+		}
+		cloudID = uploads[0]
+		for _, m := range st.Messages {
+			if !strings.Contains(string(m.Body), cloudID) {
+				return fmt.Errorf("message %s does not name the upload %s", m.Body, cloudID)
+			}
+		}
+		return nil
+	})
+	if st, b := call("DELETE", "/v1/media/"+ours, "", nil); st != http.StatusOK {
+		t.Fatalf("DELETE /v1/media: HTTP %d %s", st, b)
+	}
+	c.Eventually(10*time.Second, "the Cloud copy deleted", func() error {
+		for _, m := range c.GraphState().Media {
+			if m.ID == cloudID && !m.Deleted {
+				return fmt.Errorf("%s not deleted at graphapid", cloudID)
+			}
+		}
+		return nil
+	})
 	t.Logf("graphapid served %d requests", len(c.GraphState().Requests))
 }

@@ -3,12 +3,8 @@ package cloudapi
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 
-	"github.com/multiconnect/multiconnect/internal/mariadbtest"
-	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -17,28 +13,11 @@ import (
 // upload deletes the Cloud copy; registration takes the stored two-step
 // PIN when the request gives none.
 func TestMediaCacheAndStoredPin(t *testing.T) {
-	srv := mariadbtest.Start(t)
-	db := srv.Open("mc")
-	ctx := context.Background()
-	if err := schema.Bootstrap(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
-		t.Fatal(err)
-	}
-	gs, url := opsServer(t, nil)
-	cfg := Config{PhoneNumberID: opsPhone, AccessToken: opsToken, GraphVersion: "v23.0", BaseURL: url, MediaDir: t.TempDir()}
-	tr := New(cfg, Options{DB: db})
-	claimShard(t, tr)
+	r := newLiveRig(t)
+	tr, gs, db, ctx := r.tr, r.graph, r.db, context.Background()
 	c, _ := tr.Current()
-
 	ours := "5d0c2a8e-1f3b-4c5d-9e6f-708192a3b4c5"
-	if err := os.WriteFile(filepath.Join(cfg.MediaDir, ours), []byte("%PDF-1.4 not really"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`INSERT INTO media (id, mime_type, size, sha256, created_at) VALUES (?, 'application/pdf', 19, '', NOW(6))`, ours); err != nil {
-		t.Fatal(err)
-	}
+	r.upload(t, ours, "application/pdf", []byte("%PDF-1.4 not really"))
 	first, err := tr.ops.MediaID(ctx, c.sender(), ours)
 	if err != nil {
 		t.Fatal(err)
@@ -86,13 +65,14 @@ func TestMediaCacheAndStoredPin(t *testing.T) {
 	if _, err := db.Exec(`INSERT INTO settings (name, value, updated_at) VALUES ('account.two_step', '{"pin":"424242"}', NOW(6))`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr.RequestCode(ctx, transport.RegistrationRequest{CC: "1", Phone: "5550001234", Method: transport.MethodSMS}); err != nil {
+	cc, phone := testPhoneID[:1], testPhoneID[1:]
+	if _, err := tr.RequestCode(ctx, transport.RegistrationRequest{CC: cc, Phone: phone, Method: transport.MethodSMS}); err != nil {
 		t.Fatalf("request code with the stored PIN: %v", err)
 	}
-	if err := tr.VerifyCode(ctx, transport.VerifyRequest{CC: "1", Phone: "5550001234", Code: gs.Snapshot().Codes[opsPhone]}); err != nil {
+	if err := tr.VerifyCode(ctx, transport.VerifyRequest{CC: cc, Phone: phone, Code: gs.Snapshot().Codes[testPhoneID]}); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
-	if pin := gs.Snapshot().Pins[opsPhone]; pin != "424242" {
+	if pin := gs.Snapshot().Pins[testPhoneID]; pin != "424242" {
 		t.Errorf("registered with PIN %q, want the stored one", pin)
 	}
 }

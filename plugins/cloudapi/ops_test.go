@@ -195,7 +195,7 @@ func TestGraphErrorsMapToTransportErrors(t *testing.T) {
 	}{
 		{graphtest.Fault{Code: graphapi.CodeInvalidParameter}, transport.ErrInvalidValue, "injected by graphtest"},
 		{graphtest.Fault{Code: graphapi.CodeRecipientNotValid}, transport.ErrInvalidValue, "Parameter value is not valid"},
-		{graphtest.Fault{Code: codeNotFound, HTTPStatus: http.StatusNotFound, Message: "WhatsApp Business Profile not found"}, transport.ErrNoSuchItem, "not found"},
+		{graphtest.Fault{Code: codeNotFound, Message: "WhatsApp Business Profile not found"}, transport.ErrNoSuchItem, "not found"},
 		{graphtest.Fault{HTTPStatus: http.StatusNotFound}, transport.ErrNoSuchItem, "404"},
 		{graphtest.Fault{Code: graphapi.CodeService}, nil, "Service temporarily unavailable"},
 		{graphtest.Fault{Code: graphapi.CodeTooManyCalls}, nil, "request limit"},
