@@ -75,6 +75,7 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max(g.MaxBodySize, cloudAPIMaxBody)))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
+		g.view.metrics.cloudAPI.WithLabelValues("invalid").Inc()
 		if errors.As(err, &tooLarge) {
 			writeError(w, http.StatusRequestEntityTooLarge, apierror.ParameterInvalid, "the webhook body is larger than 8 MiB and max_body_size")
 			return
@@ -83,18 +84,25 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := inbound.Verify([]byte(cfg.secret), body, r.Header.Get(inbound.SignatureHeader)); err != nil {
+		result := "bad_signature"
+		if errors.Is(err, inbound.ErrUnsigned) {
+			result = "unsigned"
+		}
+		g.view.metrics.cloudAPI.WithLabelValues(result).Inc()
 		g.log.Warn("cloudapi webhook refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		writeError(w, http.StatusForbidden, apierror.AccessDenied, err.Error())
 		return
 	}
 	p, err := inbound.Parse(body)
 	if err != nil {
+		g.view.metrics.cloudAPI.WithLabelValues("invalid").Inc()
 		writeError(w, http.StatusBadRequest, apierror.RequestNotValid, err.Error())
 		return
 	}
 	db, m := g.view.db.Load(), g.view.currentMap()
 	if db == nil || m == nil {
 		// Meta retries; by then the gateway has its shard map.
+		g.view.metrics.cloudAPI.WithLabelValues("not_ready").Inc()
 		writeError(w, http.StatusServiceUnavailable, apierror.ServiceUnavailable, "the gateway is not ready: "+g.view.notReady())
 		return
 	}
@@ -103,10 +111,12 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	tr, err := inbound.Translate(ctx, p, cfg.phoneNumberID, inbound.LookupIn(db))
 	if err != nil {
 		g.log.Error("cloudapi webhook: looking up message ids failed; Meta will retry", zap.Error(err))
+		g.view.metrics.cloudAPI.WithLabelValues("failed").Inc()
 		writeError(w, http.StatusInternalServerError, apierror.GenericError, "the database could not be read; retry")
 		return
 	}
 	if err := inbound.CheckFresh(tr.Records, time.Now(), cfg.maxAge); err != nil {
+		g.view.metrics.cloudAPI.WithLabelValues("stale").Inc()
 		g.log.Warn("cloudapi webhook refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		writeError(w, http.StatusForbidden, apierror.AccessDenied, err.Error())
 		return
@@ -119,6 +129,7 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	byShard, err := inbound.ByShard(tr.Records, m.Shards)
 	if err != nil {
+		g.view.metrics.cloudAPI.WithLabelValues("failed").Inc()
 		writeError(w, http.StatusInternalServerError, apierror.GenericError, err.Error())
 		return
 	}
@@ -126,9 +137,11 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		// Nothing of it is stored (one transaction): Meta sends it again.
 		g.log.Error("cloudapi webhook: storing failed; Meta will retry", zap.Error(err))
+		g.view.metrics.cloudAPI.WithLabelValues("failed").Inc()
 		writeError(w, http.StatusInternalServerError, apierror.GenericError, "the events could not be stored; retry")
 		return
 	}
+	g.view.metrics.cloudAPI.WithLabelValues("stored").Inc()
 	g.log.Debug("cloudapi webhook stored", zap.Int("events", len(tr.Records)), zap.Int("new", added))
 	b, _ := json.Marshal(map[string]int{"events": len(tr.Records), "stored": added})
 	writeJSON(w, http.StatusOK, b)

@@ -221,6 +221,17 @@ func TestCloudAPIWebhook(t *testing.T) {
 		c.checkGapless()
 	})
 
+	t.Run("counted", func(t *testing.T) {
+		_, metrics := g.do("GET", "/metrics?format=prometheus", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
+		for result, want := range map[string]float64{"stored": 4, "unsigned": 1, "bad_signature": 2, "stale": 1, "failed": 1} {
+			got := metricValue(metrics, `multiconnect_gateway_cloudapi_webhooks_total{result="`+result+`"}`)
+			// Retries while MySQL restarts may fail more than once.
+			if got != want && (result != "failed" || got < want) {
+				t.Errorf("cloudapi_webhooks_total{result=%q} = %v, want %v", result, got, want)
+			}
+		}
+	})
+
 	t.Run("not configured: 404", func(t *testing.T) {
 		off := c.startGateway("")
 		st, b := off.do("POST", "/cloudapi/webhook", body, signed(body))

@@ -90,7 +90,8 @@ func TestGarbageCollector(t *testing.T) {
 
 // The collector also purges the cluster's bookkeeping, whatever
 // garbagecollector_enable says: expired and revoked tokens, failovers past
-// the retention, observations not updated for the retention (at least
+// the retention, acknowledged Cloud API webhook rows past it (at least 8
+// days), observations not updated for the retention (at least
 // 1 h), and nodes not seen for the retention (at least 24 h) that hold no
 // shard. Live rows stay.
 func TestGarbageCollectorPurgesBookkeeping(t *testing.T) {
@@ -111,6 +112,13 @@ func TestGarbageCollectorPurgesBookkeeping(t *testing.T) {
 		// A node that holds a shard stays however silent (a removed shard
 		// id here, so the monitor leaves the row alone).
 		`INSERT INTO shard_map (shard_id, node_id, lease_expires, connect_after) VALUES (31, 'dead:2', '2000-01-01', '2000-01-01')`,
+		// Cloud API webhook rows: acknowledged ones go after the retention
+		// but never before 8 days (the gateway deduplicates Meta's
+		// retries against them); unacknowledged ones stay.
+		`INSERT INTO cloudapi_inbound (shard, seq, dedupe_key, kind, message_id, recipient, ts, payload, received_at, acked) VALUES
+			(0, 1, 'gc-acked-old', 'inbound', 'w1', '1', 0, '', NOW(6) - INTERVAL 9 DAY, 1),
+			(0, 2, 'gc-acked-week', 'inbound', 'w2', '1', 0, '', NOW(6) - INTERVAL 7 DAY, 1),
+			(0, 3, 'gc-unacked-old', 'inbound', 'w3', '1', 0, '', NOW(6) - INTERVAL 9 DAY, 0)`,
 	} {
 		if _, err := c.SQL.Exec(q); err != nil {
 			t.Fatal(err)
@@ -137,6 +145,7 @@ func TestGarbageCollectorPurgesBookkeeping(t *testing.T) {
 		`SELECT id FROM nodes WHERE id IN ('dead:1', 'dead:2', 'quiet:1') ORDER BY 1`:          "[dead:2 quiet:1]",
 		`SELECT COUNT(*) FROM nodes WHERE last_seen > NOW(6) - INTERVAL 10 SECOND`:             "[3]",
 		`SELECT COUNT(*) > 0 FROM observations WHERE updated_at > NOW(6) - INTERVAL 10 SECOND`: "[1]",
+		`SELECT dedupe_key FROM cloudapi_inbound WHERE dedupe_key LIKE 'gc-%' ORDER BY 1`:      "[gc-acked-week gc-unacked-old]",
 	}
 	c.Eventually(10*time.Second, "the bookkeeping purged", func() error {
 		for q, w := range want {

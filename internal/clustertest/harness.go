@@ -338,6 +338,11 @@ func (c *Cluster) NodeEnv(listen int) []string {
 
 // StartMaster starts one more master.
 func (c *Cluster) StartMaster(extraEnv ...string) *Proc {
+	if c.Opts.CloudAPI {
+		// Masters make the account calls (registration) through the
+		// transport too.
+		extraEnv = append(c.CloudEnv(), extraEnv...)
+	}
 	port := FreePort(c.T)
 	p := Start(c.T, c.Dir, fmt.Sprintf("master%d", len(c.Masters)+1), filepath.Join(c.Bin, "master"),
 		append(c.NodeEnv(port), extraEnv...))

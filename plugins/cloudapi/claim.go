@@ -81,6 +81,7 @@ func (t *Transport) learnLayoutLocked(shard int, l transport.Layout) {
 	}
 	if t.engine != nil {
 		t.engine.SetLayout(shard, max(t.layout.Shards, 1))
+		t.engine.SetNode(t.claim.Node)
 	}
 }
 

@@ -154,6 +154,16 @@ func (tr translator) media(v any, keep ...string) (map[string]any, error) {
 	return out, nil
 }
 
+// attachment is the media of a template parameter or an interactive
+// header: no caption there (the Cloud API does not show one), a
+// document's filename kept.
+func (tr translator) attachment(kind string, v any) (map[string]any, error) {
+	if kind == "document" {
+		return tr.media(v, "filename")
+	}
+	return tr.media(v)
+}
+
 // template: the On-Premises namespace has no Cloud API counterpart (the
 // template is found by name in the business account); the language is its
 // code, under the one policy the Cloud API has (deterministic: a fallback
@@ -203,15 +213,8 @@ func (tr translator) templateParam(p map[string]any) (map[string]any, error) {
 		out["currency"] = map[string]any{"fallback_value": c["fallback_value"], "code": c["code"], "amount_1000": c["amount_1000"]}
 	case "date_time":
 		out["date_time"] = map[string]any{"fallback_value": obj(p["date_time"])["fallback_value"]}
-	case "image", "video":
-		// Captions are not supported on a template's media.
-		m, err := tr.media(p[pt])
-		if err != nil {
-			return nil, err
-		}
-		out[pt] = m
-	case "document":
-		m, err := tr.media(p[pt], "filename")
+	case "image", "video", "document":
+		m, err := tr.attachment(pt, p[pt])
 		if err != nil {
 			return nil, err
 		}
@@ -362,14 +365,8 @@ func (tr translator) interactive(in map[string]any) (map[string]any, error) {
 		switch ht {
 		case "text":
 			oh["text"] = h["text"]
-		case "image", "video":
-			m, err := tr.media(h[ht])
-			if err != nil {
-				return nil, err
-			}
-			oh[ht] = m
-		case "document":
-			m, err := tr.media(h[ht], "filename")
+		case "image", "video", "document":
+			m, err := tr.attachment(ht, h[ht])
 			if err != nil {
 				return nil, err
 			}

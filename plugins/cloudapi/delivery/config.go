@@ -59,7 +59,7 @@ type Config struct {
 	// Shard and Shards: this engine's shard and the cluster's count; the
 	// engine's budget is its share of Throughput (SetLayout changes it).
 	Shard, Shards int
-	// Node names the coreapp in the attempt records.
+	// Node names the coreapp in the attempt records (SetNode changes it).
 	Node string
 
 	// UnknownWait is how long a message whose outcome is unknown waits

@@ -28,6 +28,7 @@ type Engine struct {
 	lastPost time.Time
 
 	mu          sync.Mutex
+	node        string // recorded with each attempt (SetNode)
 	shard       int
 	shards      int
 	pausedUntil time.Time // the number is throttled (130429, 80007, 4)
@@ -47,7 +48,7 @@ type hold struct {
 // in s.
 func NewEngine(cfg Config, p Poster, s Store) *Engine {
 	cfg = cfg.withDefaults()
-	e := &Engine{cfg: cfg, post: p, store: s, held: map[string]*hold{},
+	e := &Engine{cfg: cfg, post: p, store: s, held: map[string]*hold{}, node: cfg.Node,
 		throttle: newBackoff(cfg.ThrottleInitial, cfg.ThrottleMax)}
 	e.lim = rate.NewLimiter(rate.Inf, 1)
 	e.SetLayout(cfg.Shard, cfg.Shards)
@@ -98,6 +99,20 @@ func (e *Engine) SetLayout(shard, shards int) {
 	// share at once on top of the previous second's).
 	e.lim.SetLimit(Share(e.cfg.Throughput, shard, shards))
 	e.lim.SetBurst(1)
+}
+
+// SetNode names the coreapp the attempts are recorded for (the claim's
+// node, from Connect): a new primary's records then say who sent what.
+func (e *Engine) SetNode(node string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.node = node
+}
+
+func (e *Engine) nodeName() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.node
 }
 
 // Limit is the engine's current budget in messages/s.
@@ -294,7 +309,7 @@ func (b *batch) one(ctx context.Context, i int) bool {
 			r.Detail = why
 			return false
 		}
-		if err := e.store.Begin(ctx, m, e.cfg.Node, time.Now()); err != nil {
+		if err := e.store.Begin(ctx, m, e.nodeName(), time.Now()); err != nil {
 			r.Detail = err.Error()
 			return false
 		}
@@ -453,14 +468,18 @@ func (b *batch) unknown(ctx context.Context, i int, rec Record) (done, send bool
 // code: Graph codes are positive.
 const CodeOutcomeUnknown = -1
 
-// throttled starts or lengthens the number's pause.
+// throttled starts the number's pause, or lengthens the backoff when a
+// request sent after the last pause is throttled again. Answers to
+// requests that were in flight together count once: sixteen 130429s of
+// one burst are one signal, not sixteen doublings.
 func (e *Engine) throttled() time.Time {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	until := time.Now().Add(e.throttle.NextBackOff())
-	if until.After(e.pausedUntil) {
-		e.pausedUntil = until
+	now := time.Now()
+	if now.Before(e.pausedUntil) {
+		return e.pausedUntil
 	}
+	e.pausedUntil = now.Add(e.throttle.NextBackOff())
 	return e.pausedUntil
 }
 

@@ -243,6 +243,27 @@ func TestThrottleBackoffGrows(t *testing.T) {
 	want(t, send(t, e, msgs("a1>1")), "a1=sent")
 }
 
+// A burst of requests in flight together that all get 130429 pauses the
+// number once, at the initial backoff, not once per answer.
+func TestThrottleBurstCountsOnce(t *testing.T) {
+	p, s := newFakePoster(), newMemStore()
+	p.latency = 20 * time.Millisecond // all eight in flight at once
+	p.all = []error{gerr(graphapi.CodeThroughput, 429)}
+	cfg := fast()
+	cfg.Concurrency = 8
+	cfg.ThrottleInitial, cfg.ThrottleMax = 200*time.Millisecond, 10*time.Second
+	e := NewEngine(cfg, p, s)
+	want(t, send(t, e, msgs("a>1", "b>2", "c>3", "d>4", "e>5", "f>6", "g>7", "h>8")),
+		"a=later b=later c=later d=later e=later f=later g=later h=later")
+	if n := len(p.sent()); n < 2 {
+		t.Fatalf("%d requests in flight, want several", n)
+	}
+	// Initial 200 ms with ±50 % jitter: at most 300 ms.
+	if d := time.Until(e.NotBefore()); d > 300*time.Millisecond {
+		t.Fatalf("paused %v after one burst", d)
+	}
+}
+
 // 131056 delays only that recipient, keeping its order; others go on.
 func TestPairLimit(t *testing.T) {
 	p, s := newFakePoster(), newMemStore()
@@ -500,5 +521,47 @@ func TestConfigFromEnv(t *testing.T) {
 		if _, err := ConfigFromEnv(env(map[string]string{k: v})); err == nil || !strings.Contains(err.Error(), k) {
 			t.Fatalf("%s=%s: %v", k, v, err)
 		}
+	}
+}
+
+// brokenStore fails what the test says (MySQL down).
+type brokenStore struct {
+	*memStore
+	load, begin error
+}
+
+func (s brokenStore) Load(ctx context.Context, ids []string) (map[string]Record, error) {
+	if s.load != nil {
+		return nil, s.load
+	}
+	return s.memStore.Load(ctx, ids)
+}
+
+func (s brokenStore) Begin(ctx context.Context, m Outgoing, node string, at time.Time) error {
+	if s.begin != nil {
+		return s.begin
+	}
+	return s.memStore.Begin(ctx, m, node, at)
+}
+
+// Without its records the engine posts nothing: an attempt it could not
+// record, or a message whose record it could not read, might be sent twice.
+func TestStoreDownPostsNothing(t *testing.T) {
+	for name, s := range map[string]brokenStore{
+		"load":  {memStore: newMemStore(), load: fmt.Errorf("connection refused")},
+		"begin": {memStore: newMemStore(), begin: fmt.Errorf("connection refused")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := newFakePoster()
+			e := NewEngine(fast(), p, s)
+			res := send(t, e, msgs("a1>1", "a2>1", "b1>2"))
+			want(t, res, "a1=later a2=later b1=later")
+			if !strings.Contains(res[0].Detail, "connection refused") {
+				t.Fatalf("detail %q", res[0].Detail)
+			}
+			if n := len(p.sent()); n != 0 {
+				t.Fatalf("%d posts without records", n)
+			}
+		})
 	}
 }

@@ -79,8 +79,8 @@ func TestSQLStore(t *testing.T) {
 	ms := msgs("u1>15550002", "u2>15550002")
 	want(t, send(t, a, ms), "u1=later u2=later")
 	pb := newFakePoster()
-	cfg.Node = "node-b"
 	b := NewEngine(cfg, pb, s)
+	b.SetNode("node-b") // the plugin's Connect gives the claim's node
 	want(t, send(t, b, ms), "u1=later u2=later")
 	if seen, err := s.StatusSeen(ctx, "u1"); err != nil || seen.Found {
 		t.Fatalf("status before any: %+v %v", seen, err)

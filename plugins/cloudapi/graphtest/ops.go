@@ -95,8 +95,7 @@ func (s *Server) serveOperation(w http.ResponseWriter, r *http.Request, tmpl str
 		s.st.Registrations = append(s.st.Registrations, Registration{Phone: id, Op: "register", Body: body, OK: good, At: time.Now()})
 		s.mu.Unlock()
 		if !good {
-			return fail(&graphapi.Error{Message: "(#133005) Two step verification PIN Mismatch", Type: "OAuthException", Code: codePinMismatch, HTTPStatus: http.StatusBadRequest, FBTraceID: traceID(),
-				ErrorData: &graphapi.ErrorData{MessagingProduct: "whatsapp", Details: "The PIN does not match the two-step verification PIN of the number."}})
+			return fail(badRequest(codePinMismatch, "(#133005) Two step verification PIN Mismatch", "The PIN does not match the two-step verification PIN of the number."))
 		}
 		writeJSON(w, http.StatusOK, ok)
 	case "POST /{Version}/{Phone-Number-ID}/deregister":
@@ -117,8 +116,7 @@ func (s *Server) serveOperation(w http.ResponseWriter, r *http.Request, tmpl str
 		good := issued && want == str("code")
 		s.registration(id, "verify_code", body, good)
 		if !good {
-			return fail(&graphapi.Error{Message: "(#136025) Code couldn't be verified", Type: "OAuthException", Code: codeVerify, HTTPStatus: http.StatusBadRequest, FBTraceID: traceID(),
-				ErrorData: &graphapi.ErrorData{MessagingProduct: "whatsapp", Details: "The code does not match the last one requested."}})
+			return fail(badRequest(codeVerify, "(#136025) Code couldn't be verified", "The code does not match the last one requested."))
 		}
 		writeJSON(w, http.StatusOK, ok)
 	case "POST /{Version}/{Phone-Number-ID}":

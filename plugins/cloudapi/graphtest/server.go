@@ -371,10 +371,15 @@ func (s *Server) checkToken(r *http.Request) *graphapi.Error {
 }
 
 func invalidParameter(details string) *graphapi.Error {
+	return badRequest(graphapi.CodeInvalidParameter, "(#100) Invalid parameter", details)
+}
+
+// badRequest is a 400 Graph error with details.
+func badRequest(code int, message, details string) *graphapi.Error {
 	return &graphapi.Error{
-		Message:    "(#100) Invalid parameter",
+		Message:    message,
 		Type:       "OAuthException",
-		Code:       graphapi.CodeInvalidParameter,
+		Code:       code,
 		ErrorData:  &graphapi.ErrorData{MessagingProduct: "whatsapp", Details: details},
 		HTTPStatus: http.StatusBadRequest,
 		FBTraceID:  traceID(),

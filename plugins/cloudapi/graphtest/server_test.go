@@ -269,16 +269,31 @@ func TestAccessToken(t *testing.T) {
 	}
 }
 
+// post and get call the control API, wanting 200.
 func post(t *testing.T, url, body string) []byte {
 	t.Helper()
-	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	return call(t, http.MethodPost, url, body)
+}
+
+func get(t *testing.T, url string) []byte {
+	t.Helper()
+	return call(t, http.MethodGet, url, "")
+}
+
+func call(t *testing.T, method, url, body string) []byte {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST %s: %d %s", url, resp.StatusCode, b)
+		t.Fatalf("%s %s: %d %s", method, url, resp.StatusCode, b)
 	}
 	return b
 }
@@ -446,20 +461,6 @@ func TestViolations(t *testing.T) {
 	if len(v.Overlaps) != 1 || v.Overlaps[0].Shard != 2 {
 		t.Fatalf("overlap: %+v", v)
 	}
-}
-
-func get(t *testing.T, url string) []byte {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
-	}
-	return b
 }
 
 func TestWebhookRetriesInOrderAndGivesUp(t *testing.T) {

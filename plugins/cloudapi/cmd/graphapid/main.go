@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,13 +26,17 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		slog.Error("graphapid failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run serves until ctx ends, printing the base URL to stdout.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	flag := flag.NewFlagSet("graphapid", flag.ContinueOnError)
 	listen := flag.String("listen", "127.0.0.1:0", "address to serve the Graph API and the control API on")
 	phones := flag.String("phone-number-id", "106540352242922", "phone number id(s) served, comma-separated (digits)")
 	token := flag.String("access-token", "", "the access token requests must carry (Authorization: Bearer)")
@@ -43,7 +48,9 @@ func run() error {
 	statusDelay := flag.Duration("status-delay", 10*time.Millisecond, "pause between a message's statuses")
 	retryFor := flag.Duration("retry-for", time.Minute, "give up an unacknowledged webhook after this long (Meta: 7 days)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
-	flag.Parse()
+	if err := flag.Parse(args); err != nil {
+		return err
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -74,14 +81,12 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	fmt.Printf("http://%s\n", ln.Addr())
+	fmt.Fprintf(stdout, "http://%s\n", ln.Addr())
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	log.Info("graphapid serving", "addr", ln.Addr().String(), "phone_number_ids", *phones, "webhook_url", *webhook)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
