@@ -28,6 +28,9 @@ type nodeHealth struct {
 	Connected bool   `json:"connected"`
 	Hostname  string `json:"hostname"`
 	Container string `json:"container"`
+	// TransportError is a primary coreapp's transport problem (an access
+	// token the network refuses, say): shown in the entry's errors.
+	TransportError string `json:"transport_error"`
 }
 
 // healthEntry is one node in the original's HA health document. node
@@ -181,6 +184,9 @@ func (g *Gateway) probe(ctx context.Context, n nodeRow, secret, master string) (
 			s = *h.Shard
 		}
 		e.Shard = &s
+		if h.TransportError != "" {
+			e.Errors = append(e.Errors, apierror.New(apierror.ServiceUnavailable, "transport: "+h.TransportError))
+		}
 	default:
 		// A master holds no network connection; it reports connected when
 		// it answers, as the original did.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 const (
@@ -123,7 +125,32 @@ func (c *Coreapp) health() map[string]any {
 	h := c.report()
 	h["role"] = "coreapp"
 	h["hostname"], h["container"] = c.id.Hostname, c.id.Container
+	if e := c.transportError(); e != "" {
+		h["transport_error"] = e
+	}
 	return h
+}
+
+// transportError is what the transport says is wrong while this coreapp
+// is a primary that should be on the network: why it is not connected, or
+// a problem it has while connected (the Cloud API's refused access token).
+// /v1/health shows it in the node's errors until it is fixed.
+func (c *Coreapp) transportError() string {
+	st := c.holder.status()
+	if !st.Primary || !(st.Connected || st.ConnectDue) {
+		return ""
+	}
+	var hl transport.Health
+	err := errNoTransport
+	c.plugins.With(func(t transport.Transport, _ uint64) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		hl, err = t.Health(ctx)
+	})
+	if err != nil {
+		return "transport health: " + err.Error()
+	}
+	return hl.LastError
 }
 
 func (c *Coreapp) promote(ctx *fasthttp.RequestCtx) {

@@ -96,9 +96,13 @@ func (w *callbackWriter) sendFailed(ctx context.Context, shardID int, failed []f
 	now := strconv.FormatInt(time.Now().Unix(), 10)
 	var waits []chan error
 	for _, f := range failed {
+		errs := []transport.StatusError{{Code: apierror.GenericError, Title: "Message failed to send: " + f.reason}}
+		if se, ok := transport.ParseSendError(f.reason); ok {
+			errs[0] = se // the network's own reason, in the original's codes
+		}
 		p, _ := json.Marshal(map[string]any{
 			"id": f.row.id, "status": transport.StatusFailed, "timestamp": now, "recipient_id": string(shard.Digits(f.row.recipient)),
-			"errors": []map[string]any{{"code": 1000, "title": "Message failed to send: " + f.reason}},
+			"errors": errs,
 		})
 		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, payload: p, done: make(chan error, 1)}
 		waits = append(waits, cb.done)
@@ -243,6 +247,10 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 			keep = append(keep, cb)
 		}
 	}
+	// Inbound media the settings ask for are fetched before their
+	// callbacks are stored, so GET /v1/media/{id} serves what a webhook
+	// names (inboundmedia.go).
+	w.c.media.fetchInbound(ctx, batch, s.Media.AutoDownload)
 	// Who sent each inbound message is recorded first, webhook or not,
 	// so it can be marked read (markread.go); false leaves the batch
 	// unacknowledged for the shard's next holder.

@@ -26,7 +26,10 @@ const maxMedia = 100 << 20
 // defaultMediaDir is where the original kept media, shared by every node.
 const defaultMediaDir = "/usr/local/wamedia"
 
-var mediaIDRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+// mediaIDRE is a media id: ours (a UUID, the original's shape) or the
+// network's for an inbound medium fetched under its own id (the Cloud
+// API's are digits; see inboundmedia.go).
+var mediaIDRE = regexp.MustCompile(`^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9]{1,40})$`)
 
 // mediaStore keeps uploads in the media directory shared by all nodes
 // (MC_MEDIA_DIR; NFS in production), with a row per upload in MySQL so any
@@ -82,7 +85,11 @@ func (m *mediaStore) upload(ctx *fasthttp.RequestCtx) {
 // save stores body as a new upload of type mt and returns its id, or the
 // API code and details of the failure (nothing is left behind then).
 func (m *mediaStore) save(ctx context.Context, mt string, body []byte) (id string, code int, details string) {
-	id = newMediaID()
+	return m.saveAs(ctx, newMediaID(), mt, body)
+}
+
+// saveAs is save under a given id (an inbound medium's, inboundmedia.go).
+func (m *mediaStore) saveAs(ctx context.Context, id, mt string, body []byte) (string, int, string) {
 	sum := sha256.Sum256(body)
 	if err := writeSynced(m.path(id), body); err != nil {
 		m.c.log.Error("could not store media", "err", err)
@@ -90,7 +97,8 @@ func (m *mediaStore) save(ctx context.Context, mt string, body []byte) (id strin
 	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := m.c.db.ExecContext(qctx, `INSERT INTO media (id, mime_type, size, sha256, created_at) VALUES (?, ?, ?, ?, NOW(6))`,
+	if _, err := m.c.db.ExecContext(qctx, `INSERT INTO media (id, mime_type, size, sha256, created_at) VALUES (?, ?, ?, ?, NOW(6))
+		ON DUPLICATE KEY UPDATE id = id`, // an inbound medium fetched twice (its bytes are the same)
 		id, mt, len(body), hex.EncodeToString(sum[:])); err != nil {
 		os.Remove(m.path(id))
 		m.c.dbError("store media", err)
@@ -135,6 +143,9 @@ func (m *mediaStore) lookup(ctx context.Context, id string) (mimeType string, er
 // download serves GET /v1/media/{id}.
 func (m *mediaStore) download(ctx *fasthttp.RequestCtx, id string) {
 	mt, err := m.lookup(ctx, id)
+	if errors.Is(err, sql.ErrNoRows) && mediaIDRE.MatchString(id) && m.fetchOnRequest(ctx, id) { // inboundmedia.go
+		mt, err = m.lookup(ctx, id)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		writeError(ctx, apierror.NotFound, "no media with id "+id)
 		return
@@ -176,6 +187,7 @@ func (m *mediaStore) remove(ctx *fasthttp.RequestCtx, id string) {
 	if err := os.Remove(m.path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		m.c.log.Warn("media row deleted but its file remains", "id", id, "err", err)
 	}
+	go m.forgetAtNetwork(id)
 	writeJSON(ctx, fasthttp.StatusOK, map[string]any{})
 }
 

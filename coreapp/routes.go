@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/url"
 	"os"
 	"strings"
 
@@ -52,10 +53,24 @@ var coreRoutes = []coreRoute{
 // no route has, 405 (1025, with Allow) for a method the path does not take.
 func (c *Coreapp) route(ctx *fasthttp.RequestCtx) {
 	method, path := string(ctx.Method()), string(ctx.Path())
+	// A parameter may hold an escaped '/' (a Cloud API wamid is base64,
+	// and an inbound message's id is its wamid): such a path is matched as
+	// sent, and its parameters unescaped after.
+	raw, _, _ := strings.Cut(string(ctx.Request.URI().PathOriginal()), "?")
+	escapedSlash := strings.Contains(strings.ToLower(raw), "%2f")
 	var allow []string
 	for i := range coreRoutes {
 		rt := &coreRoutes[i]
 		params, ok := routetable.Match(rt.path, path)
+		if escapedSlash {
+			if params, ok = routetable.Match(rt.path, raw); ok {
+				for k, v := range params {
+					if u, err := url.PathUnescape(v); err == nil {
+						params[k] = u
+					}
+				}
+			}
+		}
 		if !ok {
 			continue
 		}

@@ -196,7 +196,8 @@ func (m *Master) withTransport(ctx context.Context, f func(transport.Transport) 
 }
 
 func networkAnswer(err error) bool {
-	return errors.Is(err, transport.ErrBadCert) || errors.Is(err, transport.ErrBadCode) || errors.Is(err, transport.ErrNoCode)
+	return errors.Is(err, transport.ErrBadCert) || errors.Is(err, transport.ErrBadCode) || errors.Is(err, transport.ErrNoCode) ||
+		errors.Is(err, transport.ErrInvalidValue)
 }
 
 // pluginDied reports whether the plugin is seen exited within a moment: a
@@ -244,6 +245,11 @@ func (m *Master) register(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, transport.ErrBadCert):
 		apierror.Write(w, apierror.ParameterInvalid, "cert: the network could not read the certificate: "+err.Error())
+		return
+	case errors.Is(err, transport.ErrInvalidValue):
+		// The network refused a value of the request (the Cloud API: a
+		// number that is not the transport's, no two-step PIN).
+		apierror.Write(w, apierror.ParameterInvalid, err.Error())
 		return
 	case err != nil:
 		networkUnavailable(w, err)
@@ -319,6 +325,9 @@ func (m *Master) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, transport.ErrNoCode):
 		apierror.Write(w, apierror.NotFound, fmt.Sprintf("the network has no code outstanding for +%s %s: request a new one with POST /v1/account", cc, phone))
+		return
+	case errors.Is(err, transport.ErrInvalidValue):
+		apierror.Write(w, apierror.ParameterInvalid, err.Error())
 		return
 	case err != nil:
 		networkUnavailable(w, err)

@@ -46,8 +46,9 @@ func RepoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// Binaries builds master, coreapp, simnetd and transport-simnet once per test
-// process and returns the directory holding them.
+// Binaries builds master, coreapp, simnetd and transport-simnet, and the
+// Cloud API's transport-cloudapi and graphapid, once per test process and
+// returns the directory holding them.
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -56,7 +57,8 @@ func Binaries(t testing.TB) string {
 			return
 		}
 		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./master", "./coreapp",
-			"./plugins/simnet/cmd/simnetd", "./plugins/simnet/cmd/transport-simnet")
+			"./plugins/simnet/cmd/simnetd", "./plugins/simnet/cmd/transport-simnet",
+			"./plugins/cloudapi/cmd/transport-cloudapi", "./plugins/cloudapi/cmd/graphapid")
 		cmd.Dir = RepoRoot()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -211,6 +213,11 @@ type Options struct {
 	// DBClockFile, when set, runs MariaDB under libfaketime reading its
 	// clock offset from this file (see privatedb.Options.ClockFile).
 	DBClockFile string
+	// CloudAPI runs the coreapps on transport-cloudapi against the Graph
+	// API test server (graphapid, see cloudapi.go) instead of simnet.
+	CloudAPI bool
+	// GraphArgs are more graphapid flags.
+	GraphArgs []string
 }
 
 // Cluster is a running test cluster.
@@ -228,7 +235,10 @@ type Cluster struct {
 	Coreapps   []*Proc
 	Secret     string
 	DBProxy    *Proxy // nil unless Options.DBProxy or DBLatency
-	http       *http.Client
+	// Graph and GraphURL: the Graph API test server (Options.CloudAPI).
+	Graph    *Proc
+	GraphURL string
+	http     *http.Client
 }
 
 // New starts a cluster and waits until every shard is connected.
@@ -274,6 +284,9 @@ func New(t testing.TB, o Options) *Cluster {
 		c.DBProxy.SetDelay(o.DBLatency / 2)
 	}
 	c.StartSimnet()
+	if o.CloudAPI {
+		c.StartGraphAPI(o.GraphArgs...)
+	}
 	for i := 0; i < o.Masters; i++ {
 		c.StartMaster(o.MasterEnv...)
 	}
@@ -325,6 +338,11 @@ func (c *Cluster) NodeEnv(listen int) []string {
 
 // StartMaster starts one more master.
 func (c *Cluster) StartMaster(extraEnv ...string) *Proc {
+	if c.Opts.CloudAPI {
+		// Masters make the account calls (registration) through the
+		// transport too.
+		extraEnv = append(c.CloudEnv(), extraEnv...)
+	}
 	port := FreePort(c.T)
 	p := Start(c.T, c.Dir, fmt.Sprintf("master%d", len(c.Masters)+1), filepath.Join(c.Bin, "master"),
 		append(c.NodeEnv(port), extraEnv...))
@@ -335,6 +353,9 @@ func (c *Cluster) StartMaster(extraEnv ...string) *Proc {
 
 // StartCoreapp starts one more coreapp.
 func (c *Cluster) StartCoreapp(extraEnv ...string) *Proc {
+	if c.Opts.CloudAPI {
+		extraEnv = append(c.CloudEnv(), extraEnv...)
+	}
 	port := FreePort(c.T)
 	p := Start(c.T, c.Dir, fmt.Sprintf("coreapp%d", len(c.Coreapps)+1), filepath.Join(c.Bin, "coreapp"),
 		append(c.NodeEnv(port), append([]string{"MC_TRANSPORT=" + filepath.Join(c.Bin, "transport-simnet")}, extraEnv...)...))

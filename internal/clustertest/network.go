@@ -112,6 +112,14 @@ func (c *Cluster) WaitConnected(shard int, not string, d time.Duration) Interval
 func (c *Cluster) WaitAllShardsConnected(d time.Duration) map[int]Interval {
 	c.T.Helper()
 	out := map[int]Interval{}
+	if c.Opts.CloudAPI {
+		c.eventually(d, "every shard served on the Cloud API", func() error {
+			m, err := c.cloudShardsConnected()
+			out = m
+			return err
+		})
+		return out
+	}
 	c.eventually(d, "every shard connected", func() error {
 		nodes := map[string]int{}
 		for s := 0; s < c.Opts.Shards; s++ {

@@ -6,6 +6,10 @@
 //
 //	go build -o bin/ ./... && bin/localcluster
 //
+// With -transport cloudapi the coreapps run transport-cloudapi against the
+// Graph API test server (graphapid), whose webhooks reach the gateway's
+// /cloudapi/webhook.
+//
 // The binaries are taken from the directory localcluster itself is in.
 package main
 
@@ -38,7 +42,16 @@ type config struct {
 	shards     int
 	bin        string
 	readyAfter time.Duration
+	transport  string
 }
+
+// The Cloud API's demo credentials (graphapid accepts exactly these).
+const (
+	demoPhoneID     = "106540352242922"
+	demoToken       = "EAAlocalcluster-demo-token"
+	demoAppSecret   = "localcluster-app-secret"
+	demoVerifyToken = "localcluster-verify-token"
+)
 
 func main() {
 	var c config
@@ -48,7 +61,12 @@ func main() {
 	flag.IntVar(&c.coreapps, "coreapps", 3, "number of coreapps (shards + X survive X failures)")
 	flag.IntVar(&c.shards, "shards", 1, "shard count of a new cluster: 1, 2, 4, 8, 16 or 32")
 	flag.DurationVar(&c.readyAfter, "timeout", 60*time.Second, "give up if the gateway does not answer within this long")
+	flag.StringVar(&c.transport, "transport", "simnet", "the coreapps' network: simnet (the simulated network) or cloudapi (the Cloud API transport against the Graph API test server)")
 	flag.Parse()
+	if c.transport != "simnet" && c.transport != "cloudapi" {
+		fmt.Fprintf(os.Stderr, "localcluster: -transport %q: want simnet or cloudapi\n", c.transport)
+		os.Exit(2)
+	}
 	if err := run(c); err != nil {
 		fmt.Fprintf(os.Stderr, "localcluster: %v\n", err)
 		os.Exit(1)
@@ -68,7 +86,11 @@ func run(c config) error {
 		return err
 	}
 	c.bin = filepath.Dir(self)
-	for _, b := range []string{"caddy", "master", "coreapp", "simnetd", "transport-simnet"} {
+	need := []string{"caddy", "master", "coreapp", "simnetd", "transport-simnet"}
+	if c.transport == "cloudapi" {
+		need = append(need, "graphapid", "transport-cloudapi")
+	}
+	for _, b := range need {
 		if _, err := os.Stat(filepath.Join(c.bin, b)); err != nil {
 			return fmt.Errorf("%s is missing beside localcluster in %s: run `go build -o bin/ ./...` first", b, c.bin)
 		}
@@ -109,12 +131,28 @@ func run(c config) error {
 	if _, err := start("simnetd", "simnetd", nil, "-listen", simTCP, "-http", simHTTP); err != nil {
 		return err
 	}
+	var cloudEnv, gatewayEnv []string
+	graphURL := ""
+	if c.transport == "cloudapi" {
+		graphAddr := freeAddr()
+		graphURL = "http://" + graphAddr
+		if _, err := start("graphapid", "graphapid", nil, "-listen", graphAddr, "-phone-number-id", demoPhoneID,
+			"-access-token", demoToken, "-app-secret", demoAppSecret, "-webhook-url", "http://"+c.listen+"/cloudapi/webhook",
+			"-throughput", "80"); err != nil {
+			return err
+		}
+		cloudEnv = []string{"MC_TRANSPORT=" + filepath.Join(c.bin, "transport-cloudapi"),
+			"MC_CLOUDAPI_PHONE_NUMBER_ID=" + demoPhoneID, "MC_CLOUDAPI_ACCESS_TOKEN=" + demoToken, "MC_CLOUDAPI_BASE_URL=" + graphURL}
+		gatewayEnv = []string{"MC_CLOUDAPI_PHONE_NUMBER_ID=" + demoPhoneID, "MC_CLOUDAPI_APP_SECRET=" + demoAppSecret,
+			"MC_CLOUDAPI_VERIFY_TOKEN=" + demoVerifyToken}
+	}
 	node := func(role string, i int) (*proc, error) {
 		addr := freeAddr()
 		_, port, _ := net.SplitHostPort(addr)
 		env := []string{"EXTERNAL_HOSTNAME=127.0.0.1", "MC_LISTEN=" + addr,
 			"MC_SHARDS=" + strconv.Itoa(c.shards), "SIMNET_ADDR=" + simTCP, "MC_MEDIA_DIR=" + media,
 			"COREAPP_EXTERNAL_PORTS=" + port, "MASTER_EXTERNAL_PORTS=" + port}
+		env = append(env, cloudEnv...)
 		p, err := start(fmt.Sprintf("%s%d", role, i), role, env)
 		if p != nil {
 			p.addr = addr
@@ -135,7 +173,7 @@ func run(c config) error {
 	if err := os.WriteFile(caddyfile, []byte(fmt.Sprintf(gatewayConfig, c.listen)), 0o644); err != nil {
 		return err
 	}
-	if _, err := start("gateway", "caddy", []string{"MC_MEDIA_DIR=" + media},
+	if _, err := start("gateway", "caddy", append([]string{"MC_MEDIA_DIR=" + media}, gatewayEnv...),
 		"run", "--config", caddyfile, "--adapter", "caddyfile"); err != nil {
 		return err
 	}
@@ -153,12 +191,12 @@ multiconnect is up in %v: the REST API is http://%s
   then, with the token it returns:
     curl -s -H "Authorization: Bearer $TOKEN" http://%[2]s/v1/health
 
-  simulated network API: http://%s/v1/connections
+  %s
   logs:                  %s/*.log
   database:              %s
 
 Ctrl-C stops everything.
-`, time.Since(started).Round(100*time.Millisecond), c.listen, simHTTP, logs, dbDescription(db))
+`, time.Since(started).Round(100*time.Millisecond), c.listen, networkDescription(c, simHTTP, graphURL), logs, dbDescription(db))
 	// Stay up until interrupted; report a process that dies by itself.
 	died := make(chan *proc, len(procs))
 	for _, p := range procs {
@@ -251,6 +289,13 @@ func served(m *shardmap.Map) bool {
 		}
 	}
 	return len(m.Entries) > 0
+}
+
+func networkDescription(c config, simHTTP, graphURL string) string {
+	if c.transport == "cloudapi" {
+		return fmt.Sprintf("Graph API test server: %s/_test/state (webhooks to http://%s/cloudapi/webhook)", graphURL, c.listen)
+	}
+	return "simulated network API: http://" + simHTTP + "/v1/connections"
 }
 
 func dbDescription(db *privatedb.Server) string {

@@ -320,6 +320,15 @@ var Migrations = []Migration{
 			UNIQUE KEY cloudapi_messages_wamid (wamid),
 			KEY cloudapi_messages_state (state, last_at)
 		) ENGINE=InnoDB`,
+		// The Cloud media id of each of our uploads that a message sent
+		// (POST /{phone-number-id}/media), so the next sends name it
+		// without uploading again; used for less than the 30 days Meta
+		// keeps an upload (uploaded_at).
+		`CREATE TABLE IF NOT EXISTS cloudapi_media (
+			media_id VARCHAR(64) NOT NULL PRIMARY KEY,
+			cloud_id VARCHAR(191) NOT NULL,
+			uploaded_at DATETIME(6) NOT NULL
+		) ENGINE=InnoDB`,
 	}},
 }
 

@@ -56,7 +56,10 @@ type Application struct {
 	// Default messages true, media false, as in the original.
 	GarbageCollector GarbageCollector `json:"garbagecollector_enable"`
 	// Media.AutoDownload lists the inbound media types the original fetched
-	// ahead of a request. Kept for compatibility: the simulated network's
+	// ahead of a request. On the Cloud API, an inbound medium of a listed
+	// type is fetched into the media directory before its callback is
+	// stored, so GET /v1/media/{id} serves it (another type is fetched
+	// when GET /v1/media/{id} asks for it); the simulated network's
 	// inbound media carry links, so there is nothing to fetch. Default all.
 	Media MediaSettings `json:"media"`
 	// NotifyUserChangeNumber and ShowSecurityNotifications switched the

@@ -49,3 +49,21 @@ const (
 	// Body: empty. Result: Stickerpacks.
 	OpStickerpacks = "stickerpacks"
 )
+
+// Ops on media held by the network (types in media.go). Neither needs a
+// shard connection. A network whose messages carry media as links (the
+// simulated network) answers ErrUnsupported, and the coreapp then has
+// nothing to fetch or to delete there.
+const (
+	// OpMediaDownload fetches an inbound message's media from the network.
+	// Body: MediaRef (the id an inbound message named). Result:
+	// MediaContent. ErrNoSuchItem: the network has no such media (or no
+	// longer: networks keep media for a limited time); ErrInvalidValue:
+	// the media is larger than MaxMediaContent.
+	OpMediaDownload = "media.download"
+	// OpMediaDelete tells the network that the API deleted one of its
+	// uploads (DELETE /v1/media/{id}): the network drops the copy it took
+	// to send it, if it took one. Body: MediaRef (the API's media id).
+	// Result: empty.
+	OpMediaDelete = "media.delete"
+)

@@ -1,5 +1,10 @@
 package transport
 
+import (
+	"encoding/json"
+	"strings"
+)
+
 // Statuses a network may report beyond the four every network sends (see
 // StatusSent): the original's `deleted` (the recipient deleted the message)
 // and `warning` (sent, with something to know, such as catalog items left
@@ -53,4 +58,27 @@ type StatusError struct {
 	Code    int    `json:"code"`
 	Title   string `json:"title"`
 	Details string `json:"details,omitempty"`
+}
+
+// sendErrorPrefix marks a SendResult.Error that carries the original's
+// error for the failed status (see SendError).
+const sendErrorPrefix = "status-error:"
+
+// SendError writes e as a SendResult.Error: the coreapp puts e itself in
+// the message's failed status instead of the generic 1000, so a network
+// that knows why a message failed (the Cloud API's codes mapped to the
+// original's) tells the user's webhook.
+func SendError(e StatusError) string {
+	b, _ := json.Marshal(e)
+	return sendErrorPrefix + string(b)
+}
+
+// ParseSendError reads what SendError wrote; false for any other text.
+func ParseSendError(s string) (StatusError, bool) {
+	var e StatusError
+	rest, ok := strings.CutPrefix(s, sendErrorPrefix)
+	if !ok || json.Unmarshal([]byte(rest), &e) != nil || e.Code == 0 {
+		return StatusError{}, false
+	}
+	return e, true
 }
