@@ -101,6 +101,8 @@ type Transport struct {
 	claimFirstConn int64
 	// layout is the newest shard count the coreapp told.
 	layout transport.Layout
+	// redeliverAfter: see defaultRedeliverAfter (tests shorten it).
+	redeliverAfter time.Duration
 	// acked is the highest seq the coreapp acknowledged on the claim, by
 	// shard (flow control and redelivery after a stall).
 	acked map[int]uint64
@@ -125,7 +127,7 @@ func New(cfg Config, o Options) *Transport {
 	t := &Transport{
 		cfg: cfg, log: log, db: o.DB,
 		graph: graph.New(graph.Config{BaseURL: cfg.BaseURL, Version: cfg.GraphVersion, PhoneNumberID: cfg.PhoneNumberID, AccessToken: cfg.AccessToken}),
-		acked: map[int]uint64{},
+		acked: map[int]uint64{}, redeliverAfter: defaultRedeliverAfter,
 	}
 	t.sender, t.inbound = o.Sender, o.Inbound
 	if t.inbound == nil && o.DB != nil {
