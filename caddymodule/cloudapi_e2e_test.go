@@ -261,6 +261,29 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 			}
 		}()
 	}
+	// Inbound messages keep coming from contacts of both shards meanwhile.
+	var injected []string
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			var in struct {
+				ID string `json:"id"`
+			}
+			from := recipientFor(t, n%2, 2, 300+n%4)
+			if err := cl.GraphDo("POST", "/_test/inbound", map[string]any{"from": from, "name": "Bo", "type": "text",
+				"content": map[string]string{"body": fmt.Sprintf("inbound %d", n)}}, &in); err == nil {
+				mu.Lock()
+				injected = append(injected, in.ID)
+				mu.Unlock()
+			}
+		}
+	}()
 	time.Sleep(1500 * time.Millisecond)
 	victim.Signal(syscall.SIGKILL)
 	killedAt := time.Now()
@@ -327,5 +350,27 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 	if v := cl.GraphViolations(); v.Count != 0 {
 		t.Errorf("two senders for one shard: %+v", v)
 	}
-	t.Logf("%d messages accepted under load, all taken once and in order; %d requests recorded", total, len(gs.Requests))
+	cl.Eventually(90*time.Second, fmt.Sprintf("%d inbound messages and the read statuses of %d sends at the user's webhook", len(injected), total), func() error {
+		hook.mu.Lock()
+		defer hook.mu.Unlock()
+		for _, id := range injected {
+			if _, ok := hook.inbound[id]; !ok {
+				return fmt.Errorf("inbound %s not delivered", id)
+			}
+		}
+		for _, l := range accepted {
+			for _, id := range l {
+				ok := false
+				for _, st := range hook.statuses[id] {
+					ok = ok || st == "read"
+				}
+				if !ok {
+					return fmt.Errorf("no read status for %s (has %v)", id, hook.statuses[id])
+				}
+			}
+		}
+		return nil
+	})
+	t.Logf("%d messages accepted under load, all taken once and in order, each read status at the webhook; %d inbound messages delivered; %d requests recorded",
+		total, len(injected), len(gs.Requests))
 }
