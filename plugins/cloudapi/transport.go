@@ -265,7 +265,7 @@ func Open(cfg Config, o Options) (*Transport, error) {
 	}
 	dc := cfg.Delivery
 	dc.Log = t.log
-	t.store = delivery.SQLStore{DB: o.DB}
+	t.store = delivery.NewSQLStore(o.DB)
 	t.engine = delivery.NewEngine(dc, poster{t}, t.store)
 	t.sender = t.engine
 	return t, nil

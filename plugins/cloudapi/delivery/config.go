@@ -81,7 +81,8 @@ type Config struct {
 	// TokenRetry is how often a stopped token (190) is tried again.
 	TokenRetry time.Duration
 	// Concurrency bounds the requests in flight (different recipients;
-	// one recipient's are always one at a time, in order).
+	// one recipient's are always one at a time, in order). Default: half
+	// the throughput, at least 16 (64 when unlimited).
 	Concurrency int
 
 	Log *slog.Logger
@@ -116,7 +117,16 @@ func (c Config) withDefaults() Config {
 		c.Retries = DefaultRetries
 	}
 	if c.Concurrency <= 0 {
+		// Little's law: requests in flight = rate × latency. The Graph
+		// API answers in 0.1 to 0.5 s, so the number's limit needs up to
+		// half of it in flight (80/s: 40); unlimited gets 64.
 		c.Concurrency = DefaultConcurrency
+		switch {
+		case c.Unlimited || c.Throughput <= 0:
+			c.Concurrency = 64
+		case c.Throughput/2 > c.Concurrency:
+			c.Concurrency = min(c.Throughput/2, 500)
+		}
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()

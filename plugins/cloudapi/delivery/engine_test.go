@@ -565,3 +565,20 @@ func TestStoreDownPostsNothing(t *testing.T) {
 		})
 	}
 }
+
+func TestConcurrencyFollowsThroughput(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want int
+	}{
+		{Config{}, 40}, // 80/s
+		{Config{Throughput: 20}, 16},
+		{Config{Throughput: 1000}, 500},
+		{Config{Unlimited: true}, 64},
+		{Config{Throughput: 1000, Concurrency: 8}, 8},
+	} {
+		if got := c.cfg.withDefaults().Concurrency; got != c.want {
+			t.Errorf("%+v: concurrency %d, want %d", c.cfg, got, c.want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/graphapi"
@@ -68,8 +69,16 @@ type Store interface {
 }
 
 // SQLStore is Store on the cluster's MySQL: tables cloudapi_messages
-// (ours) and cloudapi_inbound (the webhook's, read only).
-type SQLStore struct{ DB *sql.DB }
+// (ours) and cloudapi_inbound (the webhook's, read only). Made with
+// NewSQLStore, it commits the records of concurrent requests together
+// (see writer); a literal SQLStore{DB: db} writes each alone.
+type SQLStore struct {
+	DB *sql.DB
+	w  *writer
+}
+
+// NewSQLStore returns a store on db that groups concurrent writes.
+func NewSQLStore(db *sql.DB) SQLStore { return SQLStore{DB: db, w: &writer{db: db}} }
 
 // Load implements Store.
 func (s SQLStore) Load(ctx context.Context, ids []string) (map[string]Record, error) {
@@ -113,13 +122,7 @@ func (s SQLStore) Load(ctx context.Context, ids []string) (map[string]Record, er
 
 // Begin implements Store.
 func (s SQLStore) Begin(ctx context.Context, m Outgoing, node string, at time.Time) error {
-	_, err := s.DB.ExecContext(ctx, `INSERT INTO cloudapi_messages
-			(id, recipient, state, attempts, node, first_at, last_at)
-		VALUES (?, ?, ?, 1, ?, ?, ?)
-		ON DUPLICATE KEY UPDATE state = VALUES(state), attempts = attempts + 1,
-			node = VALUES(node), last_at = VALUES(last_at)`,
-		m.ID, m.To, StateSending, node, at.UTC(), at.UTC())
-	if err != nil {
+	if err := s.write(ctx, record{begin: true, id: m.ID, to: m.To, state: StateSending, node: node, at: at.UTC()}); err != nil {
 		return fmt.Errorf("record send attempt of %s: %w", m.ID, err)
 	}
 	return nil
@@ -127,21 +130,131 @@ func (s SQLStore) Begin(ctx context.Context, m Outgoing, node string, at time.Ti
 
 // Finish implements Store.
 func (s SQLStore) Finish(ctx context.Context, id string, st State, wamid string, gerr *graphapi.Error, at time.Time) error {
-	var w, e any
+	r := record{id: id, state: st, at: at.UTC()}
 	if wamid != "" {
-		w = wamid
+		r.wamid = wamid
 	}
 	if gerr != nil {
 		b, _ := json.Marshal(storedError{*gerr, gerr.HTTPStatus})
-		e = string(b)
+		r.err = string(b)
 	}
-	_, err := s.DB.ExecContext(ctx, `UPDATE cloudapi_messages
-		SET state = ?, wamid = COALESCE(?, wamid), error = ?, last_at = ? WHERE id = ?`,
-		st, w, e, at.UTC(), id)
-	if err != nil {
+	if err := s.write(ctx, r); err != nil {
 		return fmt.Errorf("record outcome %s of %s: %w", st, id, err)
 	}
 	return nil
+}
+
+// record is one write to cloudapi_messages: an attempt (begin) or its
+// outcome.
+type record struct {
+	begin      bool
+	id, to     string
+	state      State
+	node       string
+	wamid, err any // NULL when nil
+	at         time.Time
+	done       chan error
+}
+
+func (s SQLStore) write(ctx context.Context, r record) error {
+	if s.w == nil {
+		return writeRecords(ctx, s.DB, []record{r})
+	}
+	return s.w.write(r)
+}
+
+// writer is a group commit: with 16 requests in flight, two commits per
+// message (the attempt before the request, the wamid after) made MySQL
+// the engine's limit. A write that finds another one committing queues
+// behind it; when that commit ends, the first queued write commits
+// everything queued in one transaction (and hands on in turn, so no
+// request waits on others' commits longer than one batch). Each write
+// returns only once its own record is committed.
+type writer struct {
+	db       *sql.DB
+	mu       sync.Mutex
+	queue    []record
+	flushing bool
+}
+
+// errLead tells a queued write that it commits the next batch.
+var errLead = errors.New("delivery: lead the next commit")
+
+func (w *writer) write(r record) error {
+	r.done = make(chan error, 1)
+	w.mu.Lock()
+	w.queue = append(w.queue, r)
+	if w.flushing {
+		w.mu.Unlock()
+		// No giving up on the context: a write handed the lead must
+		// take it. The wait is bounded: a batch has 10 s at most.
+		if err := <-r.done; err != errLead {
+			return err
+		}
+	} else {
+		w.flushing = true
+		w.mu.Unlock()
+	}
+	w.mu.Lock()
+	batch := w.queue
+	w.queue = nil
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := writeRecords(ctx, w.db, batch)
+	cancel()
+	for _, b := range batch {
+		if b.done != r.done {
+			b.done <- err
+		}
+	}
+	w.mu.Lock()
+	if len(w.queue) > 0 {
+		next := w.queue[0]
+		w.mu.Unlock()
+		next.done <- errLead
+	} else {
+		w.flushing = false
+		w.mu.Unlock()
+	}
+	return err
+}
+
+// writeRecords writes a batch in one transaction: the attempts in one
+// statement, the outcomes in another (rows always exist for outcomes: an
+// attempt or a Load came first).
+func writeRecords(ctx context.Context, db *sql.DB, batch []record) error {
+	var begins, ends []any
+	for _, r := range batch {
+		if r.begin {
+			begins = append(begins, r.id, r.to, r.state, r.node, r.at, r.at)
+		} else {
+			ends = append(ends, r.id, r.state, r.wamid, r.err, r.at, r.at)
+		}
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if n := len(begins) / 6; n > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_messages
+				(id, recipient, state, attempts, node, first_at, last_at)
+			VALUES (?, ?, ?, 1, ?, ?, ?)`+strings.Repeat(", (?, ?, ?, 1, ?, ?, ?)", n-1)+`
+			ON DUPLICATE KEY UPDATE state = VALUES(state), attempts = attempts + 1,
+				node = VALUES(node), last_at = VALUES(last_at)`, begins...); err != nil {
+			return err
+		}
+	}
+	if n := len(ends) / 6; n > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO cloudapi_messages
+				(id, recipient, state, wamid, error, first_at, last_at)
+			VALUES (?, '', ?, ?, ?, ?, ?)`+strings.Repeat(", (?, '', ?, ?, ?, ?, ?)", n-1)+`
+			ON DUPLICATE KEY UPDATE state = VALUES(state), wamid = COALESCE(VALUES(wamid), wamid),
+				error = VALUES(error), last_at = VALUES(last_at)`, ends...); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
 // storedError is the error as stored: the Graph error's own fields, with

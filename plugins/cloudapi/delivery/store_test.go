@@ -3,6 +3,8 @@ package delivery
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,7 +44,7 @@ func addStatus(t testing.TB, db *sql.DB, shard int, seq int64, id, wamid, status
 // outcome nor a sent one.
 func TestSQLStore(t *testing.T) {
 	db := schemaDB(t)
-	s := SQLStore{DB: db}
+	s := NewSQLStore(db)
 	ctx := context.Background()
 	t0 := time.Now().Truncate(time.Microsecond)
 	m := Outgoing{ID: "m1", To: "15550001"}
@@ -99,6 +101,33 @@ func TestSQLStore(t *testing.T) {
 	if err := db.QueryRow(`SELECT wamid, node, attempts FROM cloudapi_messages WHERE id = 'u2'`).Scan(&wamid, &node, &attempts); err != nil || wamid != "wamid.u2" || node != "node-b" || attempts != 1 {
 		t.Fatalf("u2 row: %q %q %d %v", wamid, node, attempts, err)
 	}
+	// Concurrent writes are committed in groups, each one's own values.
+	var wg sync.WaitGroup
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := Outgoing{ID: fmt.Sprintf("g%02d", i), To: fmt.Sprintf("1555%04d", i)}
+			for k := 0; k < 2; k++ {
+				if err := s.Begin(ctx, m, "node-b", time.Now()); err != nil {
+					t.Error(err)
+				}
+			}
+			if err := s.Finish(ctx, m.ID, StateSent, "wamid.g"+m.ID, nil, time.Now()); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	var n int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM cloudapi_messages WHERE id LIKE 'g%' AND state = 'sent'
+		AND wamid = CONCAT('wamid.g', id) AND attempts = 2 AND recipient = CONCAT('1555', LPAD(SUBSTRING(id, 2), 4, '0'))`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 64 {
+		t.Fatalf("%d of 64 concurrent records as written", n)
+	}
+
 	// And once more: both are sent, nothing posted.
 	want(t, send(t, b, ms), "u1=sent u2=sent")
 	if n := len(pb.sent()); n != 1 {
