@@ -125,31 +125,43 @@ func TestCloudAPIAccountOps(t *testing.T) {
 		t.Errorf("DELETE two-step: %s, want 1006 with the reason", b)
 	}
 
-	// An inbound image: graphapid holds it, its webhook names it; the
-	// shard's coreapp fetches it before storing the callback.
+	// inbound has graphapid send the webhook of a contact's message.
+	inbound := func(typ string, content json.RawMessage) string {
+		t.Helper()
+		var sent struct {
+			ID string `json:"id"`
+		}
+		if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: typ, Content: content}, &sent); err != nil {
+			t.Fatal(err)
+		}
+		return sent.ID
+	}
+	// inboundImage has graphapid hold img as Meta holds an inbound medium
+	// and send the webhook of a message naming it: its media id and wamid.
+	inboundImage := func(img []byte) (mediaID, wamid string) {
+		t.Helper()
+		var mi graphtest.MediaInfo
+		resp, err := hc.Post(c.GraphURL+"/_test/media?phone="+CloudPhoneID+"&type=image%2Fjpeg", "image/jpeg", bytes.NewReader(img))
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(resp.Body).Decode(&mi)
+		resp.Body.Close()
+		if mi.ID == "" {
+			t.Fatalf("graphapid took no media: %+v", mi)
+		}
+		sum := sha256.Sum256(img)
+		content, _ := json.Marshal(map[string]string{"id": mi.ID, "mime_type": "image/jpeg", "sha256": hex.EncodeToString(sum[:])})
+		return mi.ID, inbound("image", content)
+	}
+
+	// An inbound image: the shard's coreapp fetches it before storing the
+	// callback.
 	img := append([]byte{0xff, 0xd8, 0xff, 0xe0}, bytes.Repeat([]byte("jpeg"), 500)...)
-	var mi graphtest.MediaInfo
-	req, _ := http.NewRequest("POST", c.GraphURL+"/_test/media?phone="+CloudPhoneID+"&type=image%2Fjpeg", bytes.NewReader(img))
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	json.NewDecoder(resp.Body).Decode(&mi)
-	resp.Body.Close()
-	if mi.ID == "" {
-		t.Fatalf("graphapid took no media: %+v", mi)
-	}
-	sum := sha256.Sum256(img)
-	content, _ := json.Marshal(map[string]string{"id": mi.ID, "mime_type": "image/jpeg", "sha256": hex.EncodeToString(sum[:]), "caption": "look"})
-	var injected struct {
-		ID string `json:"id"`
-	}
-	if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "image", Content: content}, &injected); err != nil {
-		t.Fatal(err)
-	}
+	imgID, imgWamid := inboundImage(img)
 	var got []byte
-	c.Eventually(30*time.Second, "GET /v1/media/"+mi.ID+" serves the inbound image", func() error {
-		st, body := call("GET", "/v1/media/"+mi.ID, "", nil)
+	c.Eventually(30*time.Second, "GET /v1/media/"+imgID+" serves the inbound image", func() error {
+		st, body := call("GET", "/v1/media/"+imgID, "", nil)
 		if st != http.StatusOK {
 			return fmt.Errorf("HTTP %d %s", st, body)
 		}
@@ -157,7 +169,7 @@ func TestCloudAPIAccountOps(t *testing.T) {
 		return nil
 	})
 	if !bytes.Equal(got, img) {
-		t.Errorf("GET /v1/media/%s: %d bytes, want the %d graphapid holds", mi.ID, len(got), len(img))
+		t.Errorf("GET /v1/media/%s: %d bytes, want the %d graphapid holds", imgID, len(got), len(img))
 	}
 
 	// A type auto_download does not list is not fetched ahead, but
@@ -165,48 +177,27 @@ func TestCloudAPIAccountOps(t *testing.T) {
 	c.PatchSettings(`{"media":{"auto_download":["document"]}}`)
 	time.Sleep(time.Second) // every node's settings cache polls every 200 ms
 	img2 := append([]byte{0xff, 0xd8, 0xff, 0xe1}, bytes.Repeat([]byte("later"), 300)...)
-	req, _ = http.NewRequest("POST", c.GraphURL+"/_test/media?phone="+CloudPhoneID+"&type=image%2Fjpeg", bytes.NewReader(img2))
-	resp, err = hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mi2 graphtest.MediaInfo
-	json.NewDecoder(resp.Body).Decode(&mi2)
-	resp.Body.Close()
-	sum = sha256.Sum256(img2)
-	content, _ = json.Marshal(map[string]string{"id": mi2.ID, "mime_type": "image/jpeg", "sha256": hex.EncodeToString(sum[:])})
-	var second struct {
-		ID string `json:"id"`
-	}
-	if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "image", Content: content}, &second); err != nil {
-		t.Fatal(err)
-	}
+	img2ID, img2Wamid := inboundImage(img2)
 	c.Eventually(30*time.Second, "the second image's callback stored", func() error {
 		var n int
-		if err := c.SQL.QueryRow(`SELECT COUNT(*) FROM inbound_messages WHERE id = ?`, second.ID).Scan(&n); err != nil || n != 1 {
+		if err := c.SQL.QueryRow(`SELECT COUNT(*) FROM inbound_messages WHERE id = ?`, img2Wamid).Scan(&n); err != nil || n != 1 {
 			return fmt.Errorf("%d rows, %v", n, err)
 		}
 		return nil
 	})
-	if _, err := os.Stat(filepath.Join(c.Dir, "media", mi2.ID)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(c.Dir, "media", img2ID)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("an image fetched ahead though auto_download lists only documents: %v", err)
 	}
-	st2, got2 := call("GET", "/v1/media/"+mi2.ID, "", nil)
+	st2, got2 := call("GET", "/v1/media/"+img2ID, "", nil)
 	if st2 != http.StatusOK || !bytes.Equal(got2, img2) {
-		t.Errorf("GET /v1/media/%s on request: HTTP %d, %d bytes; want the %d graphapid holds", mi2.ID, st2, len(got2), len(img2))
+		t.Errorf("GET /v1/media/%s on request: HTTP %d, %d bytes; want the %d graphapid holds", img2ID, st2, len(got2), len(img2))
 	}
 
 	// Marked read by its id, the wamid. A wamid is base64: one holding a
 	// '/' (escaped in the path) is marked read too.
-	ids := []string{injected.ID}
+	ids := []string{imgWamid}
 	for i := 0; i < 20 && !strings.Contains(ids[len(ids)-1], "/"); i++ {
-		var more struct {
-			ID string `json:"id"`
-		}
-		if err := c.GraphDo("POST", "/_test/inbound", graphtest.Inbound{From: "4915112345678", Type: "text", Content: json.RawMessage(`{"body":"hi"}`)}, &more); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, more.ID)
+		ids = append(ids, inbound("text", json.RawMessage(`{"body":"hi"}`)))
 	}
 	for _, id := range []string{ids[0], ids[len(ids)-1]} {
 		c.Eventually(30*time.Second, "mark read "+id, func() error {
@@ -248,7 +239,7 @@ func TestCloudAPIAccountOps(t *testing.T) {
 		}
 		var uploads []string
 		for _, m := range st.Media {
-			if m.ID != mi.ID && m.ID != mi2.ID { // not the inbound ones
+			if m.ID != imgID && m.ID != img2ID { // not the inbound ones
 				uploads = append(uploads, m.ID)
 			}
 		}
