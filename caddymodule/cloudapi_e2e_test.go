@@ -76,6 +76,19 @@ func (h *callbackHook) has(id, status string) bool {
 	return false
 }
 
+// createdID is the message id of a 201 to POST /v1/messages.
+func createdID(resp string) string {
+	var doc struct {
+		Messages []struct {
+			ID string `json:"id"`
+		} `json:"messages"`
+	}
+	if json.Unmarshal([]byte(resp), &doc) != nil || len(doc.Messages) != 1 {
+		return ""
+	}
+	return doc.Messages[0].ID
+}
+
 // TestCloudAPIEndToEnd runs the whole cluster on the Cloud API transport:
 // two masters, three coreapps with transport-cloudapi, two shards, the
 // gateway with its /cloudapi/webhook route, MariaDB and the Graph API test
@@ -112,13 +125,7 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 		if st != http.StatusCreated {
 			t.Fatalf("POST /v1/messages %s: HTTP %d %s", body, st, resp)
 		}
-		var doc struct {
-			Messages []struct {
-				ID string `json:"id"`
-			} `json:"messages"`
-		}
-		json.Unmarshal([]byte(resp), &doc)
-		return doc.Messages[0].ID
+		return createdID(resp)
 	}
 
 	// 1. Sends of several types, to recipients of both shards.
@@ -247,14 +254,8 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 				}
 				st, resp := g.do("POST", "/v1/messages", fmt.Sprintf(`{"to":%q,"text":{"body":"load %d"}}`, to, n), jsonHeaders(bearer(token)))
 				if st == http.StatusCreated {
-					var doc struct {
-						Messages []struct {
-							ID string `json:"id"`
-						} `json:"messages"`
-					}
-					json.Unmarshal([]byte(resp), &doc)
 					mu.Lock()
-					accepted[to] = append(accepted[to], doc.Messages[0].ID)
+					accepted[to] = append(accepted[to], createdID(resp))
 					mu.Unlock()
 				}
 				time.Sleep(20 * time.Millisecond)
