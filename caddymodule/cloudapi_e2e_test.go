@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,7 +98,8 @@ func createdID(resp string) string {
 // several types reach it valid; their statuses come back through the
 // gateway's webhook route to the user's webhook as the original's
 // callbacks; an inbound message reaches the user's webhook; mark-as-read
-// reaches the server. Then, under load, the primary coreapp of shard 0 is
+// reaches the server; no secret appears in a log, /v1/support or the
+// stats. Then, under load, the primary coreapp of shard 0 is
 // SIGKILLed and that of shard 1 frozen (SIGSTOP) until replaced, then woken:
 // every accepted message reaches the server once, in order per recipient,
 // and no shard ever has two senders.
@@ -372,6 +374,25 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	// No secret in any node's log, the gateway's, /v1/support or the stats.
+	var docs []string
+	for _, p := range append(append([]*clustertest.Proc{}, cl.Masters...), cl.Coreapps...) {
+		docs = append(docs, p.Name+" log\n"+p.Log())
+	}
+	if b, err := os.ReadFile(g.log); err == nil {
+		docs = append(docs, "gateway log\n"+string(b))
+	}
+	for _, path := range []string{"/v1/support", "/v1/stats/app", "/v1/stats/db", "/v1/health"} {
+		st, body := g.do("GET", path, "", bearer(token))
+		docs = append(docs, fmt.Sprintf("GET %s (HTTP %d)\n%s", path, st, body))
+	}
+	for _, d := range docs {
+		for _, secret := range []string{clustertest.CloudToken, clustertest.CloudAppSecret, clustertest.CloudVerifyToken} {
+			if strings.Contains(d, secret) {
+				t.Errorf("a secret appears in %s", strings.SplitN(d, "\n", 2)[0])
+			}
+		}
+	}
 	t.Logf("%d messages accepted under load, all taken once and in order, each read status at the webhook; %d inbound messages delivered; %d requests recorded",
 		total, len(injected), len(gs.Requests))
 }
