@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,6 +77,19 @@ func (h *callbackHook) has(id, status string) bool {
 	return false
 }
 
+// createdID is the message id of a 201 to POST /v1/messages.
+func createdID(resp string) string {
+	var doc struct {
+		Messages []struct {
+			ID string `json:"id"`
+		} `json:"messages"`
+	}
+	if json.Unmarshal([]byte(resp), &doc) != nil || len(doc.Messages) != 1 {
+		return ""
+	}
+	return doc.Messages[0].ID
+}
+
 // TestCloudAPIEndToEnd runs the whole cluster on the Cloud API transport:
 // two masters, three coreapps with transport-cloudapi, two shards, the
 // gateway with its /cloudapi/webhook route, MariaDB and the Graph API test
@@ -84,7 +98,8 @@ func (h *callbackHook) has(id, status string) bool {
 // several types reach it valid; their statuses come back through the
 // gateway's webhook route to the user's webhook as the original's
 // callbacks; an inbound message reaches the user's webhook; mark-as-read
-// reaches the server. Then, under load, the primary coreapp of shard 0 is
+// reaches the server; no secret appears in a log, /v1/support or the
+// stats. Then, under load, the primary coreapp of shard 0 is
 // SIGKILLed and that of shard 1 frozen (SIGSTOP) until replaced, then woken:
 // every accepted message reaches the server once, in order per recipient,
 // and no shard ever has two senders.
@@ -112,13 +127,7 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 		if st != http.StatusCreated {
 			t.Fatalf("POST /v1/messages %s: HTTP %d %s", body, st, resp)
 		}
-		var doc struct {
-			Messages []struct {
-				ID string `json:"id"`
-			} `json:"messages"`
-		}
-		json.Unmarshal([]byte(resp), &doc)
-		return doc.Messages[0].ID
+		return createdID(resp)
 	}
 
 	// 1. Sends of several types, to recipients of both shards.
@@ -247,20 +256,37 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 				}
 				st, resp := g.do("POST", "/v1/messages", fmt.Sprintf(`{"to":%q,"text":{"body":"load %d"}}`, to, n), jsonHeaders(bearer(token)))
 				if st == http.StatusCreated {
-					var doc struct {
-						Messages []struct {
-							ID string `json:"id"`
-						} `json:"messages"`
-					}
-					json.Unmarshal([]byte(resp), &doc)
 					mu.Lock()
-					accepted[to] = append(accepted[to], doc.Messages[0].ID)
+					accepted[to] = append(accepted[to], createdID(resp))
 					mu.Unlock()
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
 		}()
 	}
+	// Inbound messages keep coming from contacts of both shards meanwhile.
+	var injected []string
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			var in struct {
+				ID string `json:"id"`
+			}
+			from := recipientFor(t, n%2, 2, 300+n%4)
+			if err := cl.GraphDo("POST", "/_test/inbound", map[string]any{"from": from, "name": "Bo", "type": "text",
+				"content": map[string]string{"body": fmt.Sprintf("inbound %d", n)}}, &in); err == nil {
+				mu.Lock()
+				injected = append(injected, in.ID)
+				mu.Unlock()
+			}
+		}
+	}()
 	time.Sleep(1500 * time.Millisecond)
 	victim.Signal(syscall.SIGKILL)
 	killedAt := time.Now()
@@ -327,5 +353,46 @@ func TestCloudAPIEndToEnd(t *testing.T) {
 	if v := cl.GraphViolations(); v.Count != 0 {
 		t.Errorf("two senders for one shard: %+v", v)
 	}
-	t.Logf("%d messages accepted under load, all taken once and in order; %d requests recorded", total, len(gs.Requests))
+	cl.Eventually(90*time.Second, fmt.Sprintf("%d inbound messages and the read statuses of %d sends at the user's webhook", len(injected), total), func() error {
+		hook.mu.Lock()
+		defer hook.mu.Unlock()
+		for _, id := range injected {
+			if _, ok := hook.inbound[id]; !ok {
+				return fmt.Errorf("inbound %s not delivered", id)
+			}
+		}
+		for _, l := range accepted {
+			for _, id := range l {
+				ok := false
+				for _, st := range hook.statuses[id] {
+					ok = ok || st == "read"
+				}
+				if !ok {
+					return fmt.Errorf("no read status for %s (has %v)", id, hook.statuses[id])
+				}
+			}
+		}
+		return nil
+	})
+	// No secret in any node's log, the gateway's, /v1/support or the stats.
+	var docs []string
+	for _, p := range append(append([]*clustertest.Proc{}, cl.Masters...), cl.Coreapps...) {
+		docs = append(docs, p.Name+" log\n"+p.Log())
+	}
+	if b, err := os.ReadFile(g.log); err == nil {
+		docs = append(docs, "gateway log\n"+string(b))
+	}
+	for _, path := range []string{"/v1/support", "/v1/stats/app", "/v1/stats/db", "/v1/health"} {
+		st, body := g.do("GET", path, "", bearer(token))
+		docs = append(docs, fmt.Sprintf("GET %s (HTTP %d)\n%s", path, st, body))
+	}
+	for _, d := range docs {
+		for _, secret := range []string{clustertest.CloudToken, clustertest.CloudAppSecret, clustertest.CloudVerifyToken} {
+			if strings.Contains(d, secret) {
+				t.Errorf("a secret appears in %s", strings.SplitN(d, "\n", 2)[0])
+			}
+		}
+	}
+	t.Logf("%d messages accepted under load, all taken once and in order, each read status at the webhook; %d inbound messages delivered; %d requests recorded",
+		total, len(injected), len(gs.Requests))
 }

@@ -28,6 +28,12 @@ const (
 	// GatewayPool serves the gateway's logins, tokens, users and shard map.
 	GatewayPool = 16
 
+	// CloudAPIPluginPool serves the Cloud API transport plugin of a node
+	// that runs it (MC_TRANSPORT=transport-cloudapi): its send records,
+	// media ids and the polling of its shard's inbound webhook rows.
+	// Not in Budget: a layout on the simulated network opens none.
+	CloudAPIPluginPool = 4
+
 	// DefaultPool is the size of a pool opened without MaxOpen.
 	DefaultPool = 16
 )

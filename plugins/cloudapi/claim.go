@@ -32,7 +32,10 @@ func (t *Transport) Connect(_ context.Context, req transport.ConnectRequest) err
 	if t.connected {
 		t.log.Info("claim replaced", "shard", t.claim.Shard, "epoch", t.claim.Epoch, "by_shard", req.Shard, "by_epoch", req.Epoch)
 	}
-	t.claim = Claim{Shard: req.Shard, Epoch: req.Epoch, Node: req.Node, Deadline: req.Deadline, Conn: t.newConnLocked()}
+	t.endClaimLocked()
+	done, end := context.WithCancel(context.Background())
+	t.claim = Claim{Shard: req.Shard, Epoch: req.Epoch, Node: req.Node, Deadline: req.Deadline, Conn: t.newConnLocked(), done: done}
+	t.endClaim = end
 	t.claimFirstConn = t.claim.Conn
 	t.learnLayoutLocked(req.Shard, req.Layout)
 	t.connected, t.lastErr = true, ""
@@ -66,6 +69,7 @@ func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64, layo
 	}
 	if transport.Until(deadline) <= 0 {
 		t.connected, t.lastErr = false, "deadline moved into the past"
+		t.endClaimLocked()
 		return fmt.Errorf("extend epoch %d: new deadline is in the past: %w", epoch, transport.ErrDeadlinePassed)
 	}
 	t.claim.Deadline = deadline
@@ -94,7 +98,18 @@ func (t *Transport) Disconnect(context.Context) error {
 		t.log.Info("claim given up", "shard", t.claim.Shard, "epoch", t.claim.Epoch)
 	}
 	t.connected, t.lastErr = false, "disconnected"
+	t.endClaimLocked()
 	return nil
+}
+
+// endClaimLocked cuts the requests still in flight under the claim: after
+// Disconnect (or a replaced or lapsed claim) nothing more of it reaches the
+// network.
+func (t *Transport) endClaimLocked() {
+	if t.endClaim != nil {
+		t.endClaim()
+		t.endClaim = nil
+	}
 }
 
 // Close gives the claim up; the plugin's main calls it when the host leaves.

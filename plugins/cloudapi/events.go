@@ -25,11 +25,11 @@ const (
 	// window is how many events may be pushed and not yet acknowledged
 	// (flow control: a coreapp that stops acknowledging stops receiving).
 	window = 2000
-	// redeliverAfter: pushed events left unacknowledged this long (the
-	// coreapp's cursor stopped at a gap or a failed store) are pushed
-	// again from the oldest under a new Conn, as the next connection of a
-	// connected network would.
-	redeliverAfter = 10 * time.Second
+	// defaultRedeliverAfter: pushed events left unacknowledged this long
+	// (the coreapp's cursor stopped at a gap or a failed store) are
+	// pushed again from the oldest under a new Conn, as the next
+	// connection of a connected network would.
+	defaultRedeliverAfter = 10 * time.Second
 )
 
 // dbReader is the InboundReader on the cluster's database.
@@ -81,7 +81,7 @@ func (t *Transport) poll(ctx context.Context, ch chan<- transport.Event) {
 		if acked != lastAcked {
 			lastAcked, since = acked, time.Now()
 		}
-		if c.Conn == conn && after > acked && time.Since(since) > redeliverAfter {
+		if c.Conn == conn && after > acked && time.Since(since) > t.redeliverAfter {
 			// Nothing acknowledged for a while: start over from the
 			// oldest unacknowledged, under a new Conn, so the coreapp's
 			// cursor starts over too.

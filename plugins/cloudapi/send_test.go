@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -323,5 +324,64 @@ func TestEventsFromTheWebhookRows(t *testing.T) {
 	case e := <-ch:
 		t.Errorf("an event while not connected: %+v", e)
 	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestEventsPushedAgainWhenNotAcknowledged: events the coreapp does not
+// acknowledge (its cursor stopped) come again from the oldest under a new
+// Conn; an Ack from the earlier Conn of the same claim still counts.
+func TestEventsPushedAgainWhenNotAcknowledged(t *testing.T) {
+	r := newLiveRig(t)
+	r.tr.redeliverAfter = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var recs []inbound.Record
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("wamid.R%d", i)
+		recs = append(recs, inbound.Record{Event: transport.Event{Kind: transport.EventInbound, MessageID: id, Recipient: "15550100001",
+			Timestamp: time.Now().Unix(), Payload: []byte(`{}`)}, DedupeKey: id})
+	}
+	if _, err := inbound.Store(ctx, r.db, map[int][]inbound.Record{0: recs}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := r.tr.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() transport.Event {
+		select {
+		case e := <-ch:
+			return e
+		case <-ctx.Done():
+			t.Fatal("no event")
+		}
+		return transport.Event{}
+	}
+	a1, a2, a3 := next(), next(), next()
+	if a1.Seq != 1 || a3.Seq != 3 || a1.Conn != a3.Conn {
+		t.Fatalf("first push: %+v %+v %+v", a1, a2, a3)
+	}
+	if err := r.tr.Ack(ctx, 0, a1.Conn, 1); err != nil {
+		t.Fatal(err)
+	}
+	// 2 and 3 stay unacknowledged: they come again, under a new Conn.
+	b2, b3 := next(), next()
+	if b2.Seq != 2 || b3.Seq != 3 || b2.Conn <= a1.Conn || b2.Conn != b3.Conn {
+		t.Fatalf("second push: %+v %+v (first conn %d)", b2, b3, a1.Conn)
+	}
+	if err := r.tr.Ack(ctx, 0, a1.Conn, 3); err != nil {
+		t.Errorf("an Ack from the claim's earlier Conn: %v", err)
+	}
+	var left int
+	r.db.QueryRow(`SELECT COUNT(*) FROM cloudapi_inbound WHERE acked = 0`).Scan(&left)
+	if left != 0 {
+		t.Errorf("%d rows unacknowledged", left)
+	}
+	// A new claim's events are not acknowledged with an older claim's Conn.
+	if err := r.tr.Connect(ctx, transport.ConnectRequest{Shard: 0, Epoch: 4, Node: "core1", Deadline: transport.MonoNow() + int64(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.tr.Ack(ctx, 0, b3.Conn, 3); !errors.Is(err, transport.ErrNotConnected) {
+		t.Errorf("an Ack from the previous claim: %v, want ErrNotConnected", err)
 	}
 }

@@ -45,6 +45,8 @@ type Claim struct {
 	// (transport.Event.Conn); a new claim, or a redelivery after
 	// acknowledgements stopped, takes a new one.
 	Conn int64
+	// done ends when the claim does (Disconnect, replaced, lapsed).
+	done context.Context
 }
 
 // sender names the claim in a request's headers.
@@ -52,10 +54,15 @@ func (c Claim) sender() graph.Sender {
 	return graph.Sender{Node: c.Node, Shard: c.Shard, Epoch: c.Epoch}
 }
 
-// bound returns ctx ended at the claim's deadline: a request started
-// under the claim cannot outlive it.
+// bound returns ctx ended at the claim's deadline, or sooner when the
+// claim ends: a request started under the claim cannot outlive it.
 func (c Claim) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithDeadline(ctx, time.Now().Add(transport.Until(c.Deadline)))
+	rctx, cancel := context.WithDeadline(ctx, time.Now().Add(transport.Until(c.Deadline)))
+	if c.done == nil {
+		return rctx, cancel
+	}
+	stop := context.AfterFunc(c.done, cancel)
+	return rctx, func() { stop(); cancel() }
 }
 
 // InboundReader reads the shard's rows of cloudapi_inbound, which the
@@ -99,8 +106,12 @@ type Transport struct {
 	// claimFirstConn is the first Conn of the current claim: Ack takes
 	// any of the claim's Conns.
 	claimFirstConn int64
+	// endClaim ends the current claim's done context.
+	endClaim context.CancelFunc
 	// layout is the newest shard count the coreapp told.
 	layout transport.Layout
+	// redeliverAfter: see defaultRedeliverAfter (tests shorten it).
+	redeliverAfter time.Duration
 	// acked is the highest seq the coreapp acknowledged on the claim, by
 	// shard (flow control and redelivery after a stall).
 	acked map[int]uint64
@@ -125,7 +136,7 @@ func New(cfg Config, o Options) *Transport {
 	t := &Transport{
 		cfg: cfg, log: log, db: o.DB,
 		graph: graph.New(graph.Config{BaseURL: cfg.BaseURL, Version: cfg.GraphVersion, PhoneNumberID: cfg.PhoneNumberID, AccessToken: cfg.AccessToken}),
-		acked: map[int]uint64{},
+		acked: map[int]uint64{}, redeliverAfter: defaultRedeliverAfter,
 	}
 	t.sender, t.inbound = o.Sender, o.Inbound
 	if t.inbound == nil && o.DB != nil {
@@ -165,6 +176,7 @@ func (t *Transport) currentLocked() (Claim, error) {
 	}
 	if transport.Until(t.claim.Deadline) <= 0 {
 		t.connected, t.lastErr = false, "claim deadline reached"
+		t.endClaimLocked()
 		t.log.Warn("claim deadline reached: no more requests for the shard", "shard", t.claim.Shard, "epoch", t.claim.Epoch)
 		return Claim{}, transport.ErrDeadlinePassed
 	}

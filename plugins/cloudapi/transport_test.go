@@ -202,6 +202,39 @@ func TestRequestEndsAtTheDeadline(t *testing.T) {
 	}
 }
 
+// TestDisconnectCutsRequestsInFlight: after Disconnect returns, a request
+// started before it is not left running.
+func TestDisconnectCutsRequestsInFlight(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	arrived := make(chan struct{}, 1)
+	tr, _ := newTestTransport(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	ctx := context.Background()
+	if err := tr.Connect(ctx, transport.ConnectRequest{Shard: 0, Epoch: 1, Node: "n1", Deadline: transport.MonoNow() + int64(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tr.Do(ctx, "POST", "/x", "application/json", []byte(`{}`), nil) }()
+	<-arrived
+	if err := tr.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("the request in flight succeeded after Disconnect")
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a request in flight outlived Disconnect")
+	}
+}
+
 // TestTokenErrorInHealth: code 190 from any request shows in Health until a
 // request is accepted again; the token itself never does.
 func TestTokenErrorInHealth(t *testing.T) {

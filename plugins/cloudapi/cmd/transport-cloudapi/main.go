@@ -28,10 +28,6 @@ import (
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
-// dbPool bounds the plugin's MySQL connections: a few statements per send
-// and one poll of the inbound rows every 100 ms.
-const dbPool = 8
-
 func main() {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cmp.Or(os.Getenv("MC_CLOUDAPI_LOG_LEVEL"), "info"))); err != nil {
@@ -50,7 +46,9 @@ func main() {
 		log.Error("transport-cloudapi cannot start: database configuration", "err", err)
 		os.Exit(2)
 	}
-	dbc.MaxOpen = dbPool
+	// A few statements per send and one poll of the inbound rows every
+	// 100 ms: a small pool, counted in the cluster's connection budget.
+	dbc.MaxOpen = database.CloudAPIPluginPool
 	ctx, cancel := context.WithTimeout(context.Background(), dbc.Wait+5*time.Second)
 	db, err := database.Open(ctx, dbc)
 	cancel()
