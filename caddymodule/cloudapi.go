@@ -127,13 +127,10 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	for _, e := range tr.Errors {
 		g.log.Warn("cloudapi webhook: Meta reports an error", zap.Int("code", e.Code), zap.String("title", e.Title), zap.String("message", e.Message))
 	}
-	byShard, err := inbound.ByShard(tr.Records, m.Shards)
-	if err != nil {
-		g.view.metrics.cloudAPI.WithLabelValues("failed").Inc()
-		writeError(w, http.StatusInternalServerError, apierror.GenericError, err.Error())
-		return
-	}
-	added, err := inbound.Store(ctx, db, byShard)
+	// The contact's shard is computed under the count the store reads in
+	// its own transaction, not the cached map's, which can be stale across
+	// a re-shard.
+	added, err := inbound.StoreForContacts(ctx, db, tr.Records)
 	if err != nil {
 		// Nothing of it is stored (one transaction): Meta sends it again.
 		g.log.Error("cloudapi webhook: storing failed; Meta will retry", zap.Error(err))

@@ -24,11 +24,12 @@ type callbackHook struct {
 	statuses map[string][]string // our message id -> statuses in arrival order
 	errors   map[string][]int    // our message id -> error codes of failed statuses
 	inbound  map[string]string   // wamid -> text body
+	from     map[string][]string // contact -> text bodies of its inbound messages in arrival order
 	url      string
 }
 
 func startCallbackHook(t *testing.T) *callbackHook {
-	h := &callbackHook{statuses: map[string][]string{}, errors: map[string][]int{}, inbound: map[string]string{}}
+	h := &callbackHook{statuses: map[string][]string{}, errors: map[string][]int{}, inbound: map[string]string{}, from: map[string][]string{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		var doc struct {
@@ -57,6 +58,7 @@ func startCallbackHook(t *testing.T) *callbackHook {
 		}
 		for _, m := range doc.Messages {
 			h.inbound[m.ID] = m.Text.Body
+			h.from[m.From] = append(h.from[m.From], m.Text.Body)
 		}
 		h.mu.Unlock()
 		w.WriteHeader(http.StatusOK)

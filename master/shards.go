@@ -17,6 +17,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
+	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 )
 
 // errTooFewCoreapps refuses a shard count the cluster cannot serve.
@@ -115,6 +116,9 @@ func (m *Master) healthyCoreapps() int {
 //     and it steps down. The row keeps its epoch and a connect_after past
 //     the old claim and keepalive, so a later holder of that shard id
 //     connects at a higher epoch and never beside the old one;
+//   - unacknowledged Cloud API inbound events move to their contact's new
+//     shard's stream, leaving moved rows in their old places
+//     (inbound.RelayoutTx);
 //   - new shards get rows (or their old ones back, unassigned), which the
 //     monitor fills with warm secondaries like any unassigned shard.
 func (m *Master) reshard(ctx context.Context, n int) (int, error) {
@@ -176,6 +180,13 @@ func (m *Master) reshardTx(ctx context.Context, n int) (int, error) {
 			return fmt.Errorf("reshard: %w", err)
 		}
 		if err := moveUndelivered(ctx, tx, n); err != nil {
+			return fmt.Errorf("reshard: %w", err)
+		}
+		// The Cloud API transport's unacknowledged inbound webhooks move
+		// the same way (empty under the simulated network). The gateway
+		// stores them under the count it reads share-locking the cluster
+		// row held here, so none is stored under the old count after this.
+		if _, err := inbound.RelayoutTx(ctx, tx, n); err != nil {
 			return fmt.Errorf("reshard: %w", err)
 		}
 		return cluster.BumpMap(ctx, tx)

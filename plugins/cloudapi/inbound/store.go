@@ -56,21 +56,65 @@ func Store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (added int
 }
 
 func store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (int, error) {
+	return inTx(ctx, db, func(tx *sql.Tx) (int, error) { return storeTx(ctx, tx, byShard) })
+}
+
+// StoreForContacts stores recs (in the order Meta sent them) each in the
+// stream of its contact's shard, as Store does, with the shard count read in
+// the same transaction under a share lock of the cluster row. The master's
+// re-shard holds that row for update while it changes the count and moves
+// the unacknowledged rows (RelayoutTx), so a row is stored either before
+// the re-shard, and moved by it, or after it, under the new count: never
+// under a count the re-shard already replaced, whatever shard map the
+// gateway has cached.
+func StoreForContacts(ctx context.Context, db *sql.DB, recs []Record) (added int, err error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	for attempt := 0; ; attempt++ {
+		added, err = inTx(ctx, db, func(tx *sql.Tx) (int, error) {
+			var shards int
+			if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1 LOCK IN SHARE MODE`).Scan(&shards); err != nil {
+				return 0, fmt.Errorf("store inbound events: read the shard count: %w", err)
+			}
+			byShard, err := ByShard(recs, shards)
+			if err != nil {
+				return 0, fmt.Errorf("store inbound events: %w", err)
+			}
+			return storeTx(ctx, tx, byShard)
+		})
+		if err == nil || attempt == 2 || !database.Deadlock(err) {
+			return added, err
+		}
+	}
+}
+
+// inTx runs fn in a transaction and commits it if fn succeeds.
+func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) (int, error)) (int, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("store inbound events: begin: %w", err)
+	}
+	defer tx.Rollback()
+	n, err := fn(tx)
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("store inbound events: commit: %w", err)
+	}
+	return n, nil
+}
+
+// storeTx is Store's work within tx.
+func storeTx(ctx context.Context, tx *sql.Tx, byShard map[int][]Record) (int, error) {
 	shards := make([]int, 0, len(byShard))
 	for s, recs := range byShard {
 		if len(recs) > 0 {
 			shards = append(shards, s)
 		}
 	}
-	if len(shards) == 0 {
-		return 0, nil
-	}
 	slices.Sort(shards)
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, fmt.Errorf("store inbound events: begin: %w", err)
-	}
-	defer tx.Rollback()
 	added := 0
 	for _, s := range shards {
 		n, err := storeShard(ctx, tx, s, byShard[s])
@@ -78,9 +122,6 @@ func store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (int, erro
 			return 0, fmt.Errorf("store inbound events of shard %d: %w", s, err)
 		}
 		added += n
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("store inbound events: commit: %w", err)
 	}
 	return added, nil
 }
@@ -194,59 +235,85 @@ const DefaultMaxAge = 8 * 24 * time.Hour
 const MinRetention = DefaultMaxAge
 
 // Relayout moves every unacknowledged event whose contact's shard under
-// shards is not the shard it is stored in (the shard count changed, or a
-// gateway wrote it under the old count) to the end of its new shard's
-// stream, as the transport contract's networks do (transport.Layout): in
-// its old place stays an EventMoved row, so the old stream keeps no gap, and
-// a contact's events keep their order. A shard removed by a shrink is
-// emptied the same way. It returns how many events moved.
-//
-// The plugin calls it whenever it learns a newer layout and then
-// periodically (rows a gateway stored under the old count until its map
-// refresh); any number of callers may run it at once: each move is made
-// under the row locks of the shards involved.
+// shards is not the shard it is stored in to the end of its new shard's
+// stream, in one transaction of its own (see RelayoutTx). It returns how
+// many events moved. The master's re-shard calls RelayoutTx instead, inside
+// its own transaction; this is for tools and tests.
 func Relayout(ctx context.Context, db *sql.DB, shards int) (int, error) {
-	if !shard.ValidCount(shards) {
-		return 0, fmt.Errorf("relayout inbound events: %d is not a shard count", shards)
-	}
-	rows, err := db.QueryContext(ctx, `SELECT shard, recipient FROM cloudapi_inbound WHERE acked = 0 AND kind <> ?`, string(transport.EventMoved))
-	if err != nil {
-		return 0, fmt.Errorf("relayout inbound events: %w", err)
-	}
-	involved := map[int]bool{}
-	sources := map[int]bool{}
-	for rows.Next() {
-		var s int
-		var rcpt string
-		if err := rows.Scan(&s, &rcpt); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("relayout inbound events: %w", err)
-		}
-		if to, err := shard.For(rcpt, shards); err == nil && to != s {
-			involved[s], involved[to], sources[s] = true, true, true
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("relayout inbound events: %w", err)
-	}
-	if len(sources) == 0 {
-		return 0, nil
-	}
 	for attempt := 0; ; attempt++ {
-		n, err := relayout(ctx, db, shards, involved, sources)
+		n, err := relayout(ctx, db, shards)
 		if err == nil || attempt == 2 || !database.Deadlock(err) {
 			return n, err
 		}
 	}
 }
 
-func relayout(ctx context.Context, db *sql.DB, shards int, involved, sources map[int]bool) (int, error) {
+func relayout(ctx context.Context, db *sql.DB, shards int) (int, error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("relayout inbound events: begin: %w", err)
 	}
 	defer tx.Rollback()
+	n, err := RelayoutTx(ctx, tx, shards)
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: commit: %w", err)
+	}
+	return n, nil
+}
+
+// RelayoutTx moves, within tx, every unacknowledged event whose contact's
+// shard under shards is not the shard it is stored in (the shard count
+// changed) to the end of its new shard's stream, as the transport
+// contract's networks do (transport.Layout): in its old place stays an
+// EventMoved row, so the old stream keeps no gap, and a contact's events
+// keep their order. A shard removed by a shrink is emptied the same way,
+// and everything left in it (its moved rows) is marked acknowledged: it has
+// no reader, and a later grow that brings its id back must find its stream
+// starting after them, without a gap. It returns how many events moved.
+//
+// The master's re-shard calls it in the transaction that changes the count,
+// which holds the cluster row for update: StoreForContacts share-locks that
+// row and reads the count under it, so no row is stored under the old
+// count after this commits, and none stored before is missed here.
+func RelayoutTx(ctx context.Context, tx *sql.Tx, shards int) (int, error) {
+	if !shard.ValidCount(shards) {
+		return 0, fmt.Errorf("relayout inbound events: %d is not a shard count", shards)
+	}
+	type row struct {
+		shard                                  int
+		seq                                    uint64
+		key, kind, id, status, recipient, body string
+		ts                                     int64
+		received                               sql.NullTime
+	}
+	// Locking read: the newest committed rows, held until the commit, so
+	// an Ack racing this waits (and a row it acknowledges after the move
+	// is a moved row: the moved copy is delivered again, in order).
+	rs, err := tx.QueryContext(ctx, `SELECT shard, seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at
+		FROM cloudapi_inbound WHERE acked = 0 AND kind <> ? ORDER BY shard, seq FOR UPDATE`, string(transport.EventMoved))
+	if err != nil {
+		return 0, fmt.Errorf("relayout inbound events: %w", err)
+	}
+	var move []row
+	involved := map[int]bool{}
+	for rs.Next() {
+		var r row
+		if err := rs.Scan(&r.shard, &r.seq, &r.key, &r.kind, &r.id, &r.status, &r.recipient, &r.ts, &r.body, &r.received); err != nil {
+			rs.Close()
+			return 0, fmt.Errorf("relayout inbound events: %w", err)
+		}
+		if to, err := shard.For(r.recipient, shards); err == nil && to != r.shard {
+			move = append(move, r)
+			involved[r.shard], involved[to] = true, true
+		}
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: %w", err)
+	}
 	order := make([]int, 0, len(involved))
 	for s := range involved {
 		order = append(order, s)
@@ -263,46 +330,12 @@ func relayout(ctx context.Context, db *sql.DB, shards int, involved, sources map
 		}
 		next[s] = seq
 	}
-	type row struct {
-		shard                                  int
-		seq                                    uint64
-		key, kind, id, status, recipient, body string
-		ts                                     int64
-		received                               sql.NullTime
-	}
-	var move []row
-	for s := range sources {
-		// Under the shard's seq lock no new row appears; acked can
-		// still change (the plugin's Ack), so read again what to move.
-		rs, err := tx.QueryContext(ctx, `SELECT seq, dedupe_key, kind, message_id, status, recipient, ts, payload, received_at
-			FROM cloudapi_inbound WHERE shard = ? AND acked = 0 AND kind <> ? ORDER BY seq FOR UPDATE`, s, string(transport.EventMoved))
-		if err != nil {
-			return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
-		}
-		for rs.Next() {
-			r := row{shard: s}
-			if err := rs.Scan(&r.seq, &r.key, &r.kind, &r.id, &r.status, &r.recipient, &r.ts, &r.body, &r.received); err != nil {
-				rs.Close()
-				return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
-			}
-			if to, err := shard.For(r.recipient, shards); err == nil && to != s && involved[to] {
-				move = append(move, r)
-			}
-		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
-			return 0, fmt.Errorf("relayout inbound events of shard %d: %w", s, err)
-		}
-	}
-	slices.SortFunc(move, func(a, b row) int { return cmpRow(a.shard, a.seq, b.shard, b.seq) })
 	for _, r := range move {
 		to, _ := shard.For(r.recipient, shards)
 		// The old place keeps a moved row under a key of its own, which
-		// frees the dedupe key for the event's new row. A removed
-		// shard's has no reader left to acknowledge it: it is marked
-		// acknowledged, for the collector.
-		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound SET kind = ?, dedupe_key = ?, message_id = '', status = '', payload = '', acked = ?
-			WHERE shard = ? AND seq = ?`, string(transport.EventMoved), fmt.Sprintf("moved:%d:%d", r.shard, r.seq), r.shard >= shards, r.shard, r.seq); err != nil {
+		// frees the dedupe key for the event's new row.
+		if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound SET kind = ?, dedupe_key = ?, message_id = '', status = '', payload = ''
+			WHERE shard = ? AND seq = ?`, string(transport.EventMoved), fmt.Sprintf("moved:%d:%d", r.shard, r.seq), r.shard, r.seq); err != nil {
 			return 0, fmt.Errorf("relayout inbound event %d/%d: %w", r.shard, r.seq, err)
 		}
 		next[to]++
@@ -318,21 +351,10 @@ func relayout(ctx context.Context, db *sql.DB, shards int, involved, sources map
 			return 0, fmt.Errorf("relayout inbound events: advance seq of shard %d: %w", s, err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("relayout inbound events: commit: %w", err)
+	// A removed shard's moved rows, from this move or an earlier one,
+	// are acknowledged: nobody reads them, and the collector takes them.
+	if _, err := tx.ExecContext(ctx, `UPDATE cloudapi_inbound SET acked = 1 WHERE acked = 0 AND shard >= ?`, shards); err != nil {
+		return 0, fmt.Errorf("relayout inbound events: acknowledge removed shards: %w", err)
 	}
 	return len(move), nil
-}
-
-func cmpRow(as int, aseq uint64, bs int, bseq uint64) int {
-	if as != bs {
-		return as - bs
-	}
-	switch {
-	case aseq < bseq:
-		return -1
-	case aseq > bseq:
-		return 1
-	}
-	return 0
 }

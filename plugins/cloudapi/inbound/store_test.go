@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/shard"
@@ -225,5 +227,107 @@ func TestRelayout(t *testing.T) {
 	db.QueryRow(`SELECT COUNT(*) FROM cloudapi_inbound WHERE shard = 1 AND kind = 'moved' AND acked = 1`).Scan(&movedAcked)
 	if movedAcked != 3 {
 		t.Errorf("%d acknowledged moved rows in the removed shard, want 3", movedAcked)
+	}
+}
+
+// StoreForContacts computes each contact's shard under the count it reads
+// in its own transaction, and waits for a re-shard holding the cluster row:
+// a webhook stored during a re-shard lands under the new count, never under
+// the one the re-shard replaced. A shrink then a grow back leaves the
+// returning shard's stream without a gap.
+func TestStoreForContactsDuringReshard(t *testing.T) {
+	db := testDB(t)
+	ctx := context.Background()
+	var in0, in1 string
+	for i := 0; in0 == "" || in1 == ""; i++ {
+		c := fmt.Sprintf("1555%07d", i)
+		if s, _ := shard.For(c, 2); s == 0 && in0 == "" {
+			in0 = c
+		} else if s == 1 && in1 == "" {
+			in1 = c
+		}
+	}
+	setShards := func(tx *sql.Tx, n int) {
+		t.Helper()
+		var from int
+		if err := tx.QueryRow(`SELECT shards FROM cluster WHERE id = 1 FOR UPDATE`).Scan(&from); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(`UPDATE cluster SET shards = ? WHERE id = 1`, n); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := RelayoutTx(ctx, tx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reshard := func(n int) {
+		t.Helper()
+		tx, err := db.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		setShards(tx, n)
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shardOf := func(key string) int {
+		t.Helper()
+		var s int
+		if err := db.QueryRow(`SELECT shard FROM cloudapi_inbound WHERE dedupe_key = ?`, key).Scan(&s); err != nil {
+			t.Fatalf("row %s: %v", key, err)
+		}
+		return s
+	}
+	if err := cluster.Init(ctx, db, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := StoreForContacts(ctx, db, []Record{inboundRec("x1", in1), inboundRec("y1", in0)}); err != nil {
+		t.Fatal(err)
+	}
+	if s := shardOf("x1"); s != 0 {
+		t.Errorf("x1 stored in shard %d under 1 shard", s)
+	}
+	// A re-shard to 2 holds the cluster row: the store waits, then
+	// stores under 2.
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	setShards(tx, 2)
+	done := make(chan error, 1)
+	go func() {
+		_, err := StoreForContacts(ctx, db, []Record{inboundRec("x2", in1)})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("StoreForContacts returned (%v) while the re-shard held the cluster row", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := shardOf("x2"); s != 1 {
+		t.Errorf("x2, stored during the re-shard to 2, is in shard %d, want 1", s)
+	}
+	if evs, _ := Read(ctx, db, 1, 0, 100); seqs(evs) != "1:x1 2:x2 " {
+		t.Errorf("shard 1 after the grow: %q, want x1 moved ahead of x2", seqs(evs))
+	}
+	// Shrink and grow back: shard 1's moved rows are acknowledged when it
+	// goes, so its next reader starts after them without a gap.
+	reshard(1)
+	if _, err := StoreForContacts(ctx, db, []Record{inboundRec("x3", in1)}); err != nil {
+		t.Fatal(err)
+	}
+	reshard(2)
+	if evs, _ := Read(ctx, db, 1, 0, 100); seqs(evs) != "3:x1 4:x2 5:x3 " {
+		t.Errorf("shard 1 after 2 -> 1 -> 2: %q, want its stream to go on after the acknowledged moved rows", seqs(evs))
+	}
+	if evs, _ := Read(ctx, db, 0, 0, 100); len(evs) == 0 || evs[0].Seq != 1 {
+		t.Errorf("shard 0 after 2 -> 1 -> 2: %q, want the oldest unacknowledged first", seqs(evs))
 	}
 }
