@@ -32,16 +32,22 @@ import (
 //
 //	go test -run '^$' -bench 'BenchmarkCloudAPIThroughput$' -benchtime 1x -timeout 30m ./internal/clustertest
 //
-// MC_BENCH_LIMITS (default "80,1000,0"; 0 is unlimited), MC_BENCH_CLIENTS
+// MC_BENCH_LIMITS (default "80,1000,0,simnet": 0 is unlimited, simnet the
+// same cluster and load on the simulated network), MC_BENCH_CLIENTS
 // (default 64), MC_BENCH_SECONDS (default 20), MC_BENCH_WARMUP (seconds,
 // default 5) and MC_BENCH_STATUSES (default "sent"; "none" for no status
 // webhooks) tune it.
 func BenchmarkCloudAPIThroughput(b *testing.B) {
-	limits := []int{80, 1000, 0}
+	// -1 stands for the simulated network, same cluster, same load.
+	limits := []int{80, 1000, 0, -1}
 	if v := os.Getenv("MC_BENCH_LIMITS"); v != "" {
 		limits = nil
 		for _, f := range strings.Split(v, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if f = strings.TrimSpace(f); f == "simnet" {
+				limits = append(limits, -1)
+				continue
+			}
+			n, err := strconv.Atoi(f)
 			if err != nil || n < 0 {
 				b.Fatalf("MC_BENCH_LIMITS: %q", v)
 			}
@@ -50,8 +56,11 @@ func BenchmarkCloudAPIThroughput(b *testing.B) {
 	}
 	for _, limit := range limits {
 		name := "limit=" + strconv.Itoa(limit)
-		if limit == 0 {
+		switch limit {
+		case 0:
 			name = "unlimited"
+		case -1:
+			name = "simnet"
 		}
 		b.Run(name, func(b *testing.B) {
 			for it := 0; it < b.N; it++ {
@@ -85,13 +94,20 @@ func benchCloudAPI(b *testing.B, limit int) {
 	}
 	gwPort := FreePort(b)
 	lim := strconv.Itoa(limit)
-	c := New(b, Options{CloudAPI: true, Masters: 2, Coreapps: 3, Shards: 2, Heartbeat: 1, Unhealthy: 5,
-		GraphArgs: []string{"-throughput", lim, "-pair-interval", benchPairInterval.String(), "-log-level", "warn",
-			"-webhook-url", fmt.Sprintf("http://127.0.0.1:%d/cloudapi/webhook", gwPort)},
+	simnet := limit < 0
+	o := Options{Masters: 2, Coreapps: 3, Shards: 2, Heartbeat: 1, Unhealthy: 5}
+	if !simnet {
+		o.CloudAPI = true
+		o.GraphArgs = []string{"-throughput", lim, "-pair-interval", benchPairInterval.String(), "-log-level", "warn",
+			"-webhook-url", fmt.Sprintf("http://127.0.0.1:%d/cloudapi/webhook", gwPort)}
 		// Later entries win over CloudEnv's MC_CLOUDAPI_THROUGHPUT=0.
-		CoreappEnv: func(*Cluster, int) []string { return []string{"MC_CLOUDAPI_THROUGHPUT=" + lim} }})
-	if err := c.GraphDo("POST", "/_test/statuses", map[string]any{"statuses": statuses}, nil); err != nil {
-		b.Fatal(err)
+		o.CoreappEnv = func(*Cluster, int) []string { return []string{"MC_CLOUDAPI_THROUGHPUT=" + lim} }
+	}
+	c := New(b, o)
+	if !simnet {
+		if err := c.GraphDo("POST", "/_test/statuses", map[string]any{"statuses": statuses}, nil); err != nil {
+			b.Fatal(err)
+		}
 	}
 	gwProc, gw := startCaddyProc(b, c, buildCaddyBin(b), "gateway", gwPort, fmt.Sprintf(`{
 	admin off
@@ -115,7 +131,12 @@ func benchCloudAPI(b *testing.B, limit int) {
 	body := func(i int) string {
 		return fmt.Sprintf(`{"to":"%s","type":"text","text":{"body":"benchmark message %d"}}`, tos[i%len(tos)], i)
 	}
-	names := map[int]string{os.Getpid(): "load generator (go test)", gwProc.Pid(): "gateway", c.Graph.Pid(): "graphapid"}
+	names := map[int]string{os.Getpid(): "load generator (go test)", gwProc.Pid(): "gateway"}
+	if simnet {
+		names[c.Simnet.Pid()] = "simnetd"
+	} else {
+		names[c.Graph.Pid()] = "graphapid"
+	}
 	for _, p := range append(append([]*Proc(nil), c.Masters...), c.Coreapps...) {
 		names[p.Pid()] = p.Name
 	}
@@ -123,10 +144,29 @@ func benchCloudAPI(b *testing.B, limit int) {
 
 	b.ResetTimer()
 	start := time.Now()
+	// The simulated network keeps no times: its count is read at the end
+	// of the warm-up and of the load.
+	atWarm := make(chan int, 1)
+	if simnet {
+		go func() {
+			time.Sleep(warm)
+			atWarm <- len(c.NetworkMessages(""))
+		}()
+	}
 	r := load(gw+"/v1/messages", token, clients, dur, body)
 	window := time.Since(start)
 	b.StopTimer()
 	cpu1 := cpuTicks()
+	if simnet {
+		atEnd := len(c.NetworkMessages(""))
+		delivered := float64(atEnd-<-atWarm) / (window - warm).Seconds()
+		b.ReportMetric(float64(r.ok)/window.Seconds(), "accepted/s")
+		b.ReportMetric(delivered, "delivered/s")
+		b.Logf("\n| simulated network | %d, %v | %.0f | %.0f | %v | %v | %d | | | %d of %d accepted | |\nCPU seconds during the load: %s",
+			clients, window.Round(100*time.Millisecond), float64(r.ok)/window.Seconds(), delivered, r.p(50), r.p(99), r.errs,
+			r.ok-atEnd, r.ok, cpuReport(cpu0, cpu1, names))
+		return
+	}
 
 	srv := graphRecord(b, c.GraphURL)
 	var at []time.Time
@@ -196,6 +236,21 @@ func benchCloudAPI(b *testing.B, limit int) {
 	if r.errs > 0 {
 		b.Logf("first error: %s", r.firstErr)
 	}
+	// A batch the plugin could not finish within the Send's deadline
+	// fails whole (ErrLater) and the outbox backs off before sending it
+	// again: how often, and why, tells a limit unused from a limit held.
+	retries, first := 0, ""
+	for _, p := range c.Coreapps {
+		for _, l := range strings.Split(p.Log(), "\n") {
+			if strings.Contains(l, "outbox: sending failed") {
+				retries++
+				if first == "" {
+					first = l
+				}
+			}
+		}
+	}
+	b.Logf("outbox batches failed and sent again: %d; the first: %.600s", retries, first)
 	if limit > 0 {
 		if throttled > 0 {
 			b.Errorf("the server answered 130429 %d times at a limit of %d/s set alike on both sides", throttled, limit)
