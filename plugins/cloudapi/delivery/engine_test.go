@@ -635,3 +635,41 @@ func TestThroughputWindowSlowRecords(t *testing.T) {
 		t.Fatalf("took %v: the budget is not used", took)
 	}
 }
+
+// Time lost (an idle engine, a late wake-up) is made up at twice the
+// share, not in one burst: a burst let go at once on a busy machine
+// leaves as each goroutine gets to run, into the next second. 40
+// messages from idle at a share of 40 take about half a second, never
+// two requests closer than half of 1/share.
+func TestCatchUpAtTwiceTheShare(t *testing.T) {
+	const share = 40
+	p := newFakePoster()
+	cfg := fast()
+	cfg.Unlimited, cfg.Throughput, cfg.Shard, cfg.Shards, cfg.Concurrency = false, share, 0, 1, 40
+	e := NewEngine(cfg, p, newMemStore())
+	var ms []Outgoing
+	for i := 0; i < share; i++ {
+		ms = append(ms, Outgoing{ID: fmt.Sprintf("m%d", i), To: fmt.Sprintf("1555%04d", i)})
+	}
+	// An engine idle for over a second: its bucket is full (burst one
+	// share) and no request left within the window.
+	want(t, send(t, e, msgs("w>1")), "w=sent")
+	time.Sleep(1100 * time.Millisecond)
+	for _, r := range send(t, e, ms) {
+		if r.Outcome != Sent {
+			t.Fatalf("%s: %v %s", r.ID, r.Outcome, r.Detail)
+		}
+	}
+	ps := p.sent()[1:]
+	sort.Slice(ps, func(i, j int) bool { return ps[i].At.Before(ps[j].At) })
+	half := time.Duration(float64(time.Second) / share / 2)
+	for i := 1; i < len(ps); i++ {
+		// The decision is spaced; the fake stamps on arrival, a little later.
+		if gap := ps[i].At.Sub(ps[i-1].At); gap < half*8/10 {
+			t.Fatalf("posts %d and %d %v apart, want about %v or more", i-1, i, gap, half)
+		}
+	}
+	if span := ps[len(ps)-1].At.Sub(ps[0].At); span < time.Duration(share-1)*half*9/10 {
+		t.Fatalf("%d posts within %v: a burst", len(ps), span)
+	}
+}
