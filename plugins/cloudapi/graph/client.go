@@ -91,6 +91,7 @@ func (c *Client) Do(ctx context.Context, who Sender, method, path, contentType s
 		req.Header.Set("X-Multiconnect-Node", who.Node)
 		req.Header.Set("X-Multiconnect-Shard", strconv.Itoa(who.Shard))
 		req.Header.Set("X-Multiconnect-Epoch", strconv.FormatUint(who.Epoch, 10))
+		req.Header.Set("X-Multiconnect-Sent", strconv.FormatInt(time.Now().UnixNano(), 10))
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

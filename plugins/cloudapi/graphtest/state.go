@@ -47,11 +47,15 @@ type Request struct {
 	Method string `json:"method"`
 	Path   string `json:"path"`
 	// Node, Shard, Epoch: the X-Multiconnect-* headers (HasSender when sent).
-	HasSender bool      `json:"has_sender"`
-	Node      string    `json:"node,omitempty"`
-	Shard     int       `json:"shard"`
-	Epoch     uint64    `json:"epoch"`
-	Start     time.Time `json:"start"`
+	HasSender bool   `json:"has_sender"`
+	Node      string `json:"node,omitempty"`
+	Shard     int    `json:"shard"`
+	Epoch     uint64 `json:"epoch"`
+	// Sent is when the sender let the request go (X-Multiconnect-Sent,
+	// Unix nanoseconds): with Start it tells the sender's pacing from
+	// delays on the way or in the server.
+	Sent  time.Time `json:"sent,omitempty"`
+	Start time.Time `json:"start"`
 	// End is when the answer was written or the connection cut (zero while
 	// the request is being served).
 	End    time.Time `json:"end"`
@@ -135,6 +139,9 @@ func (s *Server) record(r *http.Request, body []byte, start time.Time) *Request 
 		req.HasSender, req.Node = true, node
 		req.Shard, _ = strconv.Atoi(r.Header.Get("X-Multiconnect-Shard"))
 		req.Epoch, _ = strconv.ParseUint(r.Header.Get("X-Multiconnect-Epoch"), 10, 64)
+		if ns, err := strconv.ParseInt(r.Header.Get("X-Multiconnect-Sent"), 10, 64); err == nil {
+			req.Sent = time.Unix(0, ns)
+		}
 	}
 	s.mu.Lock()
 	s.seq++
