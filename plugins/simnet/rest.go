@@ -127,6 +127,9 @@ func (s *Server) ChangeIdentity(number string) (IdentityState, error) {
 	if d == "" {
 		return IdentityState{}, fmt.Errorf("%q is not an account", number)
 	}
+	// A new identity is newer than the one it replaces even when both fall
+	// in one millisecond (the first is dated at the network's start).
+	prev := s.identityLocked(d).CreatedTimestamp
 	if s.rest.identities == nil {
 		s.rest.identities = map[string]*identity{}
 	}
@@ -136,7 +139,7 @@ func (s *Server) ChangeIdentity(number string) (IdentityState, error) {
 		s.rest.identities[d] = id
 	}
 	id.generation++
-	id.created, id.acknowledged = time.Now().UnixMilli(), false
+	id.created, id.acknowledged = max(time.Now().UnixMilli(), prev+1), false
 	st := s.identityLocked(d)
 	// The business hears of it as the original did: an inbound system
 	// message from the contact, user_identity_changed, with the new hash.
