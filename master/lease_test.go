@@ -8,19 +8,10 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
-	"github.com/multiconnect/multiconnect/internal/schema"
 )
 
 func leaseDB(t *testing.T) *sql.DB {
-	srv := mariadbtest.Start(t)
-	db := srv.Open("mc")
-	ctx := context.Background()
-	if err := schema.Bootstrap(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
-		t.Fatal(err)
-	}
+	db := mariadbtest.Migrated(t, "mc")
 	return db
 }
 

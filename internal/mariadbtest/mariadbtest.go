@@ -4,11 +4,13 @@
 package mariadbtest
 
 import (
+	"context"
 	"database/sql"
 	"testing"
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/privatedb"
+	"github.com/multiconnect/multiconnect/internal/schema"
 )
 
 // Server is one running mariadbd, owned by a test.
@@ -63,4 +65,20 @@ func (s *Server) Restart(down time.Duration) {
 	if err := s.Start(); err != nil {
 		s.t.Fatalf("restart mariadbd: %v", err)
 	}
+}
+
+// Migrated starts a private server and returns database name on it with the
+// cluster's schema bootstrapped and upgraded to the latest version, as a
+// master would leave it.
+func Migrated(t testing.TB, name string) *sql.DB {
+	t.Helper()
+	db := Start(t).Open(name)
+	ctx := context.Background()
+	if err := schema.Bootstrap(ctx, db); err != nil {
+		t.Fatal(err)
+	}
+	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
+		t.Fatal(err)
+	}
+	return db
 }

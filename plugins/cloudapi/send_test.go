@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
-	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/graphtest"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -34,15 +33,8 @@ type liveRig struct {
 
 func newLiveRig(t *testing.T) *liveRig {
 	t.Helper()
-	srv := mariadbtest.Start(t)
-	db := srv.Open("mc")
+	db := mariadbtest.Migrated(t, "mc")
 	ctx := context.Background()
-	if err := schema.Bootstrap(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
-		t.Fatal(err)
-	}
 	g, err := graphtest.New(graphtest.Config{PhoneNumberIDs: []string{testPhoneID}, AccessToken: testToken, AppSecret: "app-secret"})
 	if err != nil {
 		t.Fatal(err)

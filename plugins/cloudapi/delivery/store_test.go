@@ -9,22 +9,13 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
-	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/graphapi"
 )
 
 // schemaDB is a private MariaDB with the cluster's schema.
 func schemaDB(t testing.TB) *sql.DB {
 	t.Helper()
-	srv := mariadbtest.Start(t)
-	db := srv.Open("mc")
-	ctx := context.Background()
-	if err := schema.Bootstrap(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
-		t.Fatal(err)
-	}
+	db := mariadbtest.Migrated(t, "mc")
 	return db
 }
 

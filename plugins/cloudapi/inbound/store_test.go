@@ -10,22 +10,13 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
-	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 func testDB(t *testing.T) *sql.DB {
 	t.Helper()
-	db := mariadbtest.Start(t).Open("inbound")
-	ctx := context.Background()
-	if err := schema.Bootstrap(ctx, db); err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
-		t.Fatal(err)
-	}
-	return db
+	return mariadbtest.Migrated(t, "inbound")
 }
 
 func inboundRec(wamid, from string) Record {
