@@ -226,6 +226,19 @@ func (s *Server) DSN(name string) string {
 }
 
 // Addr is the server's address.
+// PID is the running mariadbd's process id, 0 when it is not running.
+func (s *Server) PID() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	select {
+	case <-s.exited:
+		return 0
+	default:
+		return s.cmd.Process.Pid
+	}
+}
+
 func (s *Server) Addr() string { return net.JoinHostPort(s.Bind, strconv.Itoa(s.Port)) }
 
 // Env is the db.env a node is given for this server.
