@@ -23,7 +23,8 @@ import (
 // leaves a step for its successor to run again. An ALTER TABLE adding an
 // index or a column counts as idempotent too: run again, it fails with
 // "duplicate key name" (1061) or "duplicate column" (1060), which Upgrade
-// takes as done (MySQL has no ADD INDEX/COLUMN IF NOT EXISTS).
+// takes as done (MySQL has no ADD INDEX/COLUMN IF NOT EXISTS); so does a
+// DROP INDEX run again, failing with "can't drop" (1091).
 type Migration struct {
 	Version    int
 	Name       string
@@ -330,6 +331,14 @@ var Migrations = []Migration{
 			uploaded_at DATETIME(6) NOT NULL
 		) ENGINE=InnoDB`,
 	}},
+	{11, "drop the per-raw-recipient idempotency index", []string{
+		// messages_idem (recipient, idem_key) served the keys of versions
+		// before 6; idem_key is no longer written, yet every accepted
+		// message still wrote an entry into the index. Dropping an index
+		// is a metadata change in InnoDB: no table copy however many rows.
+		// The column stays: dropping it would rebuild the table.
+		`ALTER TABLE messages DROP INDEX messages_idem`,
+	}},
 }
 
 // Latest is the schema version this binary knows.
@@ -426,7 +435,7 @@ func Upgrade(ctx context.Context, db *sql.DB, stillPrimary func(context.Context)
 		}
 		for _, s := range m.Statements {
 			if _, err := conn.ExecContext(ctx, s); err != nil {
-				if n := errorNumber(err); n == errDupColumn || n == errDupKeyName {
+				if n := errorNumber(err); n == errDupColumn || n == errDupKeyName || n == errCantDropKey {
 					// Duplicate column or key name: an ALTER a predecessor
 					// already applied (MySQL has no ADD COLUMN IF NOT EXISTS).
 					continue
