@@ -41,7 +41,10 @@ import (
 // MC_BENCH_PPROF=<dir> saves CPU profiles of every Go process over the
 // load window there (<role>-<pid>.pprof); MC_BENCH_SQLLOG=<file> writes
 // MariaDB's general query log of the load window to that file (which
-// slows the database: for counting statements, not for timing).
+// slows the database: for counting statements, not for timing);
+// MC_BENCH_WEBHOOK=1 sets a webhook (a server in this process answering
+// 200) with the default webhook settings and counts, beside the rest,
+// the delivered and read callbacks and what they cost.
 func BenchmarkMessagesThroughput(b *testing.B) {
 	clients := envInt("MC_BENCH_CLIENTS", 256)
 	dur := time.Duration(envInt("MC_BENCH_SECONDS", 10)) * time.Second
@@ -80,6 +83,16 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		return fmt.Sprintf(`{"to":"%s","type":"text","text":{"body":"benchmark message %d"}}`, tos[i%len(tos)], i)
 	}
 	gwRole := map[string][]int{"gateway": {gwProc.Pid()}}
+	var hook *benchHook
+	if os.Getenv("MC_BENCH_WEBHOOK") != "" {
+		// The default webhook settings but the URL: delivered and read
+		// statuses, stored in MariaDB until the webhook took them.
+		hook = startBenchHook(b)
+		c.PatchSettings(fmt.Sprintf(`{"webhooks":{"url":%q}}`, hook.url))
+		// Every node reads settings at least every 200 ms: the
+		// warm-up's statuses all find the webhook set.
+		time.Sleep(time.Second)
+	}
 	// A short warm-up first: the first requests pay once for what no
 	// message costs later (connections, compiling the message schema,
 	// filling the database's buffer pool).
@@ -90,13 +103,28 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		}
 		return nil
 	})
+	if hook != nil {
+		c.Eventually(60*time.Second, "the warm-up's delivered and read callbacks at the webhook", func() error {
+			if n := hook.statuses.Load(); n < 2*int64(warm.ok) {
+				return fmt.Errorf("%d of %d", n, 2*warm.ok)
+			}
+			return nil
+		})
+	}
+	load(proxied+"/v1/messages", "", clients, time.Second, body) // its warm-up
 	b.ResetTimer()
 	for it := 0; it < b.N; it++ {
+		// The reference, first half.
+		proxyBefore := runPlain(proxied+"/v1/messages", plainProc.Pid(), clients, dur/2, body)
 		before, err := networkCount(c)
 		if err != nil {
 			b.Fatal(err)
 		}
 		c0 := takeCosts(b, c, gwRole)
+		var hook0, hookReq0 int64
+		if hook != nil {
+			hook0, hookReq0 = hook.statuses.Load(), hook.requests.Load()
+		}
 		var acc atomic.Int64
 		start := time.Now()
 		sampler := startBacklogSampler(c, before, &acc, start)
@@ -131,15 +159,41 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		// With the webhook, every message's delivered and read statuses
+		// must have reached it too.
+		end, hookNote := all, ""
+		if hook != nil {
+			want := 2 * int64(r.ok)
+			for hook.statuses.Load()-hook0 < want {
+				if time.Since(start) > window+120*time.Second {
+					b.Fatalf("only %d of %d statuses reached the webhook two minutes after the load", hook.statuses.Load()-hook0, want)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			end = time.Since(start)
+			reqs := hook.requests.Load() - hookReq0
+			b.ReportMetric(float64(want)/end.Seconds(), "callbacks/s")
+			hookNote = fmt.Sprintf("webhook: %d statuses (delivered and read) in %d requests (%.1f per request) until %v after the start: %.0f callbacks/s\n",
+				want, reqs, float64(want)/float64(max(reqs, 1)), end.Round(time.Millisecond), float64(want)/end.Seconds())
+		}
 		// CPU and database work from the first request until the last
-		// accepted message reached the network: everything those
-		// messages cost, plus whatever the idle cluster does meanwhile.
-		costs := costsBetween(c0, takeCosts(b, c, gwRole), r.ok, all)
+		// accepted message reached the network (and, with the webhook,
+		// its last status the webhook): everything those messages cost,
+		// plus whatever the idle cluster does meanwhile.
+		costs := costsBetween(c0, takeCosts(b, c, gwRole), r.ok, end)
 		samples := sampler.Stop()
 		profileNote := ""
 		if profiles != nil {
 			profileNote = profiles()
 		}
+		// The reference, second half: as long in all as the gateway's
+		// load. Its CPU is the one Caddy process serving both the proxy
+		// and the respond it proxies to.
+		proxyAfter := runPlain(proxied+"/v1/messages", plainProc.Pid(), clients, dur/2, body)
+		plainRef := proxyBefore.plus(proxyAfter)
+		proxy := plainRef.res
+		proxyCaddy, proxyGen := plainRef.perReq(plainRef.caddy), plainRef.perReq(plainRef.gen)
+
 		// The same load straight to the shards' primary coreapps, as the
 		// gateway would route it: what the gateway costs.
 		primaries := map[int]string{}
@@ -152,15 +206,6 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		}
 		direct := loadTo(func(i int) string { return primaries[c.ShardOf(tos[i%len(tos)])] }, "cluster:"+c.Secret, clients, dur/2, body)
 		respond := load(plain+"/v1/messages", "", clients, dur/2, body)
-		// The reference of issue 11's throughput target runs as long as
-		// the gateway's load; its CPU is the one Caddy process serving
-		// both the proxy and the respond it proxies to.
-		plainRole := map[string][]int{"loadgen": {os.Getpid()}, "caddy": {plainProc.Pid()}}
-		p0 := CPUByRole(plainRole)
-		proxy := load(proxied+"/v1/messages", "", clients, dur, body)
-		p1 := CPUByRole(plainRole)
-		proxyCaddy := float64((p1["caddy"] - p0["caddy"]).Microseconds()) / float64(max(proxy.ok, 1))
-		proxyGen := float64((p1["loadgen"] - p0["loadgen"]).Microseconds()) / float64(max(proxy.ok, 1))
 
 		accepted := float64(r.ok) / window.Seconds()
 		delivered := float64(r.ok) / all.Seconds()
@@ -193,16 +238,16 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 			"| ... delivered to the network (until the last accepted arrived: %v; %d during the window) | %.0f | %.2f | | | |\n"+
 			"| POST /v1/messages straight to the primary coreapps: accepted | %.0f | %.2f | %v | %v | %d |\n"+
 			"| plain Caddy respond | %.0f | %.2f | %v | %v | %d |\n"+
-			"| plain Caddy reverse_proxy to that respond | %.0f | 1 | %v | %v | %d |\n\n"+
-			"%s\n| plain Caddy reverse_proxy (%d requests): proxy + respond process | %.0f | |\n| ... load generator | %.0f | |\n\n"+
-			"%s\n\nbacklog (accepted - delivered) each second: %s\nbacklog %s: grew %.1f messages/s over the load (%.1f %% of the accept rate), at most %d\n%s",
+			"| plain Caddy reverse_proxy to that respond (half before the gateway's load: %.0f/s, half after: %.0f/s) | %.0f | 1 | %v | %v | %d |\n\n"+
+			"%s\n| plain Caddy reverse_proxy (%d requests, %v): proxy + respond process | %.0f | %.2f |\n| ... load generator | %.0f | %.2f |\n\n"+
+			"%s\n%s\nbacklog (accepted - delivered) each second: %s\nbacklog %s: grew %.1f messages/s over the load (%.1f %% of the accept rate), at most %d\n%s",
 			clients, dur, accepted, accepted/proxy.rate(), r.p(50), r.p(99), r.errs,
 			all.Round(time.Millisecond), atEnd, delivered, delivered/proxy.rate(),
 			direct.rate(), direct.rate()/proxy.rate(), direct.p(50), direct.p(99), direct.errs,
 			respond.rate(), respond.rate()/proxy.rate(), respond.p(50), respond.p(99), respond.errs,
-			proxy.rate(), proxy.p(50), proxy.p(99), proxy.errs,
-			costs.table("gateway path, by process"), proxy.ok, proxyCaddy, proxyGen,
-			costs.dbLines(), series, flatWord, slope, 100*slope/accepted, maxBacklog, profileNote+"\n")
+			proxyBefore.res.rate(), proxyAfter.res.rate(), proxy.rate(), proxy.p(50), proxy.p(99), proxy.errs,
+			costs.table("gateway path, by process"), proxy.ok, proxy.elapsed.Round(time.Millisecond), proxyCaddy, plainRef.caddy.Seconds()/proxy.elapsed.Seconds(), proxyGen, plainRef.gen.Seconds()/proxy.elapsed.Seconds(),
+			costs.dbLines(), hookNote, series, flatWord, slope, 100*slope/accepted, maxBacklog, profileNote+"\n")
 		for _, x := range []loadResult{r, direct, respond, proxy} {
 			if x.errs > 0 {
 				b.Logf("first error: %s", x.firstErr)

@@ -1,9 +1,12 @@
 package clustertest
 
 import (
+	"cmp"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -164,8 +167,8 @@ func (r costReport) dbLines() string {
 		commitMS = 1000 * r.groups.commitSeconds / r.groups.commits
 	}
 	var s strings.Builder
-	fmt.Fprintf(&s, "MariaDB per message: %.2f statements, %.3f fsyncs (Innodb_data_fsyncs), %.3f redo log writes, %.0f bytes of redo log, %.0f bytes written in all; handler rows written %.2f updated %.2f deleted %.2f, index reads %.1f, index next %.1f, scans next %.1f\n",
-		r.dbPerMsg(d.Statements()), r.dbPerMsg(d.Fsyncs()), r.dbPerMsg(d["Innodb_log_writes"]), r.dbPerMsg(d["Innodb_os_log_written"]), r.dbPerMsg(d["Innodb_data_written"]),
+	fmt.Fprintf(&s, "MariaDB per message: %.2f statements, %.3f fsyncs (Innodb_data_fsyncs), %.3f redo log writes, %.0f bytes of redo log; handler rows written %.2f updated %.2f deleted %.2f, index reads %.1f, index next %.1f, scans next %.1f\n",
+		r.dbPerMsg(d.Statements()), r.dbPerMsg(d.Fsyncs()), r.dbPerMsg(d["Innodb_log_writes"]), r.dbPerMsg(d["Innodb_os_log_written"]),
 		r.dbPerMsg(d["Handler_write"]), r.dbPerMsg(d["Handler_update"]), r.dbPerMsg(d["Handler_delete"]),
 		r.dbPerMsg(d["Handler_read_key"]), r.dbPerMsg(d["Handler_read_next"]), r.dbPerMsg(d["Handler_read_rnd_next"]))
 	fmt.Fprintf(&s, "statements by command over the window (%d in all, %d messages): %s\n", d.Statements(), r.n, d.TopCommands(14))
@@ -236,7 +239,8 @@ func networkCount(c *Cluster) (int64, error) {
 // backlogVerdict fits a line through the backlog of the samples taken
 // during the load (the first second left out: the pipeline filling up)
 // and calls it flat when it grows by less than 2 % of the accept rate: a
-// backlog that only holds what is in flight does not grow at all.
+// backlog that only holds what is in flight does not grow at all, and one
+// that shrinks (delivery catching up) is fine too.
 func backlogVerdict(samples []backlogSample, window time.Duration, acceptRate float64) (slope float64, maxBacklog int64, flat bool, series string) {
 	var xs, ys []float64
 	var parts []string
@@ -266,7 +270,7 @@ func backlogVerdict(samples []backlogSample, window time.Duration, acceptRate fl
 		sxx += (xs[i] - mx) * (xs[i] - mx)
 	}
 	slope = sxy / sxx
-	return slope, maxBacklog, math.Abs(slope) < 0.02*acceptRate, series
+	return slope, maxBacklog, slope < 0.02*acceptRate, series
 }
 
 // profiler takes CPU profiles of every Go process over the load window
@@ -356,4 +360,71 @@ func generalLog(b testing.TB, c *Cluster, path string) func() {
 			b.Errorf("general log off: %v", err)
 		}
 	}
+}
+
+// benchHook is the webhook of MC_BENCH_WEBHOOK: an HTTP server in this
+// process answering 200 to every callback and counting the statuses in
+// them. It runs in the load generator's process, so its CPU is in
+// "loadgen".
+type benchHook struct {
+	url      string
+	statuses atomic.Int64
+	requests atomic.Int64
+	srv      *http.Server
+}
+
+func startBenchHook(b testing.TB) *benchHook {
+	b.Helper()
+	h := &benchHook{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	h.url = "http://" + ln.Addr().String() + "/hook"
+	h.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p struct {
+			Statuses []json.RawMessage `json:"statuses"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		h.requests.Add(1)
+		h.statuses.Add(int64(len(p.Statuses)))
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go h.srv.Serve(ln)
+	b.Cleanup(func() { h.srv.Close() })
+	return h
+}
+
+// plainRun is one load against plain Caddy and the CPU it took: the Caddy
+// process (proxy and respond together) and this process.
+type plainRun struct {
+	res        loadResult
+	caddy, gen time.Duration
+}
+
+func runPlain(url string, pid, clients int, d time.Duration, body func(int) string) plainRun {
+	roles := map[string][]int{"caddy": {pid}, "loadgen": {os.Getpid()}}
+	a := CPUByRole(roles)
+	res := load(url, "", clients, d, body)
+	z := CPUByRole(roles)
+	return plainRun{res: res, caddy: z["caddy"] - a["caddy"], gen: z["loadgen"] - a["loadgen"]}
+}
+
+// plus is both runs as one: the reference measured in two halves, one
+// before and one after the gateway's load, so that what else the machine
+// ran meanwhile weighs on both sides alike.
+func (p plainRun) plus(q plainRun) plainRun {
+	r := plainRun{caddy: p.caddy + q.caddy, gen: p.gen + q.gen}
+	r.res = loadResult{ok: p.res.ok + q.res.ok, errs: p.res.errs + q.res.errs, elapsed: p.res.elapsed + q.res.elapsed,
+		firstErr: cmp.Or(p.res.firstErr, q.res.firstErr)}
+	r.res.lat = append(append(r.res.lat, p.res.lat...), q.res.lat...)
+	sort.Slice(r.res.lat, func(i, j int) bool { return r.res.lat[i] < r.res.lat[j] })
+	return r
+}
+
+// perReq is d per request of the run, in microseconds.
+func (p plainRun) perReq(d time.Duration) float64 {
+	return float64(d.Microseconds()) / float64(max(p.res.ok, 1))
 }
