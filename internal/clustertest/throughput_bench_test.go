@@ -222,8 +222,16 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		for _, role := range costRoles {
 			b.ReportMetric(costs.perMsg(role), role+"-cpu-µs/msg")
 		}
-		b.ReportMetric(float64(costs.total().Microseconds())/float64(max(r.ok, 1)), "total-cpu-µs/msg")
+		gwTotal := float64(costs.total().Microseconds()) / float64(max(r.ok, 1))
+		b.ReportMetric(gwTotal, "total-cpu-µs/msg")
 		b.ReportMetric(proxyCaddy+proxyGen, "proxy-total-cpu-µs/req")
+		// What the throughput ratio would be if both runs had the same
+		// cores to themselves: the reference's CPU per request over the
+		// gateway path's per message. Rates taken minutes apart on a
+		// shared machine swing with its other load; CPU per message
+		// much less.
+		cpuRatio := (proxyCaddy + proxyGen) / gwTotal
+		b.ReportMetric(cpuRatio, "cpu-ratio")
 		b.ReportMetric(costs.dbPerMsg(costs.db.Statements()), "sql-stmts/msg")
 		b.ReportMetric(costs.dbPerMsg(costs.db.Fsyncs()), "fsyncs/msg")
 		b.ReportMetric(slope, "backlog-growth/s")
@@ -239,7 +247,8 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 			"| POST /v1/messages straight to the primary coreapps: accepted | %.0f | %.2f | %v | %v | %d |\n"+
 			"| plain Caddy respond | %.0f | %.2f | %v | %v | %d |\n"+
 			"| plain Caddy reverse_proxy to that respond (half before the gateway's load: %.0f/s, half after: %.0f/s) | %.0f | 1 | %v | %v | %d |\n\n"+
-			"%s\n| plain Caddy reverse_proxy (%d requests, %v): proxy + respond process | %.0f | %.2f |\n| ... load generator | %.0f | %.2f |\n\n"+
+			"%s\n| plain Caddy reverse_proxy (%d requests, %v): proxy + respond process | %.0f | %.2f |\n| ... load generator | %.0f | %.2f |\n"+
+			"| CPU ratio: reverse_proxy's CPU per request over the gateway path's per message | %.2f | |\n\n"+
 			"%s\n%s\nbacklog (accepted - delivered) each second: %s\nbacklog %s: grew %.1f messages/s over the load (%.1f %% of the accept rate), at most %d\n%s",
 			clients, dur, accepted, accepted/proxy.rate(), r.p(50), r.p(99), r.errs,
 			all.Round(time.Millisecond), atEnd, delivered, delivered/proxy.rate(),
@@ -247,6 +256,7 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 			respond.rate(), respond.rate()/proxy.rate(), respond.p(50), respond.p(99), respond.errs,
 			proxyBefore.res.rate(), proxyAfter.res.rate(), proxy.rate(), proxy.p(50), proxy.p(99), proxy.errs,
 			costs.table("gateway path, by process"), proxy.ok, proxy.elapsed.Round(time.Millisecond), proxyCaddy, plainRef.caddy.Seconds()/proxy.elapsed.Seconds(), proxyGen, plainRef.gen.Seconds()/proxy.elapsed.Seconds(),
+			cpuRatio,
 			costs.dbLines(), hookNote, series, flatWord, slope, 100*slope/accepted, maxBacklog, profileNote+"\n")
 		for _, x := range []loadResult{r, direct, respond, proxy} {
 			if x.errs > 0 {
