@@ -26,7 +26,8 @@ import (
 // costRoles is the order the CPU table lists the roles in. "loadgen" is
 // this test process (/proc/self): the 256 HTTP clients, and also the
 // harness's own goroutines (the backlog sampler, profile downloads), which
-// are small beside the clients.
+// are small beside the clients, and with MC_BENCH_WEBHOOK the webhook
+// receiver, which is not.
 var costRoles = []string{"gateway", "coreapp", "plugin", "network", "mariadb", "master", "loadgen"}
 
 // costSnapshot is what the cluster had used at one moment.
