@@ -21,6 +21,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/pprofserve"
 	"github.com/multiconnect/multiconnect/internal/release"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
@@ -62,6 +63,7 @@ func main() {
 		}
 		return
 	}
+	pprofserve.Start("coreapp") // profiles for benchmarks, only when MC_PPROF_DIR is set
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "coreapp: cannot start: %v\n", err)
 		os.Exit(1)

@@ -23,6 +23,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/pprofserve"
 	"github.com/multiconnect/multiconnect/internal/release"
 	"github.com/multiconnect/multiconnect/internal/routetable"
 	"github.com/multiconnect/multiconnect/internal/schema"
@@ -67,6 +68,7 @@ func main() {
 		}
 		return
 	}
+	pprofserve.Start("master") // profiles for benchmarks, only when MC_PPROF_DIR is set
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "master: cannot start: %v\n", err)
 		os.Exit(1)

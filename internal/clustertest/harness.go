@@ -27,6 +27,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
+	"github.com/multiconnect/multiconnect/internal/pprofserve"
 	"github.com/multiconnect/multiconnect/internal/privatedb"
 	"github.com/multiconnect/multiconnect/internal/schema"
 )
@@ -169,6 +170,11 @@ func Start(t testing.TB, dir, name, bin string, env []string, args ...string) *P
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
+	// MC_PPROF_DIR reaches every process, so a benchmark can profile
+	// them all (internal/pprofserve); it is unset in every other run.
+	if d := os.Getenv(pprofserve.EnvDir); d != "" {
+		cmd.Env = append(cmd.Env, pprofserve.EnvDir+"="+d)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	// Die with the test process even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

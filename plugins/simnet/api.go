@@ -107,6 +107,9 @@ func (s *Server) Handler() http.Handler {
 		f.To = r.URL.Query().Get("to")
 		writeJSON(w, http.StatusOK, map[string][]Received{"messages": s.Messages(f)})
 	})
+	mux.HandleFunc("GET /v1/messages/count", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]int{"count": s.MessageCount()})
+	})
 	// The registration codes the network issued: it stands in for the
 	// SMS or voice call. Filter with ?cc=&phone_number=.
 	mux.HandleFunc("GET /v1/registrations", func(w http.ResponseWriter, r *http.Request) {

@@ -964,6 +964,15 @@ func (s *Server) Shards() []ShardState {
 	return out
 }
 
+// MessageCount is how many messages the network has accepted so far: a
+// cheap progress counter for a benchmark sampling delivery every second,
+// where listing every message would itself be the load.
+func (s *Server) MessageCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.received)
+}
+
 // MessageFilter selects received messages; zero values match everything.
 type MessageFilter struct {
 	Shard *int

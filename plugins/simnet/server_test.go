@@ -514,6 +514,11 @@ func TestHTTPAPI(t *testing.T) {
 	requireIDs(t, msgs.Messages, "h2")
 	getJSON(t, api.URL+"/v1/messages?shard=3", &msgs)
 	requireIDs(t, msgs.Messages)
+	var count struct{ Count int }
+	getJSON(t, api.URL+"/v1/messages/count", &count)
+	if count.Count != 2 {
+		t.Errorf("messages/count = %d, want 2", count.Count)
+	}
 
 	resp, err := http.Post(api.URL+"/v1/inbound", "application/json",
 		strings.NewReader(`{"shard":2,"recipient":"alice","payload":{"text":"hi"}}`))

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/pprofserve"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
@@ -36,6 +37,7 @@ func main() {
 	// Created before Serve redirects os.Stderr, so logs reach the host.
 	log := transport.NewPluginLogger(level)
 	slog.SetDefault(log)
+	pprofserve.Start("transport-cloudapi") // profiles for benchmarks, only when MC_PPROF_DIR is set
 	cfg, err := cloudapi.FromEnv(os.Getenv)
 	if err != nil {
 		log.Error("transport-cloudapi cannot start", "err", err)

@@ -15,10 +15,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/pprofserve"
 	"github.com/multiconnect/multiconnect/plugins/simnet"
 )
 
 func main() {
+	pprofserve.Start("simnetd") // profiles for benchmarks, only when MC_PPROF_DIR is set
 	if err := run(); err != nil {
 		slog.Error("simnetd failed", "err", err)
 		os.Exit(1)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/multiconnect/multiconnect/internal/pprofserve"
 	"github.com/multiconnect/multiconnect/plugins/simnet"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
@@ -25,6 +26,7 @@ func main() {
 	// Created before Serve redirects os.Stderr, so logs reach the host.
 	log := transport.NewPluginLogger(level)
 	slog.SetDefault(log)
+	pprofserve.Start("transport-simnet") // profiles for benchmarks, only when MC_PPROF_DIR is set
 	addr := cmp.Or(os.Getenv("SIMNET_ADDR"), "127.0.0.1:7700")
 	log.Info("transport-simnet starting", "network", addr, "pid", os.Getpid())
 	transport.Serve(simnet.NewTransport(addr, log))
