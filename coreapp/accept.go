@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -92,6 +93,11 @@ func keyReused(id string) acceptResult {
 type acceptor struct {
 	c  *Coreapp
 	in chan *acceptReq
+	// shards is the shard count the last fence read under its lock (0
+	// before the first): recipients are checked against it, so a group
+	// commit does not read the count again unlocked. The fence re-reads it
+	// and a batch checked under a stale count is redone.
+	shards atomic.Int64
 }
 
 func newAcceptor(c *Coreapp) *acceptor {
@@ -205,13 +211,13 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	}
 	qctx, cancel := context.WithTimeout(ctx, acceptTimeout)
 	defer cancel()
-	results, err := a.insert(qctx, st, batch)
+	results, rows, err := a.insert(qctx, st, batch)
 	var me *mysql.MySQLError
 	if errors.As(err, &me) && me.Number == 1062 || errors.Is(err, errShardsChanged) {
 		// Another flusher committed the same idempotency key meanwhile
 		// (the lookup finds it this time), or a re-shard committed during
 		// the transaction (recipients are checked under the new count).
-		results, err = a.insert(qctx, st, batch)
+		results, rows, err = a.insert(qctx, st, batch)
 	}
 	if err != nil {
 		code, details := apierror.ServiceUnavailable, "could not store the message; retry with the same "+IdempotencyHeader
@@ -225,12 +231,15 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 		}
 		return
 	}
+	// The outbox gets the rows before any request is answered: a message
+	// sent after another's 201 is handed over after it, so the outbox's
+	// order keeps every recipient's order.
+	a.c.outbox.handover(st, rows)
 	for i, r := range batch {
 		r.done <- results[i]
 	}
 	a.c.metrics.acceptBatch.Observe(float64(len(batch)))
 	a.c.metrics.acceptCommit.Observe(time.Since(start).Seconds())
-	a.c.outbox.nudge()
 }
 
 var (
@@ -258,22 +267,27 @@ func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int,
 	return shards, nil
 }
 
-func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, error) {
+// insert stores batch in one fenced transaction. It returns each request's
+// result and the rows it committed, for the outbox.
+func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, []outRow, error) {
 	tx, err := a.c.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer tx.Rollback()
-	// The shard count is read without a lock here; the fence, the last
-	// statement before COMMIT, reads it again under its shared lock and the
-	// batch is redone if a re-shard changed it. Fencing last holds the
+	// The shard count is the one the previous fence read (read here, without
+	// a lock, only the first time); the fence, the last statement before
+	// COMMIT, reads it again under its shared lock and the batch is redone
+	// if a re-shard changed it. Fencing last holds the
 	// shared locks on the shard_map and cluster rows for one round trip
 	// instead of the whole transaction, so the claim renewal (which updates
 	// that row) and a promotion never wait longer than that for a group
 	// commit, however slow the database.
-	var shards int
-	if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
-		return nil, fmt.Errorf("read the shard count: %w", err)
+	shards := int(a.shards.Load())
+	if shards == 0 {
+		if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
+			return nil, nil, fmt.Errorf("read the shard count: %w", err)
+		}
 	}
 	results := make([]acceptResult, len(batch))
 	// Keys already used (same user, recipient and key): in the database,
@@ -290,24 +304,25 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		q := `SELECT idem_scope, id, body_hash FROM messages WHERE idem_scope IN (?` + strings.Repeat(",?", len(scopes)-1) + `)`
 		rows, err := tx.QueryContext(ctx, q, scopes...)
 		if err != nil {
-			return nil, fmt.Errorf("look up idempotency keys: %w", err)
+			return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 		for rows.Next() {
 			var scope string
 			var u used
 			if err := rows.Scan(&scope, &u.id, &u.bodyHash); err != nil {
 				rows.Close()
-				return nil, fmt.Errorf("look up idempotency keys: %w", err)
+				return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 			}
 			known[scope] = u
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("look up idempotency keys: %w", err)
+			return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 	}
 	var sb strings.Builder
 	args := make([]any, 0, len(batch)*7)
+	rows := make([]outRow, 0, len(batch))
 	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, idem_scope, body_hash, accepted_at) VALUES `)
 	n := 0
 	for i, r := range batch {
@@ -339,24 +354,29 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		}
 		sb.WriteString(`(?,?,?,?,?,?,?,NOW(6))`)
 		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body, scope, hash)
+		rows = append(rows, newOutRow(id, r.msg.To, r.msg.Type, r.msg.Body))
 		n++
 	}
 	if n > 0 {
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
-			return nil, fmt.Errorf("insert %d messages: %w", n, err)
+			return nil, nil, fmt.Errorf("insert %d messages: %w", n, err)
 		}
 	}
 	held, err := a.c.fence(ctx, tx, st)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	a.shards.Store(int64(held))
 	if held != shards {
-		return nil, errShardsChanged
+		return nil, nil, errShardsChanged
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit %d messages: %w", n, err)
+		// The rows may have been committed all the same: the outbox
+		// finds them in the database.
+		a.c.outbox.rescan()
+		return nil, nil, fmt.Errorf("commit %d messages: %w", n, err)
 	}
-	return results, nil
+	return results, rows, nil
 }
 
 // newMessageID returns an id shaped like the original's ("gBEG" and
