@@ -46,9 +46,10 @@ const (
 
 // acceptReq is one message waiting for a group commit.
 type acceptReq struct {
-	msg   *outMessage
-	scope string // idemScope of the idempotency key, "" when none
-	done  chan acceptResult
+	msg      *outMessage
+	scope    string // idemScope of the idempotency key, "" when none
+	bodyHash string // msg.bodyHash(), with a key only
+	done     chan acceptResult
 }
 
 type acceptResult struct {
@@ -140,6 +141,11 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 		// The user header is believed: the request carried the cluster
 		// secret, and the gateway sets the header after dropping a client's.
 		req.scope = idemScope(string(ctx.Request.Header.Peek(cluster.UserHeader)), msg.To, key)
+		var err error
+		if req.bodyHash, err = msg.bodyHash(); err != nil {
+			writeError(ctx, apierror.RequestNotValid, "the request body is not valid JSON")
+			return
+		}
 	}
 	timer := time.NewTimer(acceptTimeout)
 	defer timer.Stop()
@@ -331,10 +337,9 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 			results[i] = acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
 			continue
 		}
-		bodyHash := hex.EncodeToString(r.msg.BodyHash[:])
 		if r.scope != "" {
 			if u, ok := known[r.scope]; ok {
-				if u.bodyHash == bodyHash {
+				if u.bodyHash == r.bodyHash {
 					results[i] = acceptResult{id: u.id}
 				} else {
 					results[i] = keyReused(u.id)
@@ -346,8 +351,8 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		results[i] = acceptResult{id: id}
 		var scope, hash any
 		if r.scope != "" {
-			known[r.scope] = used{id, bodyHash}
-			scope, hash = r.scope, bodyHash
+			known[r.scope] = used{id, r.bodyHash}
+			scope, hash = r.scope, r.bodyHash
 		}
 		if n > 0 {
 			sb.WriteByte(',')
