@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -273,9 +274,77 @@ func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int,
 	return shards, nil
 }
 
-// insert stores batch in one fenced transaction. It returns each request's
-// result and the rows it committed, for the outbox.
+// insertFenced stores a batch that carries no idempotency key in one
+// autocommit statement that is its own fence: INSERT ... SELECT of the
+// batch joined with this coreapp's shard_map row and the cluster row,
+// LOCK IN SHARE MODE, so the rows are stored only if the claim holds on the
+// database's clock and the shard count is the one the recipients were
+// checked against, and a promotion (which updates the shard_map row) waits
+// for this commit as it waits for a fenced transaction's. One statement
+// instead of BEGIN, INSERT, fence and COMMIT. (Under REPEATABLE READ an
+// INSERT ... SELECT share-locks the rows it reads anyway; the clause says
+// so, and holds under READ COMMITTED too.) stored is false when it
+// stored nothing (claim not held, shard count changed, no recipient on
+// this shard): the transaction of insert then tells which.
+func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptReq, shards int) (results []acceptResult, rows []outRow, stored bool, err error) {
+	results = make([]acceptResult, len(batch))
+	rows = make([]outRow, 0, len(batch))
+	args := make([]any, 0, len(batch)*5+6)
+	var sb strings.Builder
+	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, accepted_at)
+		SELECT v.id, v.shard_id, v.recipient, v.type, v.body, NOW(6) FROM (`)
+	for i, r := range batch {
+		if s, err := shard.For(r.msg.To, shards); err != nil || s != st.Shard {
+			results[i] = notOnShard(st)
+			continue
+		}
+		id := newMessageID()
+		results[i] = acceptResult{id: id}
+		if len(rows) == 0 {
+			sb.WriteString(`SELECT ? AS id, ? AS shard_id, ? AS recipient, ? AS type, ? AS body`)
+		} else {
+			sb.WriteString(` UNION ALL SELECT ?,?,?,?,?`)
+		}
+		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body)
+		rows = append(rows, newOutRow(id, r.msg.To, r.msg.Type, r.msg.Body))
+	}
+	if len(rows) == 0 {
+		return nil, nil, false, nil
+	}
+	sb.WriteString(`) v
+		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
+		JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards AND c.shards = ?
+		LOCK IN SHARE MODE`)
+	args = append(args, st.Shard, a.c.id.ID, a.c.id.Incarnation, st.Epoch, shards)
+	res, err := a.c.db.ExecContext(ctx, sb.String(), args...)
+	if err != nil {
+		// The commit may have happened all the same (a lost answer):
+		// the outbox finds such rows in the database.
+		a.c.outbox.rescan()
+		return nil, nil, false, fmt.Errorf("insert %d messages: %w", len(rows), err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil || n != int64(len(rows)) && n != 0 {
+		a.c.outbox.rescan()
+		return nil, nil, false, fmt.Errorf("insert %d messages: %d rows stored (%v)", len(rows), n, err)
+	}
+	return results, rows, n > 0, nil
+}
+
+// insert stores batch: in one statement (insertFenced) when no request
+// carries an idempotency key and the shard count is known, else in one
+// transaction fenced last. It returns each request's result and the rows
+// it committed, for the outbox.
 func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, []outRow, error) {
+	shards := int(a.shards.Load())
+	if shards > 0 && !slices.ContainsFunc(batch, func(r *acceptReq) bool { return r.scope != "" }) {
+		results, rows, stored, err := a.insertFenced(ctx, st, batch, shards)
+		if err != nil || stored {
+			return results, rows, err
+		}
+		// Nothing stored: the transaction below tells why (the claim
+		// lost, the shard count changed) or stores nothing as well.
+	}
 	tx, err := a.c.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, nil, err
@@ -289,7 +358,6 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 	// instead of the whole transaction, so the claim renewal (which updates
 	// that row) and a promotion never wait longer than that for a group
 	// commit, however slow the database.
-	shards := int(a.shards.Load())
 	if shards == 0 {
 		if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
 			return nil, nil, fmt.Errorf("read the shard count: %w", err)
@@ -334,7 +402,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 	for i, r := range batch {
 		s, err := shard.For(r.msg.To, shards)
 		if err != nil || s != st.Shard {
-			results[i] = acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
+			results[i] = notOnShard(st)
 			continue
 		}
 		if r.scope != "" {
@@ -382,6 +450,10 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		return nil, nil, fmt.Errorf("commit %d messages: %w", n, err)
 	}
 	return results, rows, nil
+}
+
+func notOnShard(st status) acceptResult {
+	return acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
 }
 
 // newMessageID returns an id shaped like the original's ("gBEG" and
