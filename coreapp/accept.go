@@ -10,7 +10,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -45,9 +47,10 @@ const (
 
 // acceptReq is one message waiting for a group commit.
 type acceptReq struct {
-	msg   *outMessage
-	scope string // idemScope of the idempotency key, "" when none
-	done  chan acceptResult
+	msg      *outMessage
+	scope    string // idemScope of the idempotency key, "" when none
+	bodyHash string // msg.bodyHash(), with a key only
+	done     chan acceptResult
 }
 
 type acceptResult struct {
@@ -92,6 +95,11 @@ func keyReused(id string) acceptResult {
 type acceptor struct {
 	c  *Coreapp
 	in chan *acceptReq
+	// shards is the shard count the last fence read under its lock (0
+	// before the first): recipients are checked against it, so a group
+	// commit does not read the count again unlocked. The fence re-reads it
+	// and a batch checked under a stale count is redone.
+	shards atomic.Int64
 }
 
 func newAcceptor(c *Coreapp) *acceptor {
@@ -134,6 +142,11 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 		// The user header is believed: the request carried the cluster
 		// secret, and the gateway sets the header after dropping a client's.
 		req.scope = idemScope(string(ctx.Request.Header.Peek(cluster.UserHeader)), msg.To, key)
+		var err error
+		if req.bodyHash, err = msg.bodyHash(); err != nil {
+			writeError(ctx, apierror.RequestNotValid, "the request body is not valid JSON")
+			return
+		}
 	}
 	timer := time.NewTimer(acceptTimeout)
 	defer timer.Stop()
@@ -205,13 +218,13 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	}
 	qctx, cancel := context.WithTimeout(ctx, acceptTimeout)
 	defer cancel()
-	results, err := a.insert(qctx, st, batch)
+	results, rows, err := a.insert(qctx, st, batch)
 	var me *mysql.MySQLError
 	if errors.As(err, &me) && me.Number == 1062 || errors.Is(err, errShardsChanged) {
 		// Another flusher committed the same idempotency key meanwhile
 		// (the lookup finds it this time), or a re-shard committed during
 		// the transaction (recipients are checked under the new count).
-		results, err = a.insert(qctx, st, batch)
+		results, rows, err = a.insert(qctx, st, batch)
 	}
 	if err != nil {
 		code, details := apierror.ServiceUnavailable, "could not store the message; retry with the same "+IdempotencyHeader
@@ -225,12 +238,15 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 		}
 		return
 	}
+	// The outbox gets the rows before any request is answered: a message
+	// sent after another's 201 is handed over after it, so the outbox's
+	// order keeps every recipient's order.
+	a.c.outbox.handover(st, rows)
 	for i, r := range batch {
 		r.done <- results[i]
 	}
 	a.c.metrics.acceptBatch.Observe(float64(len(batch)))
 	a.c.metrics.acceptCommit.Observe(time.Since(start).Seconds())
-	a.c.outbox.nudge()
 }
 
 var (
@@ -258,22 +274,94 @@ func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int,
 	return shards, nil
 }
 
-func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, error) {
+// insertFenced stores a batch that carries no idempotency key in one
+// autocommit statement that is its own fence: INSERT ... SELECT of the
+// batch joined with this coreapp's shard_map row and the cluster row,
+// LOCK IN SHARE MODE, so the rows are stored only if the claim holds on the
+// database's clock and the shard count is the one the recipients were
+// checked against, and a promotion (which updates the shard_map row) waits
+// for this commit as it waits for a fenced transaction's. One statement
+// instead of BEGIN, INSERT, fence and COMMIT. (Under REPEATABLE READ an
+// INSERT ... SELECT share-locks the rows it reads anyway; the clause says
+// so, and holds under READ COMMITTED too.) stored is false when it
+// stored nothing (claim not held, shard count changed, no recipient on
+// this shard): the transaction of insert then tells which.
+func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptReq, shards int) (results []acceptResult, rows []outRow, stored bool, err error) {
+	results = make([]acceptResult, len(batch))
+	rows = make([]outRow, 0, len(batch))
+	args := make([]any, 0, len(batch)*5+6)
+	var sb strings.Builder
+	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, accepted_at)
+		SELECT v.id, v.shard_id, v.recipient, v.type, v.body, NOW(6) FROM (`)
+	for i, r := range batch {
+		if s, err := shard.For(r.msg.To, shards); err != nil || s != st.Shard {
+			results[i] = notOnShard(st)
+			continue
+		}
+		id := newMessageID()
+		results[i] = acceptResult{id: id}
+		if len(rows) == 0 {
+			sb.WriteString(`SELECT ? AS id, ? AS shard_id, ? AS recipient, ? AS type, ? AS body`)
+		} else {
+			sb.WriteString(` UNION ALL SELECT ?,?,?,?,?`)
+		}
+		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body)
+		rows = append(rows, newOutRow(id, r.msg.To, r.msg.Type, r.msg.Body))
+	}
+	if len(rows) == 0 {
+		return nil, nil, false, nil
+	}
+	sb.WriteString(`) v
+		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
+		JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards AND c.shards = ?
+		LOCK IN SHARE MODE`)
+	args = append(args, st.Shard, a.c.id.ID, a.c.id.Incarnation, st.Epoch, shards)
+	res, err := a.c.db.ExecContext(ctx, sb.String(), args...)
+	if err != nil {
+		// The commit may have happened all the same (a lost answer):
+		// the outbox finds such rows in the database.
+		a.c.outbox.rescan()
+		return nil, nil, false, fmt.Errorf("insert %d messages: %w", len(rows), err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil || n != int64(len(rows)) && n != 0 {
+		a.c.outbox.rescan()
+		return nil, nil, false, fmt.Errorf("insert %d messages: %d rows stored (%v)", len(rows), n, err)
+	}
+	return results, rows, n > 0, nil
+}
+
+// insert stores batch: in one statement (insertFenced) when no request
+// carries an idempotency key and the shard count is known, else in one
+// transaction fenced last. It returns each request's result and the rows
+// it committed, for the outbox.
+func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, []outRow, error) {
+	shards := int(a.shards.Load())
+	if shards > 0 && !slices.ContainsFunc(batch, func(r *acceptReq) bool { return r.scope != "" }) {
+		results, rows, stored, err := a.insertFenced(ctx, st, batch, shards)
+		if err != nil || stored {
+			return results, rows, err
+		}
+		// Nothing stored: the transaction below tells why (the claim
+		// lost, the shard count changed) or stores nothing as well.
+	}
 	tx, err := a.c.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer tx.Rollback()
-	// The shard count is read without a lock here; the fence, the last
-	// statement before COMMIT, reads it again under its shared lock and the
-	// batch is redone if a re-shard changed it. Fencing last holds the
+	// The shard count is the one the previous fence read (read here, without
+	// a lock, only the first time); the fence, the last statement before
+	// COMMIT, reads it again under its shared lock and the batch is redone
+	// if a re-shard changed it. Fencing last holds the
 	// shared locks on the shard_map and cluster rows for one round trip
 	// instead of the whole transaction, so the claim renewal (which updates
 	// that row) and a promotion never wait longer than that for a group
 	// commit, however slow the database.
-	var shards int
-	if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
-		return nil, fmt.Errorf("read the shard count: %w", err)
+	if shards == 0 {
+		if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1`).Scan(&shards); err != nil {
+			return nil, nil, fmt.Errorf("read the shard count: %w", err)
+		}
 	}
 	results := make([]acceptResult, len(batch))
 	// Keys already used (same user, recipient and key): in the database,
@@ -290,36 +378,36 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		q := `SELECT idem_scope, id, body_hash FROM messages WHERE idem_scope IN (?` + strings.Repeat(",?", len(scopes)-1) + `)`
 		rows, err := tx.QueryContext(ctx, q, scopes...)
 		if err != nil {
-			return nil, fmt.Errorf("look up idempotency keys: %w", err)
+			return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 		for rows.Next() {
 			var scope string
 			var u used
 			if err := rows.Scan(&scope, &u.id, &u.bodyHash); err != nil {
 				rows.Close()
-				return nil, fmt.Errorf("look up idempotency keys: %w", err)
+				return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 			}
 			known[scope] = u
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("look up idempotency keys: %w", err)
+			return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 	}
 	var sb strings.Builder
 	args := make([]any, 0, len(batch)*7)
+	rows := make([]outRow, 0, len(batch))
 	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, idem_scope, body_hash, accepted_at) VALUES `)
 	n := 0
 	for i, r := range batch {
 		s, err := shard.For(r.msg.To, shards)
 		if err != nil || s != st.Shard {
-			results[i] = acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
+			results[i] = notOnShard(st)
 			continue
 		}
-		bodyHash := hex.EncodeToString(r.msg.BodyHash[:])
 		if r.scope != "" {
 			if u, ok := known[r.scope]; ok {
-				if u.bodyHash == bodyHash {
+				if u.bodyHash == r.bodyHash {
 					results[i] = acceptResult{id: u.id}
 				} else {
 					results[i] = keyReused(u.id)
@@ -331,32 +419,41 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		results[i] = acceptResult{id: id}
 		var scope, hash any
 		if r.scope != "" {
-			known[r.scope] = used{id, bodyHash}
-			scope, hash = r.scope, bodyHash
+			known[r.scope] = used{id, r.bodyHash}
+			scope, hash = r.scope, r.bodyHash
 		}
 		if n > 0 {
 			sb.WriteByte(',')
 		}
 		sb.WriteString(`(?,?,?,?,?,?,?,NOW(6))`)
 		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body, scope, hash)
+		rows = append(rows, newOutRow(id, r.msg.To, r.msg.Type, r.msg.Body))
 		n++
 	}
 	if n > 0 {
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
-			return nil, fmt.Errorf("insert %d messages: %w", n, err)
+			return nil, nil, fmt.Errorf("insert %d messages: %w", n, err)
 		}
 	}
 	held, err := a.c.fence(ctx, tx, st)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	a.shards.Store(int64(held))
 	if held != shards {
-		return nil, errShardsChanged
+		return nil, nil, errShardsChanged
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit %d messages: %w", n, err)
+		// The rows may have been committed all the same: the outbox
+		// finds them in the database.
+		a.c.outbox.rescan()
+		return nil, nil, fmt.Errorf("commit %d messages: %w", n, err)
 	}
-	return results, nil
+	return results, rows, nil
+}
+
+func notOnShard(st status) acceptResult {
+	return acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
 }
 
 // newMessageID returns an id shaped like the original's ("gBEG" and

@@ -154,6 +154,10 @@ func run() error {
 	if err := node.Register(ctx, db, id, c.plugins.Info().KeepaliveTimeout.Milliseconds()); err != nil {
 		return err
 	}
+	// Compile the message schema now, not in the first message's request.
+	if _, err := messageSchema(); err != nil {
+		c.log.Error("the message schema does not compile; every message will be refused", "err", err)
+	}
 	srv := c.server()
 	go srv.Serve(ln)
 	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", release.Version)

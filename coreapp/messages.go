@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -20,13 +22,15 @@ type outMessage struct {
 	To       string
 	Type     string
 	Body     []byte   // the request, compacted: what the network receives
-	BodyHash [32]byte // SHA-256 of the canonical request, see parseMessage
 	MediaIDs []string // uploaded media the message refers to by id
 	// MediaProviders names the media providers (settings) whose
 	// credentials fetch the message's links, in order, without repeats:
 	// the body keeps each media object's provider field as sent, for
 	// whatever fetches the links.
 	MediaProviders []string
+	// request is the request decoded, its type made explicit: what
+	// bodyHash encodes.
+	request map[string]any
 }
 
 // badRequest is a refusal with the original's code; nothing is stored.
@@ -64,12 +68,14 @@ func parseMessage(body []byte) (*outMessage, *badRequest) {
 	if !ok {
 		return nil, &badRequest{apierror.RequestNotValid, "the request body must be a JSON object"}
 	}
-	schema, err := messageSchema()
-	if err != nil {
-		return nil, &badRequest{apierror.GenericError, "the message schema does not compile: " + err.Error()}
-	}
-	if bad := openapi.ValidateValue(schema, doc); bad != nil {
-		return nil, &badRequest{bad.Code, bad.Details}
+	if !conformsAsText(m) {
+		schema, err := messageSchema()
+		if err != nil {
+			return nil, &badRequest{apierror.GenericError, "the message schema does not compile: " + err.Error()}
+		}
+		if bad := openapi.ValidateValue(schema, doc); bad != nil {
+			return nil, &badRequest{bad.Code, bad.Details}
+		}
 	}
 	// The schema guarantees these are strings when present.
 	to, _ := m["to"].(string)
@@ -95,18 +101,25 @@ func parseMessage(body []byte) (*outMessage, *badRequest) {
 		b, _ := json.Marshal(m)
 		msg.Body = b
 	}
-	// An idempotency key is bound to this hash: the request decoded and
-	// encoded again (keys sorted, no insignificant whitespace, the type
-	// made explicit) with to as its digits, so a retry that writes the
-	// recipient or the JSON differently is still the same message, and a
-	// different message under a used key is told apart.
-	m["to"] = string(shard.Digits(to))
-	canon, err2 := json.Marshal(m)
-	if err2 != nil {
-		return nil, &badRequest{apierror.RequestNotValid, "the request body is not valid JSON"}
-	}
-	msg.BodyHash = sha256.Sum256(canon)
+	msg.request = m
 	return msg, nil
+}
+
+// bodyHash is what an idempotency key is bound to: a SHA-256, in hex, of
+// the request decoded and encoded again (keys sorted, no insignificant
+// whitespace, the type made explicit) with to as its digits, so a retry
+// that writes the recipient or the JSON differently is still the same
+// message, and a different message under a used key is told apart. Only a
+// request with a key needs it.
+func (msg *outMessage) bodyHash() (string, error) {
+	canon := maps.Clone(msg.request)
+	canon["to"] = string(shard.Digits(msg.To))
+	b, err := json.Marshal(canon)
+	if err != nil {
+		return "", fmt.Errorf("encode the message again: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
 }
 
 // Limits of interactive messages that span sections, which a JSON Schema

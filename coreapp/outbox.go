@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -30,18 +32,59 @@ const (
 	outboxMaxRetry = 2 * time.Second
 )
 
-// outbox delivers the shard's committed messages to the network: all its
-// unsent rows in seq (acceptance) order, one batch in flight, so messages
-// to one recipient arrive in the order they were accepted. A batch that
-// fails is sent again whole; the network drops the copies by id. Rows are
-// marked sent only after the network answered, so a new primary (or this
-// one after a plugin restart) sends again what might not have arrived.
+// outbox delivers the shard's committed messages to the network, one
+// batch in flight, so messages to one recipient arrive in the order they
+// were accepted. A batch that fails is sent again; the network drops the
+// copies by id. Rows are marked sent only after the network answered, so a
+// new primary (or this one after a plugin restart) sends again what might
+// not have arrived.
+//
+// The rows this coreapp's group commits store are handed to it in memory
+// (handover), in the order they committed, so sending them reads nothing
+// back from the database. The database is read (scan: the unsent rows in
+// seq order) whenever it may hold an unsent row that was not handed over:
+// when a term starts (a new claim, a changed shard map, which may have
+// moved rows in), after any failure (a Send, a plugin restart, a commit
+// whose outcome is unknown), when too much waits in memory, and every
+// outboxRescan as a safety net. A scan starts by dropping what was handed
+// over, which it finds in the database, and the rows handed over during it
+// wait until it has caught up.
 type outbox struct {
 	c    *Coreapp
 	wake chan struct{}
+
+	mu       sync.Mutex
+	term     outboxTerm
+	pending  []outRow // handed over, in commit order, not yet sent
+	pendingB int      // their bytes (MessageSize)
+	// needScan: the database may hold unsent rows pending lacks; the next
+	// drain starts a scan. scanning: a scan has not caught up yet.
+	needScan, scanning bool
+	lastScan           time.Time
 }
 
-func newOutbox(c *Coreapp) *outbox { return &outbox{c: c, wake: make(chan struct{}, 1)} }
+// outboxTerm is what the handed-over rows belong to: rows committed under
+// another claim, or before the shard map changed, are the database's.
+type outboxTerm struct {
+	shard      int
+	epoch      int64
+	mapVersion int64
+}
+
+const (
+	// outboxRescan is the safety net: the outbox reads the database at
+	// least this often while it is primary, whatever it was handed.
+	outboxRescan = 30 * time.Second
+	// maxPendingRows and maxPendingBytes bound the rows waiting in memory
+	// (a disconnected plugin, say); past them the outbox drops them and
+	// reads the database instead.
+	maxPendingRows  = 20 * sendBatch
+	maxPendingBytes = 16 * transport.MaxSendBytes
+)
+
+func newOutbox(c *Coreapp) *outbox {
+	return &outbox{c: c, wake: make(chan struct{}, 1), needScan: true}
+}
 
 func (o *outbox) nudge() {
 	select {
@@ -50,14 +93,53 @@ func (o *outbox) nudge() {
 	}
 }
 
+// handover gives the outbox rows a group commit under st has just
+// committed, and wakes it.
+func (o *outbox) handover(st status, rows []outRow) {
+	if len(rows) == 0 {
+		return
+	}
+	o.mu.Lock()
+	switch {
+	case o.needScan:
+		// The coming scan reads them from the database.
+	case st.Shard != o.term.shard || st.Epoch != o.term.epoch:
+		o.needScan = true
+	case len(o.pending)+len(rows) > maxPendingRows || o.pendingB > maxPendingBytes:
+		o.needScan = true
+	default:
+		o.pending = append(o.pending, rows...)
+		for _, r := range rows {
+			o.pendingB += r.size
+		}
+	}
+	o.mu.Unlock()
+	o.nudge()
+}
+
+// rescan makes the next drain read the database.
+func (o *outbox) rescan() {
+	o.mu.Lock()
+	o.needScan = true
+	o.mu.Unlock()
+	o.nudge()
+}
+
 type outRow struct {
-	seq       int64
+	seq       int64 // 0 when handed over (the id names the row)
 	id        string
 	recipient string
 	typ       string
 	body      []byte
 	size      int  // transport.MessageSize of the row
 	tooBig    bool // over transport.MaxMessageBytes: it fails without being sent
+}
+
+func newOutRow(id, recipient, typ string, body []byte) outRow {
+	r := outRow{id: id, recipient: recipient, typ: typ, body: body}
+	r.size = transport.MessageSize(transport.Message{ID: id, To: recipient, Type: typ, Body: body})
+	r.tooBig = r.size > transport.MaxMessageBytes
+	return r
 }
 
 func (o *outbox) run(ctx context.Context) {
@@ -92,21 +174,106 @@ func (o *outbox) drain(ctx context.Context) (bool, error) {
 		if !st.Primary || !st.Connected {
 			return sent, nil
 		}
-		rows, more, err := o.load(ctx, st.Shard)
+		rows, err := o.next(ctx, st)
+		if err == nil && len(rows) > 0 {
+			err = o.send(ctx, st, rows)
+		}
 		if err != nil {
+			// What was taken is unsent in the database, and
+			// what was handed over since may follow it there.
+			o.rescan()
 			return sent, err
 		}
 		if len(rows) == 0 {
 			return sent, nil
 		}
-		if err := o.send(ctx, st, rows); err != nil {
-			return sent, err
-		}
 		sent = true
-		if !more {
-			return sent, nil
-		}
 	}
+}
+
+// next returns the next batch to send: from a scan of the database while
+// one is needed or under way, else from what was handed over.
+func (o *outbox) next(ctx context.Context, st status) ([]outRow, error) {
+	_, mapVersion := o.c.settings.Layout()
+	term := outboxTerm{shard: st.Shard, epoch: st.Epoch, mapVersion: mapVersion}
+	o.mu.Lock()
+	if term != o.term || time.Since(o.lastScan) > outboxRescan {
+		o.term, o.needScan = term, true
+	}
+	if o.needScan {
+		// Everything handed over so far is committed, so the scan finds
+		// it; what is handed over from now on waits for the scan.
+		o.needScan, o.scanning = false, true
+		o.pending, o.pendingB = nil, 0
+		o.lastScan = time.Now()
+	}
+	if !o.scanning {
+		rows := o.take()
+		o.mu.Unlock()
+		return rows, nil
+	}
+	o.mu.Unlock()
+	rows, more, err := o.load(ctx, st.Shard)
+	if err != nil {
+		return nil, err
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(rows) > 0 && len(o.pending) > 0 {
+		// Rows handed over after the scan began that this read found
+		// already: they are sent now, not again from memory.
+		loaded := make(map[string]bool, len(rows))
+		for _, r := range rows {
+			loaded[r.id] = true
+		}
+		kept := o.pending[:0]
+		o.pendingB = 0
+		for _, r := range o.pending {
+			if !loaded[r.id] {
+				kept = append(kept, r)
+				o.pendingB += r.size
+			}
+		}
+		clear(o.pending[len(kept):])
+		o.pending = kept
+	}
+	if !more {
+		// This read found every unsent row committed before it, and
+		// every one committed after it was handed over: memory has the
+		// rest (a copy of one now being sent at most, which the network
+		// drops).
+		o.scanning = false
+	}
+	return rows, nil
+}
+
+// take removes the first handed-over rows, a batch as load would cut it,
+// from pending. o.mu is held.
+func (o *outbox) take() []outRow {
+	n, total := 0, 0
+	for n < len(o.pending) && n < sendBatch {
+		r := o.pending[n]
+		if !r.tooBig {
+			if n > 0 && total+r.size > transport.MaxSendBytes {
+				break
+			}
+			total += r.size
+		}
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	rows := slices.Clone(o.pending[:n])
+	clear(o.pending[:n])
+	o.pending = o.pending[n:]
+	for _, r := range rows {
+		o.pendingB -= r.size
+	}
+	if len(o.pending) == 0 {
+		o.pending = nil // let the backing array go
+	}
+	return rows
 }
 
 // load returns the shard's next batch: its first unsent rows in seq order,
@@ -212,7 +379,7 @@ func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
 	for i, r := range results {
 		switch r.Status {
 		case transport.SendAccepted, transport.SendDuplicate:
-			ok = append(ok, rows[i].seq)
+			ok = append(ok, rows[i].id)
 		default:
 			failed = append(failed, failedSend{row: rows[i], reason: r.Error})
 		}
@@ -228,14 +395,15 @@ func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if len(ok) > 0 {
-		q := `UPDATE messages SET state = ?, sent_at = NOW(6) WHERE seq IN (?` + strings.Repeat(",?", len(ok)-1) + `)`
+		// By id (unique): a handed-over row's seq is not known here.
+		q := `UPDATE messages SET state = ?, sent_at = NOW(6) WHERE id IN (?` + strings.Repeat(",?", len(ok)-1) + `)`
 		if _, err := o.c.db.ExecContext(qctx, q, append([]any{stateSent}, ok...)...); err != nil {
 			return fmt.Errorf("mark %d messages sent: %w", len(ok), err)
 		}
 	}
 	for _, f := range failed {
-		if _, err := o.c.db.ExecContext(qctx, `UPDATE messages SET state = ?, error = ?, sent_at = NOW(6) WHERE seq = ?`,
-			stateFailed, truncate(f.reason, 255), f.row.seq); err != nil {
+		if _, err := o.c.db.ExecContext(qctx, `UPDATE messages SET state = ?, error = ?, sent_at = NOW(6) WHERE id = ?`,
+			stateFailed, truncate(f.reason, 255), f.row.id); err != nil {
 			return fmt.Errorf("mark message failed: %w", err)
 		}
 	}
