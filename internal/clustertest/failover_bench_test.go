@@ -2,7 +2,9 @@ package clustertest
 
 import (
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -23,6 +25,39 @@ func BenchmarkFailover(b *testing.B) {
 //	go test -run '^$' -bench 'BenchmarkFailoverDefaults$' -benchtime 2x -timeout 30m ./internal/clustertest
 func BenchmarkFailoverDefaults(b *testing.B) {
 	benchFailover(b, Options{Heartbeat: 5, Unhealthy: 30, Keepalive: time.Second})
+}
+
+// BenchmarkFailoverFast is the same at issue 11's fast settings:
+// heartbeat_interval 0.05 s, unhealthy_interval 0.25 s and a 65 ms network
+// keepalive. MC_FAILOVER_HEARTBEAT, MC_FAILOVER_UNHEALTHY (seconds) and
+// MC_FAILOVER_KEEPALIVE (a Go duration) measure another setting.
+//
+//	go test -run '^$' -bench 'BenchmarkFailoverFast$' -benchtime 20x -timeout 30m ./internal/clustertest
+func BenchmarkFailoverFast(b *testing.B) {
+	benchFailover(b, fastOptions(b, Options{}))
+}
+
+// fastOptions fills o's failure-detection settings from the environment,
+// or issue 11's fast ones (0.05 s, 0.25 s, keepalive 65 ms) where unset.
+func fastOptions(t testing.TB, o Options) Options {
+	o.Heartbeat, o.Unhealthy, o.Keepalive = 0.05, 0.25, 65*time.Millisecond
+	for k, dst := range map[string]*float64{"MC_FAILOVER_HEARTBEAT": &o.Heartbeat, "MC_FAILOVER_UNHEALTHY": &o.Unhealthy} {
+		if v := os.Getenv(k); v != "" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				t.Fatalf("%s=%q: want seconds > 0", k, v)
+			}
+			*dst = f
+		}
+	}
+	if v := os.Getenv("MC_FAILOVER_KEEPALIVE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			t.Fatalf("MC_FAILOVER_KEEPALIVE=%q: want a positive duration", v)
+		}
+		o.Keepalive = d
+	}
+	return o
 }
 
 func benchFailover(b *testing.B, o Options) {
