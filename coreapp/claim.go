@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/multiconnect/multiconnect/internal/lease"
 	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -51,6 +53,11 @@ type holder struct {
 	// succeeded (0: none yet). Heartbeats report its age: the master
 	// promotes only a coreapp that reached MySQL recently.
 	dbOK atomic.Int64
+	// lastSent is the monotime the last renewal was sent (run's goroutine
+	// only): the gap between two is what the claim's validity must cover.
+	lastSent int64
+	renewRTT prometheus.Histogram
+	renewGap prometheus.Histogram
 }
 
 // releaseReq is the master's request to give up a claim whose holder is
@@ -63,7 +70,15 @@ type releaseReq struct {
 }
 
 func newHolder(c *Coreapp) *holder {
-	return &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq)}
+	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
+		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
+			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		renewGap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_gap_seconds",
+			Help:    "Time between the sending of two consecutive claim renewals: the claim's validity must outlast it.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+	}
+	c.metrics.reg.MustRegister(h.renewRTT, h.renewGap)
+	return h
 }
 
 // status is the snapshot heartbeats and health report.
@@ -122,6 +137,13 @@ func (h *holder) run(ctx context.Context) {
 		cur := h.cur
 		h.mu.Unlock()
 		if cur != nil {
+			// Renewals keep their cadence from the last one *sent*: the
+			// claim's validity is counted from there, so the time a tick
+			// spent on the plugin (extend, health, connect) must come out
+			// of the wait, not be added to the gap.
+			if h.lastSent != 0 {
+				wait = time.Duration(h.lastSent + int64(wait) - monotime.Now())
+			}
 			if r := cur.valid.Remaining(); r < wait {
 				wait = r
 			}
@@ -166,7 +188,7 @@ func (h *holder) tick(ctx context.Context, force bool) {
 		h.stepDown("claim could not be renewed in time")
 		return
 	}
-	lost, err := h.renew(ctx, cur)
+	lost, extended, err := h.renew(ctx, cur)
 	switch {
 	case lost:
 		h.stepDown("claim taken over or lapsed in the database")
@@ -178,7 +200,18 @@ func (h *holder) tick(ctx context.Context, force bool) {
 			return
 		}
 	}
-	h.ensureConnected(ctx, cur)
+	h.ensureConnected(ctx, cur, extended)
+}
+
+// pluginBudget bounds one call to the plugin made between two renewals
+// (extend, connect): it may use what the claim has left beyond half of
+// unhealthy_interval, which stays for the next renewal's round trip, and at
+// least one renewal period. A starved plugin then costs a retry, never
+// the claim.
+func (h *holder) pluginBudget(c *claim, most time.Duration) time.Duration {
+	unhealthy := h.c.settings.Get().Unhealthy()
+	b := max(h.renewEvery(), c.valid.Remaining()-unhealthy/2)
+	return min(b, most)
 }
 
 // discover asks the database whether the master assigned us a shard (the
@@ -233,13 +266,14 @@ func (h *holder) take(ctx context.Context, a assignment) {
 	h.reachedDB()
 	c := &claim{shard: a.shard, epoch: a.epoch, connectAt: received + waitUS*1000}
 	c.valid.Renewed(sent, unhealthy)
+	h.lastSent = sent
 	h.mu.Lock()
 	h.cur = c
 	h.mu.Unlock()
 	h.c.metrics.primary.Set(1)
 	h.c.metrics.shard.Set(float64(a.shard))
 	h.c.log.Info("became primary coreapp", "shard", a.shard, "epoch", a.epoch, "connect_in", time.Duration(waitUS)*time.Microsecond)
-	h.ensureConnected(ctx, c)
+	h.ensureConnected(ctx, c, false)
 }
 
 var errNotOurs = errors.New("assignment is not ours or has lapsed")
@@ -269,22 +303,37 @@ func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 	return waitUS, tx.Commit()
 }
 
-// renew extends the claim. lost is true only when the database refused it.
-func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
+// renew extends the claim. lost is true only when the database refused it;
+// extended, when the plugin was asked to extend the connection and did not
+// refuse (it confirmed, or was too slow to answer within its budget).
+func (h *holder) renew(ctx context.Context, c *claim) (lost, extended bool, err error) {
 	unhealthy := h.c.settings.Get().Unhealthy()
 	qctx, cancel := context.WithTimeout(ctx, c.valid.Remaining())
 	defer cancel()
 	sent := monotime.Now()
+	gap := time.Duration(sent - h.lastSent)
+	h.renewGap.Observe(gap.Seconds())
+	h.lastSent = sent
+	defer func() {
+		rtt := time.Duration(monotime.Now() - sent)
+		h.renewRTT.Observe(rtt.Seconds())
+		// A renewal is due every unhealthy/4 at most: one that left less
+		// than half the claim is worth a line, with where the time went.
+		if gap+rtt > unhealthy/2 {
+			h.c.log.Warn("slow claim renewal", "shard", c.shard, "since_previous", gap, "round_trip", rtt,
+				"remaining", c.valid.Remaining(), "err", err)
+		}
+	}()
 	res, err := h.c.claimDB.ExecContext(qctx, `UPDATE shard_map
 		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
 		unhealthy.Microseconds(), c.shard, h.c.id.ID, h.c.id.Incarnation, c.epoch)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	h.reachedDB()
 	if n, _ := res.RowsAffected(); n != 1 {
-		return true, nil
+		return true, false, nil
 	}
 	c.valid.Renewed(sent, unhealthy)
 	if c.connected {
@@ -292,26 +341,41 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
 			if gen != c.pluginGen {
 				return
 			}
-			ectx, cancel := context.WithTimeout(ctx, time.Second)
+			ectx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
 			defer cancel()
-			if err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout()); err != nil {
+			err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout())
+			switch {
+			case ectx.Err() != nil && ctx.Err() == nil:
+				// The plugin is slow, not refusing: it still closes the
+				// connection at the deadline it holds, and the next
+				// renewal extends again. Reconnecting would only churn.
+				h.c.log.Warn("transport slow to extend the connection; extending again at the next renewal", "err", err)
+				extended = true
+			case err != nil:
 				h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
 				h.setConnected(c, false, 0)
+			default:
+				extended = true
 			}
 		})
 	}
-	return false, nil
+	return false, extended, nil
 }
 
 // ensureConnected connects the plugin once allowed, and reconnects after a
-// plugin restart or a dropped connection.
-func (h *holder) ensureConnected(ctx context.Context, c *claim) {
+// plugin restart or a dropped connection. extended: the plugin has just
+// confirmed the connection (a successful Extend), so asking it again is
+// only another round trip to a process that may be short of CPU.
+func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 	if monotime.Now() < c.connectAt {
 		return
 	}
 	h.c.plugins.With(func(t transport.Transport, gen uint64) {
+		if extended && c.connected && gen == c.pluginGen {
+			return
+		}
 		if c.connected && gen == c.pluginGen {
-			hctx, cancel := context.WithTimeout(ctx, time.Second)
+			hctx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
 			hl, err := t.Health(hctx)
 			cancel()
 			if err == nil && hl.Connected && hl.Epoch == uint64(c.epoch) {
@@ -328,10 +392,7 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim) {
 		// A network that swallows packets makes a connect hang; bound the
 		// attempt so renewals (and a master's release) are not held up
 		// behind it. The next tick tries again.
-		wait := time.Duration(deadline - monotime.Now())
-		if half := h.c.settings.Get().Unhealthy() / 2; half < wait {
-			wait = half
-		}
+		wait := min(time.Duration(deadline-monotime.Now()), h.pluginBudget(c, h.c.settings.Get().Unhealthy()/2))
 		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline,

@@ -121,13 +121,24 @@ func TestNoSpuriousPromotionsUnderLoad(t *testing.T) {
 	for _, l := range stepDowns {
 		t.Log("STEP-DOWN " + l)
 	}
-	for _, l := range logLines(c.Coreapps, `"transport connection lost`, `"transport connect failed"`, `"renew claim"`,
-		`"transport refused to extend`) {
-		t.Log("COREAPP " + l)
-	}
-	for _, l := range logLines(c.Masters, `"promoted coreapp"`, `"promotion failed"`, `"asked the holder`, `lease`,
-		`"the database's clock stepped`) {
-		t.Log("MASTER " + l)
+	logSome(t, "COREAPP", logLines(c.Coreapps, `"slow claim renewal"`, `"transport connection lost`, `"transport connect failed"`,
+		`"renew claim"`, `"transport refused to extend`, `"connection to the network lost"`))
+	logSome(t, "MASTER", logLines(c.Masters, `"promoted coreapp"`, `"promotion failed"`, `"asked the holder`, `"level":"WARN"`,
+		`"level":"ERROR"`))
+	for _, p := range c.Coreapps {
+		_, body, _ := c.Internal("GET", p.Addr, "/metrics", "")
+		vals := map[string]float64{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if f := strings.Fields(line); len(f) == 2 {
+				vals[f[0]], _ = strconv.ParseFloat(f[1], 64)
+			}
+		}
+		n, sum := vals["multiconnect_coreapp_claim_renewal_seconds_count"], vals["multiconnect_coreapp_claim_renewal_seconds_sum"]
+		gn, gsum := vals["multiconnect_coreapp_claim_renewal_gap_seconds_count"], vals["multiconnect_coreapp_claim_renewal_gap_seconds_sum"]
+		if n > 0 && gn > 0 {
+			t.Logf("%s: %v claim renewals, mean round trip %.1f ms, mean gap between renewals %.1f ms", p.Name, n,
+				1000*sum/n, 1000*gsum/gn)
+		}
 	}
 	drops, ended := map[string]int{}, 0
 	for _, iv := range c.Connections()[conns0:] {
@@ -174,6 +185,25 @@ func logLines(procs []*Proc, pats ...string) []string {
 		}
 	}
 	return out
+}
+
+// logSome logs lines counted by message, and the first few of each.
+func logSome(t *testing.T, what string, lines []string) {
+	msg := regexp.MustCompile(`"msg":"([^"]*)"`)
+	counts, shown := map[string]int{}, map[string]int{}
+	for _, l := range lines {
+		m := "?"
+		if s := msg.FindStringSubmatch(l); s != nil {
+			m = s[1]
+		}
+		counts[m]++
+		if shown[m]++; shown[m] <= 5 {
+			t.Log(what + " " + l)
+		}
+	}
+	for m, n := range counts {
+		t.Logf("%s: %d lines %q", what, n, m)
+	}
 }
 
 func quoteAll(pats []string) []string {
