@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/lease"
 	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -24,6 +25,9 @@ type claim struct {
 	connectAt int64  // monotime before which the network must not see us
 	connected bool   // the plugin holds the connection
 	pluginGen uint64 // plugin generation the connection was made on
+	// extendedAt is the monotime the plugin last took (or was too slow to
+	// refuse) an extension: it has just been heard from.
+	extendedAt int64
 }
 
 type assignment struct {
@@ -53,11 +57,25 @@ type holder struct {
 	// succeeded (0: none yet). Heartbeats report its age: the master
 	// promotes only a coreapp that reached MySQL recently.
 	dbOK atomic.Int64
-	// lastSent is the monotime the last renewal was sent (run's goroutine
-	// only): the gap between two is what the claim's validity must cover.
-	lastSent int64
+	// lastSent is the monotime the last renewal was sent, due when the
+	// next one is (run's goroutine only): the gap between two renewals is
+	// what the claim's validity must cover.
+	lastSent, due int64
+	// Renewals run in the background, up to one per reserved connection,
+	// so a slow round trip does not hold back the next one; their outcomes
+	// come back to run on renewals.
+	renewals chan renewal
+	pending  atomic.Int32
+	inflight sync.WaitGroup
 	renewRTT prometheus.Histogram
 	renewGap prometheus.Histogram
+}
+
+// renewal is the outcome of one background claim renewal of c.
+type renewal struct {
+	c    *claim
+	lost bool
+	err  error
 }
 
 // releaseReq is the master's request to give up a claim whose holder is
@@ -71,6 +89,7 @@ type releaseReq struct {
 
 func newHolder(c *Coreapp) *holder {
 	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
+		renewals: make(chan renewal, 2*database.CoreappClaimPool),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
 			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		renewGap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_gap_seconds",
@@ -141,8 +160,8 @@ func (h *holder) run(ctx context.Context) {
 			// claim's validity is counted from there, so the time a tick
 			// spent on the plugin (extend, health, connect) must come out
 			// of the wait, not be added to the gap.
-			if h.lastSent != 0 {
-				wait = time.Duration(h.lastSent + int64(wait) - monotime.Now())
+			if h.due != 0 {
+				wait = time.Duration(h.due - monotime.Now())
 			}
 			if r := cur.valid.Remaining(); r < wait {
 				wait = r
@@ -166,6 +185,8 @@ func (h *holder) run(ctx context.Context) {
 			h.tick(ctx, true)
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
+		case r := <-h.renewals:
+			h.renewed(ctx, r)
 		case <-changed:
 			h.tick(ctx, true)
 		case <-time.After(wait):
@@ -188,19 +209,53 @@ func (h *holder) tick(ctx context.Context, force bool) {
 		h.stepDown("claim could not be renewed in time")
 		return
 	}
-	lost, extended, err := h.renew(ctx, cur)
-	switch {
-	case lost:
-		h.stepDown("claim taken over or lapsed in the database")
+	h.startRenewal(ctx, cur)
+	h.ensureConnected(ctx, cur, monotime.Now()-cur.extendedAt < int64(2*h.renewEvery()))
+}
+
+// startRenewal sends a renewal of c in the background, unless every
+// reserved connection already carries one (then the next tick tries).
+func (h *holder) startRenewal(ctx context.Context, c *claim) {
+	now := monotime.Now()
+	every := h.renewEvery()
+	if h.pending.Load() >= database.CoreappClaimPool {
+		h.due = now + int64(every/4)
 		return
-	case err != nil:
-		h.c.dbError("renew claim", err)
+	}
+	gap := time.Duration(now - h.lastSent)
+	h.renewGap.Observe(gap.Seconds())
+	h.lastSent, h.due = now, now+int64(every)
+	h.pending.Add(1)
+	h.inflight.Add(1)
+	go func() {
+		defer h.inflight.Done()
+		lost, err := h.renew(ctx, c, gap)
+		h.pending.Add(-1)
+		// Never blocks: at most CoreappClaimPool renewals are in flight.
+		h.renewals <- renewal{c: c, lost: lost, err: err}
+	}()
+}
+
+// renewed acts on a background renewal's outcome: step down when the
+// database refused it, extend the plugin's deadline when it succeeded.
+func (h *holder) renewed(ctx context.Context, r renewal) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if r.c != cur {
+		return // a claim given up since
+	}
+	switch {
+	case r.lost:
+		h.stepDown("claim taken over or lapsed in the database")
+	case r.err != nil:
+		h.c.dbError("renew claim", r.err)
 		if !cur.valid.Valid() {
 			h.stepDown("claim could not be renewed in time")
-			return
 		}
+	default:
+		h.extend(ctx, cur)
 	}
-	h.ensureConnected(ctx, cur, extended)
 }
 
 // pluginBudget bounds one call to the plugin made between two renewals
@@ -266,7 +321,7 @@ func (h *holder) take(ctx context.Context, a assignment) {
 	h.reachedDB()
 	c := &claim{shard: a.shard, epoch: a.epoch, connectAt: received + waitUS*1000}
 	c.valid.Renewed(sent, unhealthy)
-	h.lastSent = sent
+	h.lastSent, h.due = sent, sent+int64(h.renewEvery())
 	h.mu.Lock()
 	h.cur = c
 	h.mu.Unlock()
@@ -303,17 +358,15 @@ func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 	return waitUS, tx.Commit()
 }
 
-// renew extends the claim. lost is true only when the database refused it;
-// extended, when the plugin was asked to extend the connection and did not
-// refuse (it confirmed, or was too slow to answer within its budget).
-func (h *holder) renew(ctx context.Context, c *claim) (lost, extended bool, err error) {
+// renew extends the claim in the database; it runs in the background,
+// beside other renewals, and touches only what is safe to share (the
+// validity only moves forward). lost is true only when the database
+// refused it. gap is the time since the previous renewal was sent.
+func (h *holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost bool, err error) {
 	unhealthy := h.c.settings.Get().Unhealthy()
 	qctx, cancel := context.WithTimeout(ctx, c.valid.Remaining())
 	defer cancel()
 	sent := monotime.Now()
-	gap := time.Duration(sent - h.lastSent)
-	h.renewGap.Observe(gap.Seconds())
-	h.lastSent = sent
 	defer func() {
 		rtt := time.Duration(monotime.Now() - sent)
 		h.renewRTT.Observe(rtt.Seconds())
@@ -329,37 +382,42 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost, extended bool, err 
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
 		unhealthy.Microseconds(), c.shard, h.c.id.ID, h.c.id.Incarnation, c.epoch)
 	if err != nil {
-		return false, false, err
+		return false, err
 	}
 	h.reachedDB()
 	if n, _ := res.RowsAffected(); n != 1 {
-		return true, false, nil
+		return true, nil
 	}
 	c.valid.Renewed(sent, unhealthy)
-	if c.connected {
-		h.c.plugins.With(func(t transport.Transport, gen uint64) {
-			if gen != c.pluginGen {
-				return
-			}
-			ectx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
-			defer cancel()
-			err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout())
-			switch {
-			case ectx.Err() != nil && ctx.Err() == nil:
-				// The plugin is slow, not refusing: it still closes the
-				// connection at the deadline it holds, and the next
-				// renewal extends again. Reconnecting would only churn.
-				h.c.log.Warn("transport slow to extend the connection; extending again at the next renewal", "err", err)
-				extended = true
-			case err != nil:
-				h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
-				h.setConnected(c, false, 0)
-			default:
-				extended = true
-			}
-		})
+	return false, nil
+}
+
+// extend hands the plugin the claim's new end (run's goroutine).
+func (h *holder) extend(ctx context.Context, c *claim) {
+	if !c.connected {
+		return
 	}
-	return false, extended, nil
+	h.c.plugins.With(func(t transport.Transport, gen uint64) {
+		if gen != c.pluginGen {
+			return
+		}
+		ectx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
+		defer cancel()
+		err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout())
+		switch {
+		case ectx.Err() != nil && ctx.Err() == nil:
+			// The plugin is slow, not refusing: it still closes the
+			// connection at the deadline it holds, and the next
+			// renewal extends again. Reconnecting would only churn.
+			h.c.log.Warn("transport slow to extend the connection; extending again at the next renewal", "err", err)
+			c.extendedAt = monotime.Now()
+		case err != nil:
+			h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
+			h.setConnected(c, false, 0)
+		default:
+			c.extendedAt = monotime.Now()
+		}
+	})
 }
 
 // ensureConnected connects the plugin once allowed, and reconnects after a
@@ -486,6 +544,9 @@ func (h *holder) giveUp(r releaseReq) bool {
 // handBack expires the claim in the database now; call it only once the
 // connection is certainly closed.
 func (h *holder) handBack(cur *claim) bool {
+	// A renewal still in flight could land after the hand-back and extend
+	// the claim again: let those finish first (each ends by its claim's end).
+	h.inflight.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	res, err := h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)

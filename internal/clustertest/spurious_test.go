@@ -61,6 +61,11 @@ func TestNoSpuriousPromotionsUnderLoad(t *testing.T) {
 	}
 	epoch0 := masterEpoch()
 	conns0 := len(c.Connections())
+	db0, err := c.DBStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	load0, _ := os.ReadFile("/proc/loadavg")
 	t.Logf("%d clients through the gateway for %v: heartbeat_interval %gs, unhealthy_interval %gs, keepalive %v; 2 masters, %d coreapps, %d shards",
 		clients, dur, o.Heartbeat, o.Unhealthy, o.Keepalive, len(c.Coreapps), o.Shards)
 
@@ -100,6 +105,19 @@ func TestNoSpuriousPromotionsUnderLoad(t *testing.T) {
 	}
 	wg.Wait()
 	window := time.Since(start)
+	load1, _ := os.ReadFile("/proc/loadavg")
+	db1, err := c.DBStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A claim renewal updates the shard_map row that group commits
+	// share-lock until COMMIT: MariaDB's row lock waits say how often
+	// something waited on a row lock and for how long.
+	dbd := db1.Since(db0)
+	t.Logf("machine load average at start %q, at end %q (2 cores, shared with other engineers' builds and tests)",
+		strings.TrimSpace(string(load0)), strings.TrimSpace(string(load1)))
+	t.Logf("MariaDB: %d statements, %d fsyncs, %d row lock waits, %d ms waited on row locks in all, longest %d ms",
+		dbd.Statements(), dbd.Fsyncs(), dbd["Innodb_row_lock_waits"], dbd["Innodb_row_lock_time"], db1["Innodb_row_lock_time_max"])
 
 	t.Logf("load: %d accepted (%.0f/s), %d errors, p50 %v p99 %v", res.ok, float64(res.ok)/window.Seconds(), res.errs,
 		res.p(50), res.p(99))
