@@ -57,13 +57,10 @@ type holder struct {
 	// succeeded (0: none yet). Heartbeats report its age: the master
 	// promotes only a coreapp that reached MySQL recently.
 	dbOK atomic.Int64
-	// lastSent is the monotime the last renewal was sent, due when the
-	// next one is (run's goroutine only): the gap between two renewals is
-	// what the claim's validity must cover.
-	lastSent, due int64
-	// Renewals run in the background, up to one per reserved connection,
-	// so a slow round trip does not hold back the next one; their outcomes
-	// come back to run on renewals.
+	// Renewals are sent by their own goroutine (renewLoop), on a fixed
+	// cadence, up to one in flight per reserved connection: neither a slow
+	// round trip nor run's calls to the plugin hold back the next one.
+	// Their outcomes come back to run on renewals.
 	renewals chan renewal
 	pending  atomic.Int32
 	inflight sync.WaitGroup
@@ -149,6 +146,7 @@ func (h *holder) renewEvery() time.Duration {
 }
 
 func (h *holder) run(ctx context.Context) {
+	go h.renewLoop(ctx)
 	for {
 		changed := h.c.settings.Changed()
 		wait := h.renewEvery()
@@ -156,13 +154,6 @@ func (h *holder) run(ctx context.Context) {
 		cur := h.cur
 		h.mu.Unlock()
 		if cur != nil {
-			// Renewals keep their cadence from the last one *sent*: the
-			// claim's validity is counted from there, so the time a tick
-			// spent on the plugin (extend, health, connect) must come out
-			// of the wait, not be added to the gap.
-			if h.due != 0 {
-				wait = time.Duration(h.due - monotime.Now())
-			}
 			if r := cur.valid.Remaining(); r < wait {
 				wait = r
 			}
@@ -209,24 +200,60 @@ func (h *holder) tick(ctx context.Context, force bool) {
 		h.stepDown("claim could not be renewed in time")
 		return
 	}
-	h.startRenewal(ctx, cur)
 	h.ensureConnected(ctx, cur, monotime.Now()-cur.extendedAt < int64(2*h.renewEvery()))
 }
 
-// startRenewal sends a renewal of c in the background, unless every
-// reserved connection already carries one (then the next tick tries).
-func (h *holder) startRenewal(ctx context.Context, c *claim) {
-	now := monotime.Now()
-	every := h.renewEvery()
-	if h.pending.Load() >= database.CoreappClaimPool {
-		h.due = now + int64(every/4)
-		return
+// renewLoop sends the current claim's renewals every renewEvery, counted
+// from the last one sent (the claim's validity is counted from there), so
+// the time run spends on the plugin (extend, health, connect) is never
+// added to the gap between two renewals.
+func (h *holder) renewLoop(ctx context.Context) {
+	var last *claim
+	var lastSent, due int64
+	for ctx.Err() == nil {
+		every := h.renewEvery()
+		h.mu.Lock()
+		cur := h.cur
+		h.mu.Unlock()
+		now := monotime.Now()
+		switch {
+		case cur == nil:
+			due = now + int64(every)
+		case cur != last:
+			// Taken just now (the take extended it): the first renewal
+			// is due one period later.
+			last, lastSent, due = cur, now, now+int64(every)
+		case now >= due && h.pending.Load() >= database.CoreappClaimPool:
+			due = now + int64(every/4) // both connections busy: look again soon
+		case now >= due:
+			gap := time.Duration(now - lastSent)
+			if h.startRenewal(ctx, cur, gap) {
+				h.renewGap.Observe(gap.Seconds())
+				lastSent, due = now, now+int64(every)
+			} else {
+				due = now + int64(every)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(max(due-monotime.Now(), int64(time.Millisecond)))):
+		}
 	}
-	gap := time.Duration(now - h.lastSent)
-	h.renewGap.Observe(gap.Seconds())
-	h.lastSent, h.due = now, now+int64(every)
-	h.pending.Add(1)
+}
+
+// startRenewal sends a renewal of c in the background if c is still the
+// current claim; its outcome comes back to run.
+func (h *holder) startRenewal(ctx context.Context, c *claim, gap time.Duration) bool {
+	h.mu.Lock()
+	if h.cur != c || !c.valid.Valid() {
+		h.mu.Unlock()
+		return false
+	}
+	// Under the lock: once stepDown has cleared cur, no renewal of the old
+	// claim starts, so handBack's wait covers all of them.
 	h.inflight.Add(1)
+	h.mu.Unlock()
+	h.pending.Add(1)
 	go func() {
 		defer h.inflight.Done()
 		lost, err := h.renew(ctx, c, gap)
@@ -234,6 +261,7 @@ func (h *holder) startRenewal(ctx context.Context, c *claim) {
 		// Never blocks: at most CoreappClaimPool renewals are in flight.
 		h.renewals <- renewal{c: c, lost: lost, err: err}
 	}()
+	return true
 }
 
 // renewed acts on a background renewal's outcome: step down when the
@@ -321,7 +349,6 @@ func (h *holder) take(ctx context.Context, a assignment) {
 	h.reachedDB()
 	c := &claim{shard: a.shard, epoch: a.epoch, connectAt: received + waitUS*1000}
 	c.valid.Renewed(sent, unhealthy)
-	h.lastSent, h.due = sent, sent+int64(h.renewEvery())
 	h.mu.Lock()
 	h.cur = c
 	h.mu.Unlock()

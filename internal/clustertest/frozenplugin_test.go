@@ -57,6 +57,12 @@ func TestFrozenPluginKeepsTheClaim(t *testing.T) {
 	if after != before {
 		t.Errorf("%d promotions while only the holder's plugin was frozen", after-before)
 	}
+	// The renewals went on, and their histograms say so.
+	for _, m := range []string{"multiconnect_coreapp_claim_renewal_seconds", "multiconnect_coreapp_claim_renewal_gap_seconds"} {
+		if n := c.metric(holder.Addr, m, nil); n < float64(freeze/seconds(c.Opts.Heartbeat)) {
+			t.Errorf("%s: %v renewals counted in %s", holder.Name, n, m)
+		}
+	}
 	if n := c.metric(holder.Addr, "multiconnect_coreapp_step_downs_total", nil); n != 0 {
 		t.Errorf("%s stepped down %v times while only its plugin was frozen", holder.Name, n)
 	}
