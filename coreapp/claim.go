@@ -86,7 +86,7 @@ type releaseReq struct {
 
 func newHolder(c *Coreapp) *holder {
 	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
-		renewals: make(chan renewal, 2*database.CoreappClaimPool),
+		renewals: make(chan renewal, 16),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
 			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		renewGap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_gap_seconds",
@@ -258,8 +258,10 @@ func (h *holder) startRenewal(ctx context.Context, c *claim, gap time.Duration) 
 		defer h.inflight.Done()
 		lost, err := h.renew(ctx, c, gap)
 		h.pending.Add(-1)
-		// Never blocks: at most CoreappClaimPool renewals are in flight.
-		h.renewals <- renewal{c: c, lost: lost, err: err}
+		select {
+		case h.renewals <- renewal{c: c, lost: lost, err: err}:
+		case <-ctx.Done():
+		}
 	}()
 	return true
 }
@@ -286,11 +288,10 @@ func (h *holder) renewed(ctx context.Context, r renewal) {
 	}
 }
 
-// pluginBudget bounds one call to the plugin made between two renewals
-// (extend, connect): it may use what the claim has left beyond half of
-// unhealthy_interval, which stays for the next renewal's round trip, and at
-// least one renewal period. A starved plugin then costs a retry, never
-// the claim.
+// pluginBudget bounds a call to the plugin that only confirms what holds
+// (extend, health): it may use what the claim has left beyond half of
+// unhealthy_interval, and at least one renewal period, so run is soon back
+// to act on renewals. A starved plugin then costs a retry, never the claim.
 func (h *holder) pluginBudget(c *claim, most time.Duration) time.Duration {
 	unhealthy := h.c.settings.Get().Unhealthy()
 	b := max(h.renewEvery(), c.valid.Remaining()-unhealthy/2)
@@ -475,9 +476,9 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 			return
 		}
 		// A network that swallows packets makes a connect hang; bound the
-		// attempt so renewals (and a master's release) are not held up
-		// behind it. The next tick tries again.
-		wait := min(time.Duration(deadline-monotime.Now()), h.pluginBudget(c, h.c.settings.Get().Unhealthy()/2))
+		// attempt so a master's release is not held up behind it (renewals
+		// have their own goroutine). The next tick tries again.
+		wait := min(time.Duration(deadline-monotime.Now()), h.c.settings.Get().Unhealthy()/2)
 		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline,
