@@ -64,6 +64,7 @@ func benchFailover(b *testing.B, o Options) {
 	c := New(b, o)
 	limit := seconds(o.Unhealthy)*2 + 10*time.Second
 	var took []time.Duration
+	disturbed := 0
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		cur := c.WaitConnected(0, "", limit)
@@ -82,6 +83,19 @@ func benchFailover(b *testing.B, o Options) {
 		killed := time.Now()
 		victim.Kill()
 		next := c.WaitConnected(0, cur.Node, limit)
+		if next.Start < killed.UnixNano() {
+			// The shard changed hands before the kill (a promotion no kill
+			// caused, on a machine too busy for the settings): this kill
+			// measured nothing. It is reported and done again.
+			disturbed++
+			b.Logf("kill %d: shard 0 moved from %s to %s %v before the kill; not counted", i+1, cur.Node, next.Node,
+				time.Duration(killed.UnixNano()-next.Start).Round(time.Millisecond))
+			if disturbed > 2*b.N {
+				b.Fatalf("%d kills disturbed by promotions no kill caused", disturbed)
+			}
+			i--
+			continue
+		}
 		took = append(took, time.Duration(next.Start-killed.UnixNano()))
 	}
 	b.StopTimer()
@@ -93,7 +107,7 @@ func benchFailover(b *testing.B, o Options) {
 	b.ReportMetric(q(0.9).Seconds(), "p90-s")
 	b.ReportMetric(q(1).Seconds(), "max-s")
 	b.ReportMetric(0, "ns/op")
-	b.Logf("%d kills, heartbeat_interval %gs, unhealthy_interval %gs, keepalive %v: min %v median %v p90 %v max %v",
-		len(took), o.Heartbeat, o.Unhealthy, o.Keepalive, q(0).Round(time.Millisecond), q(0.5).Round(time.Millisecond),
+	b.Logf("%d kills (%d more done again: the shard had moved before them), heartbeat_interval %gs, unhealthy_interval %gs, keepalive %v: min %v median %v p90 %v max %v",
+		len(took), disturbed, o.Heartbeat, o.Unhealthy, o.Keepalive, q(0).Round(time.Millisecond), q(0.5).Round(time.Millisecond),
 		q(0.9).Round(time.Millisecond), q(1).Round(time.Millisecond))
 }
