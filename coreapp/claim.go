@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/lease"
 	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -22,6 +25,9 @@ type claim struct {
 	connectAt int64  // monotime before which the network must not see us
 	connected bool   // the plugin holds the connection
 	pluginGen uint64 // plugin generation the connection was made on
+	// extendedAt is the monotime the plugin last took (or was too slow to
+	// refuse) an extension: it has just been heard from.
+	extendedAt int64
 }
 
 type assignment struct {
@@ -51,6 +57,22 @@ type holder struct {
 	// succeeded (0: none yet). Heartbeats report its age: the master
 	// promotes only a coreapp that reached MySQL recently.
 	dbOK atomic.Int64
+	// Renewals are sent by their own goroutine (renewLoop), on a fixed
+	// cadence, up to one in flight per reserved connection: neither a slow
+	// round trip nor run's calls to the plugin hold back the next one.
+	// Their outcomes come back to run on renewals.
+	renewals chan renewal
+	pending  atomic.Int32
+	inflight sync.WaitGroup
+	renewRTT prometheus.Histogram
+	renewGap prometheus.Histogram
+}
+
+// renewal is the outcome of one background claim renewal of c.
+type renewal struct {
+	c    *claim
+	lost bool
+	err  error
 }
 
 // releaseReq is the master's request to give up a claim whose holder is
@@ -63,7 +85,16 @@ type releaseReq struct {
 }
 
 func newHolder(c *Coreapp) *holder {
-	return &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq)}
+	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
+		renewals: make(chan renewal, 16),
+		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
+			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		renewGap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_gap_seconds",
+			Help:    "Time between the sending of two consecutive claim renewals: the claim's validity must outlast it.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+	}
+	c.metrics.reg.MustRegister(h.renewRTT, h.renewGap)
+	return h
 }
 
 // status is the snapshot heartbeats and health report.
@@ -115,6 +146,7 @@ func (h *holder) renewEvery() time.Duration {
 }
 
 func (h *holder) run(ctx context.Context) {
+	go h.renewLoop(ctx)
 	for {
 		changed := h.c.settings.Changed()
 		wait := h.renewEvery()
@@ -144,6 +176,8 @@ func (h *holder) run(ctx context.Context) {
 			h.tick(ctx, true)
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
+		case r := <-h.renewals:
+			h.renewed(ctx, r)
 		case <-changed:
 			h.tick(ctx, true)
 		case <-time.After(wait):
@@ -166,19 +200,102 @@ func (h *holder) tick(ctx context.Context, force bool) {
 		h.stepDown("claim could not be renewed in time")
 		return
 	}
-	lost, err := h.renew(ctx, cur)
-	switch {
-	case lost:
-		h.stepDown("claim taken over or lapsed in the database")
-		return
-	case err != nil:
-		h.c.dbError("renew claim", err)
-		if !cur.valid.Valid() {
-			h.stepDown("claim could not be renewed in time")
-			return
+	h.ensureConnected(ctx, cur, monotime.Now()-cur.extendedAt < int64(2*h.renewEvery()))
+}
+
+// renewLoop sends the current claim's renewals every renewEvery, counted
+// from the last one sent (the claim's validity is counted from there), so
+// the time run spends on the plugin (extend, health, connect) is never
+// added to the gap between two renewals.
+func (h *holder) renewLoop(ctx context.Context) {
+	var last *claim
+	var lastSent, due int64
+	for ctx.Err() == nil {
+		every := h.renewEvery()
+		h.mu.Lock()
+		cur := h.cur
+		h.mu.Unlock()
+		now := monotime.Now()
+		switch {
+		case cur == nil:
+			due = now + int64(every)
+		case cur != last:
+			// Taken just now (the take extended it): the first renewal
+			// is due one period later.
+			last, lastSent, due = cur, now, now+int64(every)
+		case now >= due && h.pending.Load() >= database.CoreappClaimPool:
+			due = now + int64(every/4) // both connections busy: look again soon
+		case now >= due:
+			gap := time.Duration(now - lastSent)
+			if h.startRenewal(ctx, cur, gap) {
+				h.renewGap.Observe(gap.Seconds())
+				lastSent, due = now, now+int64(every)
+			} else {
+				due = now + int64(every)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(max(due-monotime.Now(), int64(time.Millisecond)))):
 		}
 	}
-	h.ensureConnected(ctx, cur)
+}
+
+// startRenewal sends a renewal of c in the background if c is still the
+// current claim; its outcome comes back to run.
+func (h *holder) startRenewal(ctx context.Context, c *claim, gap time.Duration) bool {
+	h.mu.Lock()
+	if h.cur != c || !c.valid.Valid() {
+		h.mu.Unlock()
+		return false
+	}
+	// Under the lock: once stepDown has cleared cur, no renewal of the old
+	// claim starts, so handBack's wait covers all of them.
+	h.inflight.Add(1)
+	h.mu.Unlock()
+	h.pending.Add(1)
+	go func() {
+		defer h.inflight.Done()
+		lost, err := h.renew(ctx, c, gap)
+		h.pending.Add(-1)
+		select {
+		case h.renewals <- renewal{c: c, lost: lost, err: err}:
+		case <-ctx.Done():
+		}
+	}()
+	return true
+}
+
+// renewed acts on a background renewal's outcome: step down when the
+// database refused it, extend the plugin's deadline when it succeeded.
+func (h *holder) renewed(ctx context.Context, r renewal) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if r.c != cur {
+		return // a claim given up since
+	}
+	switch {
+	case r.lost:
+		h.stepDown("claim taken over or lapsed in the database")
+	case r.err != nil:
+		h.c.dbError("renew claim", r.err)
+		if !cur.valid.Valid() {
+			h.stepDown("claim could not be renewed in time")
+		}
+	default:
+		h.extend(ctx, cur)
+	}
+}
+
+// pluginBudget bounds a call to the plugin that only confirms what holds
+// (extend, health): it may use what the claim has left beyond half of
+// unhealthy_interval, and at least one renewal period, so run is soon back
+// to act on renewals. A starved plugin then costs a retry, never the claim.
+func (h *holder) pluginBudget(c *claim, most time.Duration) time.Duration {
+	unhealthy := h.c.settings.Get().Unhealthy()
+	b := max(h.renewEvery(), c.valid.Remaining()-unhealthy/2)
+	return min(b, most)
 }
 
 // discover asks the database whether the master assigned us a shard (the
@@ -239,7 +356,7 @@ func (h *holder) take(ctx context.Context, a assignment) {
 	h.c.metrics.primary.Set(1)
 	h.c.metrics.shard.Set(float64(a.shard))
 	h.c.log.Info("became primary coreapp", "shard", a.shard, "epoch", a.epoch, "connect_in", time.Duration(waitUS)*time.Microsecond)
-	h.ensureConnected(ctx, c)
+	h.ensureConnected(ctx, c, false)
 }
 
 var errNotOurs = errors.New("assignment is not ours or has lapsed")
@@ -269,12 +386,25 @@ func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 	return waitUS, tx.Commit()
 }
 
-// renew extends the claim. lost is true only when the database refused it.
-func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
+// renew extends the claim in the database; it runs in the background,
+// beside other renewals, and touches only what is safe to share (the
+// validity only moves forward). lost is true only when the database
+// refused it. gap is the time since the previous renewal was sent.
+func (h *holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost bool, err error) {
 	unhealthy := h.c.settings.Get().Unhealthy()
 	qctx, cancel := context.WithTimeout(ctx, c.valid.Remaining())
 	defer cancel()
 	sent := monotime.Now()
+	defer func() {
+		rtt := time.Duration(monotime.Now() - sent)
+		h.renewRTT.Observe(rtt.Seconds())
+		// A renewal is due every unhealthy/4 at most: one that left less
+		// than half the claim is worth a line, with where the time went.
+		if gap+rtt > unhealthy/2 {
+			h.c.log.Warn("slow claim renewal", "shard", c.shard, "since_previous", gap, "round_trip", rtt,
+				"remaining", c.valid.Remaining(), "err", err)
+		}
+	}()
 	res, err := h.c.claimDB.ExecContext(qctx, `UPDATE shard_map
 		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
@@ -287,31 +417,51 @@ func (h *holder) renew(ctx context.Context, c *claim) (lost bool, err error) {
 		return true, nil
 	}
 	c.valid.Renewed(sent, unhealthy)
-	if c.connected {
-		h.c.plugins.With(func(t transport.Transport, gen uint64) {
-			if gen != c.pluginGen {
-				return
-			}
-			ectx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			if err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout()); err != nil {
-				h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
-				h.setConnected(c, false, 0)
-			}
-		})
-	}
 	return false, nil
 }
 
+// extend hands the plugin the claim's new end (run's goroutine).
+func (h *holder) extend(ctx context.Context, c *claim) {
+	if !c.connected {
+		return
+	}
+	h.c.plugins.With(func(t transport.Transport, gen uint64) {
+		if gen != c.pluginGen {
+			return
+		}
+		ectx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
+		defer cancel()
+		err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout())
+		switch {
+		case ectx.Err() != nil && ctx.Err() == nil:
+			// The plugin is slow, not refusing: it still closes the
+			// connection at the deadline it holds, and the next
+			// renewal extends again. Reconnecting would only churn.
+			h.c.log.Warn("transport slow to extend the connection; extending again at the next renewal", "err", err)
+			c.extendedAt = monotime.Now()
+		case err != nil:
+			h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
+			h.setConnected(c, false, 0)
+		default:
+			c.extendedAt = monotime.Now()
+		}
+	})
+}
+
 // ensureConnected connects the plugin once allowed, and reconnects after a
-// plugin restart or a dropped connection.
-func (h *holder) ensureConnected(ctx context.Context, c *claim) {
+// plugin restart or a dropped connection. extended: the plugin has just
+// confirmed the connection (a successful Extend), so asking it again is
+// only another round trip to a process that may be short of CPU.
+func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 	if monotime.Now() < c.connectAt {
 		return
 	}
 	h.c.plugins.With(func(t transport.Transport, gen uint64) {
+		if extended && c.connected && gen == c.pluginGen {
+			return
+		}
 		if c.connected && gen == c.pluginGen {
-			hctx, cancel := context.WithTimeout(ctx, time.Second)
+			hctx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
 			hl, err := t.Health(hctx)
 			cancel()
 			if err == nil && hl.Connected && hl.Epoch == uint64(c.epoch) {
@@ -326,12 +476,9 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim) {
 			return
 		}
 		// A network that swallows packets makes a connect hang; bound the
-		// attempt so renewals (and a master's release) are not held up
-		// behind it. The next tick tries again.
-		wait := time.Duration(deadline - monotime.Now())
-		if half := h.c.settings.Get().Unhealthy() / 2; half < wait {
-			wait = half
-		}
+		// attempt so a master's release is not held up behind it (renewals
+		// have their own goroutine). The next tick tries again.
+		wait := min(time.Duration(deadline-monotime.Now()), h.c.settings.Get().Unhealthy()/2)
 		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
 		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline,
@@ -425,6 +572,9 @@ func (h *holder) giveUp(r releaseReq) bool {
 // handBack expires the claim in the database now; call it only once the
 // connection is certainly closed.
 func (h *holder) handBack(cur *claim) bool {
+	// A renewal still in flight could land after the hand-back and extend
+	// the claim again: let those finish first (each ends by its claim's end).
+	h.inflight.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	res, err := h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)

@@ -50,6 +50,8 @@ type peer struct {
 	// connected to the network (0: never); its path may still be cut, so it
 	// is chosen last for a while.
 	releasedAt int64
+	// asking: a heartbeat to it is still on its way; no second one is sent.
+	asking bool
 }
 
 // noteConnection updates offSince from the answer just stored in last.
@@ -167,7 +169,7 @@ func (mon *monitor) run(ctx context.Context) {
 		changed := mon.m.settings.Changed()
 		set := mon.m.settings.Get()
 		hb := set.Heartbeat()
-		mon.round(ctx, hb)
+		mon.round(ctx, hb, set.Unhealthy())
 		// Every master reads the claims every round, so one that becomes
 		// primary already knows when each was last renewed on its own clock.
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second+hb)
@@ -207,7 +209,13 @@ func (mon *monitor) nudge() {
 
 // round refreshes the coreapp list, heartbeats all of them in parallel and
 // records the results. A DB outage keeps the last list: heartbeats go on.
-func (mon *monitor) round(ctx context.Context, hb time.Duration) {
+//
+// An answer counts whenever it comes, up to unhealthy_interval (2 s at
+// most) after its heartbeat: a coreapp answering in 60 ms at a 50 ms
+// heartbeat_interval is alive, not silent. The round waits for the answers
+// one heartbeat_interval at most; later ones are recorded as they arrive,
+// and a coreapp still being asked is not asked again.
+func (mon *monitor) round(ctx context.Context, hb, unhealthy time.Duration) {
 	qctx, cancel := context.WithTimeout(ctx, hb)
 	nodes, err := mon.listCoreapps(qctx)
 	cancel()
@@ -232,38 +240,45 @@ func (mon *monitor) round(ctx context.Context, hb time.Duration) {
 	} else if ctx.Err() == nil {
 		mon.m.dbError("list coreapps", err)
 	}
-	ids := make([]string, 0, len(mon.peers))
-	for id := range mon.peers {
-		ids = append(ids, id)
+	var asked []*peer
+	for _, p := range mon.peers {
+		if !p.asking {
+			p.asking = true
+			asked = append(asked, p)
+		}
 	}
 	mon.mu.Unlock()
 
-	timeout := hb
-	if timeout > 2*time.Second {
-		timeout = 2 * time.Second
-	}
+	timeout := min(unhealthy, 2*time.Second)
 	var wg sync.WaitGroup
-	for _, id := range ids {
+	for _, p := range asked {
 		wg.Add(1)
-		go func(id string) {
+		go func(p *peer) {
 			defer wg.Done()
 			t0 := time.Now()
-			r, err := mon.heartbeat(ctx, id, timeout)
+			r, err := mon.heartbeat(ctx, p.id, timeout)
 			mon.m.metrics.heartbeat(err == nil, time.Since(t0))
+			mon.mu.Lock()
+			defer mon.mu.Unlock()
+			p.asking = false
 			if err != nil {
-				mon.m.log.Debug("heartbeat failed", "coreapp", id, "err", err)
+				mon.m.log.Debug("heartbeat failed", "coreapp", p.id, "err", err)
 				return
 			}
-			mon.mu.Lock()
-			if p := mon.peers[id]; p != nil {
+			if mon.peers[p.id] == p {
 				now := monotime.Now()
 				p.lastOK, p.last = now, r
 				p.noteConnection(now)
 			}
-			mon.mu.Unlock()
-		}(id)
+		}(p)
 	}
-	wg.Wait()
+	answered := make(chan struct{})
+	go func() { wg.Wait(); close(answered) }()
+	select {
+	case <-answered:
+	case <-ctx.Done():
+	case <-time.After(hb):
+	}
 	if err := mon.share(ctx, hb); err != nil && ctx.Err() == nil {
 		mon.m.dbError("write observations", err)
 	}
