@@ -347,7 +347,8 @@ func putRow(ctx context.Context, q cluster.Querier, name string, doc any) error 
 	return cluster.BumpSettings(ctx, q)
 }
 
-// Cache keeps the effective settings fresh by polling settings_version.
+// Cache keeps the effective settings fresh: Refresh on every push of a
+// change, and a slow poll of settings_version.
 type Cache struct {
 	db       *sql.DB
 	interval time.Duration
@@ -363,10 +364,17 @@ type Cache struct {
 	changed    chan struct{} // closed and replaced on every change
 }
 
-// NewCache makes a cache polling every interval (200ms when zero), starting from defaults.
+// SafetyPoll is how often a Cache re-reads the cluster row by itself. The
+// primary master pushes every change (package changes) and the node calls
+// Refresh at once; this poll only catches a push that was lost, so it is
+// slow: one single-row read per node every 5 s keeps an idle cluster under
+// one statement per node per second (README, "Idle cost").
+const SafetyPoll = 5 * time.Second
+
+// NewCache makes a cache polling every interval (SafetyPoll when zero), starting from defaults.
 func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 	if interval <= 0 {
-		interval = 200 * time.Millisecond
+		interval = SafetyPoll
 	}
 	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{})}
 	d := Defaults()
@@ -436,6 +444,16 @@ func (c *Cache) Refresh(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Reload refreshes now, bounded in time: a pushed change (package
+// changes' Follower.Reload). A failure leaves the safety poll to retry.
+func (c *Cache) Reload(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := c.Refresh(qctx); err != nil && ctx.Err() == nil {
+		c.log.Warn("settings reload after a pushed change failed; the next poll retries", "err", err)
+	}
 }
 
 // Run polls until ctx ends; a failing DB leaves the last settings in force.
