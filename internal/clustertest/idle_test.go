@@ -1,11 +1,13 @@
 package clustertest
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -183,4 +185,52 @@ func BenchmarkIdleStatements(b *testing.B) {
 			})
 		}
 	}
+}
+
+// TestNewPrimarySendsBacklogAtOnce: messages a primary accepted but could
+// not send (its plugin frozen) are sent by the next primary as soon as it
+// connects, not at the outbox's slow safety poll (5 s): connecting wakes
+// the outbox (README, "Idle cost").
+func TestNewPrimarySendsBacklogAtOnce(t *testing.T) {
+	c := New(t, Options{Coreapps: 2})
+	first := c.WaitConnected(0, "", 10*time.Second)
+	_, plugin := freezePrimaryPlugin(t, c, 0)
+	want := map[string]bool{}
+	for i := 0; i < 20; i++ {
+		to := strconv.Itoa(15551230000 + i)
+		st, id, body, err := c.PostMessageTo(context.Background(), first.Node,
+			fmt.Sprintf(`{"to":%q,"type":"text","text":{"body":"backlog %d"}}`, to, i), "")
+		if err != nil || st != 201 {
+			t.Fatalf("message %d: HTTP %d %s %v", i, st, body, err)
+		}
+		want[id] = true
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := len(c.NetworkMessages("")); got != 0 {
+		t.Fatalf("the network has %d messages with the primary's plugin frozen", got)
+	}
+	syscall.Kill(plugin, syscall.SIGKILL)
+	c.CoreappByAddr(first.Node).Kill()
+	next := c.WaitConnected(0, first.Node, 15*time.Second)
+	for {
+		n := 0
+		for _, m := range c.NetworkMessages("") {
+			if want[m.ID] {
+				n++
+			}
+		}
+		since := time.Since(time.Unix(0, next.Start))
+		if n == len(want) {
+			t.Logf("the new primary %s sent the %d messages left behind %v after connecting", next.Node, n, since.Round(time.Millisecond))
+			if since > time.Second {
+				t.Errorf("the backlog reached the network %v after the new primary connected, want it at once (< 1 s, the safety poll is 5 s)", since)
+			}
+			break
+		}
+		if since > 10*time.Second {
+			t.Fatalf("only %d of %d left-behind messages reached the network 10 s after the new primary connected", n, len(want))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.RequireNoViolations()
 }
