@@ -50,7 +50,7 @@ type CertManager struct {
 	// The cluster's MySQL, as in the multiconnect handler (db.env by default).
 	Database *DatabaseConfig `json:"database,omitempty"`
 	// The shard map poll interval, as in the handler: equal values share
-	// one poll. Default: 5s (a safety net; changes are pushed).
+	// one poll. Default: 10s (a safety net; changes are pushed).
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 	// The pki app CA that issues the certificate served while none is
 	// stored. Default: local.

@@ -55,7 +55,7 @@ type Gateway struct {
 
 	// How often the cached shard map polls MySQL for a change (one
 	// single-row read). The primary master pushes every change, so this
-	// is only a safety net for a lost push. Default: 5s.
+	// is only a safety net for a lost push. Default: 10s.
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 
 	// How long a request whose node refused it (connection refused, or

@@ -28,8 +28,8 @@ const (
 	// new primary (holder.setConnected), which finds the rows a previous
 	// primary left at once. A failed send retries on outboxMinRetry..
 	// outboxMaxRetry, not on this poll. Slow, so an idle shard costs one
-	// statement per 5 s (README, "Idle cost").
-	outboxPoll     = 5 * time.Second
+	// statement per 10 s (README, "Idle cost").
+	outboxPoll     = 10 * time.Second
 	outboxMinRetry = 50 * time.Millisecond
 	outboxMaxRetry = 2 * time.Second
 )

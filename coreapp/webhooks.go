@@ -27,7 +27,7 @@ const (
 	// connection, a step-down, a settings change and room in a full queue
 	// all wake the dispatcher (nudge); a failed POST is retried by its
 	// lane on the callback backoff, not by this poll.
-	webhookPoll    = 5 * time.Second
+	webhookPoll    = 10 * time.Second
 	webhookTimeout = 20 * time.Second
 	markEvery      = 20 * time.Millisecond
 )

@@ -367,9 +367,8 @@ type Cache struct {
 // SafetyPoll is how often a Cache re-reads the cluster row by itself. The
 // primary master pushes every change (package changes) and the node calls
 // Refresh at once; this poll only catches a push that was lost, so it is
-// slow: one single-row read per node every 5 s keeps an idle cluster under
-// one statement per node per second (README, "Idle cost").
-const SafetyPoll = 5 * time.Second
+// slow: one single-row read per node every 10 s (README, "Idle cost").
+const SafetyPoll = 10 * time.Second
 
 // NewCache makes a cache polling every interval (SafetyPoll when zero), starting from defaults.
 func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {

@@ -95,7 +95,7 @@ type Cache struct {
 // SafetyPoll is the poll interval when none is given: the primary master
 // pushes every change of the map (package changes) and the node calls
 // Refresh at once, so the poll only catches a lost push.
-const SafetyPoll = 5 * time.Second
+const SafetyPoll = 10 * time.Second
 
 // NewCache makes a cache polling every interval (SafetyPoll when zero).
 func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
