@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -46,7 +47,18 @@ func measureIdle(t testing.TB, shards, masters, coreapps int, hb, unhealthy floa
 	c := New(t, Options{Masters: masters, Coreapps: coreapps, Shards: shards, Heartbeat: hb, Unhealthy: unhealthy, Keepalive: keepalive,
 		MasterLease: 10 * time.Second, MasterEnv: production,
 		CoreappEnv: func(*Cluster, int) []string { return production }})
-	idleCaddyOnce.Do(func() { idleCaddy = buildCaddyBin(t) })
+	idleCaddyOnce.Do(func() {
+		// Out of the first test's TempDir, which goes with it: every
+		// sub-benchmark runs this binary.
+		dir, err := os.MkdirTemp("", "mc-idle-caddy-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		idleCaddy = filepath.Join(dir, "caddy")
+		if err := os.Rename(buildCaddyBin(t), idleCaddy); err != nil {
+			t.Fatal(err)
+		}
+	})
 	caddy := idleCaddy
 	gp := FreePort(t)
 	startCaddy(t, c, caddy, "gateway", gp,
