@@ -24,8 +24,8 @@ const (
 	// webhookQueue bounds the callbacks loaded but not delivered yet.
 	webhookQueue = 20000
 	// webhookPoll is a safety net only: stored callbacks, a new claim or
-	// connection, a step-down, a settings change and room in a full queue
-	// all wake the dispatcher (nudge); a failed POST is retried by its
+	// connection, a step-down, a settings change (any row: the webhook CA
+	// too) and room in a full queue all wake the dispatcher; a failed POST is retried by its
 	// lane on the callback backoff, not by this poll.
 	webhookPoll    = 10 * time.Second
 	webhookTimeout = 20 * time.Second
@@ -119,7 +119,7 @@ func (d *dispatcher) takeMemory(shard int) []*callback {
 // for one shard and epoch and the webhook settings stay the same.
 func (d *dispatcher) run(ctx context.Context) {
 	for {
-		changed := d.c.settings.Changed()
+		changed := d.c.settings.Moved()
 		st := d.c.holder.status()
 		s := d.c.settings.Get()
 		if st.Primary && s.Webhooks.URL != "" {
@@ -185,7 +185,7 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 	}
 	var last int64
 	for {
-		changed := d.c.settings.Changed()
+		changed := d.c.settings.Moved()
 		cur := d.c.holder.status()
 		s := d.c.settings.Get()
 		if !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch || s.Webhooks.URL != hooks.URL ||

@@ -362,6 +362,7 @@ type Cache struct {
 	mu         sync.Mutex
 	onChange   []func(Application)
 	changed    chan struct{} // closed and replaced on every change
+	moved      chan struct{} // closed and replaced on every move of settings_version
 }
 
 // SafetyPoll is how often a Cache re-reads the cluster row by itself. The
@@ -375,7 +376,7 @@ func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 	if interval <= 0 {
 		interval = SafetyPoll
 	}
-	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{})}
+	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{}), moved: make(chan struct{})}
 	d := Defaults()
 	c.cur.Store(&d)
 	return c
@@ -404,6 +405,15 @@ func (c *Cache) Changed() <-chan struct{} {
 	return c.changed
 }
 
+// Moved returns a channel closed at the next move of settings_version:
+// a change of any settings row, including those outside Application (a
+// certificate, the media providers), which Changed does not report.
+func (c *Cache) Moved() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.moved
+}
+
 // OnChange registers f, called after each change.
 func (c *Cache) OnChange(f func(Application)) {
 	c.mu.Lock()
@@ -430,6 +440,10 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	}
 	old := c.cur.Swap(&a)
 	c.version.Store(st.SettingsVersion)
+	c.mu.Lock()
+	close(c.moved)
+	c.moved = make(chan struct{})
+	c.mu.Unlock()
 	if !reflect.DeepEqual(*old, a) {
 		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,
 			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist, "log_level", a.LogLevel, "verbose_logging", a.VerboseLogging)
