@@ -206,7 +206,7 @@ func textHeaders(token string) map[string]string {
 // A gateway with plain `tls internal` gives its CA too.
 func TestCertificatesOverHTTPS(t *testing.T) {
 	cl := clustertest.New(t, clustertest.Options{Masters: 2, Coreapps: 1, Shards: 1})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
+	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret, realMasters: true}
 	c.shards.Store(1)
 	gws := []*gateway{c.startHTTPSGateway(""), c.startHTTPSGateway("")}
 	token := gws[0].loginAdmin()

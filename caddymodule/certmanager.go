@@ -23,6 +23,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/multiconnect/multiconnect/internal/certs"
+	"github.com/multiconnect/multiconnect/internal/shardmap"
 )
 
 func init() {
@@ -34,8 +35,9 @@ func init() {
 // certificates.external), and while none is stored a certificate from
 // Caddy's internal CA (the pki app's "local" CA, as `tls internal`). The
 // row is re-read when settings_version moves, which the gateway's shard map
-// poll reads anyway, so every gateway serves an upload within one poll
-// interval and without a restart. Use it in a site without a host name,
+// poll reads anyway (at once when the primary master pushes the change),
+// so every gateway serves an upload within milliseconds and without a
+// restart. Use it in a site without a host name,
 // so Caddy manages no certificate of its own that would be served first:
 //
 //	https://:9090 {
@@ -48,7 +50,7 @@ type CertManager struct {
 	// The cluster's MySQL, as in the multiconnect handler (db.env by default).
 	Database *DatabaseConfig `json:"database,omitempty"`
 	// The shard map poll interval, as in the handler: equal values share
-	// one poll. Default: 100ms.
+	// one poll. Default: 10s (a safety net; changes are pushed).
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 	// The pki app CA that issues the certificate served while none is
 	// stored. Default: local.
@@ -95,7 +97,7 @@ func (CertManager) CaddyModule() caddy.ModuleInfo {
 func (m *CertManager) Provision(ctx caddy.Context) error {
 	m.log = ctx.Logger()
 	m.certState = &certState{loaded: make(chan struct{})}
-	setDefault(&m.RefreshInterval, 100*time.Millisecond)
+	setDefault(&m.RefreshInterval, shardmap.SafetyPoll)
 	if m.CA == "" {
 		m.CA = "local"
 	}
@@ -180,6 +182,7 @@ func (m *CertManager) follow(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-m.view.pollDone():
 		case <-t.C:
 		}
 	}

@@ -107,7 +107,7 @@ func createdID(resp string) string {
 // and no shard ever has two senders.
 func TestCloudAPIEndToEnd(t *testing.T) {
 	cl := clustertest.New(t, clustertest.Options{Masters: 2, Coreapps: 3, Shards: 2, CloudAPI: true})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
+	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret, realMasters: true}
 	c.shards.Store(2)
 	g := c.startGateway(fmt.Sprintf("cloudapi_app_secret %s\n\t\tcloudapi_verify_token %s\n\t\tcloudapi_phone_number_id %s",
 		clustertest.CloudAppSecret, clustertest.CloudVerifyToken, clustertest.CloudPhoneID))

@@ -27,7 +27,7 @@ type cloudFixture struct {
 
 func newCloudFixture(t *testing.T, coreapps, shards int) *cloudFixture {
 	cl := clustertest.New(t, clustertest.Options{Masters: 2, Coreapps: coreapps, Shards: shards, CloudAPI: true})
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
+	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret, realMasters: true}
 	c.shards.Store(int64(shards))
 	return &cloudFixture{t: t, cl: cl, c: c, hook: startCallbackHook(t)}
 }

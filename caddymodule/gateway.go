@@ -33,6 +33,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/shardmap"
 )
 
 func init() {
@@ -53,7 +54,8 @@ type Gateway struct {
 	Database *DatabaseConfig `json:"database,omitempty"`
 
 	// How often the cached shard map polls MySQL for a change (one
-	// single-row read). Default: 100ms.
+	// single-row read). The primary master pushes every change, so this
+	// is only a safety net for a lost push. Default: 10s.
 	RefreshInterval caddy.Duration `json:"refresh_interval,omitempty"`
 
 	// How long a request whose node refused it (connection refused, or
@@ -179,7 +181,7 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.log = ctx.Logger()
 	g.caddyCtx = ctx
-	setDefault(&g.RefreshInterval, 100*time.Millisecond)
+	setDefault(&g.RefreshInterval, shardmap.SafetyPoll)
 	setDefault(&g.RetryWait, time.Second)
 	setDefault(&g.ResponseTimeout, 20*time.Second)
 	setDefault(&g.TokenTTL, 7*24*time.Hour)

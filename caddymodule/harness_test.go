@@ -94,6 +94,12 @@ type testCluster struct {
 	secret string
 	shards atomic.Int64 // read by the stub nodes while they serve
 	nodes  []*stubNode
+	// realMasters: real bin/master processes push every change to the
+	// gateway (package changes). Stub nodes and the SQL these tests write
+	// push nothing, so without real masters the gateway polls the shard
+	// map every 100 ms, as it did before pushes (its default is a 10 s
+	// safety net).
+	realMasters bool
 }
 
 func newTestCluster(t testing.TB, shards int) *testCluster {
@@ -317,14 +323,24 @@ func (c *testCluster) startGatewayEnv(extra string, env []string, ready map[stri
 	multiconnect {
 		bcrypt_cost 4
 		%s
+		%s
 	}
 }
-`, port, extra)
+`, port, c.pollWithoutPush(), extra)
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		c.t.Fatal(err)
 	}
 	return c.runCaddy(port, env, ready, "run", "--config", path, "--adapter", "caddyfile")
+}
+
+// pollWithoutPush is the refresh_interval line when no real master pushes
+// changes (see realMasters).
+func (c *testCluster) pollWithoutPush() string {
+	if c.realMasters {
+		return ""
+	}
+	return "refresh_interval 100ms"
 }
 
 // runCaddy starts bin/caddy with args and the cluster's db.env (plus env),

@@ -2,9 +2,7 @@ package caddymodule
 
 import (
 	"context"
-	"database/sql"
 	"log/slog"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -16,8 +14,9 @@ import (
 // The gateway's own log lines (the multiconnect module's, not Caddy's
 // access or server logs) follow the cluster's log_level and
 // verbose_logging settings as the masters' and coreapps' do: the view
-// polls settings_version (one single-row read every 200 ms, as the nodes
-// do) and moves one zap level that every logger of the module checks.
+// follows the primary master's change feed (and polls settings_version
+// every settings.SafetyPoll, as the nodes do) and moves one zap level that
+// every logger of the module checks.
 
 // zapLevel is the zap level of a slog level (zap has no level between
 // its named ones; slog's are 4 apart from debug -4 to error 8).
@@ -72,10 +71,10 @@ func (c *levelCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Ch
 	return ce.AddCore(e, c.Core)
 }
 
-// followLogLevel polls the settings until ctx ends and moves v.level with
-// them; each change is logged at the new level (see settings.FollowLevel).
-func (v *clusterView) followLogLevel(ctx context.Context, db *sql.DB, slogger *slog.Logger) {
-	cache := settings.NewCache(db, 200*time.Millisecond, slogger)
+// followLogLevel keeps cache current until ctx ends (pushed changes reload
+// it at once, see view.go) and moves v.level with it; each change is
+// logged at the new level (see settings.FollowLevel).
+func (v *clusterView) followLogLevel(ctx context.Context, cache *settings.Cache) {
 	cache.OnChange(func(a settings.Application) {
 		l := settings.Effective(a, v.levelFloor)
 		if zapLevel(l) == v.level.Level() {

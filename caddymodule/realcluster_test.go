@@ -28,7 +28,7 @@ type realHealth struct {
 func startWithRealNodes(t *testing.T, o clustertest.Options, extra string) (*clustertest.Cluster, *gateway) {
 	t.Helper()
 	cl := clustertest.New(t, o)
-	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret}
+	c := &testCluster{t: t, srv: cl.DB, db: cl.SQL, secret: cl.Secret, realMasters: true}
 	c.shards.Store(int64(cl.Opts.Shards))
 	return cl, c.startGateway(extra)
 }

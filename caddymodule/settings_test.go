@@ -57,7 +57,9 @@ func fileSize(path string) int64 {
 // client's set_settings sends (on_call_pager, tcp_listen_address) is
 // accepted through the gateway and read back; a field the original never
 // had is refused with 1009 and changes nothing; and log_level reaches the
-// logs of every master, coreapp and the gateway within about a second,
+// logs of every master, coreapp and the gateway within 200 ms of the
+// PATCH's answer (the change is committed by then; the primary master
+// pushes it, README "Idle cost"),
 // both ways (to debug: a debug line appears; back to info: no debug line
 // follows).
 func TestApplicationSettingsThroughGateway(t *testing.T) {
@@ -107,9 +109,12 @@ func TestApplicationSettingsThroughGateway(t *testing.T) {
 		for name, path := range logs {
 			start[name] = fileSize(path)
 		}
-		t0 := time.Now()
+		sent := time.Now()
 		st, answer := g.do("PATCH", "/v1/settings/application", body, auth())
 		expect(t, "PATCH "+body, st, answer, 200, 0)
+		// The change is committed when the PATCH answers: the 200 ms
+		// bound runs from there (a node may even be earlier).
+		t0 := time.Now()
 		seen := map[string]time.Duration{}
 		for time.Since(t0) < 3*time.Second && len(seen) < len(logs) {
 			for name, path := range logs {
@@ -122,17 +127,18 @@ func TestApplicationSettingsThroughGateway(t *testing.T) {
 					}
 				}
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 		}
 		for name := range logs {
 			d, ok := seen[name]
 			switch {
 			case !ok:
 				t.Errorf("%s: no %q line at level %s within 3 s of the PATCH", name, "log level set", level)
-			case d > 1500*time.Millisecond:
-				t.Errorf("%s: the level reached its log %v after the PATCH, want about a second", name, d)
+			case d > 200*time.Millisecond:
+				t.Errorf("%s: the level reached its log %v after the PATCH answered, want <= 200 ms", name, d)
 			default:
-				t.Logf("%s logs at %s %v after the PATCH", name, level, d.Round(time.Millisecond))
+				t.Logf("%s logs at %s %v after the PATCH answered (%v after it was sent)", name, level,
+					d.Round(time.Millisecond), (d + t0.Sub(sent)).Round(time.Millisecond))
 			}
 		}
 		return start

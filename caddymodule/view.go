@@ -14,9 +14,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/exp/zapslog"
 
+	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/schema"
+	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shardmap"
 )
 
@@ -66,6 +68,44 @@ type clusterView struct {
 
 	nodesMu sync.Mutex
 	nodes   []nodeRow // last node list read for /v1/health
+
+	// push wakes the map poll at once: the primary master announced a
+	// change (package changes). polled is closed and replaced after
+	// every map poll, so the certificate manager re-checks
+	// settings_version right after one, not on a ticker of its own.
+	push     chan struct{}
+	polledMu sync.Mutex
+	polled   chan struct{}
+}
+
+// pollDone returns a channel closed after the next shard map poll.
+func (v *clusterView) pollDone() <-chan struct{} {
+	v.polledMu.Lock()
+	defer v.polledMu.Unlock()
+	return v.polled
+}
+
+func (v *clusterView) announcePoll() {
+	v.polledMu.Lock()
+	close(v.polled)
+	v.polled = make(chan struct{})
+	v.polledMu.Unlock()
+}
+
+// pushed is the change feed's Reload: poll the shard map (and with it
+// settings_version) now.
+func (v *clusterView) pushed() {
+	select {
+	case v.push <- struct{}{}:
+	default:
+	}
+}
+
+func (v *clusterView) secretValue() string {
+	if s := v.secret.Load(); s != nil && len(*s) > 0 {
+		return (*s)[0]
+	}
+	return ""
 }
 
 func loadView(cfg database.Config, refresh time.Duration, seedCost int) (*clusterView, viewKey, error) {
@@ -90,6 +130,7 @@ func newView(cfg database.Config, refresh time.Duration, seedCost int) *clusterV
 		tokens:  newTokenCache(),
 		logins:  newLoginLimiter(),
 		cancel:  cancel, done: make(chan struct{}), connected: make(chan struct{}),
+		push: make(chan struct{}, 1), polled: make(chan struct{}),
 	}
 	v.metrics.mapAge = v.mapAge
 	v.setStatus("starting: connecting to MySQL at " + cfg.Addr())
@@ -194,10 +235,17 @@ func (v *clusterView) run(ctx context.Context) {
 	v.maps.Store(maps)
 	v.status.Store(nil)
 	v.log.Info("gateway ready", zap.Int("shards", maps.Current().Shards))
-	go v.followLogLevel(ctx, db, slogger)
+	levels := settings.NewCache(db, 0, slogger)
+	go v.followLogLevel(ctx, levels)
+	// Pushed changes: the map poll runs at once, the log level reloads.
+	go (&changes.Follower{DB: db, Secret: v.secretValue, Log: slogger, Reload: func(ctx context.Context) {
+		v.pushed()
+		levels.Reload(ctx)
+	}}).Run(ctx)
 
 	// The shard map poll, wrapped to record when it last succeeded (the
 	// age metric tells an operator the gateway is serving a stale map).
+	// It runs every refresh_interval (a safety net) and at once on a push.
 	go func() {
 		t := time.NewTicker(v.refresh)
 		defer t.Stop()
@@ -216,9 +264,11 @@ func (v *clusterView) run(ctx context.Context) {
 				v.log.Warn("shard map refresh failing; routing with the cached map", zap.Error(err))
 			}
 			failing = err != nil
+			v.announcePoll()
 			select {
 			case <-ctx.Done():
 				return
+			case <-v.push:
 			case <-t.C:
 			}
 		}

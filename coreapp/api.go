@@ -109,6 +109,7 @@ func (c *Coreapp) serveMetrics(ctx *fasthttp.RequestCtx, _ map[string]string) {
 	c.metricsOnce.Do(func() {
 		c.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
 	})
+	c.measureDepth(ctx)
 	c.metricsHandler(ctx)
 }
 

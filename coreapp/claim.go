@@ -495,7 +495,7 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 }
 
 // layout is the shard count to tell the network (transport.Layout): as the
-// settings poll last read it, within its 200 ms.
+// settings cache last read it (pushed by the primary master at once).
 func (h *holder) layout() transport.Layout {
 	n, v := h.c.settings.Layout()
 	return transport.Layout{Shards: n, Version: v}
@@ -505,6 +505,18 @@ func (h *holder) setConnected(c *claim, v bool, gen uint64) {
 	h.mu.Lock()
 	c.connected, c.pluginGen = v, gen
 	h.mu.Unlock()
+	if v {
+		h.statusChanged()
+	}
+}
+
+// statusChanged wakes the loops that act only as the connected primary:
+// a new primary sends the backlog its predecessor left (unsent messages,
+// undelivered callbacks) at once, and a dispatcher whose claim ended stops
+// its term at once, not at their slow safety polls.
+func (h *holder) statusChanged() {
+	h.c.outbox.nudge()
+	h.c.dispatcher.nudge()
 }
 
 // stepDown disconnects and forgets the claim. It reports whether the
@@ -526,6 +538,7 @@ func (h *holder) stepDown(reason string) (disconnected bool) {
 		}
 		disconnected = true
 	})
+	h.statusChanged()
 	h.c.metrics.primary.Set(0)
 	h.c.metrics.shard.Set(-1)
 	h.c.metrics.stepDowns.Inc()

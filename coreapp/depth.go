@@ -5,42 +5,37 @@ import (
 	"time"
 )
 
-// depthInterval is how often a primary counts its backlog for the
-// outbox and callback queue gauges: two index range counts a second.
-const depthInterval = time.Second
+// depthTimeout bounds the backlog count a scrape of /metrics makes.
+const depthTimeout = time.Second
 
-// measureDepth keeps multiconnect_coreapp_outbox_depth and
-// multiconnect_coreapp_callback_queue_depth current: the shard's unsent
-// messages and undelivered callbacks while this coreapp is its primary,
-// 0 otherwise. A growing outbox means the network (or the plugin) is not
+// measureDepth sets multiconnect_coreapp_outbox_depth and
+// multiconnect_coreapp_callback_queue_depth: the shard's unsent messages
+// and undelivered callbacks while this coreapp is its primary, 0
+// otherwise. A growing outbox means the network (or the plugin) is not
 // keeping up; a growing callback queue, that the webhook is not.
+//
+// It runs when /metrics is scraped, not on a timer: the two index range
+// counts then cost nothing while nobody looks (an idle cluster's
+// statements, README "Idle cost"), and a scrape always sees them fresh.
+// A failed count leaves the last values.
 func (c *Coreapp) measureDepth(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(depthInterval):
-		}
-		st := c.holder.status()
-		if !st.Primary {
-			c.metrics.outboxDepth.Set(0)
-			c.metrics.callbackDepth.Set(0)
-			continue
-		}
-		qctx, cancel := context.WithTimeout(ctx, depthInterval)
-		var unsent, undelivered int64
-		err := c.db.QueryRowContext(qctx, `SELECT
-			(SELECT COUNT(*) FROM messages WHERE shard_id = ? AND state = ?),
-			(SELECT COUNT(*) FROM callbacks WHERE shard_id = ? AND delivered = 0)`,
-			st.Shard, stateUnsent, st.Shard).Scan(&unsent, &undelivered)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				c.dbError("measure backlog", err)
-			}
-			continue
-		}
-		c.metrics.outboxDepth.Set(float64(unsent))
-		c.metrics.callbackDepth.Set(float64(undelivered))
+	st := c.holder.status()
+	if !st.Primary {
+		c.metrics.outboxDepth.Set(0)
+		c.metrics.callbackDepth.Set(0)
+		return
 	}
+	qctx, cancel := context.WithTimeout(ctx, depthTimeout)
+	defer cancel()
+	var unsent, undelivered int64
+	err := c.db.QueryRowContext(qctx, `SELECT
+		(SELECT COUNT(*) FROM messages WHERE shard_id = ? AND state = ?),
+		(SELECT COUNT(*) FROM callbacks WHERE shard_id = ? AND delivered = 0)`,
+		st.Shard, stateUnsent, st.Shard).Scan(&unsent, &undelivered)
+	if err != nil {
+		c.dbError("measure backlog", err)
+		return
+	}
+	c.metrics.outboxDepth.Set(float64(unsent))
+	c.metrics.callbackDepth.Set(float64(undelivered))
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
@@ -163,6 +164,7 @@ func run() error {
 	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", release.Version)
 
 	go c.settings.Run(ctx)
+	go (&changes.Follower{DB: db, Secret: func() string { return c.secret }, Log: c.log, Reload: c.settings.Reload}).Run(ctx)
 	go c.plugins.Watch(ctx)
 	go c.liveness(ctx, liveness)
 	go c.acceptor.run(ctx)
@@ -170,7 +172,6 @@ func run() error {
 	go c.callbacks.subscribe(ctx)
 	go c.callbacks.run(ctx)
 	go c.dispatcher.run(ctx)
-	go c.measureDepth(ctx)
 	done := make(chan struct{})
 	go func() { c.holder.run(ctx); close(done) }()
 	<-ctx.Done()

@@ -25,9 +25,13 @@ const (
 	// second. A batch is also cut at transport.MaxSendBytes, so that large
 	// messages never make a Send the plugin or the network cannot take.
 	sendBatch = 500
-	// outboxPoll finds rows left by a previous primary, and rows whose
-	// wake-up was missed; commits nudge the sender directly.
-	outboxPoll     = 200 * time.Millisecond
+	// outboxPoll is a safety net for a missed wake-up: commits nudge the
+	// sender directly, and so does connecting to the network as a shard's
+	// new primary (holder.setConnected), which finds the rows a previous
+	// primary left at once. A failed send retries on outboxMinRetry..
+	// outboxMaxRetry, not on this poll. Slow, so an idle shard costs one
+	// statement per 10 s (README, "Idle cost").
+	outboxPoll     = 10 * time.Second
 	outboxMinRetry = 50 * time.Millisecond
 	outboxMaxRetry = 2 * time.Second
 )

@@ -22,8 +22,12 @@ const (
 	// lane go in one POST (the original's payloads are arrays).
 	webhookBatch = 100
 	// webhookQueue bounds the callbacks loaded but not delivered yet.
-	webhookQueue   = 20000
-	webhookPoll    = 100 * time.Millisecond
+	webhookQueue = 20000
+	// webhookPoll is a safety net only: stored callbacks, a new claim or
+	// connection, a step-down, a settings change (any row: the webhook CA
+	// too) and room in a full queue all wake the dispatcher; a failed POST is retried by its
+	// lane on the callback backoff, not by this poll.
+	webhookPoll    = 10 * time.Second
 	webhookTimeout = 20 * time.Second
 	markEvery      = 20 * time.Millisecond
 )
@@ -115,6 +119,7 @@ func (d *dispatcher) takeMemory(shard int) []*callback {
 // for one shard and epoch and the webhook settings stay the same.
 func (d *dispatcher) run(ctx context.Context) {
 	for {
+		changed := d.c.settings.Moved()
 		st := d.c.holder.status()
 		s := d.c.settings.Get()
 		if st.Primary && s.Webhooks.URL != "" {
@@ -124,6 +129,7 @@ func (d *dispatcher) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-d.wake:
+		case <-changed:
 		case <-time.After(webhookPoll):
 		}
 	}
@@ -168,13 +174,18 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 					}
 				}
 				pmu.Lock()
+				full := pending >= webhookQueue
 				pending -= int64(len(cbs))
 				pmu.Unlock()
+				if full {
+					d.nudge() // room again: load the rest of the backlog now
+				}
 			})
 		}()
 	}
 	var last int64
 	for {
+		changed := d.c.settings.Moved()
 		cur := d.c.holder.status()
 		s := d.c.settings.Get()
 		if !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch || s.Webhooks.URL != hooks.URL ||
@@ -212,6 +223,7 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 		case <-ctx.Done():
 			return
 		case <-d.wake:
+		case <-changed:
 		case <-time.After(webhookPoll):
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/routetable"
@@ -29,6 +30,8 @@ func (m *Master) routes() http.Handler {
 func (m *Master) table() *routetable.Mux {
 	mux := routetable.New()
 	mux.HandleFunc("GET /internal/health", m.health)
+	// Nodes wait here for changes of the cluster row (package changes).
+	mux.HandleFunc("GET "+changes.Route, m.primaryOnly(m.hub.ServeHTTP))
 	mux.HandleFunc("GET /metrics", m.serveMetrics)
 	mux.HandleFunc("GET /v1/settings/application", m.primaryOnly(m.getSettings))
 	mux.HandleFunc("PATCH /v1/settings/application", m.primaryOnly(m.patchSettings))

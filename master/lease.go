@@ -28,6 +28,20 @@ type masterLease struct {
 	ttl    time.Duration
 	valid  lease.Validity
 	epoch  int64 // meaningful while valid
+	// committed is called after every fenced COMMIT: every change of the
+	// cluster row is one, and the nodes are told at once.
+	committed func()
+	// wake makes a secondary try to acquire now (the primary stopped
+	// answering), instead of when the lease it last read lapses.
+	wake chan struct{}
+}
+
+// nudge makes a secondary try for the lease at once.
+func (l *masterLease) nudge() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (l *masterLease) renewEvery() time.Duration { return l.ttl / 3 }
@@ -121,6 +135,9 @@ func (l *masterLease) fenced(ctx context.Context, fn func(tx *sql.Tx) error) err
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("fenced write: commit: %w", err)
 	}
+	if l.committed != nil {
+		l.committed()
+	}
 	return nil
 }
 
@@ -141,6 +158,8 @@ func (l *masterLease) run(ctx context.Context, m *Master) {
 				primary = true
 				m.becamePrimary(l.epoch)
 				wait = l.renewEvery()
+			} else if err == nil {
+				wait = l.untilLapse(qctx)
 			}
 		} else {
 			lost, err := l.renew(qctx)
@@ -179,7 +198,22 @@ func (l *masterLease) run(ctx context.Context, m *Master) {
 				m.lostPrimary(l.epoch)
 			}
 			return
+		case <-l.wake:
 		case <-time.After(wait):
 		}
 	}
+}
+
+// untilLapse is how long a secondary may sleep before trying again: until
+// the lease it failed to take lapses on the database's clock (one read),
+// rather than every retryEvery, which cost an idle secondary 2 statements
+// a second. A primary's release or death is noticed sooner through nudge
+// (its change feed breaks). Never less than retryEvery nor more than ttl.
+func (l *masterLease) untilLapse(ctx context.Context) time.Duration {
+	var us int64
+	if err := l.own.QueryRowContext(ctx, `SELECT GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at))
+		FROM master_lease WHERE id = 1`).Scan(&us); err != nil {
+		return l.retryEvery()
+	}
+	return min(max(time.Duration(us)*time.Microsecond, l.retryEvery()), l.ttl)
 }

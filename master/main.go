@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/node"
@@ -39,10 +40,13 @@ type Master struct {
 	log      *slog.Logger
 	lease    *masterLease
 	settings *settings.Cache
-	metrics  *metrics
-	mon      *monitor
-	shards   int // MC_SHARDS: the shard count a new cluster starts with
-	gc       gcConfig
+	// hub tells every node of a change the moment this master, as
+	// primary, commits it (package changes).
+	hub     *changes.Hub
+	metrics *metrics
+	mon     *monitor
+	shards  int // MC_SHARDS: the shard count a new cluster starts with
+	gc      gcConfig
 	// plugin is the transport plugin registration talks to the network
 	// through, started on first use; pluginErr says why there is none.
 	plugin    *transport.Supervisor
@@ -151,7 +155,9 @@ func run() error {
 	}
 	defer leaseDB.Close()
 	m := &Master{id: cfg.id, db: db, log: node.Logger(cfg.id), metrics: newMetrics(), shards: cfg.shards, gc: cfg.gc}
-	m.lease = &masterLease{db: db, own: leaseDB, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL}
+	m.hub = changes.NewHub()
+	m.lease = &masterLease{db: db, own: leaseDB, holder: fmt.Sprintf("%s#%d", cfg.id.ID, cfg.id.Incarnation), addr: cfg.id.ID, ttl: cfg.leaseTTL,
+		committed: m.hub.Notify, wake: make(chan struct{}, 1)}
 	m.settings = settings.NewCache(db, 0, m.log)
 	if err := node.FollowSettings(m.settings, m.log); err != nil {
 		return err
@@ -190,6 +196,7 @@ func run() error {
 	}
 	m.ready.Store(true)
 	go m.settings.Run(ctx)
+	go (&changes.Follower{DB: db, Secret: m.secret, Log: m.log, Reload: m.settings.Reload, Lost: m.lease.nudge}).Run(ctx)
 	go m.liveness(ctx, cfg.liveness)
 	go m.mon.run(ctx)
 	<-ctx.Done()
@@ -301,6 +308,9 @@ func (m *Master) primaryDuties(ctx context.Context) error {
 func (m *Master) lostPrimary(epoch int64) {
 	m.log.Warn("no longer primary master", "epoch", epoch)
 	m.metrics.primary.Set(0)
+	// Answer the nodes waiting on this master: they look for the new
+	// primary's hub.
+	m.hub.Notify()
 	m.mu.Lock()
 	if m.stopDuty != nil {
 		m.stopDuty()

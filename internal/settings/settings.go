@@ -347,7 +347,8 @@ func putRow(ctx context.Context, q cluster.Querier, name string, doc any) error 
 	return cluster.BumpSettings(ctx, q)
 }
 
-// Cache keeps the effective settings fresh by polling settings_version.
+// Cache keeps the effective settings fresh: Refresh on every push of a
+// change, and a slow poll of settings_version.
 type Cache struct {
 	db       *sql.DB
 	interval time.Duration
@@ -361,14 +362,21 @@ type Cache struct {
 	mu         sync.Mutex
 	onChange   []func(Application)
 	changed    chan struct{} // closed and replaced on every change
+	moved      chan struct{} // closed and replaced on every move of settings_version
 }
 
-// NewCache makes a cache polling every interval (200ms when zero), starting from defaults.
+// SafetyPoll is how often a Cache re-reads the cluster row by itself. The
+// primary master pushes every change (package changes) and the node calls
+// Refresh at once; this poll only catches a push that was lost, so it is
+// slow: one single-row read per node every 10 s (README, "Idle cost").
+const SafetyPoll = 10 * time.Second
+
+// NewCache makes a cache polling every interval (SafetyPoll when zero), starting from defaults.
 func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 	if interval <= 0 {
-		interval = 200 * time.Millisecond
+		interval = SafetyPoll
 	}
-	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{})}
+	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{}), moved: make(chan struct{})}
 	d := Defaults()
 	c.cur.Store(&d)
 	return c
@@ -397,6 +405,15 @@ func (c *Cache) Changed() <-chan struct{} {
 	return c.changed
 }
 
+// Moved returns a channel closed at the next move of settings_version:
+// a change of any settings row, including those outside Application (a
+// certificate, the media providers), which Changed does not report.
+func (c *Cache) Moved() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.moved
+}
+
 // OnChange registers f, called after each change.
 func (c *Cache) OnChange(f func(Application)) {
 	c.mu.Lock()
@@ -423,6 +440,10 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	}
 	old := c.cur.Swap(&a)
 	c.version.Store(st.SettingsVersion)
+	c.mu.Lock()
+	close(c.moved)
+	c.moved = make(chan struct{})
+	c.mu.Unlock()
 	if !reflect.DeepEqual(*old, a) {
 		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,
 			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist, "log_level", a.LogLevel, "verbose_logging", a.VerboseLogging)
@@ -436,6 +457,16 @@ func (c *Cache) Refresh(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// Reload refreshes now, bounded in time: a pushed change (package
+// changes' Follower.Reload). A failure leaves the safety poll to retry.
+func (c *Cache) Reload(ctx context.Context) {
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := c.Refresh(qctx); err != nil && ctx.Err() == nil {
+		c.log.Warn("settings reload after a pushed change failed; the next poll retries", "err", err)
+	}
 }
 
 // Run polls until ctx ends; a failing DB leaves the last settings in force.

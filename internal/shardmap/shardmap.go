@@ -92,10 +92,15 @@ type Cache struct {
 	OnChange func(*Map)
 }
 
-// NewCache makes a cache polling every interval (100ms when zero).
+// SafetyPoll is the poll interval when none is given: the primary master
+// pushes every change of the map (package changes) and the node calls
+// Refresh at once, so the poll only catches a lost push.
+const SafetyPoll = 10 * time.Second
+
+// NewCache makes a cache polling every interval (SafetyPoll when zero).
 func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 	if interval <= 0 {
-		interval = 100 * time.Millisecond
+		interval = SafetyPoll
 	}
 	return &Cache{db: db, interval: interval, log: log, changed: make(chan struct{})}
 }
