@@ -60,9 +60,13 @@ func stallRedoFlush(t *testing.T, pid int, delay time.Duration) *exec.Cmd {
 // This test forces that interleaving: a commit holds the redo log's flush
 // (fsyncs are delayed by strace), a message is accepted meanwhile (its
 // COMMIT waits behind that flush, its row already visible), and mariadbd
-// is killed before the flush ends. The client retries with the same key
-// until it gets 201. The network must then hold the message once, under
-// the acknowledged id: a row may reach the network only once it is durable.
+// is killed before the flush ends. Meanwhile the client, tired of
+// waiting, retries with the same key: that retry finds the first row and
+// must not answer 201 with its id before the row is durable (it did: the
+// row was lost with the crash, an acknowledged message). After the crash
+// the client retries until it gets 201. The network must then hold the
+// message once, under the acknowledged id: a row may reach the network,
+// and its id a client, only once it is durable.
 func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 	// A long unhealthy_interval: the slowed server must not cost the
 	// primary its claim while the test holds the flush.
@@ -101,19 +105,32 @@ func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 	type answer struct {
 		code int
 		id   string
+		body []byte
 		err  error
+		at   time.Time
 	}
 	firstTry := make(chan answer, 1)
 	go func() {
 		actx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
-		code, id, _, err := c.PostMessageTo(actx, primary, body(1), "durable-1")
-		firstTry <- answer{code, id, err}
+		code, id, b, err := c.PostMessageTo(actx, primary, body(1), "durable-1")
+		firstTry <- answer{code, id, b, err, time.Now()}
+	}()
+	// The client gives up on the first attempt and retries with the same
+	// key: the retry finds the first row (visible, not yet durable) and
+	// must not answer 201 with its id before that row is on disk.
+	time.Sleep(700 * time.Millisecond)
+	retry := make(chan answer, 1)
+	go func() {
+		actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		code, id, b, err := c.PostMessageTo(actx, primary, body(1), "durable-1")
+		retry <- answer{code, id, b, err, time.Now()}
 	}()
 	// Until the flush would end: does the message reach the network while
 	// its COMMIT has not returned?
 	early := ""
-	deadline := time.Now().Add(2500 * time.Millisecond)
+	deadline := time.Now().Add(1800 * time.Millisecond)
 	for time.Now().Before(deadline) && early == "" {
 		for _, m := range c.NetworkMessages(to) {
 			if strings.Contains(string(m.Body), fmt.Sprintf("#%d", 1)) {
@@ -127,6 +144,7 @@ func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 		t.Fatalf("the first attempt was answered (%d %s %v) while the redo log flush was held: the test did not stall the commit", a.code, a.id, a.err)
 	default:
 	}
+	killed := time.Now()
 	c.DB.Kill()
 	if early != "" {
 		t.Logf("message #1 reached the network as %s while its COMMIT was still waiting for the disk", early)
@@ -135,7 +153,12 @@ func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 	if a.code == 201 {
 		t.Fatalf("the first attempt got 201 (%s) though mariadbd died before its commit was durable", a.id)
 	}
-	t.Logf("first attempt, answered after the crash: %d %v", a.code, a.err)
+	t.Logf("first attempt, answered %.2f s after the crash: %d %s %v", a.at.Sub(killed).Seconds(), a.code, a.body, a.err)
+	if r := <-retry; r.code == 201 {
+		t.Errorf("the retry was acknowledged (201, %s) while the first attempt's row, which it returned, was not durable; mariadbd then crashed", r.id)
+	} else {
+		t.Logf("retry during the stall, answered %.2f s after the crash: %d %s %v", r.at.Sub(killed).Seconds(), r.code, r.body, r.err)
+	}
 	time.Sleep(500 * time.Millisecond)
 	if err := c.DB.Start(); err != nil {
 		t.Fatalf("restart mariadbd: %v", err)
