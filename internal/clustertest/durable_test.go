@@ -109,24 +109,23 @@ func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 		err  error
 		at   time.Time
 	}
-	firstTry := make(chan answer, 1)
-	go func() {
-		actx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
-		code, id, b, err := c.PostMessageTo(actx, primary, body(1), "durable-1")
-		firstTry <- answer{code, id, b, err, time.Now()}
-	}()
+	// post sends message #1 with its key to the primary in the background.
+	post := func() <-chan answer {
+		out := make(chan answer, 1)
+		go func() {
+			actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			code, id, b, err := c.PostMessageTo(actx, primary, body(1), "durable-1")
+			out <- answer{code, id, b, err, time.Now()}
+		}()
+		return out
+	}
+	firstTry := post()
 	// The client gives up on the first attempt and retries with the same
 	// key: the retry finds the first row (visible, not yet durable) and
 	// must not answer 201 with its id before that row is on disk.
 	time.Sleep(700 * time.Millisecond)
-	retry := make(chan answer, 1)
-	go func() {
-		actx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		defer cancel()
-		code, id, b, err := c.PostMessageTo(actx, primary, body(1), "durable-1")
-		retry <- answer{code, id, b, err, time.Now()}
-	}()
+	retry := post()
 	// Until the flush would end: does the message reach the network while
 	// its COMMIT has not returned?
 	early := ""
