@@ -360,7 +360,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		// one that changes a row waits until the log is flushed past it,
 		// and so past the row found. (With rows inserted, those do it; a
 		// row already sent is durable: the outbox sends only durable rows.)
-		// The stamp means what the outbox's does: see outbox.durable.
+		// The stamp is the outbox's (see outbox.durable).
 		if _, err := tx.ExecContext(ctx, `UPDATE messages SET sent_at = NOW(6) WHERE state = 0 AND id IN (?`+strings.Repeat(",?", len(found)-1)+`)`, found...); err != nil {
 			return nil, fmt.Errorf("make %d found messages durable: %w", len(found), err)
 		}

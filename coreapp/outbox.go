@@ -190,9 +190,10 @@ func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool,
 // forces it). The redo log is one sequence flushed in order, so a write of
 // our own, committed after the rows were read, reaches the disk only with
 // every commit before it: its COMMIT returning proves the batch as durable
-// as an acknowledged message. The write stamps the batch's sent_at (for an
-// unsent row, when it was last handed to the network; marking it sent
-// overwrites it); a row must change, or InnoDB logs nothing to flush.
+// as an acknowledged message. The write stamps the batch's sent_at: for an
+// unsent row, when a session last made sure it is durable (here, or a
+// retry answered with it in accept.go); marking it sent overwrites it. A
+// row must change, or InnoDB logs nothing to flush.
 func (o *outbox) durable(ctx context.Context, shard int, rows []outRow) error {
 	seqs := make([]any, len(rows))
 	for i, r := range rows {
