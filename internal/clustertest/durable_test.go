@@ -70,7 +70,7 @@ func stallRedoFlush(t *testing.T, pid int, delay time.Duration) *exec.Cmd {
 func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 	// A long unhealthy_interval: the slowed server must not cost the
 	// primary its claim while the test holds the flush.
-	c := New(t, Options{Shards: 1, Coreapps: 1, Heartbeat: 0.5, Unhealthy: 6})
+	c := New(t, Options{Shards: 1, Coreapps: 1, Heartbeat: 1, Unhealthy: 15})
 	to := "15550474218"
 	ctx := context.Background()
 	body := func(n int) string {
@@ -97,8 +97,8 @@ func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	stallRedoFlush(t, c.DB.PID(), 4*time.Second)
-	// This commit writes its log and then waits 4 s in fdatasync, holding
+	stallRedoFlush(t, c.DB.PID(), 6*time.Second)
+	// This commit writes its log and then waits 6 s in fdatasync, holding
 	// the flush: every commit after it waits behind, visible but not written.
 	go c.SQL.Exec(`UPDATE durability_probe SET n = n + 1 WHERE id = 1`)
 	time.Sleep(300 * time.Millisecond)
@@ -129,10 +129,12 @@ func TestOutboxSendsOnlyDurableRows(t *testing.T) {
 	// Until the flush would end: does the message reach the network while
 	// its COMMIT has not returned?
 	early := ""
-	deadline := time.Now().Add(1800 * time.Millisecond)
-	for time.Now().Before(deadline) && early == "" {
+	deadline := time.Now().Add(3500 * time.Millisecond) // before the client's 5 s timeout
+	// Stop early once both happened: the message at the network, the
+	// retry answered.
+	for time.Now().Before(deadline) && (early == "" || len(retry) == 0) && len(firstTry) == 0 {
 		for _, m := range c.NetworkMessages(to) {
-			if strings.Contains(string(m.Body), fmt.Sprintf("#%d", 1)) {
+			if strings.Contains(string(m.Body), "#1") {
 				early = m.ID
 			}
 		}
