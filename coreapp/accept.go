@@ -366,7 +366,10 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 	results := make([]acceptResult, len(batch))
 	// Keys already used (same user, recipient and key): in the database,
 	// or earlier in this batch.
-	type used struct{ id, bodyHash string }
+	type used struct {
+		id, bodyHash string
+		unsent       bool // found in the database, not yet sent
+	}
 	known := map[string]used{}
 	var scopes []any
 	for _, r := range batch {
@@ -375,7 +378,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		}
 	}
 	if len(scopes) > 0 {
-		q := `SELECT idem_scope, id, body_hash FROM messages WHERE idem_scope IN (?` + strings.Repeat(",?", len(scopes)-1) + `)`
+		q := `SELECT idem_scope, id, body_hash, state = 0 FROM messages WHERE idem_scope IN (?` + strings.Repeat(",?", len(scopes)-1) + `)`
 		rows, err := tx.QueryContext(ctx, q, scopes...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
@@ -383,7 +386,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		for rows.Next() {
 			var scope string
 			var u used
-			if err := rows.Scan(&scope, &u.id, &u.bodyHash); err != nil {
+			if err := rows.Scan(&scope, &u.id, &u.bodyHash, &u.unsent); err != nil {
 				rows.Close()
 				return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 			}
@@ -394,6 +397,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 			return nil, nil, fmt.Errorf("look up idempotency keys: %w", err)
 		}
 	}
+	var found []any // ids of unsent rows this batch answers with
 	var sb strings.Builder
 	args := make([]any, 0, len(batch)*7)
 	rows := make([]outRow, 0, len(batch))
@@ -409,6 +413,9 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 			if u, ok := known[r.scope]; ok {
 				if u.bodyHash == r.bodyHash {
 					results[i] = acceptResult{id: u.id}
+					if u.unsent {
+						found = append(found, u.id)
+					}
 				} else {
 					results[i] = keyReused(u.id)
 				}
@@ -419,7 +426,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		results[i] = acceptResult{id: id}
 		var scope, hash any
 		if r.scope != "" {
-			known[r.scope] = used{id, r.bodyHash}
+			known[r.scope] = used{id: id, bodyHash: r.bodyHash}
 			scope, hash = r.scope, r.bodyHash
 		}
 		if n > 0 {
@@ -433,6 +440,18 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 	if n > 0 {
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
 			return nil, nil, fmt.Errorf("insert %d messages: %w", n, err)
+		}
+	} else if len(found) > 0 {
+		// A retry answered with a row another transaction committed: InnoDB
+		// shows a commit before its redo log is on disk, and a crash then
+		// would take the row back after this 201. A transaction that
+		// changes nothing logs nothing and its COMMIT waits for no flush;
+		// one that changes a row waits until the log is flushed past it,
+		// and so past the row found. (With rows inserted, those do it; a
+		// row already sent is durable: the outbox sends only durable rows.)
+		// The stamp is the outbox's (see outbox.durable).
+		if _, err := tx.ExecContext(ctx, `UPDATE messages SET sent_at = NOW(6) WHERE state = 0 AND id IN (?`+strings.Repeat(",?", len(found)-1)+`)`, found...); err != nil {
+			return nil, nil, fmt.Errorf("make %d found messages durable: %w", len(found), err)
 		}
 	}
 	held, err := a.c.fence(ctx, tx, st)

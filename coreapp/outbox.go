@@ -221,6 +221,14 @@ func (o *outbox) next(ctx context.Context, st status) ([]outRow, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Rows read back from the database may be visible before they are
+	// durable (see durable); rows handed over are durable already, their
+	// COMMIT having returned.
+	if len(rows) > 0 {
+		if err := o.durable(ctx, st.Shard, rows); err != nil {
+			return nil, err
+		}
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if len(rows) > 0 && len(o.pending) > 0 {
@@ -344,6 +352,39 @@ func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool,
 		}
 	}
 	return rows, more, bs.Err()
+}
+
+// durable returns once every row of the batch is on disk, so that no row
+// reaches the network that a crash of mysqld could still take back.
+// InnoDB makes a commit visible to other sessions before its redo log is
+// flushed: a commit that waits behind another's fsync is readable
+// meanwhile. Had the outbox sent such a row and mysqld died before the
+// flush, recovery would roll the row back; the client, never answered,
+// retries with its idempotency key, finds no row with that scope and
+// stores the message again under a new id, and the network gets it
+// twice (the nemesis found this under db-crash, TestOutboxSendsOnlyDurableRows
+// forces it). The redo log is one sequence flushed in order, so a write of
+// our own, committed after the rows were read, reaches the disk only with
+// every commit before it: its COMMIT returning proves the batch as durable
+// as an acknowledged message. The write stamps the batch's sent_at: for an
+// unsent row, when a session last made sure it is durable (here, or a
+// retry answered with it in accept.go); marking it sent overwrites it. A
+// row must change, or InnoDB logs nothing to flush.
+func (o *outbox) durable(ctx context.Context, shard int, rows []outRow) error {
+	seqs := make([]any, len(rows))
+	for i, r := range rows {
+		seqs[i] = r.seq
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := o.c.db.ExecContext(qctx, `UPDATE messages SET sent_at = NOW(6) WHERE seq IN (?`+strings.Repeat(",?", len(seqs)-1)+`)`, seqs...)
+	if err != nil {
+		return fmt.Errorf("make %d rows of shard %d durable before sending: %w", len(seqs), shard, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("make %d rows of shard %d durable before sending: no row changed (%v)", len(seqs), shard, err)
+	}
+	return nil
 }
 
 var errNoTransport = errors.New("transport plugin not running")

@@ -219,7 +219,7 @@ func TestNemesis(t *testing.T) {
 	}
 	checkNetwork(senders, net).report(t)
 	c.RequireNoViolations()
-	emitted, err := emittedOrder(c.SQL)
+	emitted, err := emittedOrder(c)
 	if err != nil {
 		t.Error(err)
 	}
@@ -534,36 +534,86 @@ func missingCallbacks(hook *hookReceiver, senders []*nemesisSender, inbound map[
 
 // netEvent is where the network put a status event: its shard and its
 // number there (callbacks.net_seq), which is the order it emitted them;
-// seq is -1 for a callback a re-shard moved (the move clears net_seq).
+// seq is -1 for a callback a re-shard moved (the move clears net_seq) and
+// for a number the network gave an event it moved between shards' streams
+// (see storedEvent).
 type netEvent struct {
 	shard int
 	seq   int64
 }
 
+// storedEvent is one stored status callback: which status, and the
+// network position it was stored under.
+type storedEvent struct {
+	key string // "id status"
+	ev  netEvent
+}
+
 // emittedOrder reads every stored status's network position from MySQL
-// (nothing is purged during a test: the GC runs hourly and keeps 30 days).
-func emittedOrder(db *sql.DB) (map[string]netEvent, error) {
-	rows, err := db.Query(`SELECT shard_id, COALESCE(net_seq, -1), payload FROM callbacks WHERE kind = 'status'`)
+// (nothing is purged during a test: the GC runs hourly and keeps 30 days)
+// and the numbers the network gave to events it moved (GET /v1/shards).
+func emittedOrder(c *Cluster) (map[string]netEvent, error) {
+	var st struct {
+		Shards []struct {
+			Shard      int     `json:"shard"`
+			Renumbered []int64 `json:"renumbered"`
+		} `json:"shards"`
+	}
+	if err := c.SimnetJSON("/v1/shards", &st); err != nil {
+		return nil, fmt.Errorf("read the network's renumbered events: %w", err)
+	}
+	renumbered := map[netEvent]bool{}
+	for _, sh := range st.Shards {
+		for _, n := range sh.Renumbered {
+			renumbered[netEvent{sh.Shard, n}] = true
+		}
+	}
+	rows, err := c.SQL.Query(`SELECT shard_id, COALESCE(net_seq, -1), payload FROM callbacks WHERE kind = 'status' ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("read stored status events: %w", err)
 	}
 	defer rows.Close()
-	out := map[string]netEvent{}
+	var stored []storedEvent
 	for rows.Next() {
 		var ev netEvent
 		var payload []byte
 		if err := rows.Scan(&ev.shard, &ev.seq, &payload); err != nil {
 			return nil, fmt.Errorf("read stored status events: %w", err)
 		}
-		var st hookStatus
-		if err := json.Unmarshal(payload, &st); err != nil {
+		var hs hookStatus
+		if err := json.Unmarshal(payload, &hs); err != nil {
 			return nil, fmt.Errorf("stored status %s: %w", payload, err)
 		}
-		if prev, ok := out[st.ID+" "+st.Status]; !ok || prev.seq < 0 {
-			out[st.ID+" "+st.Status] = ev
+		stored = append(stored, storedEvent{hs.ID + " " + hs.Status, ev})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read stored status events: %w", err)
+	}
+	return pickEmitted(stored, renumbered), nil
+}
+
+// pickEmitted gives each status the network position its order is judged
+// by. A status may be stored more than once: pushed again after a
+// failover (same number, stored once), moved by a re-shard (number
+// cleared), or moved by the network itself to another shard's stream when
+// the count changed, which numbers it again behind what that stream held:
+// a number that says where the move put it, not when the network emitted
+// it (the nemesis once compared such a number, a "delivered" renumbered
+// after its message's "read", and reported an order the webhook had in
+// fact followed). Only a number the network gave when it emitted the
+// event is comparable; a status with none is not judged (-1).
+func pickEmitted(stored []storedEvent, renumbered map[netEvent]bool) map[string]netEvent {
+	out := map[string]netEvent{}
+	for _, s := range stored {
+		ev := s.ev
+		if renumbered[ev] {
+			ev.seq = -1
+		}
+		if prev, ok := out[s.key]; !ok || prev.seq < 0 {
+			out[s.key] = ev
 		}
 	}
-	return out, rows.Err()
+	return out
 }
 
 // checkCallbacks: per recipient, judged on each callback's first delivery

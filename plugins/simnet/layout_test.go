@@ -96,6 +96,13 @@ func TestLayoutMovesHeldEvents(t *testing.T) {
 	if n := held(s, 2); n != 0 {
 		t.Errorf("removed shard 2 still holds %d events", n)
 	}
+	// The numbers the move gave are recorded: they say where the events
+	// went, not when the network emitted them.
+	for _, st := range s.Shards() {
+		if want := map[int]string{0: "[2 3 4]"}[st.Shard]; fmt.Sprint(st.Renumbered) != want && (want != "" || len(st.Renumbered) > 0) {
+			t.Errorf("shard %d renumbered %v, want %s", st.Shard, st.Renumbered, want)
+		}
+	}
 	// A stale word (lower version) changes nothing; an event for the
 	// moved recipient follows the others to shard 0.
 	if err := c.PingLayout(transport.Layout{Shards: 4, Version: 10}); err != nil {

@@ -115,7 +115,16 @@ type shardState struct {
 	nextEvent uint64
 	pushedTo  uint64 // highest Seq pushed to the open connection
 	acked     uint64 // highest Seq acknowledged
+	// renumbered are the Seqs this stream gave to events a layout change
+	// moved in from another shard's stream (see learnLayoutLocked): such a
+	// number says where the move put the event, behind what the stream
+	// held, not when the network first emitted it, so a test comparing
+	// emission order must leave it out. At most maxRenumbered, newest kept.
+	renumbered []uint64
 }
+
+// maxRenumbered bounds shardState.renumbered.
+const maxRenumbered = 100000
 
 // pushWindow bounds the events pushed to a connection and not yet
 // acknowledged: the rest wait until acks come (flow control), so the
@@ -747,14 +756,25 @@ func (s *Server) learnLayoutLocked(shards int, version int64) {
 	s.log.Info("shard count changed", "shards", shards, "map_version", version, "from", old, "events_moved", moved)
 	for _, to := range ids {
 		for _, e := range moves[to] {
-			s.appendLocked(to, e)
+			s.appendMovedLocked(to, e)
 		}
 		delete(moves, to)
 	}
 	for to, es := range moves { // shards the network had not seen yet
 		for _, e := range es {
-			s.appendLocked(to, e)
+			s.appendMovedLocked(to, e)
 		}
+	}
+}
+
+// appendMovedLocked appends an event moved from another shard's stream and
+// records the number it got there.
+func (s *Server) appendMovedLocked(shard int, e Event) {
+	s.appendLocked(shard, e)
+	sh := s.shards[shard]
+	sh.renumbered = append(sh.renumbered, sh.nextEvent)
+	if over := len(sh.renumbered) - maxRenumbered; over > 0 {
+		sh.renumbered = append([]uint64(nil), sh.renumbered[over:]...)
 	}
 }
 
@@ -935,6 +955,10 @@ type ShardState struct {
 	PendingEvents int       `json:"pending_events"` // not yet pushed to a connection
 	UnackedEvents int       `json:"unacked_events"` // pushed or not, not yet acknowledged
 	Messages      int       `json:"messages"`
+	// Renumbered are the event numbers of this shard's stream that went to
+	// events moved in from another shard when the shard count changed:
+	// they do not tell the order the network emitted those events in.
+	Renumbered []uint64 `json:"renumbered,omitempty"`
 }
 
 // Shards returns every shard the network has seen, by shard number.
@@ -953,7 +977,8 @@ func (s *Server) Shards() []ShardState {
 				pending++
 			}
 		}
-		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n]}
+		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n],
+			Renumbered: append([]uint64(nil), sh.renumbered...)}
 		if sh.open != nil {
 			iv := *sh.open.iv
 			st.Open = &iv
