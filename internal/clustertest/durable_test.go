@@ -23,7 +23,7 @@ func stallRedoFlush(t *testing.T, pid int, delay time.Duration) *exec.Cmd {
 	t.Helper()
 	bin, err := exec.LookPath("strace")
 	if err != nil {
-		t.Skip("strace is not installed: it is what slows the server's fsyncs")
+		t.Fatal("strace is not installed (`apt-get install -y strace`): it is what slows the server's fsyncs")
 	}
 	us := strconv.FormatInt(delay.Microseconds(), 10)
 	cmd := exec.Command(bin, "-f", "-p", strconv.Itoa(pid), "-o", "/dev/null",
