@@ -124,6 +124,14 @@ type Transport interface {
 	Call(ctx context.Context, op string, body []byte) ([]byte, error)
 }
 
+// EventBatcher is what a Transport may offer besides Events: the same
+// stream, with the same guarantees, in the batches the events come in (a
+// batch is never empty). The gRPC transport uses it on both sides, so a
+// batch crosses from plugin to host in one message and one channel send.
+type EventBatcher interface {
+	EventBatches(ctx context.Context) (<-chan []Event, error)
+}
+
 // Registration methods: how the network delivers the code.
 const (
 	MethodSMS   = "sms"
