@@ -11,16 +11,20 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 // Callback kinds: a message status, or an inbound message; kindMoved
-// marks an event the network moved to another shard, never stored.
+// marks an event the network moved to another shard, kindUnwanted a status
+// the webhook did not want when it arrived: neither is stored, both are
+// acknowledged with the rest.
 const (
-	kindStatus  = "status"
-	kindInbound = "inbound"
-	kindMoved   = "moved"
+	kindStatus   = "status"
+	kindInbound  = "inbound"
+	kindMoved    = "moved"
+	kindUnwanted = "unwanted"
 )
 
 // callback is one webhook notification, before or after it is stored.
@@ -32,6 +36,7 @@ type callback struct {
 	conn      int64  // the network connection that pushed the event
 	recipient string // the contact it is about: ordering is per recipient
 	kind      string
+	status    string // of a status callback made here (not of loaded ones)
 	payload   []byte // one status object, or {"contact":...,"message":...}
 	done      chan error
 }
@@ -81,7 +86,10 @@ func (w *callbackWriter) subscribe(ctx context.Context) {
 		}
 		for b := range ch {
 			for _, e := range b {
-				cb, err := fromEvent(e)
+				cb, err := unwanted(e, w.c.settings.Get()), error(nil)
+				if cb == nil {
+					cb, err = fromEvent(e)
+				}
 				if err != nil {
 					w.c.log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
 					continue
@@ -94,6 +102,19 @@ func (w *callbackWriter) subscribe(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// unwanted is a placeholder, to be acknowledged and not stored, for a
+// status the webhook does not want under s (or nil): most statuses are
+// sent, delivered and read, and most deployments want few of them, so
+// telling them apart before building their payload saves most of an
+// event's work here. write checks what it keeps against the settings of
+// its own moment again, as before.
+func unwanted(e transport.Event, s settings.Application) *callback {
+	if e.Kind != transport.EventStatus || (s.Webhooks.URL != "" && s.WantStatus(e.Status)) {
+		return nil
+	}
+	return &callback{shard: e.Shard, netSeq: e.Seq, stream: e.Stream, conn: e.Conn, kind: kindUnwanted, status: e.Status}
 }
 
 // eventBatches is t's event stream in batches, one event each when t does
@@ -134,7 +155,7 @@ func (w *callbackWriter) sendFailed(ctx context.Context, shardID int, failed []f
 			"id": f.row.id, "status": transport.StatusFailed, "timestamp": now, "recipient_id": string(shard.Digits(f.row.recipient)),
 			"errors": errs,
 		})
-		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, payload: p, done: make(chan error, 1)}
+		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, status: transport.StatusFailed, payload: p, done: make(chan error, 1)}
 		waits = append(waits, cb.done)
 		select {
 		case w.in <- cb:
@@ -161,7 +182,7 @@ func fromEvent(e transport.Event) (*callback, error) {
 	ts := strconv.FormatInt(e.Timestamp, 10)
 	switch e.Kind {
 	case transport.EventStatus:
-		cb.kind = kindStatus
+		cb.kind, cb.status = kindStatus, e.Status
 		st := statusCallback{ID: e.MessageID, Status: e.Status, Timestamp: ts, RecipientID: cb.recipient}
 		if len(e.Payload) > 0 {
 			// What the network knows beyond the status, in the
@@ -230,15 +251,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// statusOf reads the status of a status payload.
-func statusOf(payload []byte) string {
-	var s struct {
-		Status string `json:"status"`
-	}
-	_ = json.Unmarshal(payload, &s)
-	return s.Status
-}
-
 func (w *callbackWriter) run(ctx context.Context) {
 	// The timer sends acknowledgements held back by ack; it runs only
 	// while some are pending.
@@ -283,8 +295,8 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 		switch {
 		case s.Webhooks.URL == "":
 			// No webhook: there is nobody to tell, as in the original.
-		case cb.kind == kindMoved:
-		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
+		case cb.kind == kindMoved, cb.kind == kindUnwanted:
+		case cb.kind == kindStatus && !s.WantStatus(cb.status):
 		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // rest.go
 		default:
 			keep = append(keep, cb)
