@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -180,6 +181,7 @@ type conn struct {
 	iv        *Interval // nil until connect succeeds
 	shard     int
 	epoch     uint64
+	skip      []string // statuses the coreapp does not want pushed (filter)
 }
 
 // NewServer returns a network with no listeners yet.
@@ -411,6 +413,8 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 		s.sendLocked(c, f, arrival)
 	case OpAck:
 		s.ackLocked(c, f)
+	case OpFilter:
+		s.filterLocked(c, f)
 	case OpCheck:
 		s.checkLocked(c, f)
 	case OpRegister:
@@ -481,7 +485,7 @@ func (s *Server) connectLocked(c *conn, f Frame) {
 		ID: s.nextConn, Shard: f.Shard, Epoch: f.Epoch, Node: f.Node, Remote: c.remote,
 		Start: s.unix(now), Open: true, LastFrame: s.unix(c.lastFrame),
 	}
-	c.shard, c.epoch = f.Shard, f.Epoch
+	c.shard, c.epoch, c.skip = f.Shard, f.Epoch, f.Skip
 	s.intervals = append(s.intervals, c.iv)
 	sh.newest, sh.hasEpoch = f.Epoch, true
 	c.out.push(Frame{Op: OpConnected, Seq: f.Seq, Shard: f.Shard, Epoch: f.Epoch, ConnID: c.iv.ID})
@@ -520,9 +524,31 @@ func (s *Server) pushLocked(sh *shardState) {
 			return
 		}
 		e.Stream, e.Conn = s.stream, c.iv.ID
+		if e.Kind == KindStatus && slices.Contains(c.skip, e.Status) {
+			// Nobody wants it: only its place goes, merged with the
+			// places next to it (outbox.push).
+			e = Event{Kind: KindSkipped, MessageID: e.MessageID, Recipient: e.Recipient, Timestamp: e.Timestamp,
+				Shard: e.Shard, Seq: e.Seq, Stream: e.Stream, Conn: e.Conn, From: e.Seq, Skipped: c.skip}
+		}
 		c.out.push(eventFrame(e))
 		sh.pushedTo = e.Seq
 	}
+}
+
+// filterLocked sets the statuses the connection's coreapp does not want
+// pushed, and pushes every event the shard still holds again under the new
+// filter: a coreapp that wants more now refuses to acknowledge the places
+// of skipped statuses it would want, and gets them this way.
+func (s *Server) filterLocked(c *conn, f Frame) {
+	if c.iv == nil || s.shards[c.shard].open != c {
+		c.out.push(Frame{Op: OpError, Seq: f.Seq, Reason: "not connected"})
+		return
+	}
+	c.skip = f.Skip
+	c.out.push(Frame{Op: OpFiltered, Seq: f.Seq})
+	sh := s.shards[c.shard]
+	sh.pushedTo = sh.acked
+	s.pushLocked(sh)
 }
 
 // sendLocked stores the new messages of a send frame and schedules their
