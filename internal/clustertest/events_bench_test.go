@@ -58,6 +58,7 @@ func BenchmarkCallbacks(b *testing.B) {
 			c.eventually(30*time.Second, "the previous phase settled", func() error { return eventsSettled(c) })
 			hook.reset()
 			procs := c.Processes()
+			net0 := networkCounts(b, c)
 			cpu0 := CPUByRole(procs)
 			db0, err := c.DBStatus()
 			if err != nil {
@@ -79,6 +80,7 @@ func BenchmarkCallbacks(b *testing.B) {
 				b.Fatal(err)
 			}
 			cpu1 := CPUByRole(procs)
+			net1 := networkCounts(b, c)
 			d := db1.Since(db0)
 			got := hook.statuses.Load()
 			if got > want {
@@ -101,9 +103,11 @@ func BenchmarkCallbacks(b *testing.B) {
 			if got > 0 {
 				rate = float64(got) / all.Seconds()
 			}
-			b.Logf("%s: %d messages posted in %v, all settled in %v; %d callbacks (%.0f/s) in %d POSTs; per message: CPU%s total=%dµs; statements=%.2f fsyncs=%.2f; top: %s",
+			per := func(k string) float64 { return float64(net1[k]-net0[k]) / float64(n) }
+			b.Logf("%s: %d messages posted in %v, all settled in %v; %d callbacks (%.0f/s) in %d POSTs; per message: CPU%s total=%dµs; events pushed whole=%.2f statuses skipped=%.2f acks=%.3f; statements=%.2f fsyncs=%.2f; top: %s",
 				ph.name, n, posted.Round(time.Millisecond), all.Round(time.Millisecond), got, rate, hook.posts.Load(),
-				cpu.String(), total.Microseconds(), float64(d.Statements())/float64(n), float64(d.Fsyncs())/float64(n), d.TopCommands(8))
+				cpu.String(), total.Microseconds(), per("pushed_events"), per("skipped_statuses"), per("acks"),
+				float64(d.Statements())/float64(n), float64(d.Fsyncs())/float64(n), d.TopCommands(8))
 			b.ReportMetric(float64(total.Microseconds()), fmt.Sprintf("cpu-µs/msg[%d]", pi))
 			b.ReportMetric(float64(d.Statements())/float64(n), fmt.Sprintf("stmts/msg[%d]", pi))
 		}
@@ -130,6 +134,27 @@ func eventsSettled(c *Cluster) error {
 		return fmt.Errorf("%d callbacks not marked delivered", undelivered)
 	}
 	return nil
+}
+
+// networkCounts sums the network's counters of what crossed (pushed
+// events, skipped statuses, acks) over its shards; a network without them
+// reads as zeros.
+func networkCounts(b *testing.B, c *Cluster) map[string]int {
+	var st struct {
+		Shards []map[string]any `json:"shards"`
+	}
+	if err := c.SimnetJSON("/v1/shards", &st); err != nil {
+		b.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, s := range st.Shards {
+		for _, k := range []string{"pushed_events", "skipped_statuses", "acks"} {
+			if v, ok := s[k].(float64); ok {
+				out[k] += int(v)
+			}
+		}
+	}
+	return out
 }
 
 // postMessages posts n text messages to tos (round robin) from clients

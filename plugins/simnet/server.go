@@ -116,6 +116,9 @@ type shardState struct {
 	nextEvent uint64
 	pushedTo  uint64 // highest Seq pushed to the open connection
 	acked     uint64 // highest Seq acknowledged
+	// What crossed so far (ShardState): events pushed whole, statuses
+	// pushed only as a skipped place, acks taken.
+	pushed, skipped, acks int
 }
 
 // pushWindow bounds the events pushed to a connection and not yet
@@ -529,6 +532,9 @@ func (s *Server) pushLocked(sh *shardState) {
 			// places next to it (outbox.push).
 			e = Event{Kind: KindSkipped, MessageID: e.MessageID, Recipient: e.Recipient, Timestamp: e.Timestamp,
 				Shard: e.Shard, Seq: e.Seq, Stream: e.Stream, Conn: e.Conn, From: e.Seq, Skipped: c.skip}
+			sh.skipped++
+		} else {
+			sh.pushed++
 		}
 		c.out.push(eventFrame(e))
 		sh.pushedTo = e.Seq
@@ -816,6 +822,7 @@ func (s *Server) ackLocked(c *conn, f Frame) {
 	n := sort.Search(len(sh.unacked), func(i int) bool { return sh.unacked[i].Seq > upTo })
 	sh.unacked = append(sh.unacked[:0:0], sh.unacked[n:]...)
 	sh.acked = max(sh.acked, upTo)
+	sh.acks++
 	c.out.push(Frame{Op: OpAcked, Seq: f.Seq})
 	s.pushLocked(sh) // the window moved
 }
@@ -961,6 +968,11 @@ type ShardState struct {
 	PendingEvents int       `json:"pending_events"` // not yet pushed to a connection
 	UnackedEvents int       `json:"unacked_events"` // pushed or not, not yet acknowledged
 	Messages      int       `json:"messages"`
+	// Events pushed whole, statuses pushed only as a skipped place (the
+	// connection's filter), and acks taken, since the network started.
+	PushedEvents    int `json:"pushed_events"`
+	SkippedStatuses int `json:"skipped_statuses"`
+	Acks            int `json:"acks"`
 }
 
 // Shards returns every shard the network has seen, by shard number.
@@ -979,7 +991,8 @@ func (s *Server) Shards() []ShardState {
 				pending++
 			}
 		}
-		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n]}
+		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n],
+			PushedEvents: sh.pushed, SkippedStatuses: sh.skipped, Acks: sh.acks}
 		if sh.open != nil {
 			iv := *sh.open.iv
 			st.Open = &iv

@@ -78,7 +78,8 @@ type Transport interface {
 	// connection, so an event may arrive twice; Event.Shard, Event.Stream
 	// and Event.Seq identify it. Each connection (Event.Conn) pushes the
 	// shard's unacknowledged events from the oldest, then new ones, in Seq
-	// order and without gaps, so a host can tell a lost event from a new
+	// order and without gaps (an EventSkipped covers the numbers of the
+	// statuses it stands for), so a host can tell a lost event from a new
 	// connection's start. The network may hold back events past a window
 	// of unacknowledged ones (flow control), so a host that stops
 	// acknowledging stops receiving: this bounds every queue on the way.
