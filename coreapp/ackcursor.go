@@ -7,9 +7,9 @@ package main
 // shard's unacknowledged events from the oldest, in seq order, without
 // gaps) and moves only over events that were handled (stored, or not
 // wanted by the webhook). An event that could not be stored, or a gap in
-// the numbering (an event lost on the way), stops it: the network keeps
-// everything after it and pushes it again to the shard's next connection,
-// where the cursor starts over (or on the same one, after a new filter).
+// the numbering (an event lost on the way), stops it for the rest of that
+// connection: the network keeps everything after it and pushes it again to
+// the shard's next connection, where the cursor starts over.
 type ackCursor struct {
 	stream string
 	conn   int64
@@ -28,22 +28,20 @@ const (
 	stepStuck                       // the cursor stopped (now or earlier)
 )
 
-// see records one event of the shard, in arrival order, or the place of a
-// run of skipped ones (from..seq; from == seq for one event); handled says
+// see records one event of the shard, in arrival order; handled says
 // whether it was stored (or deliberately not). A new stream or connection
-// starts the cursor over at its first event. A stopped cursor moves again
-// if the event it stopped at comes again, handled: the network pushes a
-// connection's events again from the oldest unacknowledged one when the
-// host changes its filter (transport.EventFilter).
-func (c *ackCursor) see(stream string, conn int64, from, seq uint64, handled bool) cursorStep {
+// starts the cursor over at its first event.
+func (c *ackCursor) see(stream string, conn int64, seq uint64, handled bool) cursorStep {
 	if c.stream != stream || c.conn != conn {
-		*c = ackCursor{stream: stream, conn: conn, next: from}
+		*c = ackCursor{stream: stream, conn: conn, next: seq}
 	}
 	switch {
 	case seq < c.next:
 		return stepDuplicate
-	case from <= c.next && handled:
-		c.next, c.stuck = seq+1, false
+	case c.stuck:
+		return stepStuck
+	case seq == c.next && handled:
+		c.next++
 		return stepAdvanced
 	default:
 		c.stuck = true

@@ -30,7 +30,7 @@ func TestAckCursor(t *testing.T) {
 	for _, tc := range cases {
 		var c ackCursor
 		for _, e := range tc.events {
-			c.see(e.stream, e.conn, e.seq, e.seq, e.handled)
+			c.see(e.stream, e.conn, e.seq, e.handled)
 		}
 		got, ok := c.toAck()
 		if !ok {
@@ -42,7 +42,7 @@ func TestAckCursor(t *testing.T) {
 	}
 	// Once acknowledged, the same position is not sent again.
 	var c ackCursor
-	c.see("s", 1, 1, 1, true)
+	c.see("s", 1, 1, true)
 	seq, _ := c.toAck()
 	c.acked = seq
 	if _, ok := c.toAck(); ok {
@@ -51,46 +51,12 @@ func TestAckCursor(t *testing.T) {
 	// A connection the plugin no longer has takes no more acks, even for
 	// events of it still arriving; the next connection starts over.
 	c.gone = true
-	c.see("s", 1, 2, 2, true)
+	c.see("s", 1, 2, true)
 	if seq, ok := c.toAck(); ok {
 		t.Errorf("ack %d offered on a connection that is gone", seq)
 	}
-	c.see("s", 2, 2, 2, true)
+	c.see("s", 2, 2, true)
 	if seq, ok := c.toAck(); !ok || seq != 2 {
 		t.Errorf("next connection: ack %d (%v), want 2", seq, ok)
-	}
-}
-
-// The place of skipped statuses (from..seq) moves the cursor over all of
-// them; a stale place stops it until the network pushes the events again
-// on the same connection (after a new filter), from the oldest
-// unacknowledged one.
-func TestAckCursorSkippedPlaces(t *testing.T) {
-	var c ackCursor
-	c.see("s", 1, 1, 1, true)
-	if c.see("s", 1, 2, 9, true) != stepAdvanced {
-		t.Fatal("a place of 2..9 after 1 did not move the cursor")
-	}
-	if seq, _ := c.toAck(); seq != 9 {
-		t.Fatalf("ack %d after the place 2..9, want 9", seq)
-	}
-	c.acked = 9
-	if c.see("s", 1, 11, 12, true) != stepStuck {
-		t.Fatal("a place starting past the cursor (a gap) moved it")
-	}
-	c.see("s", 1, 13, 13, true)
-	if _, ok := c.toAck(); ok {
-		t.Fatal("acks offered past a gap")
-	}
-	// Pushed again from the oldest unacknowledged event (10).
-	c.see("s", 1, 10, 10, false) // stale: not handled
-	if _, ok := c.toAck(); ok {
-		t.Fatal("acks offered past a stale place")
-	}
-	c.see("s", 1, 10, 10, true)
-	c.see("s", 1, 11, 11, true)
-	c.see("s", 1, 12, 13, true)
-	if seq, ok := c.toAck(); !ok || seq != 13 {
-		t.Fatalf("after the events came again: ack %d (%v), want 13", seq, ok)
 	}
 }

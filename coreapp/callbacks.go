@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,8 +32,6 @@ type callback struct {
 	seq       int64  // callbacks.seq once stored (or a memory sequence)
 	shard     int    //
 	netSeq    uint64 // the network's event number; 0 for ones the coreapp made
-	from      uint64 // a skipped place's first event number (else netSeq)
-	stale     bool   // a skipped place of statuses the webhook wants now
 	stream    string // the network's numbering netSeq belongs to
 	conn      int64  // the network connection that pushed the event
 	recipient string // the contact it is about: ordering is per recipient
@@ -108,87 +105,16 @@ func (w *callbackWriter) subscribe(ctx context.Context) {
 }
 
 // unwanted is a placeholder, to be acknowledged and not stored, for a
-// status the webhook does not want under s, or for the place of statuses
-// the network skipped (filterEvents); nil for anything else. Most statuses
-// are sent, delivered and read, and most deployments want few of them, so
+// status the webhook does not want under s (or nil): most statuses are
+// sent, delivered and read, and most deployments want few of them, so
 // telling them apart before building their payload saves most of an
 // event's work here. write checks what it keeps against the settings of
 // its own moment again, as before.
-//
-// A skipped place made under a filter that skipped a status the webhook
-// wants now (the settings changed on the way) is stale: it is not
-// acknowledged, and filterEvents' new filter makes the network push those
-// events again.
 func unwanted(e transport.Event, s settings.Application) *callback {
-	switch {
-	case e.Kind == transport.EventSkipped:
-		cb := &callback{shard: e.Shard, netSeq: e.Seq, from: e.From, stream: e.Stream, conn: e.Conn, kind: kindUnwanted}
-		for _, st := range e.Skipped {
-			cb.stale = cb.stale || (s.Webhooks.URL != "" && s.WantStatus(st))
-		}
-		return cb
-	case e.Kind != transport.EventStatus || (s.Webhooks.URL != "" && s.WantStatus(e.Status)):
+	if e.Kind != transport.EventStatus || (s.Webhooks.URL != "" && s.WantStatus(e.Status)) {
 		return nil
 	}
 	return &callback{shard: e.Shard, netSeq: e.Seq, stream: e.Stream, conn: e.Conn, kind: kindUnwanted, status: e.Status}
-}
-
-// knownStatuses are the statuses a filter may name: the webhook's
-// switches govern the first three; with no webhook none is wanted.
-var knownStatuses = []string{transport.StatusSent, transport.StatusDelivered, transport.StatusRead, transport.StatusFailed, "deleted", "warning"}
-
-// skippable is the filter of statuses the webhook does not want under s.
-func skippable(s settings.Application) []string {
-	var out []string
-	for _, st := range knownStatuses {
-		if s.Webhooks.URL == "" || !s.WantStatus(st) {
-			out = append(out, st)
-		}
-	}
-	return out
-}
-
-// filterEvery is how often filterEvents compares the settings (in
-// memory) with the filter it told the plugin.
-const filterEvery = 100 * time.Millisecond
-
-// filterEvents tells the plugin which statuses the webhook does not want,
-// whenever that changes and after a plugin restart, so the network does
-// not push them at all (transport.EventFilter): only one place per run of
-// them crosses, which the writer acknowledges with the rest. A status is
-// still dropped only if the settings this coreapp holds when its place
-// arrives do not want it, as when the coreapp filtered everything itself:
-// a place made under an older filter is not acknowledged (unwanted), and
-// the network pushes everything it holds again under the new one.
-func (w *callbackWriter) filterEvents(ctx context.Context) {
-	var told []string
-	var toldGen uint64
-	toldOnce := false
-	t := time.NewTicker(filterEvery)
-	defer t.Stop()
-	for {
-		skip := skippable(w.c.settings.Get())
-		w.c.plugins.With(func(tr transport.Transport, gen uint64) {
-			f, ok := tr.(transport.EventFilter)
-			if !ok || (toldOnce && gen == toldGen && slices.Equal(skip, told)) {
-				return
-			}
-			fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			err := f.FilterEvents(fctx, skip)
-			cancel()
-			if err != nil && !errors.Is(err, transport.ErrUnsupported) {
-				w.c.log.Debug("could not tell the plugin which statuses to skip; trying again", "err", err)
-				return
-			}
-			// Unsupported: the plugin pushes everything, as before.
-			told, toldGen, toldOnce = skip, gen, true
-		})
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // eventBatches is t's event stream in batches, one event each when t does
@@ -326,7 +252,6 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 func (w *callbackWriter) run(ctx context.Context) {
-	go w.filterEvents(ctx)
 	// The timer sends acknowledgements held back by ack; it runs only
 	// while some are pending.
 	acks := time.NewTimer(ackDelay)
@@ -449,11 +374,7 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 			w.cursors[cb.shard] = cur
 		}
 		wasStuck := cur.stuck && cur.conn == cb.conn && cur.stream == cb.stream
-		from := cb.netSeq
-		if cb.from != 0 {
-			from = cb.from
-		}
-		if cur.see(cb.stream, cb.conn, from, cb.netSeq, stored && !cb.stale) == stepStuck && !wasStuck {
+		if cur.see(cb.stream, cb.conn, cb.netSeq, stored) == stepStuck && !wasStuck {
 			w.c.log.Warn("events not acknowledged past a gap or an unstored event; the network pushes them again on the shard's next connection",
 				"shard", cb.shard, "conn", cb.conn, "expected_seq", cur.next, "seq", cb.netSeq, "stored", stored)
 		}

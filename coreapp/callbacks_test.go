@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"slices"
 	"testing"
 
 	"github.com/multiconnect/multiconnect/internal/settings"
@@ -78,36 +77,5 @@ func TestUnwantedStatus(t *testing.T) {
 		if cb != nil && (cb.kind != kindUnwanted || cb.netSeq != 7 || cb.shard != 1 || cb.stream != "x" || cb.conn != 3) {
 			t.Errorf("placeholder %+v does not keep the event's place", cb)
 		}
-	}
-}
-
-// The place of skipped statuses is acknowledged unless the webhook wants
-// one of them now (the filter it was made under is older than the
-// settings): then it is stale.
-func TestSkippedPlaceStale(t *testing.T) {
-	var s settings.Application
-	s.Webhooks.URL = "http://hook"
-	s.Webhooks.Message.Read = true
-	e := transport.Event{Kind: transport.EventSkipped, Shard: 1, From: 3, Seq: 9, Stream: "x", Conn: 2}
-	for _, c := range []struct {
-		skipped []string
-		stale   bool
-	}{
-		{[]string{"sent", "delivered"}, false},
-		{[]string{"sent", "delivered", "read"}, true},
-		{nil, false},
-	} {
-		e.Skipped = c.skipped
-		cb := unwanted(e, s)
-		if cb == nil || cb.kind != kindUnwanted || cb.from != 3 || cb.netSeq != 9 || cb.stale != c.stale {
-			t.Errorf("place skipping %v: %+v, want stale=%v", c.skipped, cb, c.stale)
-		}
-	}
-	if got := skippable(s); !slices.Equal(got, []string{"sent", "delivered"}) {
-		t.Errorf("filter %v, want [sent delivered]", got)
-	}
-	s.Webhooks.URL = ""
-	if got := skippable(s); len(got) != len(knownStatuses) {
-		t.Errorf("filter with no webhook %v, want every known status", got)
 	}
 }

@@ -104,9 +104,9 @@ func BenchmarkCallbacks(b *testing.B) {
 				rate = float64(got) / all.Seconds()
 			}
 			per := func(k string) float64 { return float64(net1[k]-net0[k]) / float64(n) }
-			b.Logf("%s: %d messages posted in %v, all settled in %v; %d callbacks (%.0f/s) in %d POSTs; per message: CPU%s total=%dµs; events pushed whole=%.2f statuses skipped=%.2f acks=%.3f; statements=%.2f fsyncs=%.2f; top: %s",
+			b.Logf("%s: %d messages posted in %v, all settled in %v; %d callbacks (%.0f/s) in %d POSTs; per message: CPU%s total=%dµs; events pushed=%.2f acks=%.3f; statements=%.2f fsyncs=%.2f; top: %s",
 				ph.name, n, posted.Round(time.Millisecond), all.Round(time.Millisecond), got, rate, hook.posts.Load(),
-				cpu.String(), total.Microseconds(), per("pushed_events"), per("skipped_statuses"), per("acks"),
+				cpu.String(), total.Microseconds(), per("pushed_events"), per("acks"),
 				float64(d.Statements())/float64(n), float64(d.Fsyncs())/float64(n), d.TopCommands(8))
 			b.ReportMetric(float64(total.Microseconds()), fmt.Sprintf("cpu-µs/msg[%d]", pi))
 			b.ReportMetric(float64(d.Statements())/float64(n), fmt.Sprintf("stmts/msg[%d]", pi))
@@ -137,7 +137,7 @@ func eventsSettled(c *Cluster) error {
 }
 
 // networkCounts sums the network's counters of what crossed (pushed
-// events, skipped statuses, acks) over its shards; a network without them
+// events, acks) over its shards; a network without them
 // reads as zeros.
 func networkCounts(b *testing.B, c *Cluster) map[string]int {
 	var st struct {
@@ -148,7 +148,7 @@ func networkCounts(b *testing.B, c *Cluster) map[string]int {
 	}
 	out := map[string]int{}
 	for _, s := range st.Shards {
-		for _, k := range []string{"pushed_events", "skipped_statuses", "acks"} {
+		for _, k := range []string{"pushed_events", "acks"} {
 			if v, ok := s[k].(float64); ok {
 				out[k] += int(v)
 			}

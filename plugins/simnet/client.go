@@ -175,13 +175,7 @@ func (c *Conn) Connect(ctx context.Context, shard int, epoch uint64, node string
 // ConnectLayout is Connect telling the network the cluster's shard count
 // too (see transport.Layout).
 func (c *Conn) ConnectLayout(ctx context.Context, shard int, epoch uint64, node string, l transport.Layout) (connID int64, err error) {
-	return c.ConnectFiltered(ctx, shard, epoch, node, l, nil)
-}
-
-// ConnectFiltered is ConnectLayout with the statuses the coreapp does not
-// want pushed (see Filter).
-func (c *Conn) ConnectFiltered(ctx context.Context, shard int, epoch uint64, node string, l transport.Layout, skip []string) (connID int64, err error) {
-	r, err := c.request(ctx, Frame{Op: OpConnect, Shard: shard, Epoch: epoch, Node: node, Shards: l.Shards, MapVersion: l.Version, Skip: skip})
+	r, err := c.request(ctx, Frame{Op: OpConnect, Shard: shard, Epoch: epoch, Node: node, Shards: l.Shards, MapVersion: l.Version})
 	if err != nil {
 		return 0, err
 	}
@@ -218,20 +212,6 @@ func (c *Conn) Send(ctx context.Context, msgs []Message) ([]Result, error) {
 		return nil, fmt.Errorf("send: unexpected reply %q with %d results for %d messages", r.Op, len(r.Results), len(msgs))
 	}
 	return r.Results, nil
-}
-
-// Filter tells the network which statuses not to push on this connection
-// from now on (only their places, KindSkipped); it pushes every event it
-// holds for the shard again under the new filter.
-func (c *Conn) Filter(ctx context.Context, skip []string) error {
-	r, err := c.request(ctx, Frame{Op: OpFilter, Skip: skip})
-	if err != nil {
-		return err
-	}
-	if r.Op != OpFiltered {
-		return fmt.Errorf("filter: %s %s", r.Op, r.Reason)
-	}
-	return nil
 }
 
 // Ack tells the network that the shard's events up to seq are stored.

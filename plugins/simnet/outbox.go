@@ -2,7 +2,6 @@ package simnet
 
 import (
 	"net"
-	"slices"
 	"sync"
 	"time"
 )
@@ -41,14 +40,6 @@ func (o *outbox) push(f Frame) {
 	defer o.mu.Unlock()
 	if o.finished {
 		return
-	}
-	if f.Op == OpEvent && f.Event != nil && f.Event.Kind == KindSkipped && len(o.q) > 0 {
-		// A run of skipped statuses not written yet goes as one place.
-		if last := o.q[len(o.q)-1]; last.Op == OpEvent && last.Event != nil && last.Event.Kind == KindSkipped &&
-			last.Event.Conn == f.Event.Conn && last.Event.Seq+1 == f.Event.From && slices.Equal(last.Event.Skipped, f.Event.Skipped) {
-			last.Event.Seq = f.Event.Seq
-			return
-		}
 	}
 	o.q = append(o.q, f)
 	o.signal()

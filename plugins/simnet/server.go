@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -116,9 +115,8 @@ type shardState struct {
 	nextEvent uint64
 	pushedTo  uint64 // highest Seq pushed to the open connection
 	acked     uint64 // highest Seq acknowledged
-	// What crossed so far (ShardState): events pushed whole, statuses
-	// pushed only as a skipped place, acks taken.
-	pushed, skipped, acks int
+	// What crossed so far (ShardState): events pushed, acks taken.
+	pushed, acks int
 }
 
 // pushWindow bounds the events pushed to a connection and not yet
@@ -184,7 +182,6 @@ type conn struct {
 	iv        *Interval // nil until connect succeeds
 	shard     int
 	epoch     uint64
-	skip      []string // statuses the coreapp does not want pushed (filter)
 }
 
 // NewServer returns a network with no listeners yet.
@@ -416,8 +413,6 @@ func (s *Server) frame(c *conn, line []byte, arrival int64) bool {
 		s.sendLocked(c, f, arrival)
 	case OpAck:
 		s.ackLocked(c, f)
-	case OpFilter:
-		s.filterLocked(c, f)
 	case OpCheck:
 		s.checkLocked(c, f)
 	case OpRegister:
@@ -488,7 +483,7 @@ func (s *Server) connectLocked(c *conn, f Frame) {
 		ID: s.nextConn, Shard: f.Shard, Epoch: f.Epoch, Node: f.Node, Remote: c.remote,
 		Start: s.unix(now), Open: true, LastFrame: s.unix(c.lastFrame),
 	}
-	c.shard, c.epoch, c.skip = f.Shard, f.Epoch, f.Skip
+	c.shard, c.epoch = f.Shard, f.Epoch
 	s.intervals = append(s.intervals, c.iv)
 	sh.newest, sh.hasEpoch = f.Epoch, true
 	c.out.push(Frame{Op: OpConnected, Seq: f.Seq, Shard: f.Shard, Epoch: f.Epoch, ConnID: c.iv.ID})
@@ -527,34 +522,10 @@ func (s *Server) pushLocked(sh *shardState) {
 			return
 		}
 		e.Stream, e.Conn = s.stream, c.iv.ID
-		if e.Kind == KindStatus && slices.Contains(c.skip, e.Status) {
-			// Nobody wants it: only its place goes, merged with the
-			// places next to it (outbox.push).
-			e = Event{Kind: KindSkipped, MessageID: e.MessageID, Recipient: e.Recipient, Timestamp: e.Timestamp,
-				Shard: e.Shard, Seq: e.Seq, Stream: e.Stream, Conn: e.Conn, From: e.Seq, Skipped: c.skip}
-			sh.skipped++
-		} else {
-			sh.pushed++
-		}
+		sh.pushed++
 		c.out.push(eventFrame(e))
 		sh.pushedTo = e.Seq
 	}
-}
-
-// filterLocked sets the statuses the connection's coreapp does not want
-// pushed, and pushes every event the shard still holds again under the new
-// filter: a coreapp that wants more now refuses to acknowledge the places
-// of skipped statuses it would want, and gets them this way.
-func (s *Server) filterLocked(c *conn, f Frame) {
-	if c.iv == nil || s.shards[c.shard].open != c {
-		c.out.push(Frame{Op: OpError, Seq: f.Seq, Reason: "not connected"})
-		return
-	}
-	c.skip = f.Skip
-	c.out.push(Frame{Op: OpFiltered, Seq: f.Seq})
-	sh := s.shards[c.shard]
-	sh.pushedTo = sh.acked
-	s.pushLocked(sh)
 }
 
 // sendLocked stores the new messages of a send frame and schedules their
@@ -968,11 +939,9 @@ type ShardState struct {
 	PendingEvents int       `json:"pending_events"` // not yet pushed to a connection
 	UnackedEvents int       `json:"unacked_events"` // pushed or not, not yet acknowledged
 	Messages      int       `json:"messages"`
-	// Events pushed whole, statuses pushed only as a skipped place (the
-	// connection's filter), and acks taken, since the network started.
-	PushedEvents    int `json:"pushed_events"`
-	SkippedStatuses int `json:"skipped_statuses"`
-	Acks            int `json:"acks"`
+	// Events pushed and acks taken since the network started.
+	PushedEvents int `json:"pushed_events"`
+	Acks         int `json:"acks"`
 }
 
 // Shards returns every shard the network has seen, by shard number.
@@ -992,7 +961,7 @@ func (s *Server) Shards() []ShardState {
 			}
 		}
 		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n],
-			PushedEvents: sh.pushed, SkippedStatuses: sh.skipped, Acks: sh.acks}
+			PushedEvents: sh.pushed, Acks: sh.acks}
 		if sh.open != nil {
 			iv := *sh.open.iv
 			st.Open = &iv

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -35,9 +34,6 @@ type Transport struct {
 	// layout is the newest shard count the coreapp told (Connect,
 	// Extend); every ping passes it on to the network.
 	layout transport.Layout
-	// skip is the coreapp's filter of unwanted statuses (FilterEvents),
-	// told to every connection at connect.
-	skip []string
 }
 
 // learnLayoutLocked keeps l if it is newer; it reports whether it was.
@@ -159,10 +155,7 @@ func (t *Transport) dial(ctx context.Context, req transport.ConnectRequest) (*se
 		c.Abort()
 		return nil, err
 	}
-	t.mu.Lock()
-	skip := t.skip
-	t.mu.Unlock()
-	id, err := c.ConnectFiltered(ctx, req.Shard, req.Epoch, req.Node, req.Layout, skip)
+	id, err := c.ConnectLayout(ctx, req.Shard, req.Epoch, req.Node, req.Layout)
 	if err != nil {
 		c.Abort()
 		return nil, err
@@ -457,22 +450,6 @@ func (t *Transport) Ack(ctx context.Context, shard int, conn int64, seq uint64) 
 	return nil
 }
 
-// FilterEvents implements transport.EventFilter: the filter goes to the
-// current connection and with every later connect.
-func (t *Transport) FilterEvents(ctx context.Context, skip []string) error {
-	t.mu.Lock()
-	t.skip = slices.Clone(skip)
-	s := t.sess
-	t.mu.Unlock()
-	if s == nil {
-		return nil
-	}
-	if err := s.conn.Filter(ctx, skip); err != nil {
-		return fmt.Errorf("filter events of shard %d: %w", s.shard, err)
-	}
-	return nil
-}
-
 // CheckContacts implements transport.Transport.
 func (t *Transport) CheckContacts(ctx context.Context, inputs []string) ([]transport.ContactResult, error) {
 	s, err := t.current("check contacts", -1)
@@ -582,7 +559,7 @@ func (f *fanout) publish(e Event) {
 	te := transport.Event{
 		Kind: transport.EventKind(e.Kind), MessageID: e.MessageID, Status: e.Status,
 		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: []byte(e.Payload),
-		Shard: e.Shard, Seq: e.Seq, Stream: e.Stream, Conn: e.Conn, From: e.From, Skipped: e.Skipped,
+		Shard: e.Shard, Seq: e.Seq, Stream: e.Stream, Conn: e.Conn,
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -8,9 +8,8 @@ import (
 // ProtocolVersion is the version of the wire protocol and of the network's
 // behaviour, reported by Transport.Info.
 // (2: registration codes; 3: event streams and the push window; 4: events
-// routed by the shard count the coreapps tell, transport.Layout; 5: the
-// filter of unwanted statuses, skipped events).
-const ProtocolVersion = "5"
+// routed by the shard count the coreapps tell, transport.Layout).
+const ProtocolVersion = "4"
 
 // Frame operations. Requests carry a Seq that the reply echoes; frames the
 // network pushes on its own (event, and closed when it ends a connection)
@@ -30,8 +29,6 @@ const (
 	OpError     = "error"     // a request that could not be served: {reason}
 	OpAck       = "ack"       // {ack_seq}: events of the shard up to ack_seq are stored -> acked
 	OpAcked     = "acked"     //
-	OpFilter    = "filter"    // {skip}: statuses not to push from now on -> filtered
-	OpFiltered  = "filtered"  //
 	OpCheck     = "check"     // {inputs} -> checked{contacts}
 	OpChecked   = "checked"   //
 	OpRegister  = "register"  // {registration} -> code_sent{vname, registered} | rejected{reason, error}
@@ -68,12 +65,10 @@ type Frame struct {
 
 	KeepaliveMS int64 `json:"keepalive_ms,omitempty"` // hello reply
 
-	Shard int    `json:"shard,omitempty"` // connect, connected
-	Epoch uint64 `json:"epoch,omitempty"` // connect, connected
-	Node  string `json:"node,omitempty"`  // connect
-	// Statuses the coreapp does not want pushed: connect, filter.
-	Skip   []string `json:"skip,omitempty"`
-	ConnID int64    `json:"conn_id,omitempty"` // connected
+	Shard  int    `json:"shard,omitempty"`   // connect, connected
+	Epoch  uint64 `json:"epoch,omitempty"`   // connect, connected
+	Node   string `json:"node,omitempty"`    // connect
+	ConnID int64  `json:"conn_id,omitempty"` // connected
 	// The cluster's shard count and the shard map version it was read at
 	// (transport.Layout): connect, ping.
 	Shards     int   `json:"shards,omitempty"`
@@ -143,9 +138,6 @@ const (
 	KindStatus  = "status"
 	KindInbound = "inbound"
 	KindMoved   = "moved" // the place of an event moved to another shard
-	// KindSkipped is the place of the statuses From..Seq the connection's
-	// filter (Skipped) kept from being pushed.
-	KindSkipped = "skipped"
 
 	StatusSent      = "sent"
 	StatusDelivered = "delivered"
@@ -167,9 +159,6 @@ type Event struct {
 	// starts, since it keeps nothing across a restart.
 	Stream string `json:"stream,omitempty"`
 	Conn   int64  `json:"conn,omitempty"` // the connection that pushed it
-	// From and Skipped: see KindSkipped.
-	From    uint64   `json:"from,omitempty"`
-	Skipped []string `json:"skipped,omitempty"`
 }
 
 // marshalFrame encodes f as one line.

@@ -30,7 +30,7 @@ const PluginName = "transport"
 // compatible on the wire, but a plugin that drops them would strand a
 // re-shard's events again, so an old one is refused; 6: Call, the
 // account and message operations beyond sending; 7: events stream in
-// batches, EventBatch, and FilterEvents with skipped events).
+// batches, EventBatch).
 var Handshake = plugin.HandshakeConfig{
 	ProtocolVersion:  7,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
@@ -264,13 +264,6 @@ func (c *GRPCClient) Ack(ctx context.Context, shard int, conn int64, seq uint64)
 	return fromStatus("ack", err)
 }
 
-// FilterEvents implements EventFilter; a plugin that does not offer it
-// answers ErrUnsupported.
-func (c *GRPCClient) FilterEvents(ctx context.Context, skip []string) error {
-	_, err := c.client.FilterEvents(ctx, &pb.FilterEventsRequest{Skip: skip})
-	return fromStatus("filter events", err)
-}
-
 // CheckContacts implements Transport.
 func (c *GRPCClient) CheckContacts(ctx context.Context, inputs []string) ([]ContactResult, error) {
 	r, err := c.client.CheckContacts(ctx, &pb.CheckContactsRequest{Inputs: inputs})
@@ -477,18 +470,6 @@ func eventSize(e Event) int {
 	return len(e.Payload) + len(e.MessageID) + len(e.Recipient) + len(e.Stream) + len(e.Status) + 64
 }
 
-// FilterEvents implements pb.TransportServer.
-func (s *GRPCServer) FilterEvents(ctx context.Context, r *pb.FilterEventsRequest) (*pb.FilterEventsResponse, error) {
-	f, ok := s.Impl.(EventFilter)
-	if !ok {
-		return nil, toStatus(fmt.Errorf("filter events: %w", ErrUnsupported))
-	}
-	if err := f.FilterEvents(ctx, r.GetSkip()); err != nil {
-		return nil, toStatus(err)
-	}
-	return &pb.FilterEventsResponse{}, nil
-}
-
 // Ack implements pb.TransportServer.
 func (s *GRPCServer) Ack(ctx context.Context, r *pb.AckRequest) (*pb.AckResponse, error) {
 	if err := s.Impl.Ack(ctx, int(r.GetShard()), r.GetConn(), r.GetSeq()); err != nil {
@@ -623,7 +604,6 @@ func eventToPB(e Event) *pb.Event {
 		Kind: string(e.Kind), MessageId: e.MessageID, Status: e.Status,
 		Recipient: e.Recipient, Timestamp: e.Timestamp, Payload: e.Payload,
 		Shard: int64(e.Shard), Seq: e.Seq, Stream: e.Stream, Conn: e.Conn,
-		From: e.From, Skipped: e.Skipped,
 	}
 }
 
@@ -632,6 +612,5 @@ func eventFromPB(e *pb.Event) Event {
 		Kind: EventKind(e.GetKind()), MessageID: e.GetMessageId(), Status: e.GetStatus(),
 		Recipient: e.GetRecipient(), Timestamp: e.GetTimestamp(), Payload: e.GetPayload(),
 		Shard: int(e.GetShard()), Seq: e.GetSeq(), Stream: e.GetStream(), Conn: e.GetConn(),
-		From: e.GetFrom(), Skipped: e.GetSkipped(),
 	}
 }

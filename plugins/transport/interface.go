@@ -125,19 +125,6 @@ type Transport interface {
 	Call(ctx context.Context, op string, body []byte) ([]byte, error)
 }
 
-// EventFilter is what a Transport may offer so that statuses nobody wants
-// do not cross at all: FilterEvents names the statuses (StatusSent, ...)
-// the host does not want, from now on and for later connections, until
-// the next call. The network pushes, in place of each run of them, one
-// EventSkipped. A new filter takes effect at once for every event the
-// network still holds: it pushes them all again under it, so a host that
-// widened its filter and refused to acknowledge a skipped place made under
-// the old one (it wants some of those statuses now) gets them. A host must
-// call it again after a plugin restart.
-type EventFilter interface {
-	FilterEvents(ctx context.Context, skip []string) error
-}
-
 // EventBatcher is what a Transport may offer besides Events: the same
 // stream, with the same guarantees, in the batches the events come in (a
 // batch is never empty). The gRPC transport uses it on both sides, so a
@@ -291,12 +278,6 @@ const (
 	// changed (see Layout): it carries nothing to store and is
 	// acknowledged like any other, so the stream has no gap.
 	EventMoved EventKind = "moved"
-	// EventSkipped holds the place of statuses the network did not push
-	// because the host's filter (EventFilter) named them: those numbered
-	// From to Seq. Skipped is that filter; a host acknowledges the place
-	// only if it still wants none of those statuses, so a filter that
-	// changed on the way loses nothing (see EventFilter).
-	EventSkipped EventKind = "skipped"
 )
 
 // Message statuses carried by EventStatus events, in the order a message
@@ -335,9 +316,6 @@ type Event struct {
 	Stream string
 	// Conn identifies the network connection that pushed the event.
 	Conn int64
-	// From and Skipped: see EventSkipped (zero for other kinds).
-	From    uint64
-	Skipped []string
 }
 
 // Errors a Transport returns for its documented failure modes. They keep

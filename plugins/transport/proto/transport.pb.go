@@ -862,11 +862,7 @@ type Event struct {
 	// numbering starts again (protocol 4).
 	Stream string `protobuf:"bytes,9,opt,name=stream,proto3" json:"stream,omitempty"`
 	// Identifies the connection that pushed the event (protocol 4).
-	Conn int64 `protobuf:"varint,10,opt,name=conn,proto3" json:"conn,omitempty"`
-	// Kind "skipped" (protocol 7): the place of the statuses from..seq
-	// that the filter named in skipped kept from being pushed.
-	From          uint64   `protobuf:"varint,11,opt,name=from,proto3" json:"from,omitempty"`
-	Skipped       []string `protobuf:"bytes,12,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	Conn          int64 `protobuf:"varint,10,opt,name=conn,proto3" json:"conn,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -969,20 +965,6 @@ func (x *Event) GetConn() int64 {
 		return x.Conn
 	}
 	return 0
-}
-
-func (x *Event) GetFrom() uint64 {
-	if x != nil {
-		return x.From
-	}
-	return 0
-}
-
-func (x *Event) GetSkipped() []string {
-	if x != nil {
-		return x.Skipped
-	}
-	return nil
 }
 
 // EventBatch is events in the order the network pushed them.
@@ -1127,87 +1109,6 @@ func (*AckResponse) Descriptor() ([]byte, []int) {
 	return file_transport_proto_rawDescGZIP(), []int{18}
 }
 
-type FilterEventsRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Statuses (sent, delivered, ...) the host does not want pushed.
-	Skip          []string `protobuf:"bytes,1,rep,name=skip,proto3" json:"skip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *FilterEventsRequest) Reset() {
-	*x = FilterEventsRequest{}
-	mi := &file_transport_proto_msgTypes[19]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *FilterEventsRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*FilterEventsRequest) ProtoMessage() {}
-
-func (x *FilterEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[19]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use FilterEventsRequest.ProtoReflect.Descriptor instead.
-func (*FilterEventsRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{19}
-}
-
-func (x *FilterEventsRequest) GetSkip() []string {
-	if x != nil {
-		return x.Skip
-	}
-	return nil
-}
-
-type FilterEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *FilterEventsResponse) Reset() {
-	*x = FilterEventsResponse{}
-	mi := &file_transport_proto_msgTypes[20]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *FilterEventsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*FilterEventsResponse) ProtoMessage() {}
-
-func (x *FilterEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[20]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use FilterEventsResponse.ProtoReflect.Descriptor instead.
-func (*FilterEventsResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{20}
-}
-
 type CheckContactsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Inputs        []string               `protobuf:"bytes,1,rep,name=inputs,proto3" json:"inputs,omitempty"`
@@ -1217,7 +1118,7 @@ type CheckContactsRequest struct {
 
 func (x *CheckContactsRequest) Reset() {
 	*x = CheckContactsRequest{}
-	mi := &file_transport_proto_msgTypes[21]
+	mi := &file_transport_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1130,7 @@ func (x *CheckContactsRequest) String() string {
 func (*CheckContactsRequest) ProtoMessage() {}
 
 func (x *CheckContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[21]
+	mi := &file_transport_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1143,7 @@ func (x *CheckContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckContactsRequest.ProtoReflect.Descriptor instead.
 func (*CheckContactsRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{21}
+	return file_transport_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckContactsRequest) GetInputs() []string {
@@ -1265,7 +1166,7 @@ type ContactResult struct {
 
 func (x *ContactResult) Reset() {
 	*x = ContactResult{}
-	mi := &file_transport_proto_msgTypes[22]
+	mi := &file_transport_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1277,7 +1178,7 @@ func (x *ContactResult) String() string {
 func (*ContactResult) ProtoMessage() {}
 
 func (x *ContactResult) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[22]
+	mi := &file_transport_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1290,7 +1191,7 @@ func (x *ContactResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContactResult.ProtoReflect.Descriptor instead.
 func (*ContactResult) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{22}
+	return file_transport_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ContactResult) GetInput() string {
@@ -1324,7 +1225,7 @@ type CheckContactsResponse struct {
 
 func (x *CheckContactsResponse) Reset() {
 	*x = CheckContactsResponse{}
-	mi := &file_transport_proto_msgTypes[23]
+	mi := &file_transport_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1237,7 @@ func (x *CheckContactsResponse) String() string {
 func (*CheckContactsResponse) ProtoMessage() {}
 
 func (x *CheckContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[23]
+	mi := &file_transport_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1250,7 @@ func (x *CheckContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckContactsResponse.ProtoReflect.Descriptor instead.
 func (*CheckContactsResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{23}
+	return file_transport_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckContactsResponse) GetContacts() []*ContactResult {
@@ -1375,7 +1276,7 @@ type RequestCodeRequest struct {
 
 func (x *RequestCodeRequest) Reset() {
 	*x = RequestCodeRequest{}
-	mi := &file_transport_proto_msgTypes[24]
+	mi := &file_transport_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1288,7 @@ func (x *RequestCodeRequest) String() string {
 func (*RequestCodeRequest) ProtoMessage() {}
 
 func (x *RequestCodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[24]
+	mi := &file_transport_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1301,7 @@ func (x *RequestCodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestCodeRequest.ProtoReflect.Descriptor instead.
 func (*RequestCodeRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{24}
+	return file_transport_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RequestCodeRequest) GetCc() string {
@@ -1450,7 +1351,7 @@ type RequestCodeResponse struct {
 
 func (x *RequestCodeResponse) Reset() {
 	*x = RequestCodeResponse{}
-	mi := &file_transport_proto_msgTypes[25]
+	mi := &file_transport_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1363,7 @@ func (x *RequestCodeResponse) String() string {
 func (*RequestCodeResponse) ProtoMessage() {}
 
 func (x *RequestCodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[25]
+	mi := &file_transport_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1376,7 @@ func (x *RequestCodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestCodeResponse.ProtoReflect.Descriptor instead.
 func (*RequestCodeResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{25}
+	return file_transport_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RequestCodeResponse) GetVname() string {
@@ -1503,7 +1404,7 @@ type VerifyCodeRequest struct {
 
 func (x *VerifyCodeRequest) Reset() {
 	*x = VerifyCodeRequest{}
-	mi := &file_transport_proto_msgTypes[26]
+	mi := &file_transport_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1416,7 @@ func (x *VerifyCodeRequest) String() string {
 func (*VerifyCodeRequest) ProtoMessage() {}
 
 func (x *VerifyCodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[26]
+	mi := &file_transport_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1429,7 @@ func (x *VerifyCodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCodeRequest.ProtoReflect.Descriptor instead.
 func (*VerifyCodeRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{26}
+	return file_transport_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VerifyCodeRequest) GetCc() string {
@@ -1560,7 +1461,7 @@ type VerifyCodeResponse struct {
 
 func (x *VerifyCodeResponse) Reset() {
 	*x = VerifyCodeResponse{}
-	mi := &file_transport_proto_msgTypes[27]
+	mi := &file_transport_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1473,7 @@ func (x *VerifyCodeResponse) String() string {
 func (*VerifyCodeResponse) ProtoMessage() {}
 
 func (x *VerifyCodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[27]
+	mi := &file_transport_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1486,7 @@ func (x *VerifyCodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCodeResponse.ProtoReflect.Descriptor instead.
 func (*VerifyCodeResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{27}
+	return file_transport_proto_rawDescGZIP(), []int{25}
 }
 
 type CallRequest struct {
@@ -1601,7 +1502,7 @@ type CallRequest struct {
 
 func (x *CallRequest) Reset() {
 	*x = CallRequest{}
-	mi := &file_transport_proto_msgTypes[28]
+	mi := &file_transport_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1514,7 @@ func (x *CallRequest) String() string {
 func (*CallRequest) ProtoMessage() {}
 
 func (x *CallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[28]
+	mi := &file_transport_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1527,7 @@ func (x *CallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
 func (*CallRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{28}
+	return file_transport_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CallRequest) GetOp() string {
@@ -1652,7 +1553,7 @@ type CallResponse struct {
 
 func (x *CallResponse) Reset() {
 	*x = CallResponse{}
-	mi := &file_transport_proto_msgTypes[29]
+	mi := &file_transport_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1565,7 @@ func (x *CallResponse) String() string {
 func (*CallResponse) ProtoMessage() {}
 
 func (x *CallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[29]
+	mi := &file_transport_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1578,7 @@ func (x *CallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
 func (*CallResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{29}
+	return file_transport_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CallResponse) GetBody() []byte {
@@ -1737,7 +1638,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\"O\n" +
 	"\fSendResponse\x12?\n" +
 	"\aresults\x18\x01 \x03(\v2%.multiconnect.transport.v1.SendResultR\aresults\"\x0f\n" +
-	"\rEventsRequest\"\xaa\x02\n" +
+	"\rEventsRequest\"\xfc\x01\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1d\n" +
 	"\n" +
@@ -1750,9 +1651,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
 	"\x04conn\x18\n" +
-	" \x01(\x03R\x04conn\x12\x12\n" +
-	"\x04from\x18\v \x01(\x04R\x04from\x12\x18\n" +
-	"\askipped\x18\f \x03(\tR\askipped\"F\n" +
+	" \x01(\x03R\x04conn\"F\n" +
 	"\n" +
 	"EventBatch\x128\n" +
 	"\x06events\x18\x01 \x03(\v2 .multiconnect.transport.v1.EventR\x06events\"H\n" +
@@ -1761,10 +1660,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x05shard\x18\x01 \x01(\x03R\x05shard\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04conn\x18\x03 \x01(\x03R\x04conn\"\r\n" +
-	"\vAckResponse\")\n" +
-	"\x13FilterEventsRequest\x12\x12\n" +
-	"\x04skip\x18\x01 \x03(\tR\x04skip\"\x16\n" +
-	"\x14FilterEventsResponse\".\n" +
+	"\vAckResponse\".\n" +
 	"\x14CheckContactsRequest\x12\x16\n" +
 	"\x06inputs\x18\x01 \x03(\tR\x06inputs\"R\n" +
 	"\rContactResult\x12\x14\n" +
@@ -1797,8 +1693,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SEND_STATUS_ACCEPTED\x10\x01\x12\x19\n" +
 	"\x15SEND_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12SEND_STATUS_FAILED\x10\x032\x92\n" +
-	"\n" +
+	"\x12SEND_STATUS_FAILED\x10\x032\xa1\t\n" +
 	"\tTransport\x12W\n" +
 	"\x04Info\x12&.multiconnect.transport.v1.InfoRequest\x1a'.multiconnect.transport.v1.InfoResponse\x12`\n" +
 	"\aConnect\x12).multiconnect.transport.v1.ConnectRequest\x1a*.multiconnect.transport.v1.ConnectResponse\x12]\n" +
@@ -1808,8 +1703,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x06Health\x12(.multiconnect.transport.v1.HealthRequest\x1a).multiconnect.transport.v1.HealthResponse\x12W\n" +
 	"\x04Send\x12&.multiconnect.transport.v1.SendRequest\x1a'.multiconnect.transport.v1.SendResponse\x12[\n" +
 	"\x06Events\x12(.multiconnect.transport.v1.EventsRequest\x1a%.multiconnect.transport.v1.EventBatch0\x01\x12T\n" +
-	"\x03Ack\x12%.multiconnect.transport.v1.AckRequest\x1a&.multiconnect.transport.v1.AckResponse\x12o\n" +
-	"\fFilterEvents\x12..multiconnect.transport.v1.FilterEventsRequest\x1a/.multiconnect.transport.v1.FilterEventsResponse\x12r\n" +
+	"\x03Ack\x12%.multiconnect.transport.v1.AckRequest\x1a&.multiconnect.transport.v1.AckResponse\x12r\n" +
 	"\rCheckContacts\x12/.multiconnect.transport.v1.CheckContactsRequest\x1a0.multiconnect.transport.v1.CheckContactsResponse\x12l\n" +
 	"\vRequestCode\x12-.multiconnect.transport.v1.RequestCodeRequest\x1a..multiconnect.transport.v1.RequestCodeResponse\x12i\n" +
 	"\n" +
@@ -1829,7 +1723,7 @@ func file_transport_proto_rawDescGZIP() []byte {
 }
 
 var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_transport_proto_goTypes = []any{
 	(SendStatus)(0),               // 0: multiconnect.transport.v1.SendStatus
 	(*InfoRequest)(nil),           // 1: multiconnect.transport.v1.InfoRequest
@@ -1851,24 +1745,22 @@ var file_transport_proto_goTypes = []any{
 	(*EventBatch)(nil),            // 17: multiconnect.transport.v1.EventBatch
 	(*AckRequest)(nil),            // 18: multiconnect.transport.v1.AckRequest
 	(*AckResponse)(nil),           // 19: multiconnect.transport.v1.AckResponse
-	(*FilterEventsRequest)(nil),   // 20: multiconnect.transport.v1.FilterEventsRequest
-	(*FilterEventsResponse)(nil),  // 21: multiconnect.transport.v1.FilterEventsResponse
-	(*CheckContactsRequest)(nil),  // 22: multiconnect.transport.v1.CheckContactsRequest
-	(*ContactResult)(nil),         // 23: multiconnect.transport.v1.ContactResult
-	(*CheckContactsResponse)(nil), // 24: multiconnect.transport.v1.CheckContactsResponse
-	(*RequestCodeRequest)(nil),    // 25: multiconnect.transport.v1.RequestCodeRequest
-	(*RequestCodeResponse)(nil),   // 26: multiconnect.transport.v1.RequestCodeResponse
-	(*VerifyCodeRequest)(nil),     // 27: multiconnect.transport.v1.VerifyCodeRequest
-	(*VerifyCodeResponse)(nil),    // 28: multiconnect.transport.v1.VerifyCodeResponse
-	(*CallRequest)(nil),           // 29: multiconnect.transport.v1.CallRequest
-	(*CallResponse)(nil),          // 30: multiconnect.transport.v1.CallResponse
+	(*CheckContactsRequest)(nil),  // 20: multiconnect.transport.v1.CheckContactsRequest
+	(*ContactResult)(nil),         // 21: multiconnect.transport.v1.ContactResult
+	(*CheckContactsResponse)(nil), // 22: multiconnect.transport.v1.CheckContactsResponse
+	(*RequestCodeRequest)(nil),    // 23: multiconnect.transport.v1.RequestCodeRequest
+	(*RequestCodeResponse)(nil),   // 24: multiconnect.transport.v1.RequestCodeResponse
+	(*VerifyCodeRequest)(nil),     // 25: multiconnect.transport.v1.VerifyCodeRequest
+	(*VerifyCodeResponse)(nil),    // 26: multiconnect.transport.v1.VerifyCodeResponse
+	(*CallRequest)(nil),           // 27: multiconnect.transport.v1.CallRequest
+	(*CallResponse)(nil),          // 28: multiconnect.transport.v1.CallResponse
 }
 var file_transport_proto_depIdxs = []int32{
 	11, // 0: multiconnect.transport.v1.SendRequest.messages:type_name -> multiconnect.transport.v1.Message
 	0,  // 1: multiconnect.transport.v1.SendResult.status:type_name -> multiconnect.transport.v1.SendStatus
 	13, // 2: multiconnect.transport.v1.SendResponse.results:type_name -> multiconnect.transport.v1.SendResult
 	16, // 3: multiconnect.transport.v1.EventBatch.events:type_name -> multiconnect.transport.v1.Event
-	23, // 4: multiconnect.transport.v1.CheckContactsResponse.contacts:type_name -> multiconnect.transport.v1.ContactResult
+	21, // 4: multiconnect.transport.v1.CheckContactsResponse.contacts:type_name -> multiconnect.transport.v1.ContactResult
 	1,  // 5: multiconnect.transport.v1.Transport.Info:input_type -> multiconnect.transport.v1.InfoRequest
 	3,  // 6: multiconnect.transport.v1.Transport.Connect:input_type -> multiconnect.transport.v1.ConnectRequest
 	5,  // 7: multiconnect.transport.v1.Transport.Extend:input_type -> multiconnect.transport.v1.ExtendRequest
@@ -1877,26 +1769,24 @@ var file_transport_proto_depIdxs = []int32{
 	12, // 10: multiconnect.transport.v1.Transport.Send:input_type -> multiconnect.transport.v1.SendRequest
 	15, // 11: multiconnect.transport.v1.Transport.Events:input_type -> multiconnect.transport.v1.EventsRequest
 	18, // 12: multiconnect.transport.v1.Transport.Ack:input_type -> multiconnect.transport.v1.AckRequest
-	20, // 13: multiconnect.transport.v1.Transport.FilterEvents:input_type -> multiconnect.transport.v1.FilterEventsRequest
-	22, // 14: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
-	25, // 15: multiconnect.transport.v1.Transport.RequestCode:input_type -> multiconnect.transport.v1.RequestCodeRequest
-	27, // 16: multiconnect.transport.v1.Transport.VerifyCode:input_type -> multiconnect.transport.v1.VerifyCodeRequest
-	29, // 17: multiconnect.transport.v1.Transport.Call:input_type -> multiconnect.transport.v1.CallRequest
-	2,  // 18: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
-	4,  // 19: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
-	6,  // 20: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
-	8,  // 21: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
-	10, // 22: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
-	14, // 23: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
-	17, // 24: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.EventBatch
-	19, // 25: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
-	21, // 26: multiconnect.transport.v1.Transport.FilterEvents:output_type -> multiconnect.transport.v1.FilterEventsResponse
-	24, // 27: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
-	26, // 28: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
-	28, // 29: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
-	30, // 30: multiconnect.transport.v1.Transport.Call:output_type -> multiconnect.transport.v1.CallResponse
-	18, // [18:31] is the sub-list for method output_type
-	5,  // [5:18] is the sub-list for method input_type
+	20, // 13: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
+	23, // 14: multiconnect.transport.v1.Transport.RequestCode:input_type -> multiconnect.transport.v1.RequestCodeRequest
+	25, // 15: multiconnect.transport.v1.Transport.VerifyCode:input_type -> multiconnect.transport.v1.VerifyCodeRequest
+	27, // 16: multiconnect.transport.v1.Transport.Call:input_type -> multiconnect.transport.v1.CallRequest
+	2,  // 17: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
+	4,  // 18: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
+	6,  // 19: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
+	8,  // 20: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
+	10, // 21: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
+	14, // 22: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
+	17, // 23: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.EventBatch
+	19, // 24: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
+	22, // 25: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
+	24, // 26: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
+	26, // 27: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
+	28, // 28: multiconnect.transport.v1.Transport.Call:output_type -> multiconnect.transport.v1.CallResponse
+	17, // [17:29] is the sub-list for method output_type
+	5,  // [5:17] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1913,7 +1803,7 @@ func file_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,7 +32,6 @@ const (
 	Transport_Send_FullMethodName          = "/multiconnect.transport.v1.Transport/Send"
 	Transport_Events_FullMethodName        = "/multiconnect.transport.v1.Transport/Events"
 	Transport_Ack_FullMethodName           = "/multiconnect.transport.v1.Transport/Ack"
-	Transport_FilterEvents_FullMethodName  = "/multiconnect.transport.v1.Transport/FilterEvents"
 	Transport_CheckContacts_FullMethodName = "/multiconnect.transport.v1.Transport/CheckContacts"
 	Transport_RequestCode_FullMethodName   = "/multiconnect.transport.v1.Transport/RequestCode"
 	Transport_VerifyCode_FullMethodName    = "/multiconnect.transport.v1.Transport/VerifyCode"
@@ -55,9 +54,6 @@ type TransportClient interface {
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventBatch], error)
 	// Ack tells the network that every event of a shard up to seq is stored.
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
-	// FilterEvents names the statuses nobody wants (protocol 7): the
-	// network pushes only their place (kind "skipped").
-	FilterEvents(ctx context.Context, in *FilterEventsRequest, opts ...grpc.CallOption) (*FilterEventsResponse, error)
 	// CheckContacts asks the network which inputs are reachable accounts.
 	CheckContacts(ctx context.Context, in *CheckContactsRequest, opts ...grpc.CallOption) (*CheckContactsResponse, error)
 	// RequestCode asks the network to send a registration code; no
@@ -167,16 +163,6 @@ func (c *transportClient) Ack(ctx context.Context, in *AckRequest, opts ...grpc.
 	return out, nil
 }
 
-func (c *transportClient) FilterEvents(ctx context.Context, in *FilterEventsRequest, opts ...grpc.CallOption) (*FilterEventsResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(FilterEventsResponse)
-	err := c.cc.Invoke(ctx, Transport_FilterEvents_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 func (c *transportClient) CheckContacts(ctx context.Context, in *CheckContactsRequest, opts ...grpc.CallOption) (*CheckContactsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CheckContactsResponse)
@@ -233,9 +219,6 @@ type TransportServer interface {
 	Events(*EventsRequest, grpc.ServerStreamingServer[EventBatch]) error
 	// Ack tells the network that every event of a shard up to seq is stored.
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
-	// FilterEvents names the statuses nobody wants (protocol 7): the
-	// network pushes only their place (kind "skipped").
-	FilterEvents(context.Context, *FilterEventsRequest) (*FilterEventsResponse, error)
 	// CheckContacts asks the network which inputs are reachable accounts.
 	CheckContacts(context.Context, *CheckContactsRequest) (*CheckContactsResponse, error)
 	// RequestCode asks the network to send a registration code; no
@@ -279,9 +262,6 @@ func (UnimplementedTransportServer) Events(*EventsRequest, grpc.ServerStreamingS
 }
 func (UnimplementedTransportServer) Ack(context.Context, *AckRequest) (*AckResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Ack not implemented")
-}
-func (UnimplementedTransportServer) FilterEvents(context.Context, *FilterEventsRequest) (*FilterEventsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method FilterEvents not implemented")
 }
 func (UnimplementedTransportServer) CheckContacts(context.Context, *CheckContactsRequest) (*CheckContactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckContacts not implemented")
@@ -453,24 +433,6 @@ func _Transport_Ack_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Transport_FilterEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(FilterEventsRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(TransportServer).FilterEvents(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Transport_FilterEvents_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(TransportServer).FilterEvents(ctx, req.(*FilterEventsRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 func _Transport_CheckContacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CheckContactsRequest)
 	if err := dec(in); err != nil {
@@ -577,10 +539,6 @@ var Transport_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Ack",
 			Handler:    _Transport_Ack_Handler,
-		},
-		{
-			MethodName: "FilterEvents",
-			Handler:    _Transport_FilterEvents_Handler,
 		},
 		{
 			MethodName: "CheckContacts",
