@@ -16,6 +16,7 @@ type ackCursor struct {
 	next   uint64 // the seq expected next; everything before it is handled
 	acked  uint64 // the highest seq acknowledged on conn
 	stuck  bool   // a gap or an unhandled event: no further acks on conn
+	gone   bool   // conn is no longer the plugin's current one: no acks
 }
 
 // cursorStep is what see found about one event.
@@ -51,7 +52,7 @@ func (c *ackCursor) see(stream string, conn int64, seq uint64, handled bool) cur
 // toAck returns the seq to acknowledge now, if the cursor moved past the
 // last acknowledgement.
 func (c *ackCursor) toAck() (uint64, bool) {
-	if c.next == 0 || c.next-1 <= c.acked {
+	if c.gone || c.next == 0 || c.next-1 <= c.acked {
 		return 0, false
 	}
 	return c.next - 1, true

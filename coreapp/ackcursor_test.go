@@ -48,4 +48,15 @@ func TestAckCursor(t *testing.T) {
 	if _, ok := c.toAck(); ok {
 		t.Error("the same ack offered twice")
 	}
+	// A connection the plugin no longer has takes no more acks, even for
+	// events of it still arriving; the next connection starts over.
+	c.gone = true
+	c.see("s", 1, 2, true)
+	if seq, ok := c.toAck(); ok {
+		t.Errorf("ack %d offered on a connection that is gone", seq)
+	}
+	c.see("s", 2, 2, true)
+	if seq, ok := c.toAck(); !ok || seq != 2 {
+		t.Errorf("next connection: ack %d (%v), want 2", seq, ok)
+	}
 }

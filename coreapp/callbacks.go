@@ -11,16 +11,20 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 // Callback kinds: a message status, or an inbound message; kindMoved
-// marks an event the network moved to another shard, never stored.
+// marks an event the network moved to another shard, kindUnwanted a status
+// the webhook did not want when it arrived: neither is stored, both are
+// acknowledged with the rest.
 const (
-	kindStatus  = "status"
-	kindInbound = "inbound"
-	kindMoved   = "moved"
+	kindStatus   = "status"
+	kindInbound  = "inbound"
+	kindMoved    = "moved"
+	kindUnwanted = "unwanted"
 )
 
 // callback is one webhook notification, before or after it is stored.
@@ -32,6 +36,7 @@ type callback struct {
 	conn      int64  // the network connection that pushed the event
 	recipient string // the contact it is about: ordering is per recipient
 	kind      string
+	status    string // of a status callback made here (not of loaded ones)
 	payload   []byte // one status object, or {"contact":...,"message":...}
 	done      chan error
 }
@@ -53,7 +58,10 @@ type callbackWriter struct {
 	c       *Coreapp
 	in      chan *callback
 	cursors map[int]*ackCursor // by shard; only the run goroutine uses them
-	nowait  database.Nowait    // whether the server knows FOR UPDATE NOWAIT
+	// ackPending: some cursor moved past its last acknowledgement and
+	// waits for the run loop's timer (see ackEvery).
+	ackPending bool
+	nowait     database.Nowait // whether the server knows FOR UPDATE NOWAIT
 }
 
 func newCallbackWriter(c *Coreapp) *callbackWriter {
@@ -61,12 +69,13 @@ func newCallbackWriter(c *Coreapp) *callbackWriter {
 }
 
 // subscribe feeds the plugin's event stream to the writer, subscribing
-// again whenever the stream ends (a plugin restart ends it).
+// again whenever the stream ends (a plugin restart ends it). It takes the
+// events in the batches they crossed in when the transport offers them.
 func (w *callbackWriter) subscribe(ctx context.Context) {
 	for ctx.Err() == nil {
-		var ch <-chan transport.Event
+		var ch <-chan []transport.Event
 		err := errNoTransport
-		w.c.plugins.With(func(t transport.Transport, _ uint64) { ch, err = t.Events(ctx) })
+		w.c.plugins.With(func(t transport.Transport, _ uint64) { ch, err = eventBatches(ctx, t) })
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -75,19 +84,61 @@ func (w *callbackWriter) subscribe(ctx context.Context) {
 			}
 			continue
 		}
-		for e := range ch {
-			cb, err := fromEvent(e)
-			if err != nil {
-				w.c.log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
-				continue
+		for b := range ch {
+			for _, e := range b {
+				cb, err := unwanted(e, w.c.settings.Get()), error(nil)
+				if cb == nil {
+					cb, err = fromEvent(e)
+				}
+				if err != nil {
+					w.c.log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
+					continue
+				}
+				select {
+				case w.in <- cb:
+				case <-ctx.Done():
+					return
+				}
 			}
+		}
+	}
+}
+
+// unwanted is a placeholder, to be acknowledged and not stored, for a
+// status the webhook does not want under s (or nil): most statuses are
+// sent, delivered and read, and most deployments want few of them, so
+// telling them apart before building their payload saves most of an
+// event's work here. write checks what it keeps against the settings of
+// its own moment again, as before.
+func unwanted(e transport.Event, s settings.Application) *callback {
+	if e.Kind != transport.EventStatus || (s.Webhooks.URL != "" && s.WantStatus(e.Status)) {
+		return nil
+	}
+	return &callback{shard: e.Shard, netSeq: e.Seq, stream: e.Stream, conn: e.Conn, kind: kindUnwanted, status: e.Status}
+}
+
+// eventBatches is t's event stream in batches, one event each when t does
+// not offer them.
+func eventBatches(ctx context.Context, t transport.Transport) (<-chan []transport.Event, error) {
+	if b, ok := t.(transport.EventBatcher); ok {
+		return b.EventBatches(ctx)
+	}
+	events, err := t.Events(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan []transport.Event)
+	go func() {
+		defer close(out)
+		for e := range events {
 			select {
-			case w.in <- cb:
+			case out <- []transport.Event{e}:
 			case <-ctx.Done():
 				return
 			}
 		}
-	}
+	}()
+	return out, nil
 }
 
 // sendFailed makes failed statuses for sends the network refused and waits
@@ -104,7 +155,7 @@ func (w *callbackWriter) sendFailed(ctx context.Context, shardID int, failed []f
 			"id": f.row.id, "status": transport.StatusFailed, "timestamp": now, "recipient_id": string(shard.Digits(f.row.recipient)),
 			"errors": errs,
 		})
-		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, payload: p, done: make(chan error, 1)}
+		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, status: transport.StatusFailed, payload: p, done: make(chan error, 1)}
 		waits = append(waits, cb.done)
 		select {
 		case w.in <- cb:
@@ -131,7 +182,7 @@ func fromEvent(e transport.Event) (*callback, error) {
 	ts := strconv.FormatInt(e.Timestamp, 10)
 	switch e.Kind {
 	case transport.EventStatus:
-		cb.kind = kindStatus
+		cb.kind, cb.status = kindStatus, e.Status
 		st := statusCallback{ID: e.MessageID, Status: e.Status, Timestamp: ts, RecipientID: cb.recipient}
 		if len(e.Payload) > 0 {
 			// What the network knows beyond the status, in the
@@ -200,21 +251,25 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// statusOf reads the status of a status payload.
-func statusOf(payload []byte) string {
-	var s struct {
-		Status string `json:"status"`
-	}
-	_ = json.Unmarshal(payload, &s)
-	return s.Status
-}
-
 func (w *callbackWriter) run(ctx context.Context) {
+	// The timer sends acknowledgements held back by ack; it runs only
+	// while some are pending.
+	acks := time.NewTimer(ackDelay)
+	acks.Stop()
+	armed := false
 	for {
+		if w.ackPending && !armed {
+			acks.Reset(ackDelay)
+			armed = true
+		}
 		var first *callback
 		select {
 		case <-ctx.Done():
 			return
+		case <-acks.C:
+			armed = false
+			w.sendAcks(ctx, true)
+			continue
 		case first = <-w.in:
 		}
 		batch := []*callback{first}
@@ -240,8 +295,8 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 		switch {
 		case s.Webhooks.URL == "":
 			// No webhook: there is nobody to tell, as in the original.
-		case cb.kind == kindMoved:
-		case cb.kind == kindStatus && !s.WantStatus(statusOf(cb.payload)):
+		case cb.kind == kindMoved, cb.kind == kindUnwanted:
+		case cb.kind == kindStatus && !s.WantStatus(cb.status):
 		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // rest.go
 		default:
 			keep = append(keep, cb)
@@ -291,11 +346,24 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 	w.ack(ctx, batch, stored)
 }
 
-// ack acknowledges the batch's events as far as each shard's cursor allows
-// (see ackCursor): only up to the highest seq below which every event was
-// handled.
+// Acknowledgements are cumulative, so they are sent only every ackEvery
+// events per shard, or ackDelay after the first one held back: one Ack (a
+// gRPC call, a network round trip) per stored batch, which under load
+// holds a few events, cost more than the batch. Holding an ack back delays
+// only when the network lets go of events already stored; its push window
+// (simnet's is 4,096 events) is far wider than ackEvery, so it keeps
+// pushing meanwhile. An event acknowledged late and pushed again to the
+// shard's next connection is stored once (the unique event key).
+const (
+	ackEvery = 512
+	ackDelay = 20 * time.Millisecond
+)
+
+// ack moves each shard's cursor over the batch's events (see ackCursor):
+// only up to the highest seq below which every event was handled. It
+// acknowledges at once a shard whose cursor moved ackEvery past its last
+// acknowledgement, and leaves the others to the run loop's timer.
 func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool) {
-	moved := map[int]*ackCursor{}
 	for _, cb := range batch {
 		if cb.netSeq == 0 {
 			continue // made by the coreapp, not the network's
@@ -310,11 +378,22 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 			w.c.log.Warn("events not acknowledged past a gap or an unstored event; the network pushes them again on the shard's next connection",
 				"shard", cb.shard, "conn", cb.conn, "expected_seq", cur.next, "seq", cb.netSeq, "stored", stored)
 		}
-		moved[cb.shard] = cur
 	}
-	for sh, cur := range moved {
+	w.sendAcks(ctx, false)
+}
+
+// sendAcks acknowledges what each shard's cursor allows: every shard when
+// all is set, else only those ackEvery past their last acknowledgement.
+// It notes whether acknowledgements remain held back (ackPending).
+func (w *callbackWriter) sendAcks(ctx context.Context, all bool) {
+	w.ackPending = false
+	for sh, cur := range w.cursors {
 		seq, ok := cur.toAck()
 		if !ok {
+			continue
+		}
+		if !all && seq-cur.acked < ackEvery {
+			w.ackPending = true
 			continue
 		}
 		w.c.plugins.With(func(t transport.Transport, _ uint64) {
@@ -330,12 +409,19 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 					return
 				}
 				w.c.log.Debug("could not acknowledge events", "shard", sh, "conn", cur.conn, "seq", seq, "err", err)
-				if errors.Is(err, transport.ErrNotConnected) || !sleep(ctx, 100*time.Millisecond) {
-					// The network pushes them again to the next
-					// connection; the unique event key stores them once.
+				if errors.Is(err, transport.ErrNotConnected) {
+					// Not the current connection (any more): the network
+					// pushes these events again to the next one, where
+					// the cursor starts over, and the unique event key
+					// stores them once. Nothing more to acknowledge here.
+					cur.gone = true
+					return
+				}
+				if !sleep(ctx, 100*time.Millisecond) {
 					return
 				}
 			}
+			w.ackPending = true // the timer tries again
 		})
 	}
 }

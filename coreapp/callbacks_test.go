@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -44,4 +45,37 @@ func mustCanon(t *testing.T, s string) string {
 	}
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// A status the webhook does not want (or any status, with no webhook) is
+// recognised before its payload is built; failed statuses and inbound
+// messages always go on.
+func TestUnwantedStatus(t *testing.T) {
+	var s settings.Application
+	s.Webhooks.URL = "http://hook"
+	s.Webhooks.Message.Read = true
+	for _, c := range []struct {
+		url    string
+		kind   transport.EventKind
+		status string
+		skip   bool
+	}{
+		{"http://hook", transport.EventStatus, "sent", true},
+		{"http://hook", transport.EventStatus, "delivered", true},
+		{"http://hook", transport.EventStatus, "read", false},
+		{"http://hook", transport.EventStatus, "failed", false},
+		{"", transport.EventStatus, "failed", true},
+		{"", transport.EventInbound, "", false},
+		{"http://hook", transport.EventInbound, "", false},
+	} {
+		s.Webhooks.URL = c.url
+		cb := unwanted(transport.Event{Kind: c.kind, Status: c.status, Shard: 1, Seq: 7, Stream: "x", Conn: 3}, s)
+		if (cb != nil) != c.skip {
+			t.Errorf("url %q %s %s: skipped %v, want %v", c.url, c.kind, c.status, cb != nil, c.skip)
+			continue
+		}
+		if cb != nil && (cb.kind != kindUnwanted || cb.netSeq != 7 || cb.shard != 1 || cb.stream != "x" || cb.conn != 3) {
+			t.Errorf("placeholder %+v does not keep the event's place", cb)
+		}
+	}
 }

@@ -47,12 +47,7 @@ type hookInbound struct {
 
 func startHook(t *testing.T) *hookReceiver {
 	h := &hookReceiver{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.url = "http://" + ln.Addr().String() + "/hook"
-	h.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h.url, h.srv = serveHook(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		var p struct {
 			Statuses []hookStatus     `json:"statuses"`
@@ -83,10 +78,21 @@ func startHook(t *testing.T) *hookReceiver {
 		}
 		h.inbound = append(h.inbound, p.Messages...)
 		h.mu.Unlock()
-	})}
-	go h.srv.Serve(ln)
-	t.Cleanup(func() { h.srv.Close() })
+	}))
 	return h
+}
+
+// serveHook serves h on a loopback port until the test ends and returns
+// its webhook URL.
+func serveHook(t testing.TB, h http.Handler) (string, *http.Server) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/hook", srv
 }
 
 // A webhook that fails, and a primary coreapp SIGKILLed while it does,

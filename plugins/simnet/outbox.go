@@ -60,16 +60,30 @@ func (o *outbox) finish(final *Frame) []Frame {
 	return unsent
 }
 
-// run writes queued frames to nc until finish, then closes nc.
+// run writes queued frames to nc until finish, then closes nc. The frames
+// queued at one wake go out in one write: the network pushes a shard's
+// events a few at a time, and a write (a syscall, a TCP segment, a wake-up
+// of the plugin's reader) per event cost more than the events themselves.
 func (o *outbox) run(nc net.Conn) {
 	defer nc.Close()
+	var buf []byte
 	for range o.wake {
 		o.mu.Lock()
 		q, finished, final := o.q, o.finished, o.final
 		o.q = nil
 		o.mu.Unlock()
-		for _, f := range q {
-			if err := writeFrame(nc, f, writeTimeout); err != nil {
+		for len(q) > 0 {
+			buf = buf[:0]
+			n := 0
+			for ; n < len(q) && (n == 0 || len(buf) < maxWrite); n++ {
+				b, err := marshalFrame(q[n])
+				if err != nil {
+					return // cannot happen: frames are plain data
+				}
+				buf = append(buf, b...)
+			}
+			q = q[n:]
+			if err := writeAll(nc, buf, writeTimeout); err != nil {
 				// The reader sees the closed socket and ends the
 				// connection; frames still queued go back to the
 				// shard then.
@@ -85,14 +99,22 @@ func (o *outbox) run(nc net.Conn) {
 	}
 }
 
+// maxWrite bounds the frames gathered into one write, so a large backlog
+// is written in pieces rather than copied whole into one buffer.
+const maxWrite = 256 << 10
+
 func writeFrame(nc net.Conn, f Frame, timeout time.Duration) error {
 	b, err := marshalFrame(f)
 	if err != nil {
 		return err
 	}
+	return writeAll(nc, b, timeout)
+}
+
+func writeAll(nc net.Conn, b []byte, timeout time.Duration) error {
 	if err := nc.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
-	_, err = nc.Write(b)
+	_, err := nc.Write(b)
 	return err
 }

@@ -121,6 +121,8 @@ type shardState struct {
 	// held, not when the network first emitted it, so a test comparing
 	// emission order must leave it out. At most maxRenumbered, newest kept.
 	renumbered []uint64
+	// What crossed so far (ShardState): events pushed, acks taken.
+	pushed, acks int
 }
 
 // maxRenumbered bounds shardState.renumbered.
@@ -529,6 +531,7 @@ func (s *Server) pushLocked(sh *shardState) {
 			return
 		}
 		e.Stream, e.Conn = s.stream, c.iv.ID
+		sh.pushed++
 		c.out.push(eventFrame(e))
 		sh.pushedTo = e.Seq
 	}
@@ -810,6 +813,7 @@ func (s *Server) ackLocked(c *conn, f Frame) {
 	n := sort.Search(len(sh.unacked), func(i int) bool { return sh.unacked[i].Seq > upTo })
 	sh.unacked = append(sh.unacked[:0:0], sh.unacked[n:]...)
 	sh.acked = max(sh.acked, upTo)
+	sh.acks++
 	c.out.push(Frame{Op: OpAcked, Seq: f.Seq})
 	s.pushLocked(sh) // the window moved
 }
@@ -959,6 +963,9 @@ type ShardState struct {
 	// events moved in from another shard when the shard count changed:
 	// they do not tell the order the network emitted those events in.
 	Renumbered []uint64 `json:"renumbered,omitempty"`
+	// Events pushed and acks taken since the network started.
+	PushedEvents int `json:"pushed_events"`
+	Acks         int `json:"acks"`
 }
 
 // Shards returns every shard the network has seen, by shard number.
@@ -978,7 +985,7 @@ func (s *Server) Shards() []ShardState {
 			}
 		}
 		st := ShardState{Shard: n, NewestEpoch: sh.newest, PendingEvents: pending, UnackedEvents: len(sh.unacked), Messages: counts[n],
-			Renumbered: append([]uint64(nil), sh.renumbered...)}
+			Renumbered: append([]uint64(nil), sh.renumbered...), PushedEvents: sh.pushed, Acks: sh.acks}
 		if sh.open != nil {
 			iv := *sh.open.iv
 			st.Open = &iv

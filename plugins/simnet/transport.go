@@ -500,7 +500,33 @@ func (t *Transport) VerifyCode(ctx context.Context, req transport.VerifyRequest)
 
 // Events implements transport.Transport.
 func (t *Transport) Events(ctx context.Context) (<-chan transport.Event, error) {
-	return t.events.subscribe(ctx), nil
+	out := make(chan transport.Event)
+	t.events.subscribe(ctx, func(q []transport.Event) int {
+		for i, e := range q {
+			select {
+			case out <- e:
+			case <-ctx.Done():
+				return i
+			}
+		}
+		return len(q)
+	}, func() { close(out) })
+	return out, nil
+}
+
+// EventBatches implements transport.EventBatcher: the events that came
+// while the previous batch was handed over go together.
+func (t *Transport) EventBatches(ctx context.Context) (<-chan []transport.Event, error) {
+	out := make(chan []transport.Event)
+	t.events.subscribe(ctx, func(q []transport.Event) int {
+		select {
+		case out <- q:
+			return len(q)
+		case <-ctx.Done():
+			return 0
+		}
+	}, func() { close(out) })
+	return out, nil
 }
 
 // fanout hands the events of whichever connection is current to every
@@ -567,7 +593,10 @@ func (f *fanout) newConnection() {
 	}
 }
 
-func (f *fanout) subscribe(ctx context.Context) <-chan transport.Event {
+// subscribe hands the events to deliver, in order, until ctx ends, then
+// calls done. deliver returns how many of q it handed over (fewer only
+// once ctx ended); the rest go back to the backlog.
+func (f *fanout) subscribe(ctx context.Context, deliver func(q []transport.Event) int, done func()) {
 	s := &subscriber{wake: make(chan struct{}, 1)}
 	f.mu.Lock()
 	f.subs[s] = struct{}{}
@@ -576,9 +605,8 @@ func (f *fanout) subscribe(ctx context.Context) <-chan transport.Event {
 		s.wake <- struct{}{}
 	}
 	f.mu.Unlock()
-	out := make(chan transport.Event)
 	go func() {
-		defer close(out)
+		defer done()
 		for {
 			select {
 			case <-ctx.Done():
@@ -590,17 +618,15 @@ func (f *fanout) subscribe(ctx context.Context) <-chan transport.Event {
 			q := s.q
 			s.q = nil
 			s.mu.Unlock()
-			for i, e := range q {
-				select {
-				case out <- e:
-				case <-ctx.Done():
-					f.unsubscribe(s, q[i:])
-					return
-				}
+			if len(q) == 0 {
+				continue
+			}
+			if n := deliver(q); n < len(q) {
+				f.unsubscribe(s, q[n:])
+				return
 			}
 		}
 	}()
-	return out
 }
 
 // unsubscribe removes s; if it was the last subscriber, the events it did

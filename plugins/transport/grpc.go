@@ -29,9 +29,10 @@ const PluginName = "transport"
 // the shard count (Layout) in Connect and Extend: the fields are
 // compatible on the wire, but a plugin that drops them would strand a
 // re-shard's events again, so an old one is refused; 6: Call, the
-// account and message operations beyond sending).
+// account and message operations beyond sending; 7: events stream in
+// batches, EventBatch).
 var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  6,
+	ProtocolVersion:  7,
 	MagicCookieKey:   "MULTICONNECT_TRANSPORT_PLUGIN",
 	MagicCookieValue: "4c1f3a0e-transport-v1",
 }
@@ -195,9 +196,32 @@ func (c *GRPCClient) Send(ctx context.Context, msgs []Message) ([]SendResult, er
 	return out, nil
 }
 
-// Events implements Transport. The stream is opened before it returns, so
-// an error here means the plugin could not be reached.
+// Events implements Transport, one event at a time (see EventBatches).
 func (c *GRPCClient) Events(ctx context.Context) (<-chan Event, error) {
+	batches, err := c.EventBatches(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan Event)
+	go func() {
+		defer close(ch)
+		for b := range batches {
+			for _, e := range b {
+				select {
+				case ch <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// EventBatches implements EventBatcher: each batch is one message of the
+// plugin's stream. The stream is opened before it returns, so an error
+// here means the plugin could not be reached.
+func (c *GRPCClient) EventBatches(ctx context.Context) (<-chan []Event, error) {
 	stream, err := c.client.Events(ctx, &pb.EventsRequest{})
 	if err != nil {
 		return nil, fromStatus("events", err)
@@ -209,16 +233,23 @@ func (c *GRPCClient) Events(ctx context.Context) (<-chan Event, error) {
 	if _, err := stream.Header(); err != nil {
 		return nil, fromStatus("events", err)
 	}
-	ch := make(chan Event)
+	ch := make(chan []Event)
 	go func() {
 		defer close(ch)
 		for {
-			e, err := stream.Recv()
+			m, err := stream.Recv()
 			if err != nil {
 				return // io.EOF, cancellation or the plugin is gone
 			}
+			if len(m.GetEvents()) == 0 {
+				continue
+			}
+			b := make([]Event, len(m.GetEvents()))
+			for i, e := range m.GetEvents() {
+				b[i] = eventFromPB(e)
+			}
 			select {
-			case ch <- eventFromPB(e):
+			case ch <- b:
 			case <-ctx.Done():
 				return
 			}
@@ -344,10 +375,23 @@ func (s *GRPCServer) Send(ctx context.Context, r *pb.SendRequest) (*pb.SendRespo
 	return out, nil
 }
 
-// Events implements pb.TransportServer.
-func (s *GRPCServer) Events(_ *pb.EventsRequest, stream grpc.ServerStreamingServer[pb.Event]) error {
+// Events implements pb.TransportServer. One message carries a batch of
+// events (up to eventBatch, and MaxSendBytes of eventSize): a gRPC message,
+// HTTP/2 frame and write per event cost the plugin and the host more than
+// the events' own work. A plugin that offers EventBatches hands over its
+// batches as they come; for one that offers only Events, whatever is
+// queued on its channel goes together. Nothing waits to fill a batch, so
+// an event alone goes at once.
+func (s *GRPCServer) Events(_ *pb.EventsRequest, stream grpc.ServerStreamingServer[pb.EventBatch]) error {
 	ctx := stream.Context()
-	ch, err := s.Impl.Events(ctx)
+	var batches <-chan []Event
+	var events <-chan Event
+	var err error
+	if b, ok := s.Impl.(EventBatcher); ok {
+		batches, err = b.EventBatches(ctx)
+	} else {
+		events, err = s.Impl.Events(ctx)
+	}
 	if err != nil {
 		return toStatus(err)
 	}
@@ -356,19 +400,74 @@ func (s *GRPCServer) Events(_ *pb.EventsRequest, stream grpc.ServerStreamingServ
 	if err := stream.SendHeader(nil); err != nil {
 		return err
 	}
+	m := &pb.EventBatch{}
+	send := func() error {
+		err := stream.Send(m)
+		m = &pb.EventBatch{}
+		return err
+	}
+	size := 0
+	add := func(e Event) error {
+		if len(m.Events) > 0 && (len(m.Events) == eventBatch || size+eventSize(e) > MaxSendBytes) {
+			if err := send(); err != nil {
+				return err
+			}
+			size = 0
+		}
+		m.Events = append(m.Events, eventToPB(e))
+		size += eventSize(e)
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case e, ok := <-ch:
+		case b, ok := <-batches:
 			if !ok {
 				return nil
 			}
-			if err := stream.Send(eventToPB(e)); err != nil {
+			for _, e := range b {
+				if err := add(e); err != nil {
+					return err
+				}
+			}
+		case e, ok := <-events:
+			if !ok {
+				return nil
+			}
+			if err := add(e); err != nil {
 				return err
 			}
+		more:
+			for {
+				select {
+				case e, ok = <-events:
+					if !ok {
+						break more // send what came; the next receive ends the stream
+					}
+					if err := add(e); err != nil {
+						return err
+					}
+				default:
+					break more
+				}
+			}
 		}
+		if err := send(); err != nil {
+			return err
+		}
+		size = 0
 	}
+}
+
+// eventBatch bounds the events of one EventBatch, and MaxSendBytes (of
+// eventSize) its bytes: a batch stays far below MaxGRPCMessage, whatever
+// the events carry.
+const eventBatch = 512
+
+// eventSize is roughly what e takes in an EventBatch.
+func eventSize(e Event) int {
+	return len(e.Payload) + len(e.MessageID) + len(e.Recipient) + len(e.Stream) + len(e.Status) + 64
 }
 
 // Ack implements pb.TransportServer.

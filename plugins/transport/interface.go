@@ -78,7 +78,8 @@ type Transport interface {
 	// connection, so an event may arrive twice; Event.Shard, Event.Stream
 	// and Event.Seq identify it. Each connection (Event.Conn) pushes the
 	// shard's unacknowledged events from the oldest, then new ones, in Seq
-	// order and without gaps, so a host can tell a lost event from a new
+	// order and without gaps (an EventSkipped covers the numbers of the
+	// statuses it stands for), so a host can tell a lost event from a new
 	// connection's start. The network may hold back events past a window
 	// of unacknowledged ones (flow control), so a host that stops
 	// acknowledging stops receiving: this bounds every queue on the way.
@@ -122,6 +123,14 @@ type Transport interface {
 	// exist (1006). Whether an op needs the shard's connection is the op's
 	// to say; without one that it needs, Call fails with ErrNotConnected.
 	Call(ctx context.Context, op string, body []byte) ([]byte, error)
+}
+
+// EventBatcher is what a Transport may offer besides Events: the same
+// stream, with the same guarantees, in the batches the events come in (a
+// batch is never empty). The gRPC transport uses it on both sides, so a
+// batch crosses from plugin to host in one message and one channel send.
+type EventBatcher interface {
+	EventBatches(ctx context.Context) (<-chan []Event, error)
 }
 
 // Registration methods: how the network delivers the code.

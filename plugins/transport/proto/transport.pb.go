@@ -967,6 +967,51 @@ func (x *Event) GetConn() int64 {
 	return 0
 }
 
+// EventBatch is events in the order the network pushed them.
+type EventBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventBatch) Reset() {
+	*x = EventBatch{}
+	mi := &file_transport_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventBatch) ProtoMessage() {}
+
+func (x *EventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventBatch.ProtoReflect.Descriptor instead.
+func (*EventBatch) Descriptor() ([]byte, []int) {
+	return file_transport_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EventBatch) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 type AckRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard int64                  `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -979,7 +1024,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_transport_proto_msgTypes[16]
+	mi := &file_transport_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1036,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[16]
+	mi := &file_transport_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1049,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{16}
+	return file_transport_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AckRequest) GetShard() int64 {
@@ -1036,7 +1081,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_transport_proto_msgTypes[17]
+	mi := &file_transport_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1093,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[17]
+	mi := &file_transport_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1106,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{17}
+	return file_transport_proto_rawDescGZIP(), []int{18}
 }
 
 type CheckContactsRequest struct {
@@ -1073,7 +1118,7 @@ type CheckContactsRequest struct {
 
 func (x *CheckContactsRequest) Reset() {
 	*x = CheckContactsRequest{}
-	mi := &file_transport_proto_msgTypes[18]
+	mi := &file_transport_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1130,7 @@ func (x *CheckContactsRequest) String() string {
 func (*CheckContactsRequest) ProtoMessage() {}
 
 func (x *CheckContactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[18]
+	mi := &file_transport_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1143,7 @@ func (x *CheckContactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckContactsRequest.ProtoReflect.Descriptor instead.
 func (*CheckContactsRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{18}
+	return file_transport_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckContactsRequest) GetInputs() []string {
@@ -1121,7 +1166,7 @@ type ContactResult struct {
 
 func (x *ContactResult) Reset() {
 	*x = ContactResult{}
-	mi := &file_transport_proto_msgTypes[19]
+	mi := &file_transport_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1178,7 @@ func (x *ContactResult) String() string {
 func (*ContactResult) ProtoMessage() {}
 
 func (x *ContactResult) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[19]
+	mi := &file_transport_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1191,7 @@ func (x *ContactResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContactResult.ProtoReflect.Descriptor instead.
 func (*ContactResult) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{19}
+	return file_transport_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ContactResult) GetInput() string {
@@ -1180,7 +1225,7 @@ type CheckContactsResponse struct {
 
 func (x *CheckContactsResponse) Reset() {
 	*x = CheckContactsResponse{}
-	mi := &file_transport_proto_msgTypes[20]
+	mi := &file_transport_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1237,7 @@ func (x *CheckContactsResponse) String() string {
 func (*CheckContactsResponse) ProtoMessage() {}
 
 func (x *CheckContactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[20]
+	mi := &file_transport_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1250,7 @@ func (x *CheckContactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckContactsResponse.ProtoReflect.Descriptor instead.
 func (*CheckContactsResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{20}
+	return file_transport_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckContactsResponse) GetContacts() []*ContactResult {
@@ -1231,7 +1276,7 @@ type RequestCodeRequest struct {
 
 func (x *RequestCodeRequest) Reset() {
 	*x = RequestCodeRequest{}
-	mi := &file_transport_proto_msgTypes[21]
+	mi := &file_transport_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1288,7 @@ func (x *RequestCodeRequest) String() string {
 func (*RequestCodeRequest) ProtoMessage() {}
 
 func (x *RequestCodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[21]
+	mi := &file_transport_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1301,7 @@ func (x *RequestCodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestCodeRequest.ProtoReflect.Descriptor instead.
 func (*RequestCodeRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{21}
+	return file_transport_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RequestCodeRequest) GetCc() string {
@@ -1306,7 +1351,7 @@ type RequestCodeResponse struct {
 
 func (x *RequestCodeResponse) Reset() {
 	*x = RequestCodeResponse{}
-	mi := &file_transport_proto_msgTypes[22]
+	mi := &file_transport_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1363,7 @@ func (x *RequestCodeResponse) String() string {
 func (*RequestCodeResponse) ProtoMessage() {}
 
 func (x *RequestCodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[22]
+	mi := &file_transport_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1376,7 @@ func (x *RequestCodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestCodeResponse.ProtoReflect.Descriptor instead.
 func (*RequestCodeResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{22}
+	return file_transport_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RequestCodeResponse) GetVname() string {
@@ -1359,7 +1404,7 @@ type VerifyCodeRequest struct {
 
 func (x *VerifyCodeRequest) Reset() {
 	*x = VerifyCodeRequest{}
-	mi := &file_transport_proto_msgTypes[23]
+	mi := &file_transport_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1416,7 @@ func (x *VerifyCodeRequest) String() string {
 func (*VerifyCodeRequest) ProtoMessage() {}
 
 func (x *VerifyCodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[23]
+	mi := &file_transport_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1429,7 @@ func (x *VerifyCodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCodeRequest.ProtoReflect.Descriptor instead.
 func (*VerifyCodeRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{23}
+	return file_transport_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VerifyCodeRequest) GetCc() string {
@@ -1416,7 +1461,7 @@ type VerifyCodeResponse struct {
 
 func (x *VerifyCodeResponse) Reset() {
 	*x = VerifyCodeResponse{}
-	mi := &file_transport_proto_msgTypes[24]
+	mi := &file_transport_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1473,7 @@ func (x *VerifyCodeResponse) String() string {
 func (*VerifyCodeResponse) ProtoMessage() {}
 
 func (x *VerifyCodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[24]
+	mi := &file_transport_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1486,7 @@ func (x *VerifyCodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyCodeResponse.ProtoReflect.Descriptor instead.
 func (*VerifyCodeResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{24}
+	return file_transport_proto_rawDescGZIP(), []int{25}
 }
 
 type CallRequest struct {
@@ -1457,7 +1502,7 @@ type CallRequest struct {
 
 func (x *CallRequest) Reset() {
 	*x = CallRequest{}
-	mi := &file_transport_proto_msgTypes[25]
+	mi := &file_transport_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1514,7 @@ func (x *CallRequest) String() string {
 func (*CallRequest) ProtoMessage() {}
 
 func (x *CallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[25]
+	mi := &file_transport_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1527,7 @@ func (x *CallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
 func (*CallRequest) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{25}
+	return file_transport_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CallRequest) GetOp() string {
@@ -1508,7 +1553,7 @@ type CallResponse struct {
 
 func (x *CallResponse) Reset() {
 	*x = CallResponse{}
-	mi := &file_transport_proto_msgTypes[26]
+	mi := &file_transport_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1565,7 @@ func (x *CallResponse) String() string {
 func (*CallResponse) ProtoMessage() {}
 
 func (x *CallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_proto_msgTypes[26]
+	mi := &file_transport_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1578,7 @@ func (x *CallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
 func (*CallResponse) Descriptor() ([]byte, []int) {
-	return file_transport_proto_rawDescGZIP(), []int{26}
+	return file_transport_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CallResponse) GetBody() []byte {
@@ -1606,7 +1651,10 @@ const file_transport_proto_rawDesc = "" +
 	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x16\n" +
 	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
 	"\x04conn\x18\n" +
-	" \x01(\x03R\x04conn\"H\n" +
+	" \x01(\x03R\x04conn\"F\n" +
+	"\n" +
+	"EventBatch\x128\n" +
+	"\x06events\x18\x01 \x03(\v2 .multiconnect.transport.v1.EventR\x06events\"H\n" +
 	"\n" +
 	"AckRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\x03R\x05shard\x12\x10\n" +
@@ -1645,7 +1693,7 @@ const file_transport_proto_rawDesc = "" +
 	"\x17SEND_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SEND_STATUS_ACCEPTED\x10\x01\x12\x19\n" +
 	"\x15SEND_STATUS_DUPLICATE\x10\x02\x12\x16\n" +
-	"\x12SEND_STATUS_FAILED\x10\x032\x9c\t\n" +
+	"\x12SEND_STATUS_FAILED\x10\x032\xa1\t\n" +
 	"\tTransport\x12W\n" +
 	"\x04Info\x12&.multiconnect.transport.v1.InfoRequest\x1a'.multiconnect.transport.v1.InfoResponse\x12`\n" +
 	"\aConnect\x12).multiconnect.transport.v1.ConnectRequest\x1a*.multiconnect.transport.v1.ConnectResponse\x12]\n" +
@@ -1653,8 +1701,8 @@ const file_transport_proto_rawDesc = "" +
 	"\n" +
 	"Disconnect\x12,.multiconnect.transport.v1.DisconnectRequest\x1a-.multiconnect.transport.v1.DisconnectResponse\x12]\n" +
 	"\x06Health\x12(.multiconnect.transport.v1.HealthRequest\x1a).multiconnect.transport.v1.HealthResponse\x12W\n" +
-	"\x04Send\x12&.multiconnect.transport.v1.SendRequest\x1a'.multiconnect.transport.v1.SendResponse\x12V\n" +
-	"\x06Events\x12(.multiconnect.transport.v1.EventsRequest\x1a .multiconnect.transport.v1.Event0\x01\x12T\n" +
+	"\x04Send\x12&.multiconnect.transport.v1.SendRequest\x1a'.multiconnect.transport.v1.SendResponse\x12[\n" +
+	"\x06Events\x12(.multiconnect.transport.v1.EventsRequest\x1a%.multiconnect.transport.v1.EventBatch0\x01\x12T\n" +
 	"\x03Ack\x12%.multiconnect.transport.v1.AckRequest\x1a&.multiconnect.transport.v1.AckResponse\x12r\n" +
 	"\rCheckContacts\x12/.multiconnect.transport.v1.CheckContactsRequest\x1a0.multiconnect.transport.v1.CheckContactsResponse\x12l\n" +
 	"\vRequestCode\x12-.multiconnect.transport.v1.RequestCodeRequest\x1a..multiconnect.transport.v1.RequestCodeResponse\x12i\n" +
@@ -1675,7 +1723,7 @@ func file_transport_proto_rawDescGZIP() []byte {
 }
 
 var file_transport_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_transport_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_transport_proto_goTypes = []any{
 	(SendStatus)(0),               // 0: multiconnect.transport.v1.SendStatus
 	(*InfoRequest)(nil),           // 1: multiconnect.transport.v1.InfoRequest
@@ -1694,52 +1742,54 @@ var file_transport_proto_goTypes = []any{
 	(*SendResponse)(nil),          // 14: multiconnect.transport.v1.SendResponse
 	(*EventsRequest)(nil),         // 15: multiconnect.transport.v1.EventsRequest
 	(*Event)(nil),                 // 16: multiconnect.transport.v1.Event
-	(*AckRequest)(nil),            // 17: multiconnect.transport.v1.AckRequest
-	(*AckResponse)(nil),           // 18: multiconnect.transport.v1.AckResponse
-	(*CheckContactsRequest)(nil),  // 19: multiconnect.transport.v1.CheckContactsRequest
-	(*ContactResult)(nil),         // 20: multiconnect.transport.v1.ContactResult
-	(*CheckContactsResponse)(nil), // 21: multiconnect.transport.v1.CheckContactsResponse
-	(*RequestCodeRequest)(nil),    // 22: multiconnect.transport.v1.RequestCodeRequest
-	(*RequestCodeResponse)(nil),   // 23: multiconnect.transport.v1.RequestCodeResponse
-	(*VerifyCodeRequest)(nil),     // 24: multiconnect.transport.v1.VerifyCodeRequest
-	(*VerifyCodeResponse)(nil),    // 25: multiconnect.transport.v1.VerifyCodeResponse
-	(*CallRequest)(nil),           // 26: multiconnect.transport.v1.CallRequest
-	(*CallResponse)(nil),          // 27: multiconnect.transport.v1.CallResponse
+	(*EventBatch)(nil),            // 17: multiconnect.transport.v1.EventBatch
+	(*AckRequest)(nil),            // 18: multiconnect.transport.v1.AckRequest
+	(*AckResponse)(nil),           // 19: multiconnect.transport.v1.AckResponse
+	(*CheckContactsRequest)(nil),  // 20: multiconnect.transport.v1.CheckContactsRequest
+	(*ContactResult)(nil),         // 21: multiconnect.transport.v1.ContactResult
+	(*CheckContactsResponse)(nil), // 22: multiconnect.transport.v1.CheckContactsResponse
+	(*RequestCodeRequest)(nil),    // 23: multiconnect.transport.v1.RequestCodeRequest
+	(*RequestCodeResponse)(nil),   // 24: multiconnect.transport.v1.RequestCodeResponse
+	(*VerifyCodeRequest)(nil),     // 25: multiconnect.transport.v1.VerifyCodeRequest
+	(*VerifyCodeResponse)(nil),    // 26: multiconnect.transport.v1.VerifyCodeResponse
+	(*CallRequest)(nil),           // 27: multiconnect.transport.v1.CallRequest
+	(*CallResponse)(nil),          // 28: multiconnect.transport.v1.CallResponse
 }
 var file_transport_proto_depIdxs = []int32{
 	11, // 0: multiconnect.transport.v1.SendRequest.messages:type_name -> multiconnect.transport.v1.Message
 	0,  // 1: multiconnect.transport.v1.SendResult.status:type_name -> multiconnect.transport.v1.SendStatus
 	13, // 2: multiconnect.transport.v1.SendResponse.results:type_name -> multiconnect.transport.v1.SendResult
-	20, // 3: multiconnect.transport.v1.CheckContactsResponse.contacts:type_name -> multiconnect.transport.v1.ContactResult
-	1,  // 4: multiconnect.transport.v1.Transport.Info:input_type -> multiconnect.transport.v1.InfoRequest
-	3,  // 5: multiconnect.transport.v1.Transport.Connect:input_type -> multiconnect.transport.v1.ConnectRequest
-	5,  // 6: multiconnect.transport.v1.Transport.Extend:input_type -> multiconnect.transport.v1.ExtendRequest
-	7,  // 7: multiconnect.transport.v1.Transport.Disconnect:input_type -> multiconnect.transport.v1.DisconnectRequest
-	9,  // 8: multiconnect.transport.v1.Transport.Health:input_type -> multiconnect.transport.v1.HealthRequest
-	12, // 9: multiconnect.transport.v1.Transport.Send:input_type -> multiconnect.transport.v1.SendRequest
-	15, // 10: multiconnect.transport.v1.Transport.Events:input_type -> multiconnect.transport.v1.EventsRequest
-	17, // 11: multiconnect.transport.v1.Transport.Ack:input_type -> multiconnect.transport.v1.AckRequest
-	19, // 12: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
-	22, // 13: multiconnect.transport.v1.Transport.RequestCode:input_type -> multiconnect.transport.v1.RequestCodeRequest
-	24, // 14: multiconnect.transport.v1.Transport.VerifyCode:input_type -> multiconnect.transport.v1.VerifyCodeRequest
-	26, // 15: multiconnect.transport.v1.Transport.Call:input_type -> multiconnect.transport.v1.CallRequest
-	2,  // 16: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
-	4,  // 17: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
-	6,  // 18: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
-	8,  // 19: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
-	10, // 20: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
-	14, // 21: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
-	16, // 22: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.Event
-	18, // 23: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
-	21, // 24: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
-	23, // 25: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
-	25, // 26: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
-	27, // 27: multiconnect.transport.v1.Transport.Call:output_type -> multiconnect.transport.v1.CallResponse
-	16, // [16:28] is the sub-list for method output_type
-	4,  // [4:16] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	16, // 3: multiconnect.transport.v1.EventBatch.events:type_name -> multiconnect.transport.v1.Event
+	21, // 4: multiconnect.transport.v1.CheckContactsResponse.contacts:type_name -> multiconnect.transport.v1.ContactResult
+	1,  // 5: multiconnect.transport.v1.Transport.Info:input_type -> multiconnect.transport.v1.InfoRequest
+	3,  // 6: multiconnect.transport.v1.Transport.Connect:input_type -> multiconnect.transport.v1.ConnectRequest
+	5,  // 7: multiconnect.transport.v1.Transport.Extend:input_type -> multiconnect.transport.v1.ExtendRequest
+	7,  // 8: multiconnect.transport.v1.Transport.Disconnect:input_type -> multiconnect.transport.v1.DisconnectRequest
+	9,  // 9: multiconnect.transport.v1.Transport.Health:input_type -> multiconnect.transport.v1.HealthRequest
+	12, // 10: multiconnect.transport.v1.Transport.Send:input_type -> multiconnect.transport.v1.SendRequest
+	15, // 11: multiconnect.transport.v1.Transport.Events:input_type -> multiconnect.transport.v1.EventsRequest
+	18, // 12: multiconnect.transport.v1.Transport.Ack:input_type -> multiconnect.transport.v1.AckRequest
+	20, // 13: multiconnect.transport.v1.Transport.CheckContacts:input_type -> multiconnect.transport.v1.CheckContactsRequest
+	23, // 14: multiconnect.transport.v1.Transport.RequestCode:input_type -> multiconnect.transport.v1.RequestCodeRequest
+	25, // 15: multiconnect.transport.v1.Transport.VerifyCode:input_type -> multiconnect.transport.v1.VerifyCodeRequest
+	27, // 16: multiconnect.transport.v1.Transport.Call:input_type -> multiconnect.transport.v1.CallRequest
+	2,  // 17: multiconnect.transport.v1.Transport.Info:output_type -> multiconnect.transport.v1.InfoResponse
+	4,  // 18: multiconnect.transport.v1.Transport.Connect:output_type -> multiconnect.transport.v1.ConnectResponse
+	6,  // 19: multiconnect.transport.v1.Transport.Extend:output_type -> multiconnect.transport.v1.ExtendResponse
+	8,  // 20: multiconnect.transport.v1.Transport.Disconnect:output_type -> multiconnect.transport.v1.DisconnectResponse
+	10, // 21: multiconnect.transport.v1.Transport.Health:output_type -> multiconnect.transport.v1.HealthResponse
+	14, // 22: multiconnect.transport.v1.Transport.Send:output_type -> multiconnect.transport.v1.SendResponse
+	17, // 23: multiconnect.transport.v1.Transport.Events:output_type -> multiconnect.transport.v1.EventBatch
+	19, // 24: multiconnect.transport.v1.Transport.Ack:output_type -> multiconnect.transport.v1.AckResponse
+	22, // 25: multiconnect.transport.v1.Transport.CheckContacts:output_type -> multiconnect.transport.v1.CheckContactsResponse
+	24, // 26: multiconnect.transport.v1.Transport.RequestCode:output_type -> multiconnect.transport.v1.RequestCodeResponse
+	26, // 27: multiconnect.transport.v1.Transport.VerifyCode:output_type -> multiconnect.transport.v1.VerifyCodeResponse
+	28, // 28: multiconnect.transport.v1.Transport.Call:output_type -> multiconnect.transport.v1.CallResponse
+	17, // [17:29] is the sub-list for method output_type
+	5,  // [5:17] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_transport_proto_init() }
@@ -1753,7 +1803,7 @@ func file_transport_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_proto_rawDesc), len(file_transport_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,8 +48,10 @@ type TransportClient interface {
 	Disconnect(ctx context.Context, in *DisconnectRequest, opts ...grpc.CallOption) (*DisconnectResponse, error)
 	Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error)
 	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*SendResponse, error)
-	// Events streams what the network pushes until the client cancels.
-	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// Events streams what the network pushes until the client cancels, in
+	// batches: whatever the plugin has queued goes in one message (protocol
+	// 7; a message per event cost more than the event).
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventBatch], error)
 	// Ack tells the network that every event of a shard up to seq is stored.
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
 	// CheckContacts asks the network which inputs are reachable accounts.
@@ -132,13 +134,13 @@ func (c *transportClient) Send(ctx context.Context, in *SendRequest, opts ...grp
 	return out, nil
 }
 
-func (c *transportClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error) {
+func (c *transportClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EventBatch], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Transport_ServiceDesc.Streams[0], Transport_Events_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[EventsRequest, Event]{ClientStream: stream}
+	x := &grpc.GenericClientStream[EventsRequest, EventBatch]{ClientStream: stream}
 	if err := x.ClientStream.SendMsg(in); err != nil {
 		return nil, err
 	}
@@ -149,7 +151,7 @@ func (c *transportClient) Events(ctx context.Context, in *EventsRequest, opts ..
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Transport_EventsClient = grpc.ServerStreamingClient[Event]
+type Transport_EventsClient = grpc.ServerStreamingClient[EventBatch]
 
 func (c *transportClient) Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -211,8 +213,10 @@ type TransportServer interface {
 	Disconnect(context.Context, *DisconnectRequest) (*DisconnectResponse, error)
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
 	Send(context.Context, *SendRequest) (*SendResponse, error)
-	// Events streams what the network pushes until the client cancels.
-	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
+	// Events streams what the network pushes until the client cancels, in
+	// batches: whatever the plugin has queued goes in one message (protocol
+	// 7; a message per event cost more than the event).
+	Events(*EventsRequest, grpc.ServerStreamingServer[EventBatch]) error
 	// Ack tells the network that every event of a shard up to seq is stored.
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
 	// CheckContacts asks the network which inputs are reachable accounts.
@@ -253,7 +257,7 @@ func (UnimplementedTransportServer) Health(context.Context, *HealthRequest) (*He
 func (UnimplementedTransportServer) Send(context.Context, *SendRequest) (*SendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
 }
-func (UnimplementedTransportServer) Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error {
+func (UnimplementedTransportServer) Events(*EventsRequest, grpc.ServerStreamingServer[EventBatch]) error {
 	return status.Error(codes.Unimplemented, "method Events not implemented")
 }
 func (UnimplementedTransportServer) Ack(context.Context, *AckRequest) (*AckResponse, error) {
@@ -405,11 +409,11 @@ func _Transport_Events_Handler(srv interface{}, stream grpc.ServerStream) error 
 	if err := stream.RecvMsg(m); err != nil {
 		return err
 	}
-	return srv.(TransportServer).Events(m, &grpc.GenericServerStream[EventsRequest, Event]{ServerStream: stream})
+	return srv.(TransportServer).Events(m, &grpc.GenericServerStream[EventsRequest, EventBatch]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Transport_EventsServer = grpc.ServerStreamingServer[Event]
+type Transport_EventsServer = grpc.ServerStreamingServer[EventBatch]
 
 func _Transport_Ack_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AckRequest)
