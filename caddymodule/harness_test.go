@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/schema"
@@ -182,6 +183,11 @@ type stubNode struct {
 	mu       sync.Mutex
 	received []stubRequest
 	refused  atomic.Int64 // requests answered 1017/1018
+	// hub answers the gateway's change feed as a primary master's does
+	// (it never notifies: these tests change the map in SQL, and the
+	// gateway polls it), so the feed's long poll is not counted among the
+	// requests the tests check.
+	hub *changes.Hub
 }
 
 type stubRequest struct {
@@ -200,7 +206,7 @@ func (c *testCluster) addNode(role string) *stubNode {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	n := &stubNode{t: c.t, c: c, addr: ln.Addr().String(), role: role, ln: ln}
+	n := &stubNode{t: c.t, c: c, addr: ln.Addr().String(), role: role, ln: ln, hub: changes.NewHub()}
 	n.container = fmt.Sprintf("ctr%d", len(c.nodes)+1)
 	n.shard.Store(-1)
 	n.srv = &http.Server{Handler: n}
@@ -219,6 +225,10 @@ func (n *stubNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	secretOK := r.Header.Get(cluster.SecretHeader) == n.c.secret && len(r.Header.Values(cluster.SecretHeader)) == 1
 	if !secretOK {
 		apierror.Write(w, apierror.AccessDenied, "internal port: cluster members only")
+		return
+	}
+	if r.URL.Path == changes.Route && n.role == "master" && n.primary.Load() {
+		n.hub.ServeHTTP(w, r)
 		return
 	}
 	if r.URL.Path == "/internal/health" {

@@ -185,6 +185,11 @@ func (f *Follower) wait(ctx context.Context, client *http.Client, addr string, s
 	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
 		return Mark{}, fmt.Errorf("%s: %w", Route, err)
 	}
+	if m.Hub == "" {
+		// Not a hub's answer (a node of another version, a proxy): asking
+		// again at once would spin; the caller backs off instead.
+		return Mark{}, fmt.Errorf("%s: the answer names no hub", Route)
+	}
 	return m, nil
 }
 
