@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"time"
+
+	"github.com/multiconnect/multiconnect/coreapp/internal/outbox"
 )
 
 // depthTimeout bounds the backlog count a scrape of /metrics makes.
@@ -19,7 +21,7 @@ const depthTimeout = time.Second
 // statements, README "Idle cost"), and a scrape always sees them fresh.
 // A failed count leaves the last values.
 func (c *Coreapp) measureDepth(ctx context.Context) {
-	st := c.holder.status()
+	st := c.holder.Status()
 	if !st.Primary {
 		c.metrics.outboxDepth.Set(0)
 		c.metrics.callbackDepth.Set(0)
@@ -31,7 +33,7 @@ func (c *Coreapp) measureDepth(ctx context.Context) {
 	err := c.db.QueryRowContext(qctx, `SELECT
 		(SELECT COUNT(*) FROM messages WHERE shard_id = ? AND state = ?),
 		(SELECT COUNT(*) FROM callbacks WHERE shard_id = ? AND delivered = 0)`,
-		st.Shard, stateUnsent, st.Shard).Scan(&unsent, &undelivered)
+		st.Shard, outbox.StateUnsent, st.Shard).Scan(&unsent, &undelivered)
 	if err != nil {
 		c.dbError("measure backlog", err)
 		return

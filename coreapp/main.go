@@ -9,15 +9,16 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"github.com/valyala/fasthttp"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/accept"
+	"github.com/multiconnect/multiconnect/coreapp/internal/api"
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
 	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
@@ -29,37 +30,27 @@ import (
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
-// Coreapp is one coreapp process.
+// Coreapp is what belongs to the process rather than to one stage: its
+// identity, database pools, settings, metrics and transport plugin. The
+// stages (README, "Inside the coreapp") are wired from it in run, each
+// given only what its Deps name.
 type Coreapp struct {
-	// metricsHandler serves /metrics, made at its first scrape.
-	metricsOnce    sync.Once
-	metricsHandler fasthttp.RequestHandler
-
 	id       node.Identity
 	db       *sql.DB
 	claimDB  *sql.DB // reserved for the shard claim: never queues behind requests
-	slots    slots   // users' requests doing database work at once
 	log      *slog.Logger
 	secret   string
 	settings *settings.Cache
 	metrics  *metrics
 	plugins  *transport.Supervisor
-	holder   *holder
-
-	acceptor   *acceptor
-	outbox     *outbox
-	callbacks  *callbackWriter
-	dispatcher *dispatcher
-	media      *mediaStore
-	contacts   *contactChecker
-	providers  *providerCache
+	holder   *claim.Holder
 }
 
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == "routes" {
 		// The route table, for the test that compares it with the OpenAPI
 		// document.
-		if err := printRoutes(); err != nil {
+		if err := api.PrintRoutes(); err != nil {
 			os.Exit(1)
 		}
 		return
@@ -105,25 +96,16 @@ func run() error {
 		return err
 	}
 	defer claimDB.Close()
-	c := &Coreapp{id: id, db: db, claimDB: claimDB, slots: newSlots(requestSlots), log: node.Logger(id), metrics: newMetrics()}
+	c := &Coreapp{id: id, db: db, claimDB: claimDB, log: node.Logger(id), metrics: newMetrics()}
 	c.settings = settings.NewCache(db, 0, c.log)
 	if err := node.FollowSettings(c.settings, c.log); err != nil {
 		return err
 	}
-	c.holder = newHolder(c)
-	c.acceptor, c.outbox = newAcceptor(c), newOutbox(c)
-	c.callbacks, c.dispatcher = newCallbackWriter(c), newDispatcher(c)
-	c.contacts = newContactChecker(c)
-	c.providers = newProviderCache(c)
-	if c.media, err = newMediaStore(c, os.Getenv("MC_MEDIA_DIR")); err != nil {
+	c.plugins = &transport.Supervisor{Path: plugin, Log: c.log, OnExit: c.metrics.pluginRestarts.Inc, OnRestart: func() { c.holder.Nudge() }}
+	st, err := c.stages(os.Getenv("MC_MEDIA_DIR"))
+	if err != nil {
 		return err
 	}
-	c.plugins = &transport.Supervisor{Path: plugin, Log: c.log, OnExit: c.metrics.pluginRestarts.Inc, OnRestart: func() {
-		select {
-		case c.holder.nudge <- struct{}{}:
-		default:
-		}
-	}}
 
 	if _, err := schema.Check(ctx, db); err != nil {
 		return err
@@ -156,10 +138,10 @@ func run() error {
 		return err
 	}
 	// Compile the message schema now, not in the first message's request.
-	if _, err := messageSchema(); err != nil {
+	if err := accept.Precompile(); err != nil {
 		c.log.Error("the message schema does not compile; every message will be refused", "err", err)
 	}
-	srv := c.server()
+	srv := st.api(c.secret).HTTP()
 	go srv.Serve(ln)
 	c.log.Info("coreapp serving as warm secondary", "listen", id.ListenAddr, "transport", plugin, "version", release.Version)
 
@@ -167,13 +149,13 @@ func run() error {
 	go (&changes.Follower{DB: db, Secret: func() string { return c.secret }, Log: c.log, Reload: c.settings.Reload}).Run(ctx)
 	go c.plugins.Watch(ctx)
 	go c.liveness(ctx, liveness)
-	go c.acceptor.run(ctx)
-	go c.outbox.run(ctx)
-	go c.callbacks.subscribe(ctx)
-	go c.callbacks.run(ctx)
-	go c.dispatcher.run(ctx)
+	go st.acceptor.Run(ctx)
+	go st.outbox.Run(ctx)
+	go st.events.Subscribe(ctx)
+	go st.events.Run(ctx)
+	go st.webhooks.Run(ctx)
 	done := make(chan struct{})
-	go func() { c.holder.run(ctx); close(done) }()
+	go func() { c.holder.Run(ctx); close(done) }()
 	<-ctx.Done()
 	c.log.Info("coreapp stopping")
 	<-done

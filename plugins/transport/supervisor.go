@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -172,6 +173,10 @@ func (s *Supervisor) restart(ctx context.Context, p *Plugin) bool {
 	}
 	return true
 }
+
+// ErrNotRunning is what a host reports for a call it could not make
+// because With found no plugin running (between a crash and its restart).
+var ErrNotRunning = errors.New("transport plugin not running")
 
 // With calls f with the live transport and its generation; it does nothing
 // while the plugin is down.

@@ -1,10 +1,18 @@
-package main
+// Package accept is the message path's first stage: it serves POST
+// /v1/messages, validates the message against the OpenAPI schema, fetches
+// media named by a provider, and commits concurrent requests in few fenced
+// group commits before answering 201; it then hands the committed rows to
+// the outbox.
+//
+// It depends on Deps: the database, the claim (Status and Fence), the
+// outbox (Handover, Rescan), the media store (CheckIDs, Save) and the
+// request slots.
+package accept
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -18,6 +26,9 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/valyala/fasthttp"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
+	"github.com/multiconnect/multiconnect/coreapp/internal/outbox"
+	"github.com/multiconnect/multiconnect/coreapp/internal/reply"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/shard"
@@ -84,7 +95,7 @@ func keyReused(id string) acceptResult {
 		details: IdempotencyHeader + " was already used for a different message (" + id + ") to this recipient; use a new key for a new message"}
 }
 
-// acceptor collects concurrent accept requests and commits them in few
+// Acceptor collects concurrent accept requests and commits them in few
 // transactions: each of acceptFlushers goroutines runs one transaction at a
 // time, and whatever queued up meanwhile goes into the next one (group
 // commit without a timer: an idle coreapp commits at once, a busy one
@@ -92,48 +103,51 @@ func keyReused(id string) acceptResult {
 // waits for its fsync. Order is safe: a request sent after another's 201
 // is inserted after that one committed, so it gets a higher seq; requests
 // in flight together were never ordered.
-type acceptor struct {
-	c  *Coreapp
+type Acceptor struct {
+	Deps
 	in chan *acceptReq
 	// shards is the shard count the last fence read under its lock (0
 	// before the first): recipients are checked against it, so a group
 	// commit does not read the count again unlocked. The fence re-reads it
 	// and a batch checked under a stale count is redone.
 	shards atomic.Int64
+
+	providers *providerCache
 }
 
-func newAcceptor(c *Coreapp) *acceptor {
-	return &acceptor{c: c, in: make(chan *acceptReq, 8192)}
+// New makes the acceptor; Run starts its group commits.
+func New(d Deps) *Acceptor {
+	return &Acceptor{Deps: d, in: make(chan *acceptReq, 8192), providers: newProviderCache(d.DB, d.Settings)}
 }
 
-// postMessage serves POST /v1/messages.
-func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
-	if !c.holder.status().Primary {
-		writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
+// Serve serves POST /v1/messages.
+func (a *Acceptor) Serve(ctx *fasthttp.RequestCtx) {
+	if !a.Claim.Status().Primary {
+		reply.Error(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
 		return
 	}
 	msg, bad := parseMessage(ctx.PostBody())
 	if bad != nil {
-		writeError(ctx, bad.code, bad.details)
+		reply.Error(ctx, bad.code, bad.details)
 		return
 	}
 	key := strings.TrimSpace(string(ctx.Request.Header.Peek(IdempotencyHeader)))
 	if len(key) > maxIdemKey {
-		writeError(ctx, apierror.ParameterInvalid, fmt.Sprintf("%s is longer than %d characters", IdempotencyHeader, maxIdemKey))
+		reply.Error(ctx, apierror.ParameterInvalid, fmt.Sprintf("%s is longer than %d characters", IdempotencyHeader, maxIdemKey))
 		return
 	}
-	if code, details := c.providerMedia(ctx, msg); code != 0 {
-		writeError(ctx, code, details)
+	if code, details := a.providerMedia(ctx, msg); code != 0 {
+		reply.Error(ctx, code, details)
 		return
 	}
 	if len(msg.MediaIDs) > 0 {
-		if !c.slots.acquire(ctx) {
+		if !a.Slots.Acquire(ctx) {
 			return
 		}
-		code, details := c.media.checkIDs(ctx, msg.MediaIDs)
-		c.slots.release()
+		code, details := a.Media.CheckIDs(ctx, msg.MediaIDs)
+		a.Slots.Release()
 		if code != 0 {
-			writeError(ctx, code, details)
+			reply.Error(ctx, code, details)
 			return
 		}
 	}
@@ -144,44 +158,45 @@ func (c *Coreapp) postMessage(ctx *fasthttp.RequestCtx) {
 		req.scope = idemScope(string(ctx.Request.Header.Peek(cluster.UserHeader)), msg.To, key)
 		var err error
 		if req.bodyHash, err = msg.bodyHash(); err != nil {
-			writeError(ctx, apierror.RequestNotValid, "the request body is not valid JSON")
+			reply.Error(ctx, apierror.RequestNotValid, "the request body is not valid JSON")
 			return
 		}
 	}
 	timer := time.NewTimer(acceptTimeout)
 	defer timer.Stop()
 	select {
-	case c.acceptor.in <- req:
+	case a.in <- req:
 	case <-timer.C:
-		writeError(ctx, apierror.ServiceUnavailable, "too busy to accept the message; retry with the same "+IdempotencyHeader)
+		reply.Error(ctx, apierror.ServiceUnavailable, "too busy to accept the message; retry with the same "+IdempotencyHeader)
 		return
 	}
 	select {
 	case r := <-req.done:
 		if r.code != 0 {
-			writeError(ctx, r.code, r.details)
+			reply.Error(ctx, r.code, r.details)
 			if r.status != 0 {
 				ctx.SetStatusCode(r.status)
 			}
 			return
 		}
-		c.metrics.accepted.Inc()
+		a.Metrics.Accepted.Inc()
 		ctx.SetContentType("application/json")
 		ctx.SetStatusCode(fasthttp.StatusCreated)
 		ctx.SetBodyString(`{"messages":[{"id":"` + r.id + `"}]}`)
 	case <-timer.C:
-		writeError(ctx, apierror.ServiceUnavailable, "the database did not confirm in time; the message may be stored: retry with the same "+IdempotencyHeader)
+		reply.Error(ctx, apierror.ServiceUnavailable, "the database did not confirm in time; the message may be stored: retry with the same "+IdempotencyHeader)
 	}
 }
 
-func (a *acceptor) run(ctx context.Context) {
+// Run commits what Serve queues until ctx ends.
+func (a *Acceptor) Run(ctx context.Context) {
 	for i := 1; i < acceptFlushers; i++ {
 		go a.flush(ctx)
 	}
 	a.flush(ctx)
 }
 
-func (a *acceptor) flush(ctx context.Context) {
+func (a *Acceptor) flush(ctx context.Context) {
 	for {
 		var first *acceptReq
 		select {
@@ -207,9 +222,9 @@ func (a *acceptor) flush(ctx context.Context) {
 
 // commit stores batch in one transaction fenced by the shard claim and
 // answers every request in it.
-func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
+func (a *Acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	start := time.Now()
-	st := a.c.holder.status()
+	st := a.Claim.Status()
 	if !st.Primary {
 		for _, r := range batch {
 			r.done <- acceptResult{code: apierror.NotPrimaryCoreapp, details: "this coreapp is not the primary of any shard"}
@@ -228,10 +243,10 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	}
 	if err != nil {
 		code, details := apierror.ServiceUnavailable, "could not store the message; retry with the same "+IdempotencyHeader
-		if errors.Is(err, errFenced) {
+		if errors.Is(err, claim.ErrFenced) {
 			code, details = apierror.NotPrimaryCoreapp, "this coreapp no longer holds the shard"
 		} else {
-			a.c.dbError("accept messages", err)
+			a.DBError("accept messages", err)
 		}
 		for _, r := range batch {
 			r.done <- acceptResult{code: code, details: details}
@@ -241,38 +256,16 @@ func (a *acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	// The outbox gets the rows before any request is answered: a message
 	// sent after another's 201 is handed over after it, so the outbox's
 	// order keeps every recipient's order.
-	a.c.outbox.handover(st, rows)
+	a.Outbox.Handover(st, rows)
 	for i, r := range batch {
 		r.done <- results[i]
 	}
-	a.c.metrics.acceptBatch.Observe(float64(len(batch)))
-	a.c.metrics.acceptCommit.Observe(time.Since(start).Seconds())
+	a.Metrics.AcceptBatch.Observe(float64(len(batch)))
+	a.Metrics.AcceptCommit.Observe(time.Since(start).Seconds())
 }
 
-var (
-	errFenced        = errors.New("shard claim not held in the database")
-	errShardsChanged = errors.New("the shard count changed during the transaction")
-)
-
-// fence proves, inside tx, that this coreapp still holds st's claim on the
-// database's clock, and keeps it so until commit: a promotion must update
-// the shard_map row and waits for the shared lock. It returns the shard count.
-// Call it as late as possible: the locks last until COMMIT.
-func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int, err error) {
-	// The join share-locks the cluster row as well: a change of the shard
-	// count (which locks it for update) waits for this commit, and this one
-	// checks recipients under the count it read.
-	err = tx.QueryRowContext(ctx, `SELECT c.shards FROM shard_map s JOIN cluster c ON c.id = 1
-		WHERE s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
-		AND s.shard_id < c.shards LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&shards)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, errFenced
-	}
-	if err != nil {
-		return 0, fmt.Errorf("fence shard %d: %w", st.Shard, err)
-	}
-	return shards, nil
-}
+// errShardsChanged: a re-shard committed during the transaction.
+var errShardsChanged = errors.New("the shard count changed during the transaction")
 
 // insertFenced stores a batch that carries no idempotency key in one
 // autocommit statement that is its own fence: INSERT ... SELECT of the
@@ -286,9 +279,9 @@ func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int,
 // so, and holds under READ COMMITTED too.) stored is false when it
 // stored nothing (claim not held, shard count changed, no recipient on
 // this shard): the transaction of insert then tells which.
-func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptReq, shards int) (results []acceptResult, rows []outRow, stored bool, err error) {
+func (a *Acceptor) insertFenced(ctx context.Context, st claim.Status, batch []*acceptReq, shards int) (results []acceptResult, rows []outbox.Row, stored bool, err error) {
 	results = make([]acceptResult, len(batch))
-	rows = make([]outRow, 0, len(batch))
+	rows = make([]outbox.Row, 0, len(batch))
 	args := make([]any, 0, len(batch)*5+6)
 	var sb strings.Builder
 	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, accepted_at)
@@ -306,7 +299,7 @@ func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptR
 			sb.WriteString(` UNION ALL SELECT ?,?,?,?,?`)
 		}
 		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body)
-		rows = append(rows, newOutRow(id, r.msg.To, r.msg.Type, r.msg.Body))
+		rows = append(rows, outbox.NewRow(id, r.msg.To, r.msg.Type, r.msg.Body))
 	}
 	if len(rows) == 0 {
 		return nil, nil, false, nil
@@ -315,17 +308,17 @@ func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptR
 		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
 		JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards AND c.shards = ?
 		LOCK IN SHARE MODE`)
-	args = append(args, st.Shard, a.c.id.ID, a.c.id.Incarnation, st.Epoch, shards)
-	res, err := a.c.db.ExecContext(ctx, sb.String(), args...)
+	args = append(args, st.Shard, a.ID.ID, a.ID.Incarnation, st.Epoch, shards)
+	res, err := a.DB.ExecContext(ctx, sb.String(), args...)
 	if err != nil {
 		// The commit may have happened all the same (a lost answer):
 		// the outbox finds such rows in the database.
-		a.c.outbox.rescan()
+		a.Outbox.Rescan()
 		return nil, nil, false, fmt.Errorf("insert %d messages: %w", len(rows), err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil || n != int64(len(rows)) && n != 0 {
-		a.c.outbox.rescan()
+		a.Outbox.Rescan()
 		return nil, nil, false, fmt.Errorf("insert %d messages: %d rows stored (%v)", len(rows), n, err)
 	}
 	return results, rows, n > 0, nil
@@ -335,7 +328,7 @@ func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptR
 // carries an idempotency key and the shard count is known, else in one
 // transaction fenced last. It returns each request's result and the rows
 // it committed, for the outbox.
-func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([]acceptResult, []outRow, error) {
+func (a *Acceptor) insert(ctx context.Context, st claim.Status, batch []*acceptReq) ([]acceptResult, []outbox.Row, error) {
 	shards := int(a.shards.Load())
 	if shards > 0 && !slices.ContainsFunc(batch, func(r *acceptReq) bool { return r.scope != "" }) {
 		results, rows, stored, err := a.insertFenced(ctx, st, batch, shards)
@@ -345,7 +338,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		// Nothing stored: the transaction below tells why (the claim
 		// lost, the shard count changed) or stores nothing as well.
 	}
-	tx, err := a.c.db.BeginTx(ctx, nil)
+	tx, err := a.DB.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -400,7 +393,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 	var found []any // ids of unsent rows this batch answers with
 	var sb strings.Builder
 	args := make([]any, 0, len(batch)*7)
-	rows := make([]outRow, 0, len(batch))
+	rows := make([]outbox.Row, 0, len(batch))
 	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, idem_scope, body_hash, accepted_at) VALUES `)
 	n := 0
 	for i, r := range batch {
@@ -434,7 +427,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 		}
 		sb.WriteString(`(?,?,?,?,?,?,?,NOW(6))`)
 		args = append(args, id, st.Shard, r.msg.To, r.msg.Type, r.msg.Body, scope, hash)
-		rows = append(rows, newOutRow(id, r.msg.To, r.msg.Type, r.msg.Body))
+		rows = append(rows, outbox.NewRow(id, r.msg.To, r.msg.Type, r.msg.Body))
 		n++
 	}
 	if n > 0 {
@@ -454,7 +447,7 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 			return nil, nil, fmt.Errorf("make %d found messages durable: %w", len(found), err)
 		}
 	}
-	held, err := a.c.fence(ctx, tx, st)
+	held, err := a.Claim.Fence(ctx, tx, st)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -465,13 +458,13 @@ func (a *acceptor) insert(ctx context.Context, st status, batch []*acceptReq) ([
 	if err := tx.Commit(); err != nil {
 		// The rows may have been committed all the same: the outbox
 		// finds them in the database.
-		a.c.outbox.rescan()
+		a.Outbox.Rescan()
 		return nil, nil, fmt.Errorf("commit %d messages: %w", n, err)
 	}
 	return results, rows, nil
 }
 
-func notOnShard(st status) acceptResult {
+func notOnShard(st claim.Status) acceptResult {
 	return acceptResult{code: apierror.NotPrimaryCoreapp, details: fmt.Sprintf("recipient is not on shard %d, which this coreapp serves", st.Shard)}
 }
 

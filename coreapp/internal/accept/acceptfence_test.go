@@ -1,4 +1,4 @@
-package main
+package accept
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
+	"github.com/multiconnect/multiconnect/coreapp/internal/outbox"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/node"
@@ -26,10 +28,8 @@ func TestInsertFencedIsItsOwnFence(t *testing.T) {
 		VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 1 MINUTE, NOW(6))`); err != nil {
 		t.Fatal(err)
 	}
-	c := &Coreapp{db: db, id: node.Identity{ID: "me:1", Incarnation: 7}}
-	c.outbox = newOutbox(c)
-	a := newAcceptor(c)
-	held := status{Primary: true, Shard: 0, Epoch: 3, Connected: true}
+	a := New(Deps{DB: db, ID: node.Identity{ID: "me:1", Incarnation: 7}, Outbox: outbox.New(outbox.Deps{})})
+	held := claim.Status{Primary: true, Shard: 0, Epoch: 3, Connected: true}
 	batch := func(n int) []*acceptReq {
 		var b []*acceptReq
 		for i := range n {
@@ -54,15 +54,15 @@ func TestInsertFencedIsItsOwnFence(t *testing.T) {
 	}
 	for i, r := range results {
 		var to string
-		if err := db.QueryRow(`SELECT recipient FROM messages WHERE id = ? AND state = 0`, r.id).Scan(&to); err != nil || rows[i].id != r.id {
-			t.Fatalf("result %d (%s) not stored as handed over (%s): %v", i, r.id, rows[i].id, err)
+		if err := db.QueryRow(`SELECT recipient FROM messages WHERE id = ? AND state = 0`, r.id).Scan(&to); err != nil || rows[i].ID() != r.id {
+			t.Fatalf("result %d (%s) not stored as handed over (%s): %v", i, r.id, rows[i].ID(), err)
 		}
 	}
 	for name, tc := range map[string]struct {
-		st     status
+		st     claim.Status
 		shards int
 	}{
-		"another epoch":       {status{Primary: true, Shard: 0, Epoch: 2}, 1},
+		"another epoch":       {claim.Status{Primary: true, Shard: 0, Epoch: 2}, 1},
 		"another shard count": {held, 2},
 	} {
 		if _, _, stored, err := a.insertFenced(ctx, tc.st, batch(2), tc.shards); err != nil || stored || count() != 3 {

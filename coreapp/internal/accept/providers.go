@@ -1,8 +1,9 @@
-package main
+package accept
 
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/media"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/settings"
 )
@@ -32,18 +34,19 @@ const providerFetchTimeout = 15 * time.Second
 // providerCache holds the media providers as of a settings version, so a
 // message naming a provider costs no query unless the settings changed.
 type providerCache struct {
-	c      *Coreapp
-	client *http.Client
+	db       *sql.DB
+	settings *settings.Cache
+	client   *http.Client
 
 	mu      sync.Mutex
 	version int64 // settings_version byName was read at; -1 before the first load
 	byName  map[string]settings.Provider
 }
 
-func newProviderCache(c *Coreapp) *providerCache {
+func newProviderCache(db *sql.DB, s *settings.Cache) *providerCache {
 	// http.Client drops Authorization on a redirect to another host, so
 	// credentials only ever go to the link's own host.
-	return &providerCache{c: c, version: -1, client: &http.Client{Timeout: providerFetchTimeout}}
+	return &providerCache{db: db, settings: s, version: -1, client: &http.Client{Timeout: providerFetchTimeout}}
 }
 
 // lookup returns the provider name. A name missing from a current cache is
@@ -52,7 +55,7 @@ func newProviderCache(c *Coreapp) *providerCache {
 func (p *providerCache) lookup(ctx context.Context, name string) (settings.Provider, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	v := p.c.settings.Version()
+	v := p.settings.Version()
 	fresh := false
 	if p.version != v || p.byName == nil {
 		if err := p.load(ctx, v); err != nil {
@@ -73,7 +76,7 @@ func (p *providerCache) lookup(ctx context.Context, name string) (settings.Provi
 func (p *providerCache) load(ctx context.Context, version int64) error {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	list, err := settings.LoadProviders(qctx, p.c.db)
+	list, err := settings.LoadProviders(qctx, p.db)
 	if err != nil {
 		return err
 	}
@@ -86,7 +89,7 @@ func (p *providerCache) load(ctx context.Context, version int64) error {
 }
 
 // fetch GETs link with pr's credentials and returns the media's type and
-// bytes (at most maxMedia).
+// bytes (at most media.MaxSize).
 func (p *providerCache) fetch(ctx context.Context, pr settings.Provider, link string) (string, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, providerFetchTimeout)
 	defer cancel()
@@ -108,12 +111,12 @@ func (p *providerCache) fetch(ctx context.Context, pr settings.Provider, link st
 	if resp.StatusCode/100 != 2 {
 		return "", nil, fmt.Errorf("the server answered HTTP %d", resp.StatusCode)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMedia+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, media.MaxSize+1))
 	if err != nil {
 		return "", nil, err
 	}
-	if len(body) > maxMedia {
-		return "", nil, fmt.Errorf("the media is larger than %d bytes", maxMedia)
+	if len(body) > media.MaxSize {
+		return "", nil, fmt.Errorf("the media is larger than %d bytes", media.MaxSize)
 	}
 	if len(body) == 0 {
 		return "", nil, fmt.Errorf("the server answered an empty body")
@@ -128,7 +131,7 @@ func (p *providerCache) fetch(ctx context.Context, pr settings.Provider, link st
 // providerMedia fetches every media object of msg that names a provider
 // and rewrites msg's network copy (Body, never BodyHash: a retry is still
 // the same message) to send the stored uploads by id.
-func (c *Coreapp) providerMedia(ctx context.Context, msg *outMessage) (code int, details string) {
+func (a *Acceptor) providerMedia(ctx context.Context, msg *outMessage) (code int, details string) {
 	if !bytes.Contains(msg.Body, []byte(`"provider"`)) {
 		return 0, ""
 	}
@@ -156,20 +159,20 @@ func (c *Coreapp) providerMedia(ctx context.Context, msg *outMessage) (code int,
 		if link == "" {
 			return apierror.ParameterMissing, "link is required with provider " + name
 		}
-		pr, ok, err := c.providers.lookup(ctx, name)
+		pr, ok, err := a.providers.lookup(ctx, name)
 		if err != nil {
-			c.dbError("load media providers", err)
+			a.DBError("load media providers", err)
 			return apierror.ServiceUnavailable, "could not read the media providers"
 		}
 		if !ok {
 			return apierror.ParameterInvalid, fmt.Sprintf("media provider %q is not configured (POST /v1/settings/application/media/providers)", name)
 		}
-		mt, body, err := c.providers.fetch(ctx, pr, link)
+		mt, body, err := a.providers.fetch(ctx, pr, link)
 		if err != nil {
-			c.log.Warn("could not fetch media with a provider", "provider", name, "err", err)
+			a.Log.Warn("could not fetch media with a provider", "provider", name, "err", err)
 			return apierror.ParameterInvalid, fmt.Sprintf("could not fetch the link with media provider %q: %v", name, err)
 		}
-		id, code, details := c.media.save(ctx, mt, body)
+		id, code, details := a.Media.Save(ctx, mt, body)
 		if code != 0 {
 			return code, details
 		}

@@ -1,4 +1,4 @@
-package main
+package accept
 
 import (
 	"encoding/json"

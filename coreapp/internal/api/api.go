@@ -1,4 +1,13 @@
-package main
+// Package api is the coreapp's internal port: one fasthttp server, open
+// only to cluster members (the cluster secret), whose route table
+// (routes.go) carries the users' requests the gateway forwards to the
+// primary (messages, media, contacts, the network's REST calls in rest.go)
+// and the masters' heartbeats, promotions, releases and demotions.
+//
+// It holds no state of its own: each route calls a stage through Deps (the
+// acceptor, the media store, the contact checker, the claim holder), and
+// the routes that do database work run in one of the request slots.
+package api
 
 import (
 	"context"
@@ -11,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/reply"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -29,19 +39,19 @@ const (
 	maxConnections = 4096
 )
 
-// server is the coreapp's internal port. The cluster secret is checked as
+// HTTP is the coreapp's internal port. The cluster secret is checked as
 // soon as a request's headers are in, before its body is read: a request
 // without it may carry at most maxStrangerBody bytes, so strangers cost
 // neither memory nor time.
-func (c *Coreapp) server() *fasthttp.Server {
+func (s *Server) HTTP() *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:            c.handler(),
+		Handler:            s.handler(),
 		Name:               "multiconnect-coreapp",
 		ReadTimeout:        30 * time.Second,
 		MaxRequestBodySize: maxBody,
 		Concurrency:        maxConnections,
 		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			if c.member(h) {
+			if s.member(h) {
 				return fasthttp.RequestConfig{}
 			}
 			return fasthttp.RequestConfig{MaxRequestBodySize: maxStrangerBody, ReadTimeout: 5 * time.Second}
@@ -51,14 +61,14 @@ func (c *Coreapp) server() *fasthttp.Server {
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			ctx.SetConnectionClose()
 			switch {
-			case !c.member(&ctx.Request.Header):
-				c.log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()), "err", err)
-				writeError(ctx, apierror.AccessDenied, "internal port: cluster members only")
+			case !s.member(&ctx.Request.Header):
+				s.Log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()), "err", err)
+				reply.Error(ctx, apierror.AccessDenied, "internal port: cluster members only")
 			case errors.Is(err, fasthttp.ErrBodyTooLarge):
-				writeError(ctx, apierror.RequestNotValid, "the request body is too large")
+				reply.Error(ctx, apierror.RequestNotValid, "the request body is too large")
 				ctx.SetStatusCode(fasthttp.StatusRequestEntityTooLarge)
 			default:
-				writeError(ctx, apierror.RequestNotValid, "cannot read the request: "+err.Error())
+				reply.Error(ctx, apierror.RequestNotValid, "cannot read the request: "+err.Error())
 			}
 		},
 	}
@@ -66,67 +76,64 @@ func (c *Coreapp) server() *fasthttp.Server {
 
 // member reports whether a request's headers carry the cluster secret (in
 // its header, or as a bearer token).
-func (c *Coreapp) member(h *fasthttp.RequestHeader) bool {
+func (s *Server) member(h *fasthttp.RequestHeader) bool {
 	presented := string(h.Peek(cluster.SecretHeader))
 	if presented == "" {
 		presented = strings.TrimPrefix(string(h.Peek("Authorization")), "Bearer ")
 	}
-	return cluster.Authorized(presented, c.secret)
+	return cluster.Authorized(presented, s.Secret)
 }
 
 // handler serves the coreapp's internal port (fasthttp: it carries the
 // message path). Every request must carry the cluster secret: masters send
 // heartbeats and promotions, the gateway forwards users' requests.
-func (c *Coreapp) handler() fasthttp.RequestHandler {
+func (s *Server) handler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if !c.member(&ctx.Request.Header) {
-			c.log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()))
-			writeError(ctx, apierror.AccessDenied, "internal port: cluster members only")
+		if !s.member(&ctx.Request.Header) {
+			s.Log.Warn("refused internal request without a valid cluster secret", "remote", ctx.RemoteAddr().String(), "path", string(ctx.Path()))
+			reply.Error(ctx, apierror.AccessDenied, "internal port: cluster members only")
 			return
 		}
-		c.route(ctx)
+		s.route(ctx)
 	}
 }
 
-func (c *Coreapp) serveHeartbeat(ctx *fasthttp.RequestCtx, _ map[string]string) {
-	c.metrics.heartbeats.Inc()
-	writeJSON(ctx, fasthttp.StatusOK, c.report())
+func (s *Server) serveHeartbeat(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	s.Heartbeats.Inc()
+	reply.JSON(ctx, fasthttp.StatusOK, s.report())
 }
 
-func (c *Coreapp) serveHealth(ctx *fasthttp.RequestCtx, _ map[string]string) {
-	writeJSON(ctx, fasthttp.StatusOK, c.health())
+func (s *Server) serveHealth(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	reply.JSON(ctx, fasthttp.StatusOK, s.health())
 }
 
-func (c *Coreapp) serveDemote(ctx *fasthttp.RequestCtx, _ map[string]string) {
-	select {
-	case c.holder.nudge <- struct{}{}:
-	default:
-	}
+func (s *Server) serveDemote(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	s.Claim.Nudge()
 	ctx.SetStatusCode(fasthttp.StatusNoContent)
 }
 
-func (c *Coreapp) serveMetrics(ctx *fasthttp.RequestCtx, _ map[string]string) {
-	c.metricsOnce.Do(func() {
-		c.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+func (s *Server) serveMetrics(ctx *fasthttp.RequestCtx, _ map[string]string) {
+	s.metricsOnce.Do(func() {
+		s.metricsHandler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 	})
-	c.measureDepth(ctx)
-	c.metricsHandler(ctx)
+	s.MeasureDepth(ctx)
+	s.metricsHandler(ctx)
 }
 
-func (c *Coreapp) report() map[string]any {
-	st := c.holder.status()
+func (s *Server) report() map[string]any {
+	st := s.Claim.Status()
 	return map[string]any{
-		"node": c.id.ID, "incarnation": c.id.Incarnation, "primary": st.Primary, "shard": st.Shard,
-		"epoch": st.Epoch, "connected": st.Connected, "connect_due": st.ConnectDue, "transport_ok": c.plugins.Running(),
-		"db_age_ms": c.holder.dbAgeMS(),
+		"node": s.ID.ID, "incarnation": s.ID.Incarnation, "primary": st.Primary, "shard": st.Shard,
+		"epoch": st.Epoch, "connected": st.Connected, "connect_due": st.ConnectDue, "transport_ok": s.Plugins.Running(),
+		"db_age_ms": s.Claim.DBAgeMS(),
 	}
 }
 
-func (c *Coreapp) health() map[string]any {
-	h := c.report()
+func (s *Server) health() map[string]any {
+	h := s.report()
 	h["role"] = "coreapp"
-	h["hostname"], h["container"] = c.id.Hostname, c.id.Container
-	if e := c.transportError(); e != "" {
+	h["hostname"], h["container"] = s.ID.Hostname, s.ID.Container
+	if e := s.transportError(); e != "" {
 		h["transport_error"] = e
 	}
 	return h
@@ -136,14 +143,14 @@ func (c *Coreapp) health() map[string]any {
 // is a primary that should be on the network: why it is not connected, or
 // a problem it has while connected (the Cloud API's refused access token).
 // /v1/health shows it in the node's errors until it is fixed.
-func (c *Coreapp) transportError() string {
-	st := c.holder.status()
+func (s *Server) transportError() string {
+	st := s.Claim.Status()
 	if !st.Primary || !(st.Connected || st.ConnectDue) {
 		return ""
 	}
 	var hl transport.Health
-	err := errNoTransport
-	c.plugins.With(func(t transport.Transport, _ uint64) {
+	err := transport.ErrNotRunning
+	s.Plugins.With(func(t transport.Transport, _ uint64) {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		hl, err = t.Health(ctx)
@@ -154,63 +161,47 @@ func (c *Coreapp) transportError() string {
 	return hl.LastError
 }
 
-func (c *Coreapp) promote(ctx *fasthttp.RequestCtx) {
+func (s *Server) promote(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Shard       *int  `json:"shard"`
 		Epoch       int64 `json:"epoch"`
 		Incarnation int64 `json:"incarnation"`
 	}
 	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil || req.Shard == nil || req.Epoch <= 0 {
-		writeError(ctx, apierror.RequestNotValid, "promote needs shard, epoch and incarnation")
+		reply.Error(ctx, apierror.RequestNotValid, "promote needs shard, epoch and incarnation")
 		return
 	}
-	if req.Incarnation != c.id.Incarnation {
-		writeError(ctx, apierror.ParameterInvalid, "promotion addressed to another incarnation of this node")
+	if req.Incarnation != s.ID.Incarnation {
+		reply.Error(ctx, apierror.ParameterInvalid, "promotion addressed to another incarnation of this node")
 		return
 	}
-	select {
-	case c.holder.assign <- assignment{shard: *req.Shard, epoch: req.Epoch}:
+	if s.Claim.Assign(*req.Shard, req.Epoch) {
 		ctx.SetStatusCode(fasthttp.StatusAccepted)
-	default:
-		writeError(ctx, apierror.ServiceUnavailable, "busy; the assignment will be found in the shard map")
+	} else {
+		reply.Error(ctx, apierror.ServiceUnavailable, "busy; the assignment will be found in the shard map")
 	}
 }
 
 // release is the master's request that a primary it found not connected to
-// the network give up its claim (see holder.giveUp). 200 with released
+// the network give up its claim (see claim.Holder.giveUp). 200 with released
 // true: the claim is handed back; false: it was dropped and lapses by itself.
-func (c *Coreapp) release(ctx *fasthttp.RequestCtx) {
+func (s *Server) release(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Shard *int  `json:"shard"`
 		Epoch int64 `json:"epoch"`
 	}
 	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil || req.Shard == nil || req.Epoch <= 0 {
-		writeError(ctx, apierror.RequestNotValid, "release needs shard and epoch")
+		reply.Error(ctx, apierror.RequestNotValid, "release needs shard and epoch")
 		return
 	}
-	r := releaseReq{shard: *req.Shard, epoch: req.Epoch, done: make(chan bool, 1)}
-	select {
-	case c.holder.release <- r:
-	case <-time.After(releaseWait):
-		writeError(ctx, apierror.ServiceUnavailable, "busy; the claim lapses by itself")
+	released, ok := s.Claim.Release(*req.Shard, req.Epoch, releaseWait)
+	if !ok {
+		reply.Error(ctx, apierror.ServiceUnavailable, "busy; the claim lapses by itself")
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]bool{"released": <-r.done})
+	reply.JSON(ctx, fasthttp.StatusOK, map[string]bool{"released": released})
 }
 
 // releaseWait bounds how long a release waits for the holder's loop, which
 // may be inside a connect attempt (bounded by unhealthy_interval/2).
 const releaseWait = 2 * time.Second
-
-func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
-	b, _ := json.Marshal(v)
-	ctx.SetContentType("application/json")
-	ctx.SetStatusCode(status)
-	ctx.SetBody(b)
-}
-
-func writeError(ctx *fasthttp.RequestCtx, code int, details string) {
-	ctx.SetContentType("application/json")
-	ctx.SetStatusCode(apierror.Status(code))
-	ctx.SetBody(apierror.JSON(code, details))
-}

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"net/url"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/reply"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/routetable"
 )
@@ -23,35 +24,35 @@ type coreRoute struct {
 	// slot routes do their database work in one of the bounded request
 	// slots (the message path bounds its own).
 	slot  bool
-	serve func(c *Coreapp, ctx *fasthttp.RequestCtx, params map[string]string)
+	serve func(s *Server, ctx *fasthttp.RequestCtx, params map[string]string)
 }
 
 // coreRoutes is matched in order: the message path first.
 var coreRoutes = []coreRoute{
-	{"POST", "/v1/messages", true, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.postMessage(ctx) }},
-	{"POST", "/v1/contacts", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.contacts.serve(ctx) }},
-	{"POST", "/v1/media", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.media.upload(ctx) }},
-	{"GET", "/v1/media/{media-id}", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, p map[string]string) { c.media.download(ctx, p["media-id"]) }},
-	{"DELETE", "/v1/media/{media-id}", true, true, func(c *Coreapp, ctx *fasthttp.RequestCtx, p map[string]string) { c.media.remove(ctx, p["media-id"]) }},
+	{"POST", "/v1/messages", true, false, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.Accept.Serve(ctx) }},
+	{"POST", "/v1/contacts", true, true, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.Contacts.Serve(ctx) }},
+	{"POST", "/v1/media", true, true, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.Media.Upload(ctx) }},
+	{"GET", "/v1/media/{media-id}", true, true, func(s *Server, ctx *fasthttp.RequestCtx, p map[string]string) { s.Media.Download(ctx, p["media-id"]) }},
+	{"DELETE", "/v1/media/{media-id}", true, true, func(s *Server, ctx *fasthttp.RequestCtx, p map[string]string) { s.Media.Remove(ctx, p["media-id"]) }},
 	// rest.go: what the network answers beyond sending.
-	{"PUT", "/v1/messages/{message-id}", true, true, (*Coreapp).serveMarkRead},
-	{"GET", "/v1/contacts/{wa_id}/identity", true, true, (*Coreapp).serveGetIdentity},
-	{"PUT", "/v1/contacts/{wa_id}/identity", true, true, (*Coreapp).serveAckIdentity},
-	{"GET", "/v1/stickerpacks", true, true, (*Coreapp).serveStickerpacks},
-	{"GET", "/v1/stickerpacks/{stickerpack-id}", true, true, (*Coreapp).serveStickerpack},
-	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers", true, true, (*Coreapp).serveStickers},
-	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers/{sticker-index}", true, true, (*Coreapp).serveSticker},
-	{"POST", "/internal/heartbeat", false, false, (*Coreapp).serveHeartbeat},
-	{"GET", "/internal/health", false, false, (*Coreapp).serveHealth},
-	{"POST", "/internal/promote", false, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.promote(ctx) }},
-	{"POST", "/internal/release", false, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.release(ctx) }},
-	{"POST", "/internal/demote", false, false, (*Coreapp).serveDemote},
-	{"GET", "/metrics", false, false, (*Coreapp).serveMetrics},
+	{"PUT", "/v1/messages/{message-id}", true, true, (*Server).serveMarkRead},
+	{"GET", "/v1/contacts/{wa_id}/identity", true, true, (*Server).serveGetIdentity},
+	{"PUT", "/v1/contacts/{wa_id}/identity", true, true, (*Server).serveAckIdentity},
+	{"GET", "/v1/stickerpacks", true, true, (*Server).serveStickerpacks},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}", true, true, (*Server).serveStickerpack},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers", true, true, (*Server).serveStickers},
+	{"GET", "/v1/stickerpacks/{stickerpack-id}/stickers/{sticker-index}", true, true, (*Server).serveSticker},
+	{"POST", "/internal/heartbeat", false, false, (*Server).serveHeartbeat},
+	{"GET", "/internal/health", false, false, (*Server).serveHealth},
+	{"POST", "/internal/promote", false, false, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.promote(ctx) }},
+	{"POST", "/internal/release", false, false, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.release(ctx) }},
+	{"POST", "/internal/demote", false, false, (*Server).serveDemote},
+	{"GET", "/metrics", false, false, (*Server).serveMetrics},
 }
 
 // route serves a member's request from coreRoutes: 404 (1006) for a path
 // no route has, 405 (1025, with Allow) for a method the path does not take.
-func (c *Coreapp) route(ctx *fasthttp.RequestCtx) {
+func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	method, path := string(ctx.Method()), string(ctx.Path())
 	// A parameter may hold an escaped '/' (a Cloud API wamid is base64,
 	// and an inbound message's id is its wamid): such a path is matched as
@@ -78,30 +79,30 @@ func (c *Coreapp) route(ctx *fasthttp.RequestCtx) {
 			allow = append(allow, rt.method)
 			continue
 		}
-		if rt.user && !c.holder.status().Primary {
-			writeError(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
+		if rt.user && !s.Claim.Status().Primary {
+			reply.Error(ctx, apierror.NotPrimaryCoreapp, "this coreapp is not the primary of any shard")
 			return
 		}
 		if rt.slot {
-			if !c.slots.acquire(ctx) {
+			if !s.Slots.Acquire(ctx) {
 				return
 			}
-			defer c.slots.release()
+			defer s.Slots.Release()
 		}
-		rt.serve(c, ctx, params)
+		rt.serve(s, ctx, params)
 		return
 	}
 	if len(allow) > 0 {
 		ctx.Response.Header.Set("Allow", strings.Join(allow, ", "))
-		writeError(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path+"; use "+strings.Join(allow, ", "))
+		reply.Error(ctx, apierror.RequestNotValid, "method "+method+" is not allowed on "+path+"; use "+strings.Join(allow, ", "))
 		ctx.SetStatusCode(fasthttp.StatusMethodNotAllowed)
 		return
 	}
-	writeError(ctx, apierror.NotFound, "no such route: "+method+" "+path)
+	reply.Error(ctx, apierror.NotFound, "no such route: "+method+" "+path)
 }
 
-// printRoutes is "coreapp routes".
-func printRoutes() error {
+// PrintRoutes is "coreapp routes".
+func PrintRoutes() error {
 	rs := make([]routetable.Route, len(coreRoutes))
 	for i, rt := range coreRoutes {
 		rs[i] = routetable.Route{Method: rt.method, Path: rt.path}

@@ -1,4 +1,16 @@
-package main
+// Package claim is the coreapp's hold on its shard: the holder takes the
+// shard the primary master assigns (a row of shard_map), renews the claim on
+// the database's clock from a reserved connection pool, connects the
+// transport plugin only while the claim is valid and steps down the moment
+// it cannot prove it. Every other stage asks it one question, Status (am I
+// primary, of which shard, under which epoch), and fences its own writes in
+// the database; the api stage hands it the masters' promotions, releases and
+// nudges (requests.go).
+//
+// It depends on Deps: the node's identity, the claim's own *sql.DB, the
+// settings, the plugin supervisor, its metrics, and Wake, which it calls
+// when its status changes so the outbox and webhook stages look again.
+package claim
 
 import (
 	"context"
@@ -35,7 +47,7 @@ type assignment struct {
 	epoch int64
 }
 
-// holder owns the shard claim. One goroutine (run) makes every decision;
+// Holder owns the shard claim. One goroutine (run) makes every decision;
 // the API only sends it assignments and reads a snapshot.
 //
 // Rules, each enforced right before the action it guards:
@@ -46,8 +58,8 @@ type assignment struct {
 //   - the plugin gets the validity as an absolute deadline and disconnects
 //     itself at it, so even a frozen coreapp's connection ends on time;
 //   - a renewal the database refuses, or no renewal in time, means step down.
-type holder struct {
-	c       *Coreapp
+type Holder struct {
+	Deps
 	assign  chan assignment
 	nudge   chan struct{}
 	release chan releaseReq
@@ -84,8 +96,9 @@ type releaseReq struct {
 	done  chan bool
 }
 
-func newHolder(c *Coreapp) *holder {
-	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
+// New makes the holder; Run starts it.
+func New(d Deps) *Holder {
+	h := &Holder{Deps: d, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
 		renewals: make(chan renewal, 16),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
 			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
@@ -93,12 +106,13 @@ func newHolder(c *Coreapp) *holder {
 			Help:    "Time between the sending of two consecutive claim renewals: the claim's validity must outlast it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
-	c.metrics.reg.MustRegister(h.renewRTT, h.renewGap)
+	d.Metrics.Registry.MustRegister(h.renewRTT, h.renewGap)
 	return h
 }
 
-// status is the snapshot heartbeats and health report.
-type status struct {
+// Status is the snapshot heartbeats and health report, and what every
+// stage reads to know whether (and for which shard) it may work.
+type Status struct {
 	Primary   bool
 	Shard     int
 	Epoch     int64
@@ -108,19 +122,20 @@ type status struct {
 	ConnectDue bool
 }
 
-func (h *holder) status() status {
+// Status is the claim as of now.
+func (h *Holder) Status() Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.cur == nil || !h.cur.valid.Valid() {
-		return status{Shard: -1}
+		return Status{Shard: -1}
 	}
-	return status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
+	return Status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
 		ConnectDue: monotime.Now() >= h.cur.connectAt}
 }
 
-// dbAgeMS is how many milliseconds ago the holder's last database
+// DBAgeMS is how many milliseconds ago the holder's last database
 // statement succeeded, or -1 if none has.
-func (h *holder) dbAgeMS() int64 {
+func (h *Holder) DBAgeMS() int64 {
 	t := h.dbOK.Load()
 	if t == 0 {
 		return -1
@@ -128,16 +143,16 @@ func (h *holder) dbAgeMS() int64 {
 	return time.Duration(monotime.Now() - t).Milliseconds()
 }
 
-func (h *holder) reachedDB() { h.dbOK.Store(monotime.Now()) }
+func (h *Holder) reachedDB() { h.dbOK.Store(monotime.Now()) }
 
 // primaryFor reports whether this coreapp may serve shard right now.
-func (h *holder) primaryFor(shard int) bool {
-	st := h.status()
+func (h *Holder) primaryFor(shard int) bool {
+	st := h.Status()
 	return st.Primary && st.Shard == shard
 }
 
-func (h *holder) renewEvery() time.Duration {
-	s := h.c.settings.Get()
+func (h *Holder) renewEvery() time.Duration {
+	s := h.Settings.Get()
 	every := s.Heartbeat()
 	if q := s.Unhealthy() / 4; q < every {
 		every = q
@@ -145,10 +160,12 @@ func (h *holder) renewEvery() time.Duration {
 	return every
 }
 
-func (h *holder) run(ctx context.Context) {
+// Run makes every decision of the holder until ctx ends; it steps down
+// before it returns.
+func (h *Holder) Run(ctx context.Context) {
 	go h.renewLoop(ctx)
 	for {
-		changed := h.c.settings.Changed()
+		changed := h.Settings.Changed()
 		wait := h.renewEvery()
 		h.mu.Lock()
 		cur := h.cur
@@ -188,7 +205,7 @@ func (h *holder) run(ctx context.Context) {
 
 // tick renews (when due or forced), steps down when the claim is gone,
 // connects when allowed, and looks for an assignment when not holding.
-func (h *holder) tick(ctx context.Context, force bool) {
+func (h *Holder) tick(ctx context.Context, force bool) {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
@@ -207,7 +224,7 @@ func (h *holder) tick(ctx context.Context, force bool) {
 // from the last one sent (the claim's validity is counted from there), so
 // the time run spends on the plugin (extend, health, connect) is never
 // added to the gap between two renewals.
-func (h *holder) renewLoop(ctx context.Context) {
+func (h *Holder) renewLoop(ctx context.Context) {
 	var last *claim
 	var lastSent, due int64
 	for ctx.Err() == nil {
@@ -243,7 +260,7 @@ func (h *holder) renewLoop(ctx context.Context) {
 
 // startRenewal sends a renewal of c in the background if c is still the
 // current claim; its outcome comes back to run.
-func (h *holder) startRenewal(ctx context.Context, c *claim, gap time.Duration) bool {
+func (h *Holder) startRenewal(ctx context.Context, c *claim, gap time.Duration) bool {
 	h.mu.Lock()
 	if h.cur != c || !c.valid.Valid() {
 		h.mu.Unlock()
@@ -268,7 +285,7 @@ func (h *holder) startRenewal(ctx context.Context, c *claim, gap time.Duration) 
 
 // renewed acts on a background renewal's outcome: step down when the
 // database refused it, extend the plugin's deadline when it succeeded.
-func (h *holder) renewed(ctx context.Context, r renewal) {
+func (h *Holder) renewed(ctx context.Context, r renewal) {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
@@ -279,7 +296,7 @@ func (h *holder) renewed(ctx context.Context, r renewal) {
 	case r.lost:
 		h.stepDown("claim taken over or lapsed in the database")
 	case r.err != nil:
-		h.c.dbError("renew claim", r.err)
+		h.DBError("renew claim", r.err)
 		if !cur.valid.Valid() {
 			h.stepDown("claim could not be renewed in time")
 		}
@@ -292,28 +309,28 @@ func (h *holder) renewed(ctx context.Context, r renewal) {
 // (extend, health): it may use what the claim has left beyond half of
 // unhealthy_interval, and at least one renewal period, so run is soon back
 // to act on renewals. A starved plugin then costs a retry, never the claim.
-func (h *holder) pluginBudget(c *claim, most time.Duration) time.Duration {
-	unhealthy := h.c.settings.Get().Unhealthy()
+func (h *Holder) pluginBudget(c *claim, most time.Duration) time.Duration {
+	unhealthy := h.Settings.Get().Unhealthy()
 	b := max(h.renewEvery(), c.valid.Remaining()-unhealthy/2)
 	return min(b, most)
 }
 
 // discover asks the database whether the master assigned us a shard (the
 // promote call is only a shortcut; this poll makes a lost call harmless).
-func (h *holder) discover(ctx context.Context) {
+func (h *Holder) discover(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var a assignment
-	err := h.c.claimDB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
+	err := h.DB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
 		WHERE node_id = ? AND incarnation = ? AND lease_expires > NOW(6) ORDER BY epoch DESC LIMIT 1`,
-		h.c.id.ID, h.c.id.Incarnation).Scan(&a.shard, &a.epoch)
+		h.ID.ID, h.ID.Incarnation).Scan(&a.shard, &a.epoch)
 	if errors.Is(err, sql.ErrNoRows) {
 		h.reachedDB()
 		return
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			h.c.dbError("discover assignment", err)
+			h.DBError("discover assignment", err)
 		}
 		return
 	}
@@ -323,7 +340,7 @@ func (h *holder) discover(ctx context.Context) {
 
 // take claims an assigned shard: verify the assignment is ours and alive,
 // extend it, and learn how long to wait before connecting, in one transaction.
-func (h *holder) take(ctx context.Context, a assignment) {
+func (h *Holder) take(ctx context.Context, a assignment) {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
@@ -332,19 +349,19 @@ func (h *holder) take(ctx context.Context, a assignment) {
 			return // already ours
 		}
 		if cur.valid.Valid() {
-			h.c.log.Warn("ignoring assignment while holding another shard", "holding", cur.shard, "offered", a.shard)
+			h.Log.Warn("ignoring assignment while holding another shard", "holding", cur.shard, "offered", a.shard)
 			return
 		}
 		h.stepDown("claim lapsed")
 	}
-	unhealthy := h.c.settings.Get().Unhealthy()
+	unhealthy := h.Settings.Get().Unhealthy()
 	qctx, cancel := context.WithTimeout(ctx, unhealthy/2)
 	defer cancel()
 	sent := monotime.Now()
 	waitUS, err := h.claimTx(qctx, a, unhealthy)
 	received := monotime.Now()
 	if err != nil {
-		h.c.log.Warn("could not take assigned shard", "shard", a.shard, "epoch", a.epoch, "err", err)
+		h.Log.Warn("could not take assigned shard", "shard", a.shard, "epoch", a.epoch, "err", err)
 		return
 	}
 	h.reachedDB()
@@ -353,16 +370,16 @@ func (h *holder) take(ctx context.Context, a assignment) {
 	h.mu.Lock()
 	h.cur = c
 	h.mu.Unlock()
-	h.c.metrics.primary.Set(1)
-	h.c.metrics.shard.Set(float64(a.shard))
-	h.c.log.Info("became primary coreapp", "shard", a.shard, "epoch", a.epoch, "connect_in", time.Duration(waitUS)*time.Microsecond)
+	h.Metrics.Primary.Set(1)
+	h.Metrics.Shard.Set(float64(a.shard))
+	h.Log.Info("became primary coreapp", "shard", a.shard, "epoch", a.epoch, "connect_in", time.Duration(waitUS)*time.Microsecond)
 	h.ensureConnected(ctx, c, false)
 }
 
 var errNotOurs = errors.New("assignment is not ours or has lapsed")
 
-func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (waitUS int64, err error) {
-	tx, err := h.c.claimDB.BeginTx(ctx, nil)
+func (h *Holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (waitUS int64, err error) {
+	tx, err := h.DB.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -376,7 +393,7 @@ func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 	if err != nil {
 		return 0, fmt.Errorf("read shard %d: %w", a.shard, err)
 	}
-	if node != h.c.id.ID || inc != h.c.id.Incarnation || epoch != a.epoch || !alive {
+	if node != h.ID.ID || inc != h.ID.Incarnation || epoch != a.epoch || !alive {
 		return 0, errNotOurs
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND),
@@ -390,8 +407,8 @@ func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 // beside other renewals, and touches only what is safe to share (the
 // validity only moves forward). lost is true only when the database
 // refused it. gap is the time since the previous renewal was sent.
-func (h *holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost bool, err error) {
-	unhealthy := h.c.settings.Get().Unhealthy()
+func (h *Holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost bool, err error) {
+	unhealthy := h.Settings.Get().Unhealthy()
 	qctx, cancel := context.WithTimeout(ctx, c.valid.Remaining())
 	defer cancel()
 	sent := monotime.Now()
@@ -401,14 +418,14 @@ func (h *holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost b
 		// A renewal is due every unhealthy/4 at most: one that left less
 		// than half the claim is worth a line, with where the time went.
 		if gap+rtt > unhealthy/2 {
-			h.c.log.Warn("slow claim renewal", "shard", c.shard, "since_previous", gap, "round_trip", rtt,
+			h.Log.Warn("slow claim renewal", "shard", c.shard, "since_previous", gap, "round_trip", rtt,
 				"remaining", c.valid.Remaining(), "err", err)
 		}
 	}()
-	res, err := h.c.claimDB.ExecContext(qctx, `UPDATE shard_map
+	res, err := h.DB.ExecContext(qctx, `UPDATE shard_map
 		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
-		unhealthy.Microseconds(), c.shard, h.c.id.ID, h.c.id.Incarnation, c.epoch)
+		unhealthy.Microseconds(), c.shard, h.ID.ID, h.ID.Incarnation, c.epoch)
 	if err != nil {
 		return false, err
 	}
@@ -421,11 +438,11 @@ func (h *holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost b
 }
 
 // extend hands the plugin the claim's new end (run's goroutine).
-func (h *holder) extend(ctx context.Context, c *claim) {
+func (h *Holder) extend(ctx context.Context, c *claim) {
 	if !c.connected {
 		return
 	}
-	h.c.plugins.With(func(t transport.Transport, gen uint64) {
+	h.Plugins.With(func(t transport.Transport, gen uint64) {
 		if gen != c.pluginGen {
 			return
 		}
@@ -437,10 +454,10 @@ func (h *holder) extend(ctx context.Context, c *claim) {
 			// The plugin is slow, not refusing: it still closes the
 			// connection at the deadline it holds, and the next
 			// renewal extends again. Reconnecting would only churn.
-			h.c.log.Warn("transport slow to extend the connection; extending again at the next renewal", "err", err)
+			h.Log.Warn("transport slow to extend the connection; extending again at the next renewal", "err", err)
 			c.extendedAt = monotime.Now()
 		case err != nil:
-			h.c.log.Warn("transport refused to extend the connection; reconnecting", "err", err)
+			h.Log.Warn("transport refused to extend the connection; reconnecting", "err", err)
 			h.setConnected(c, false, 0)
 		default:
 			c.extendedAt = monotime.Now()
@@ -452,11 +469,11 @@ func (h *holder) extend(ctx context.Context, c *claim) {
 // plugin restart or a dropped connection. extended: the plugin has just
 // confirmed the connection (a successful Extend), so asking it again is
 // only another round trip to a process that may be short of CPU.
-func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
+func (h *Holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 	if monotime.Now() < c.connectAt {
 		return
 	}
-	h.c.plugins.With(func(t transport.Transport, gen uint64) {
+	h.Plugins.With(func(t transport.Transport, gen uint64) {
 		if extended && c.connected && gen == c.pluginGen {
 			return
 		}
@@ -467,7 +484,7 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 			if err == nil && hl.Connected && hl.Epoch == uint64(c.epoch) {
 				return
 			}
-			h.c.log.Warn("transport connection lost; reconnecting", "shard", c.shard, "epoch", c.epoch, "err", err, "last_error", hl.LastError)
+			h.Log.Warn("transport connection lost; reconnecting", "shard", c.shard, "epoch", c.epoch, "err", err, "last_error", hl.LastError)
 		}
 		// The last check before the network sees us: validity is read here,
 		// after any pause, and passed on as the plugin's own deadline.
@@ -478,30 +495,30 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 		// A network that swallows packets makes a connect hang; bound the
 		// attempt so a master's release is not held up behind it (renewals
 		// have their own goroutine). The next tick tries again.
-		wait := min(time.Duration(deadline-monotime.Now()), h.c.settings.Get().Unhealthy()/2)
+		wait := min(time.Duration(deadline-monotime.Now()), h.Settings.Get().Unhealthy()/2)
 		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
-		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.c.id.ID, Deadline: deadline,
+		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.ID.ID, Deadline: deadline,
 			Layout: h.layout()})
 		if err != nil {
-			h.c.log.Warn("transport connect failed", "shard", c.shard, "epoch", c.epoch, "err", err)
+			h.Log.Warn("transport connect failed", "shard", c.shard, "epoch", c.epoch, "err", err)
 			h.setConnected(c, false, 0)
 			return
 		}
 		h.setConnected(c, true, gen)
-		h.c.metrics.connects.Inc()
-		h.c.log.Info("connected to the network", "shard", c.shard, "epoch", c.epoch)
+		h.Metrics.Connects.Inc()
+		h.Log.Info("connected to the network", "shard", c.shard, "epoch", c.epoch)
 	})
 }
 
 // layout is the shard count to tell the network (transport.Layout): as the
 // settings cache last read it (pushed by the primary master at once).
-func (h *holder) layout() transport.Layout {
-	n, v := h.c.settings.Layout()
+func (h *Holder) layout() transport.Layout {
+	n, v := h.Settings.Layout()
 	return transport.Layout{Shards: n, Version: v}
 }
 
-func (h *holder) setConnected(c *claim, v bool, gen uint64) {
+func (h *Holder) setConnected(c *claim, v bool, gen uint64) {
 	h.mu.Lock()
 	c.connected, c.pluginGen = v, gen
 	h.mu.Unlock()
@@ -514,14 +531,13 @@ func (h *holder) setConnected(c *claim, v bool, gen uint64) {
 // a new primary sends the backlog its predecessor left (unsent messages,
 // undelivered callbacks) at once, and a dispatcher whose claim ended stops
 // its term at once, not at their slow safety polls.
-func (h *holder) statusChanged() {
-	h.c.outbox.nudge()
-	h.c.dispatcher.nudge()
+func (h *Holder) statusChanged() {
+	h.Wake()
 }
 
 // stepDown disconnects and forgets the claim. It reports whether the
 // plugin confirmed the disconnect.
-func (h *holder) stepDown(reason string) (disconnected bool) {
+func (h *Holder) stepDown(reason string) (disconnected bool) {
 	h.mu.Lock()
 	cur := h.cur
 	h.cur = nil
@@ -529,20 +545,20 @@ func (h *holder) stepDown(reason string) (disconnected bool) {
 	if cur == nil {
 		return true
 	}
-	h.c.plugins.With(func(t transport.Transport, _ uint64) {
+	h.Plugins.With(func(t transport.Transport, _ uint64) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if err := t.Disconnect(ctx); err != nil {
-			h.c.log.Warn("transport disconnect failed (its own deadline still ends the connection)", "err", err)
+			h.Log.Warn("transport disconnect failed (its own deadline still ends the connection)", "err", err)
 			return
 		}
 		disconnected = true
 	})
 	h.statusChanged()
-	h.c.metrics.primary.Set(0)
-	h.c.metrics.shard.Set(-1)
-	h.c.metrics.stepDowns.Inc()
-	h.c.log.Warn("stepped down", "shard", cur.shard, "epoch", cur.epoch, "reason", reason)
+	h.Metrics.Primary.Set(0)
+	h.Metrics.Shard.Set(-1)
+	h.Metrics.StepDowns.Inc()
+	h.Log.Warn("stepped down", "shard", cur.shard, "epoch", cur.epoch, "reason", reason)
 	return disconnected
 }
 
@@ -551,14 +567,14 @@ func (h *holder) stepDown(reason string) (disconnected bool) {
 // only the network keepalive wait remains. The hand-back is safe only once
 // the connection is certainly closed: confirmed by the plugin, or the plugin
 // process is dead (its socket closed by the kernel).
-func (h *holder) shutdown() {
+func (h *Holder) shutdown() {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
 	if cur == nil {
 		return
 	}
-	if !h.stepDown("shutting down") && !h.c.plugins.Kill() {
+	if !h.stepDown("shutting down") && !h.Plugins.Kill() {
 		return // the claim lapses by itself
 	}
 	h.handBack(cur)
@@ -569,7 +585,7 @@ func (h *holder) shutdown() {
 // when the plugin confirms it is disconnected, so the successor waits only
 // the network's keepalive instead of the rest of this claim too. It reports
 // whether the claim was handed back.
-func (h *holder) giveUp(r releaseReq) bool {
+func (h *Holder) giveUp(r releaseReq) bool {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
@@ -584,16 +600,16 @@ func (h *holder) giveUp(r releaseReq) bool {
 
 // handBack expires the claim in the database now; call it only once the
 // connection is certainly closed.
-func (h *holder) handBack(cur *claim) bool {
+func (h *Holder) handBack(cur *claim) bool {
 	// A renewal still in flight could land after the hand-back and extend
 	// the claim again: let those finish first (each ends by its claim's end).
 	h.inflight.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	res, err := h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
-		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.c.id.ID, h.c.id.Incarnation, cur.epoch)
+	res, err := h.DB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
+		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.ID.ID, h.ID.Incarnation, cur.epoch)
 	if err != nil {
-		h.c.dbError("hand back claim", err)
+		h.DBError("hand back claim", err)
 		return false
 	}
 	n, _ := res.RowsAffected()

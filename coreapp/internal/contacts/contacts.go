@@ -1,4 +1,9 @@
-package main
+// Package contacts answers POST /v1/contacts: whether numbers are on the
+// network, asked through the transport plugin and cached in MySQL for a
+// week, as the original did.
+//
+// It depends on Deps: the database, the plugin supervisor and the log.
+package contacts
 
 import (
 	"context"
@@ -8,6 +13,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/reply"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/openapi"
 	"github.com/multiconnect/multiconnect/internal/shard"
@@ -22,11 +28,12 @@ const (
 	contactFailed     = "failed"
 )
 
-// contactChecker answers /v1/contacts: results come from the network
+// Checker answers /v1/contacts: results come from the network
 // through the plugin and are cached in MySQL for contactTTL.
-type contactChecker struct{ c *Coreapp }
+type Checker struct{ Deps }
 
-func newContactChecker(c *Coreapp) *contactChecker { return &contactChecker{c: c} }
+// New makes the checker.
+func New(d Deps) *Checker { return &Checker{Deps: d} }
 
 type contactAnswer struct {
 	Input  string `json:"input"`
@@ -34,12 +41,13 @@ type contactAnswer struct {
 	WAID   string `json:"wa_id,omitempty"`
 }
 
-func (k *contactChecker) serve(ctx *fasthttp.RequestCtx) {
+// Serve serves POST /v1/contacts.
+func (k *Checker) Serve(ctx *fasthttp.RequestCtx) {
 	// The document's ContactsRequest says what is required and allowed
 	// (1008 missing, 1009 invalid, 1025 not JSON).
 	body := ctx.PostBody()
 	if inv := openapi.Validate("ContactsRequest", body); inv != nil {
-		writeError(ctx, inv.Code, inv.Details)
+		reply.Error(ctx, inv.Code, inv.Details)
 		return
 	}
 	var req struct {
@@ -48,23 +56,23 @@ func (k *contactChecker) serve(ctx *fasthttp.RequestCtx) {
 		ForceCheck *bool    `json:"force_check"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(ctx, apierror.RequestNotValid, "the request body is not a valid JSON object: "+err.Error())
+		reply.Error(ctx, apierror.RequestNotValid, "the request body is not a valid JSON object: "+err.Error())
 		return
 	}
 	inputs, wait := req.Contacts, req.Blocking == "wait"
 	force := req.ForceCheck != nil && *req.ForceCheck
 	answers, err := k.check(ctx, inputs, wait, force)
 	if err != nil {
-		k.c.dbError("check contacts", err)
-		writeError(ctx, apierror.ServiceUnavailable, "could not check contacts")
+		k.DBError("check contacts", err)
+		reply.Error(ctx, apierror.ServiceUnavailable, "could not check contacts")
 		return
 	}
-	writeJSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": answers})
+	reply.JSON(ctx, fasthttp.StatusOK, map[string]any{"contacts": answers})
 }
 
 // check answers from the cache, asks the network for the rest (waiting for
 // it when wait, else answering processing and asking in the background).
-func (k *contactChecker) check(ctx context.Context, inputs []string, wait, force bool) ([]contactAnswer, error) {
+func (k *Checker) check(ctx context.Context, inputs []string, wait, force bool) ([]contactAnswer, error) {
 	answers := make([]contactAnswer, len(inputs))
 	var ask []string // digits to ask the network about
 	askSet := map[string]bool{}
@@ -81,7 +89,7 @@ func (k *contactChecker) check(ctx context.Context, inputs []string, wait, force
 	if len(keys) > 0 && !force {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		rs, err := k.c.db.QueryContext(qctx, `SELECT input_digits, status, COALESCE(wa_id, '') FROM contacts
+		rs, err := k.DB.QueryContext(qctx, `SELECT input_digits, status, COALESCE(wa_id, '') FROM contacts
 			WHERE checked_at > NOW(6) - INTERVAL ? SECOND AND input_digits IN (?`+strings.Repeat(",?", len(keys)-1)+`)`,
 			append([]any{int64(contactTTL.Seconds())}, keys...)...)
 		if err != nil {
@@ -138,15 +146,15 @@ func (k *contactChecker) check(ctx context.Context, inputs []string, wait, force
 
 // ask checks digits with the network and caches the verdicts; a check the
 // network could not answer is "failed" and not cached.
-func (k *contactChecker) ask(ctx context.Context, digits []string) map[string]contactAnswer {
+func (k *Checker) ask(ctx context.Context, digits []string) map[string]contactAnswer {
 	out := map[string]contactAnswer{}
 	ctx, cancel := context.WithTimeout(ctx, contactTimeout)
 	defer cancel()
 	var res []transport.ContactResult
-	err := errNoTransport
-	k.c.plugins.With(func(t transport.Transport, _ uint64) { res, err = t.CheckContacts(ctx, digits) })
+	err := transport.ErrNotRunning
+	k.Plugins.With(func(t transport.Transport, _ uint64) { res, err = t.CheckContacts(ctx, digits) })
 	if err != nil {
-		k.c.log.Warn("contact check failed", "contacts", len(digits), "err", err)
+		k.Log.Warn("contact check failed", "contacts", len(digits), "err", err)
 		for _, d := range digits {
 			out[d] = contactAnswer{Status: contactFailed}
 		}
@@ -164,8 +172,8 @@ func (k *contactChecker) ask(ctx context.Context, digits []string) map[string]co
 		args = append(args, digits[i], r.Status, r.WAID)
 	}
 	sb.WriteString(` ON DUPLICATE KEY UPDATE status = VALUES(status), wa_id = VALUES(wa_id), checked_at = VALUES(checked_at)`)
-	if _, err := k.c.db.ExecContext(ctx, sb.String(), args...); err != nil {
-		k.c.dbError("cache contacts", err)
+	if _, err := k.DB.ExecContext(ctx, sb.String(), args...); err != nil {
+		k.DBError("cache contacts", err)
 	}
 	return out
 }

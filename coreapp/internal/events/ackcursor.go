@@ -1,4 +1,4 @@
-package main
+package events
 
 // ackCursor decides how far a shard's events may be acknowledged: the
 // network's Ack is cumulative, so acknowledging seq also lets go of every

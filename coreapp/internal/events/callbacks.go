@@ -1,4 +1,14 @@
-package main
+// Package events turns what the network pushes through the transport
+// plugin (statuses, inbound messages) and the sends it refused (from the
+// outbox) into callbacks: with callback_persist it stores them in one
+// fenced transaction per batch and only then acknowledges the events to
+// the network (the ack cursor, ackcursor.go), so a crash loses none; then
+// it hands them to the webhooks stage.
+//
+// It depends on Deps: the database, the settings, the plugin supervisor,
+// the claim (Status and Fence), the media store (FetchInbound) and the
+// webhook dispatcher (Remember, Nudge).
+package events
 
 import (
 	"context"
@@ -9,6 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
+	"github.com/multiconnect/multiconnect/coreapp/internal/outbox"
+	"github.com/multiconnect/multiconnect/coreapp/internal/webhooks"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/settings"
@@ -21,8 +34,8 @@ import (
 // the webhook did not want when it arrived: neither is stored, both are
 // acknowledged with the rest.
 const (
-	kindStatus   = "status"
-	kindInbound  = "inbound"
+	kindStatus   = webhooks.KindStatus
+	kindInbound  = webhooks.KindInbound
 	kindMoved    = "moved"
 	kindUnwanted = "unwanted"
 )
@@ -48,14 +61,14 @@ const (
 	callbackRetry = 200 * time.Millisecond
 )
 
-// callbackWriter turns what the network pushes (statuses, inbound
+// Writer turns what the network pushes (statuses, inbound
 // messages) and the sends it refused into callbacks. With callback_persist
 // it stores them in one fenced transaction per batch and only then
 // acknowledges the events to the network, which keeps unacknowledged
 // events for the shard's next connection: a crash anywhere loses none. One
 // goroutine writes, so callbacks.seq follows the network's order.
-type callbackWriter struct {
-	c       *Coreapp
+type Writer struct {
+	Deps
 	in      chan *callback
 	cursors map[int]*ackCursor // by shard; only the run goroutine uses them
 	// ackPending: some cursor moved past its last acknowledgement and
@@ -64,18 +77,19 @@ type callbackWriter struct {
 	nowait     database.Nowait // whether the server knows FOR UPDATE NOWAIT
 }
 
-func newCallbackWriter(c *Coreapp) *callbackWriter {
-	return &callbackWriter{c: c, in: make(chan *callback, 4096), cursors: map[int]*ackCursor{}}
+// New makes the writer; Subscribe feeds it and Run writes.
+func New(d Deps) *Writer {
+	return &Writer{Deps: d, in: make(chan *callback, 4096), cursors: map[int]*ackCursor{}}
 }
 
-// subscribe feeds the plugin's event stream to the writer, subscribing
+// Subscribe feeds the plugin's event stream to the writer, subscribing
 // again whenever the stream ends (a plugin restart ends it). It takes the
 // events in the batches they crossed in when the transport offers them.
-func (w *callbackWriter) subscribe(ctx context.Context) {
+func (w *Writer) Subscribe(ctx context.Context) {
 	for ctx.Err() == nil {
 		var ch <-chan []transport.Event
-		err := errNoTransport
-		w.c.plugins.With(func(t transport.Transport, _ uint64) { ch, err = eventBatches(ctx, t) })
+		err := transport.ErrNotRunning
+		w.Plugins.With(func(t transport.Transport, _ uint64) { ch, err = eventBatches(ctx, t) })
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -86,12 +100,12 @@ func (w *callbackWriter) subscribe(ctx context.Context) {
 		}
 		for b := range ch {
 			for _, e := range b {
-				cb, err := unwanted(e, w.c.settings.Get()), error(nil)
+				cb, err := unwanted(e, w.Settings.Get()), error(nil)
 				if cb == nil {
 					cb, err = fromEvent(e)
 				}
 				if err != nil {
-					w.c.log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
+					w.Log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
 					continue
 				}
 				select {
@@ -141,21 +155,21 @@ func eventBatches(ctx context.Context, t transport.Transport) (<-chan []transpor
 	return out, nil
 }
 
-// sendFailed makes failed statuses for sends the network refused and waits
+// SendFailed makes failed statuses for sends the network refused and waits
 // until they are stored.
-func (w *callbackWriter) sendFailed(ctx context.Context, shardID int, failed []failedSend) error {
+func (w *Writer) SendFailed(ctx context.Context, shardID int, failed []outbox.FailedSend) error {
 	now := strconv.FormatInt(time.Now().Unix(), 10)
 	var waits []chan error
 	for _, f := range failed {
-		errs := []transport.StatusError{{Code: apierror.GenericError, Title: "Message failed to send: " + f.reason}}
-		if se, ok := transport.ParseSendError(f.reason); ok {
+		errs := []transport.StatusError{{Code: apierror.GenericError, Title: "Message failed to send: " + f.Reason}}
+		if se, ok := transport.ParseSendError(f.Reason); ok {
 			errs[0] = se // the network's own reason, in the original's codes
 		}
 		p, _ := json.Marshal(map[string]any{
-			"id": f.row.id, "status": transport.StatusFailed, "timestamp": now, "recipient_id": string(shard.Digits(f.row.recipient)),
+			"id": f.ID, "status": transport.StatusFailed, "timestamp": now, "recipient_id": string(shard.Digits(f.Recipient)),
 			"errors": errs,
 		})
-		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.row.recipient)), kind: kindStatus, status: transport.StatusFailed, payload: p, done: make(chan error, 1)}
+		cb := &callback{shard: shardID, recipient: string(shard.Digits(f.Recipient)), kind: kindStatus, status: transport.StatusFailed, payload: p, done: make(chan error, 1)}
 		waits = append(waits, cb.done)
 		select {
 		case w.in <- cb:
@@ -251,7 +265,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func (w *callbackWriter) run(ctx context.Context) {
+// Run writes what Subscribe and SendFailed queue until ctx ends.
+func (w *Writer) Run(ctx context.Context) {
 	// The timer sends acknowledgements held back by ack; it runs only
 	// while some are pending.
 	acks := time.NewTimer(ackDelay)
@@ -288,8 +303,8 @@ func (w *callbackWriter) run(ctx context.Context) {
 
 // write stores (or queues in memory) what the webhook wants of batch,
 // then acknowledges the batch's events.
-func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
-	s := w.c.settings.Get()
+func (w *Writer) write(ctx context.Context, batch []*callback) {
+	s := w.Settings.Get()
 	var keep []*callback
 	for _, cb := range batch {
 		switch {
@@ -305,7 +320,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 	// Inbound media the settings ask for are fetched before their
 	// callbacks are stored, so GET /v1/media/{id} serves what a webhook
 	// names (inboundmedia.go).
-	w.c.media.fetchInbound(ctx, batch, s.Media.AutoDownload)
+	w.Media.FetchInbound(ctx, inboundPayloads(batch), s.Media.AutoDownload)
 	// Who sent each inbound message is recorded first, webhook or not,
 	// so it can be marked read (markread.go); false leaves the batch
 	// unacknowledged for the shard's next holder.
@@ -316,24 +331,24 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 			if err == nil {
 				break
 			}
-			if errors.Is(err, errFenced) || ctx.Err() != nil {
+			if errors.Is(err, claim.ErrFenced) || ctx.Err() != nil {
 				// Not ours (any more): leave the events unacknowledged
 				// for the shard's next holder.
 				stored = false
 				break
 			}
-			w.c.dbError("store callbacks", err)
+			w.DBError("store callbacks", err)
 			if !sleep(ctx, callbackRetry) {
 				stored = false
 				break
 			}
 		}
 	} else if stored && len(keep) > 0 {
-		w.c.dispatcher.remember(keep)
+		w.Dispatcher.Remember(forWebhooks(keep))
 	}
 	var doneErr error
 	if !stored {
-		doneErr = errFenced
+		doneErr = claim.ErrFenced
 	}
 	for _, cb := range batch {
 		if cb.done != nil {
@@ -341,7 +356,7 @@ func (w *callbackWriter) write(ctx context.Context, batch []*callback) {
 		}
 	}
 	if stored && len(keep) > 0 {
-		w.c.dispatcher.nudge()
+		w.Dispatcher.Nudge()
 	}
 	w.ack(ctx, batch, stored)
 }
@@ -363,7 +378,7 @@ const (
 // only up to the highest seq below which every event was handled. It
 // acknowledges at once a shard whose cursor moved ackEvery past its last
 // acknowledgement, and leaves the others to the run loop's timer.
-func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool) {
+func (w *Writer) ack(ctx context.Context, batch []*callback, stored bool) {
 	for _, cb := range batch {
 		if cb.netSeq == 0 {
 			continue // made by the coreapp, not the network's
@@ -375,7 +390,7 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 		}
 		wasStuck := cur.stuck && cur.conn == cb.conn && cur.stream == cb.stream
 		if cur.see(cb.stream, cb.conn, cb.netSeq, stored) == stepStuck && !wasStuck {
-			w.c.log.Warn("events not acknowledged past a gap or an unstored event; the network pushes them again on the shard's next connection",
+			w.Log.Warn("events not acknowledged past a gap or an unstored event; the network pushes them again on the shard's next connection",
 				"shard", cb.shard, "conn", cb.conn, "expected_seq", cur.next, "seq", cb.netSeq, "stored", stored)
 		}
 	}
@@ -385,7 +400,7 @@ func (w *callbackWriter) ack(ctx context.Context, batch []*callback, stored bool
 // sendAcks acknowledges what each shard's cursor allows: every shard when
 // all is set, else only those ackEvery past their last acknowledgement.
 // It notes whether acknowledgements remain held back (ackPending).
-func (w *callbackWriter) sendAcks(ctx context.Context, all bool) {
+func (w *Writer) sendAcks(ctx context.Context, all bool) {
 	w.ackPending = false
 	for sh, cur := range w.cursors {
 		seq, ok := cur.toAck()
@@ -396,7 +411,7 @@ func (w *callbackWriter) sendAcks(ctx context.Context, all bool) {
 			w.ackPending = true
 			continue
 		}
-		w.c.plugins.With(func(t transport.Transport, _ uint64) {
+		w.Plugins.With(func(t transport.Transport, _ uint64) {
 			// A lost ack holds back the network's next events (its push
 			// window): try again a few times before leaving it to the
 			// shard's next connection.
@@ -408,7 +423,7 @@ func (w *callbackWriter) sendAcks(ctx context.Context, all bool) {
 					cur.acked = seq
 					return
 				}
-				w.c.log.Debug("could not acknowledge events", "shard", sh, "conn", cur.conn, "seq", seq, "err", err)
+				w.Log.Debug("could not acknowledge events", "shard", sh, "conn", cur.conn, "seq", seq, "err", err)
 				if errors.Is(err, transport.ErrNotConnected) {
 					// Not the current connection (any more): the network
 					// pushes these events again to the next one, where
@@ -449,7 +464,7 @@ func (w *callbackWriter) sendAcks(ctx context.Context, all bool) {
 // for with NOWAIT and tried again every foreignRetry while busy: a request
 // queued for it would hold every accept behind it, for as long as a frozen
 // holder of the share lock stays frozen.
-func (w *callbackWriter) store(ctx context.Context, cbs []*callback) error {
+func (w *Writer) store(ctx context.Context, cbs []*callback) error {
 	err := w.storeTx(ctx, cbs, false)
 	for try := 1; errors.Is(err, errForeign) || (try > 1 && database.LockBusy(err)); try++ {
 		if try > foreignTries || (try > 1 && !sleep(ctx, foreignRetry)) {
@@ -469,14 +484,14 @@ const (
 // again with the cluster row locked for update.
 var errForeign = errors.New("callbacks for another shard")
 
-func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive bool) error {
-	st := w.c.holder.status()
+func (w *Writer) storeTx(ctx context.Context, cbs []*callback, exclusive bool) error {
+	st := w.Claim.Status()
 	if !st.Primary {
-		return errFenced
+		return claim.ErrFenced
 	}
 	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	tx, err := w.c.db.BeginTx(qctx, nil)
+	tx, err := w.DB.BeginTx(qctx, nil)
 	if err != nil {
 		return err
 	}
@@ -486,12 +501,12 @@ func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive
 			if w.nowait.Unsupported(err) {
 				// MySQL 5.7 has no NOWAIT: wait (up to the session's
 				// innodb_lock_wait_timeout) instead.
-				w.c.log.Warn("the server does not know FOR UPDATE NOWAIT (MySQL 5.7): callbacks stored for another shard wait for the cluster row")
+				w.Log.Warn("the server does not know FOR UPDATE NOWAIT (MySQL 5.7): callbacks stored for another shard wait for the cluster row")
 			}
 			return fmt.Errorf("lock the cluster row: %w", err)
 		}
 	}
-	shards, err := w.c.fence(qctx, tx, st)
+	shards, err := w.Claim.Fence(qctx, tx, st)
 	if err != nil {
 		return err
 	}
@@ -533,7 +548,7 @@ func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive
 		n++
 	}
 	if n == 0 {
-		return errFenced
+		return claim.ErrFenced
 	}
 	if _, err := tx.ExecContext(qctx, sb.String(), args...); err != nil {
 		return fmt.Errorf("insert %d callbacks: %w", n, err)
@@ -541,6 +556,6 @@ func (w *callbackWriter) storeTx(ctx context.Context, cbs []*callback, exclusive
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit %d callbacks: %w", n, err)
 	}
-	w.c.metrics.callbacksStored.Add(float64(n))
+	w.CallbacksStored.Add(float64(n))
 	return nil
 }

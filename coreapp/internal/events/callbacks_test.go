@@ -1,4 +1,4 @@
-package main
+package events
 
 import (
 	"encoding/json"

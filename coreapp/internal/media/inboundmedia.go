@@ -1,4 +1,4 @@
-package main
+package media
 
 import (
 	"context"
@@ -25,6 +25,9 @@ import (
 // it: a webhook is never held back for a medium.
 
 const (
+	// forgetTimeout bounds the call that tells the network an upload
+	// was deleted (as the api stage bounds the network's REST calls).
+	forgetTimeout = 10 * time.Second
 	// mediaFetchTimeout bounds the fetches of one batch of callbacks.
 	mediaFetchTimeout = 30 * time.Second
 	// mediaFetchParallel bounds the fetches in flight for one batch.
@@ -51,20 +54,17 @@ func inboundMedia(payload []byte) (id, typ string) {
 	return m.ID, typ
 }
 
-// fetchInbound fetches the media of batch's inbound callbacks whose type
-// auto lists and that the media store does not have yet (an event pushed
-// again finds its medium there).
-func (m *mediaStore) fetchInbound(ctx context.Context, batch []*callback, auto []string) {
+// FetchInbound fetches the media of a batch's inbound callbacks (their
+// payloads) whose type auto lists and that the media store does not have
+// yet (an event pushed again finds its medium there).
+func (m *Store) FetchInbound(ctx context.Context, inbound [][]byte, auto []string) {
 	if len(auto) == 0 {
 		return
 	}
 	type want struct{ id, typ string }
 	var wants []want
-	for _, cb := range batch {
-		if cb.kind != kindInbound {
-			continue
-		}
-		id, typ := inboundMedia(cb.payload)
+	for _, payload := range inbound {
+		id, typ := inboundMedia(payload)
 		if id == "" || !slices.Contains(auto, typ) || !mediaIDRE.MatchString(id) {
 			continue
 		}
@@ -93,11 +93,11 @@ func (m *mediaStore) fetchInbound(ctx context.Context, batch []*callback, auto [
 
 // fetchOne downloads one medium through the plugin and stores it under
 // id; it reports whether it did.
-func (m *mediaStore) fetchOne(ctx context.Context, id, typ string) bool {
+func (m *Store) fetchOne(ctx context.Context, id, typ string) bool {
 	body, _ := json.Marshal(transport.MediaRef{ID: id})
 	var out []byte
-	err := errNoTransport
-	m.c.plugins.With(func(t transport.Transport, _ uint64) { out, err = t.Call(ctx, transport.OpMediaDownload, body) })
+	err := transport.ErrNotRunning
+	m.Plugins.With(func(t transport.Transport, _ uint64) { out, err = t.Call(ctx, transport.OpMediaDownload, body) })
 	var mc transport.MediaContent
 	if err == nil {
 		err = json.Unmarshal(out, &mc)
@@ -106,20 +106,20 @@ func (m *mediaStore) fetchOne(ctx context.Context, id, typ string) bool {
 	case errors.Is(err, transport.ErrUnsupported):
 		return false // the network's media come as links
 	case errors.Is(err, transport.ErrNoSuchItem):
-		m.c.log.Debug("the network has no such medium", "media_id", id, "err", err)
+		m.Log.Debug("the network has no such medium", "media_id", id, "err", err)
 		return false
 	case err != nil:
-		m.c.log.Warn("could not fetch an inbound medium", "media_id", id, "type", typ, "err", err)
+		m.Log.Warn("could not fetch an inbound medium", "media_id", id, "type", typ, "err", err)
 		return false
 	case len(mc.Data) == 0 || mc.MimeType == "":
-		m.c.log.Warn("the network answered an inbound medium without bytes or type", "media_id", id, "type", typ)
+		m.Log.Warn("the network answered an inbound medium without bytes or type", "media_id", id, "type", typ)
 		return false
 	}
 	if _, code, details := m.saveAs(ctx, id, mc.MimeType, mc.Data); code != 0 {
-		m.c.log.Warn("could not store an inbound medium", "media_id", id, "details", details)
+		m.Log.Warn("could not store an inbound medium", "media_id", id, "details", details)
 		return false
 	}
-	m.c.log.Debug("inbound medium fetched", "media_id", id, "type", typ, "bytes", len(mc.Data))
+	m.Log.Debug("inbound medium fetched", "media_id", id, "type", typ, "bytes", len(mc.Data))
 	return true
 }
 
@@ -127,7 +127,7 @@ func (m *mediaStore) fetchOne(ctx context.Context, id, typ string) bool {
 // for and the store does not have (its type was not in auto_download, or
 // fetching it then failed), as the original fetched media on request.
 // Our own ids (UUIDs) are never the network's.
-func (m *mediaStore) fetchOnRequest(ctx context.Context, id string) bool {
+func (m *Store) fetchOnRequest(ctx context.Context, id string) bool {
 	if strings.Contains(id, "-") {
 		return false
 	}
@@ -139,13 +139,13 @@ func (m *mediaStore) fetchOnRequest(ctx context.Context, id string) bool {
 // forgetAtNetwork tells the network that upload id was deleted, so it
 // drops the copy it took to send it (transport.OpMediaDelete); a network
 // without one answers ErrUnsupported. Best effort: the API has answered.
-func (m *mediaStore) forgetAtNetwork(id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+func (m *Store) forgetAtNetwork(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
 	defer cancel()
 	body, _ := json.Marshal(transport.MediaRef{ID: id})
-	err := errNoTransport
-	m.c.plugins.With(func(t transport.Transport, _ uint64) { _, err = t.Call(ctx, transport.OpMediaDelete, body) })
+	err := transport.ErrNotRunning
+	m.Plugins.With(func(t transport.Transport, _ uint64) { _, err = t.Call(ctx, transport.OpMediaDelete, body) })
 	if err != nil && !errors.Is(err, transport.ErrUnsupported) {
-		m.c.log.Warn("could not delete the network's copy of a deleted medium", "media_id", id, "err", err)
+		m.Log.Warn("could not delete the network's copy of a deleted medium", "media_id", id, "err", err)
 	}
 }

@@ -1,20 +1,30 @@
-package main
+// Package outbox delivers the shard's accepted messages to the network
+// through the transport plugin, in the order they were accepted, one batch
+// in flight: the accept stage hands it each group commit's rows (Handover)
+// and it reads the database whenever it may have missed some. It marks a
+// row sent only once the network answered; the network's refusals become
+// failed statuses through Failures (the events stage).
+//
+// It depends on Deps: the database, the settings (the shard map version),
+// the plugin supervisor, the claim (Status: it sends only as the connected
+// primary) and Failures.
+package outbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
 // Message states in the messages table.
 const (
-	stateUnsent = 0
+	StateUnsent = 0
 	stateSent   = 1 // the network has it (accepted or a duplicate)
 	stateFailed = 2 // the network refused it; a failed status was sent
 )
@@ -27,7 +37,7 @@ const (
 	sendBatch = 500
 	// outboxPoll is a safety net for a missed wake-up: commits nudge the
 	// sender directly, and so does connecting to the network as a shard's
-	// new primary (holder.setConnected), which finds the rows a previous
+	// new primary (claim.Holder.setConnected), which finds the rows a previous
 	// primary left at once. A failed send retries on outboxMinRetry..
 	// outboxMaxRetry, not on this poll. Slow, so an idle shard costs one
 	// statement per 10 s (README, "Idle cost").
@@ -36,7 +46,7 @@ const (
 	outboxMaxRetry = 2 * time.Second
 )
 
-// outbox delivers the shard's committed messages to the network, one
+// Outbox delivers the shard's committed messages to the network, one
 // batch in flight, so messages to one recipient arrive in the order they
 // were accepted. A batch that fails is sent again; the network drops the
 // copies by id. Rows are marked sent only after the network answered, so a
@@ -53,14 +63,14 @@ const (
 // outboxRescan as a safety net. A scan starts by dropping what was handed
 // over, which it finds in the database, and the rows handed over during it
 // wait until it has caught up.
-type outbox struct {
-	c    *Coreapp
+type Outbox struct {
+	Deps
 	wake chan struct{}
 
 	mu       sync.Mutex
 	term     outboxTerm
-	pending  []outRow // handed over, in commit order, not yet sent
-	pendingB int      // their bytes (MessageSize)
+	pending  []Row // handed over, in commit order, not yet sent
+	pendingB int   // their bytes (MessageSize)
 	// needScan: the database may hold unsent rows pending lacks; the next
 	// drain starts a scan. scanning: a scan has not caught up yet.
 	needScan, scanning bool
@@ -86,20 +96,22 @@ const (
 	maxPendingBytes = 16 * transport.MaxSendBytes
 )
 
-func newOutbox(c *Coreapp) *outbox {
-	return &outbox{c: c, wake: make(chan struct{}, 1), needScan: true}
+// New makes the outbox; Run starts it.
+func New(d Deps) *Outbox {
+	return &Outbox{Deps: d, wake: make(chan struct{}, 1), needScan: true}
 }
 
-func (o *outbox) nudge() {
+// Nudge wakes the outbox (the claim's status changed).
+func (o *Outbox) Nudge() {
 	select {
 	case o.wake <- struct{}{}:
 	default:
 	}
 }
 
-// handover gives the outbox rows a group commit under st has just
+// Handover gives the outbox rows a group commit under st has just
 // committed, and wakes it.
-func (o *outbox) handover(st status, rows []outRow) {
+func (o *Outbox) Handover(st claim.Status, rows []Row) {
 	if len(rows) == 0 {
 		return
 	}
@@ -118,18 +130,19 @@ func (o *outbox) handover(st status, rows []outRow) {
 		}
 	}
 	o.mu.Unlock()
-	o.nudge()
+	o.Nudge()
 }
 
-// rescan makes the next drain read the database.
-func (o *outbox) rescan() {
+// Rescan makes the next drain read the database.
+func (o *Outbox) Rescan() {
 	o.mu.Lock()
 	o.needScan = true
 	o.mu.Unlock()
-	o.nudge()
+	o.Nudge()
 }
 
-type outRow struct {
+// Row is one message to send: a row of the messages table.
+type Row struct {
 	seq       int64 // 0 when handed over (the id names the row)
 	id        string
 	recipient string
@@ -139,14 +152,16 @@ type outRow struct {
 	tooBig    bool // over transport.MaxMessageBytes: it fails without being sent
 }
 
-func newOutRow(id, recipient, typ string, body []byte) outRow {
-	r := outRow{id: id, recipient: recipient, typ: typ, body: body}
+// NewRow is the row a group commit stored.
+func NewRow(id, recipient, typ string, body []byte) Row {
+	r := Row{id: id, recipient: recipient, typ: typ, body: body}
 	r.size = transport.MessageSize(transport.Message{ID: id, To: recipient, Type: typ, Body: body})
 	r.tooBig = r.size > transport.MaxMessageBytes
 	return r
 }
 
-func (o *outbox) run(ctx context.Context) {
+// Run sends until ctx ends.
+func (o *Outbox) Run(ctx context.Context) {
 	retry := outboxMinRetry
 	for {
 		wait := outboxPoll
@@ -155,7 +170,7 @@ func (o *outbox) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			o.c.log.Warn("outbox: sending failed; retrying", "err", err, "in", retry)
+			o.Log.Warn("outbox: sending failed; retrying", "err", err, "in", retry)
 			wait, retry = retry, min(retry*2, outboxMaxRetry)
 		} else if progressed {
 			retry = outboxMinRetry
@@ -171,10 +186,10 @@ func (o *outbox) run(ctx context.Context) {
 
 // drain sends unsent rows while there are any and this coreapp is the
 // connected primary. It reports whether it sent anything.
-func (o *outbox) drain(ctx context.Context) (bool, error) {
+func (o *Outbox) drain(ctx context.Context) (bool, error) {
 	sent := false
 	for {
-		st := o.c.holder.status()
+		st := o.Claim.Status()
 		if !st.Primary || !st.Connected {
 			return sent, nil
 		}
@@ -185,7 +200,7 @@ func (o *outbox) drain(ctx context.Context) (bool, error) {
 		if err != nil {
 			// What was taken is unsent in the database, and
 			// what was handed over since may follow it there.
-			o.rescan()
+			o.Rescan()
 			return sent, err
 		}
 		if len(rows) == 0 {
@@ -197,8 +212,8 @@ func (o *outbox) drain(ctx context.Context) (bool, error) {
 
 // next returns the next batch to send: from a scan of the database while
 // one is needed or under way, else from what was handed over.
-func (o *outbox) next(ctx context.Context, st status) ([]outRow, error) {
-	_, mapVersion := o.c.settings.Layout()
+func (o *Outbox) next(ctx context.Context, st claim.Status) ([]Row, error) {
+	_, mapVersion := o.Settings.Layout()
 	term := outboxTerm{shard: st.Shard, epoch: st.Epoch, mapVersion: mapVersion}
 	o.mu.Lock()
 	if term != o.term || time.Since(o.lastScan) > outboxRescan {
@@ -261,7 +276,7 @@ func (o *outbox) next(ctx context.Context, st status) ([]outRow, error) {
 
 // take removes the first handed-over rows, a batch as load would cut it,
 // from pending. o.mu is held.
-func (o *outbox) take() []outRow {
+func (o *Outbox) take() []Row {
 	n, total := 0, 0
 	for n < len(o.pending) && n < sendBatch {
 		r := o.pending[n]
@@ -293,12 +308,12 @@ func (o *outbox) take() []outRow {
 // transport.MaxSendBytes. more reports that unsent rows were left out. It
 // reads the sizes first and then only the bodies it sends, so a backlog of
 // large messages is not read again whole for every batch.
-func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool, err error) {
+func (o *Outbox) load(ctx context.Context, shard int) (rows []Row, more bool, err error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	rs, err := o.c.db.QueryContext(qctx, `SELECT seq, id, recipient, type,
+	rs, err := o.DB.QueryContext(qctx, `SELECT seq, id, recipient, type,
 			LENGTH(id) + LENGTH(recipient) + LENGTH(type) + LENGTH(body) FROM messages
-		WHERE shard_id = ? AND state = ? ORDER BY seq LIMIT ?`, shard, stateUnsent, sendBatch)
+		WHERE shard_id = ? AND state = ? ORDER BY seq LIMIT ?`, shard, StateUnsent, sendBatch)
 	if err != nil {
 		return nil, false, fmt.Errorf("load outbox of shard %d: %w", shard, err)
 	}
@@ -306,7 +321,7 @@ func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool,
 	total, n := 0, 0
 	for rs.Next() {
 		n++
-		var r outRow
+		var r Row
 		if err := rs.Scan(&r.seq, &r.id, &r.recipient, &r.typ, &r.size); err != nil {
 			return nil, false, fmt.Errorf("load outbox of shard %d: %w", shard, err)
 		}
@@ -326,7 +341,7 @@ func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool,
 	rs.Close()
 	more = more || n == sendBatch
 	var seqs []any
-	byseq := map[int64]*outRow{}
+	byseq := map[int64]*Row{}
 	for i := range rows {
 		if !rows[i].tooBig {
 			seqs = append(seqs, rows[i].seq)
@@ -336,7 +351,7 @@ func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool,
 	if len(seqs) == 0 {
 		return rows, more, nil
 	}
-	bs, err := o.c.db.QueryContext(qctx, `SELECT seq, body FROM messages WHERE seq IN (?`+strings.Repeat(",?", len(seqs)-1)+`)`, seqs...)
+	bs, err := o.DB.QueryContext(qctx, `SELECT seq, body FROM messages WHERE seq IN (?`+strings.Repeat(",?", len(seqs)-1)+`)`, seqs...)
 	if err != nil {
 		return nil, false, fmt.Errorf("load %d bodies of shard %d: %w", len(seqs), shard, err)
 	}
@@ -370,14 +385,14 @@ func (o *outbox) load(ctx context.Context, shard int) (rows []outRow, more bool,
 // unsent row, when a session last made sure it is durable (here, or a
 // retry answered with it in accept.go); marking it sent overwrites it. A
 // row must change, or InnoDB logs nothing to flush.
-func (o *outbox) durable(ctx context.Context, shard int, rows []outRow) error {
+func (o *Outbox) durable(ctx context.Context, shard int, rows []Row) error {
 	seqs := make([]any, len(rows))
 	for i, r := range rows {
 		seqs[i] = r.seq
 	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	res, err := o.c.db.ExecContext(qctx, `UPDATE messages SET sent_at = NOW(6) WHERE seq IN (?`+strings.Repeat(",?", len(seqs)-1)+`)`, seqs...)
+	res, err := o.DB.ExecContext(qctx, `UPDATE messages SET sent_at = NOW(6) WHERE seq IN (?`+strings.Repeat(",?", len(seqs)-1)+`)`, seqs...)
 	if err != nil {
 		return fmt.Errorf("make %d rows of shard %d durable before sending: %w", len(seqs), shard, err)
 	}
@@ -387,9 +402,7 @@ func (o *outbox) durable(ctx context.Context, shard int, rows []outRow) error {
 	return nil
 }
 
-var errNoTransport = errors.New("transport plugin not running")
-
-func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
+func (o *Outbox) send(ctx context.Context, st claim.Status, rows []Row) error {
 	var msgs []transport.Message
 	var index []int // rows[index[i]] is msgs[i]
 	results := make([]transport.SendResult, len(rows))
@@ -406,8 +419,8 @@ func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
 	}
 	if len(msgs) > 0 {
 		var res []transport.SendResult
-		err := errNoTransport
-		o.c.plugins.With(func(t transport.Transport, _ uint64) {
+		err := transport.ErrNotRunning
+		o.Plugins.With(func(t transport.Transport, _ uint64) {
 			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			res, err = t.Send(sctx, msgs)
@@ -420,20 +433,20 @@ func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
 		}
 	}
 	var ok []any
-	var failed []failedSend
+	var failed []FailedSend
 	for i, r := range results {
 		switch r.Status {
 		case transport.SendAccepted, transport.SendDuplicate:
 			ok = append(ok, rows[i].id)
 		default:
-			failed = append(failed, failedSend{row: rows[i], reason: r.Error})
+			failed = append(failed, FailedSend{ID: rows[i].id, Recipient: rows[i].recipient, Reason: r.Error})
 		}
 	}
-	o.c.metrics.delivered.Add(float64(len(ok)))
+	o.Delivered.Add(float64(len(ok)))
 	if len(failed) > 0 {
 		// The failed statuses go through the callback writer, which keeps
 		// callbacks in one order; a lost one would be made again on resend.
-		if err := o.c.callbacks.sendFailed(ctx, st.Shard, failed); err != nil {
+		if err := o.Failures.SendFailed(ctx, st.Shard, failed); err != nil {
 			return err
 		}
 	}
@@ -442,22 +455,22 @@ func (o *outbox) send(ctx context.Context, st status, rows []outRow) error {
 	if len(ok) > 0 {
 		// By id (unique): a handed-over row's seq is not known here.
 		q := `UPDATE messages SET state = ?, sent_at = NOW(6) WHERE id IN (?` + strings.Repeat(",?", len(ok)-1) + `)`
-		if _, err := o.c.db.ExecContext(qctx, q, append([]any{stateSent}, ok...)...); err != nil {
+		if _, err := o.DB.ExecContext(qctx, q, append([]any{stateSent}, ok...)...); err != nil {
 			return fmt.Errorf("mark %d messages sent: %w", len(ok), err)
 		}
 	}
 	for _, f := range failed {
-		if _, err := o.c.db.ExecContext(qctx, `UPDATE messages SET state = ?, error = ?, sent_at = NOW(6) WHERE id = ?`,
-			stateFailed, truncate(f.reason, 255), f.row.id); err != nil {
+		if _, err := o.DB.ExecContext(qctx, `UPDATE messages SET state = ?, error = ?, sent_at = NOW(6) WHERE id = ?`,
+			stateFailed, truncate(f.Reason, 255), f.ID); err != nil {
 			return fmt.Errorf("mark message failed: %w", err)
 		}
 	}
 	return nil
 }
 
-type failedSend struct {
-	row    outRow
-	reason string
+// FailedSend is a message the network refused, and why.
+type FailedSend struct {
+	ID, Recipient, Reason string
 }
 
 func truncate(s string, n int) string {
@@ -466,3 +479,6 @@ func truncate(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// ID is the row's message id.
+func (r Row) ID() string { return r.id }

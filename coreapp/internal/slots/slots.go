@@ -1,34 +1,41 @@
-package main
+// Package slots bounds the users' requests that do database work at once
+// (media lookups and uploads, contacts, the network's REST calls): a
+// counting semaphore whose acquire answers 429 when a request waited too
+// long. The api stage takes a slot around its slot routes; accept takes
+// one around its media check. It depends only on reply.
+package slots
 
 import (
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/reply"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
 )
 
 const (
-	// requestSlots bounds the users' requests doing database work at once
+	// RequestSlots bounds the users' requests doing database work at once
 	// (media lookups and uploads, contacts). The rest of CoreappPool stays
 	// for the group commits (acceptFlushers), outbox, callbacks, settings
 	// and liveness, so request traffic cannot take every connection.
-	requestSlots = database.CoreappPool - 8
+	RequestSlots = database.CoreappPool - 8
 	// slotWait is how long a request queues for a slot before it is
 	// answered 429 (1015) with Retry-After: a client backs off instead of
 	// piling more waiting requests on a saturated database.
 	slotWait = time.Second
 )
 
-// slots is a counting semaphore.
-type slots chan struct{}
+// Slots is a counting semaphore.
+type Slots chan struct{}
 
-func newSlots(n int) slots { return make(slots, n) }
+// New makes n slots.
+func New(n int) Slots { return make(Slots, n) }
 
-// acquire takes a slot, waiting up to slotWait. On false the request has
+// Acquire takes a slot, waiting up to slotWait. On false the request has
 // been answered.
-func (s slots) acquire(ctx *fasthttp.RequestCtx) bool {
+func (s Slots) Acquire(ctx *fasthttp.RequestCtx) bool {
 	select {
 	case s <- struct{}{}:
 		return true
@@ -41,9 +48,10 @@ func (s slots) acquire(ctx *fasthttp.RequestCtx) bool {
 		return true
 	case <-t.C:
 		ctx.Response.Header.Set("Retry-After", "1")
-		writeError(ctx, apierror.TooManyRequests, "too many requests at once: retry later")
+		reply.Error(ctx, apierror.TooManyRequests, "too many requests at once: retry later")
 		return false
 	}
 }
 
-func (s slots) release() { <-s }
+// Release gives back a slot Acquire took.
+func (s Slots) Release() { <-s }

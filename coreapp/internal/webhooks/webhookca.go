@@ -1,4 +1,4 @@
-package main
+package webhooks
 
 import (
 	"context"
@@ -19,15 +19,15 @@ import (
 // re-read when settings_version moves and the dispatcher starts a new term
 // (a new client) when the bundle changed.
 type webhookCA struct {
-	c     *Coreapp
+	Deps
 	mu    sync.Mutex
 	watch certs.Watch
 	key   [32]byte // hash of the bundle in force; zero: none
 	cfg   *tls.Config
 }
 
-func newWebhookCA(c *Coreapp) *webhookCA {
-	return &webhookCA{c: c, watch: certs.Watch{Name: certs.WebhooksCARow}}
+func newWebhookCA(d Deps) *webhookCA {
+	return &webhookCA{Deps: d, watch: certs.Watch{Name: certs.WebhooksCARow}}
 }
 
 // current returns the TLS configuration for webhook requests (nil: the
@@ -37,10 +37,10 @@ func (w *webhookCA) current(ctx context.Context) (*tls.Config, [32]byte) {
 	defer w.mu.Unlock()
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	changed, err := w.watch.Refresh(qctx, w.c.db, w.c.settings.Version())
+	changed, err := w.watch.Refresh(qctx, w.DB, w.Settings.Version())
 	if err != nil {
 		if ctx.Err() == nil {
-			w.c.dbError("read the webhook CA", err)
+			w.DBError("read the webhook CA", err)
 		}
 		return w.cfg, w.key
 	}
@@ -50,13 +50,13 @@ func (w *webhookCA) current(ctx context.Context) (*tls.Config, [32]byte) {
 	v, ok := w.watch.Value()
 	if !ok {
 		w.cfg, w.key = nil, [32]byte{}
-		w.c.log.Info("webhook CA: none set; the webhook client trusts the system roots")
+		w.Log.Info("webhook CA: none set; the webhook client trusts the system roots")
 		return w.cfg, w.key
 	}
 	cas, _, err := certs.ParseCABundle([]byte(v))
 	if err != nil {
 		// The master validated it; a row written by hand may not be.
-		w.c.log.Error("webhook CA in the database does not parse; keeping the previous one", "err", err)
+		w.Log.Error("webhook CA in the database does not parse; keeping the previous one", "err", err)
 		return w.cfg, w.key
 	}
 	pool, err := x509.SystemCertPool()
@@ -67,6 +67,6 @@ func (w *webhookCA) current(ctx context.Context) (*tls.Config, [32]byte) {
 		pool.AddCert(ca)
 	}
 	w.cfg, w.key = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, sha256.Sum256([]byte(v))
-	w.c.log.Info("webhook CA: the webhook client trusts the uploaded certificates and the system roots", "certificates", len(cas))
+	w.Log.Info("webhook CA: the webhook client trusts the uploaded certificates and the system roots", "certificates", len(cas))
 	return w.cfg, w.key
 }

@@ -1,4 +1,12 @@
-package main
+// Package webhooks is the last stage: the dispatcher posts the shard's
+// callbacks to the configured webhook (webhooks.url), only while this
+// coreapp is the shard's primary, in order per recipient, and marks them
+// delivered in MySQL. It loads what the events stage stored (callback_persist)
+// and takes what it was handed in memory (Remember) otherwise.
+//
+// It depends on Deps: the database, the settings (the webhook, its CA and
+// backoff), the claim (Status) and its metrics. Its input is Callback.
+package webhooks
 
 import (
 	"bytes"
@@ -13,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/webhook"
 )
@@ -32,7 +41,7 @@ const (
 	markEvery      = 20 * time.Millisecond
 )
 
-// dispatcher posts the shard's callbacks to webhooks.url, only while this
+// Dispatcher posts the shard's callbacks to webhooks.url, only while this
 // coreapp is the shard's primary. Recipients are spread over
 // max_concurrent_requests lanes by hash; a lane posts its callbacks in seq
 // order, one request at a time, and retries a request the webhook did not
@@ -40,11 +49,11 @@ const (
 // recipient arrive in order, and at most max_concurrent_requests are in
 // flight. Delivered callbacks are marked in MySQL; a new primary starts
 // from the unmarked ones (at least once).
-type dispatcher struct {
-	c    *Coreapp
+type Dispatcher struct {
+	Deps
 	wake chan struct{}
 	mu   sync.Mutex
-	mem  []*callback // callbacks not persisted (callback_persist false)
+	mem  []*Callback // callbacks not persisted (callback_persist false)
 	next int64       // memory sequence, negative so it never meets a stored seq
 	// posts numbers this holder's POSTs for postsOf (shard and epoch), in
 	// the order they are sent: the X-Multiconnect-Sequence header.
@@ -63,7 +72,7 @@ const (
 )
 
 // nextPost returns the sequence number of the next POST of st's term.
-func (d *dispatcher) nextPost(st status) int64 {
+func (d *Dispatcher) nextPost(st claim.Status) int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if of := [2]int64{int64(st.Shard), st.Epoch}; d.postsOf != of {
@@ -73,39 +82,42 @@ func (d *dispatcher) nextPost(st status) int64 {
 	return d.posts
 }
 
-func newDispatcher(c *Coreapp) *dispatcher {
-	return &dispatcher{c: c, wake: make(chan struct{}, 1), ca: newWebhookCA(c)}
+// New makes the dispatcher; Run starts it.
+func New(d Deps) *Dispatcher {
+	return &Dispatcher{Deps: d, wake: make(chan struct{}, 1), ca: newWebhookCA(d)}
 }
 
-func (d *dispatcher) nudge() {
+// Nudge wakes the dispatcher: callbacks were stored, or the claim's
+// status changed.
+func (d *Dispatcher) Nudge() {
 	select {
 	case d.wake <- struct{}{}:
 	default:
 	}
 }
 
-// remember queues callbacks that are not persisted.
-func (d *dispatcher) remember(cbs []*callback) {
+// Remember queues callbacks that are not persisted.
+func (d *Dispatcher) Remember(cbs []*Callback) {
 	d.mu.Lock()
 	for _, cb := range cbs {
 		d.next--
-		cb.seq = d.next
+		cb.Seq = d.next
 		d.mem = append(d.mem, cb)
 	}
 	if over := len(d.mem) - webhookQueue*5; over > 0 {
-		d.c.log.Warn("webhook unreachable and callback_persist is off: dropping the oldest callbacks", "dropped", over)
-		d.mem = append([]*callback(nil), d.mem[over:]...)
+		d.Log.Warn("webhook unreachable and callback_persist is off: dropping the oldest callbacks", "dropped", over)
+		d.mem = append([]*Callback(nil), d.mem[over:]...)
 	}
 	d.mu.Unlock()
-	d.nudge()
+	d.Nudge()
 }
 
-func (d *dispatcher) takeMemory(shard int) []*callback {
+func (d *Dispatcher) takeMemory(shard int) []*Callback {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out, rest []*callback
+	var out, rest []*Callback
 	for _, cb := range d.mem {
-		if cb.shard == shard {
+		if cb.Shard == shard {
 			out = append(out, cb)
 		} else {
 			rest = append(rest, cb)
@@ -115,13 +127,13 @@ func (d *dispatcher) takeMemory(shard int) []*callback {
 	return out
 }
 
-// run serves one term at a time: a term lasts while this coreapp is primary
+// Run serves one term at a time: a term lasts while this coreapp is primary
 // for one shard and epoch and the webhook settings stay the same.
-func (d *dispatcher) run(ctx context.Context) {
+func (d *Dispatcher) Run(ctx context.Context) {
 	for {
-		changed := d.c.settings.Moved()
-		st := d.c.holder.status()
-		s := d.c.settings.Get()
+		changed := d.Settings.Moved()
+		st := d.Claim.Status()
+		s := d.Settings.Get()
 		if st.Primary && s.Webhooks.URL != "" {
 			d.term(ctx, st, s.Webhooks)
 		}
@@ -137,15 +149,15 @@ func (d *dispatcher) run(ctx context.Context) {
 
 type lane struct {
 	mu   sync.Mutex
-	q    []*callback
+	q    []*Callback
 	wake chan struct{}
 }
 
-func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhooks) {
+func (d *Dispatcher) term(ctx context.Context, st claim.Status, hooks settings.Webhooks) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	d.c.log.Info("delivering callbacks", "shard", st.Shard, "epoch", st.Epoch, "url", hooks.URL, "max_concurrent_requests", hooks.MaxConcurrentRequests)
+	d.Log.Info("delivering callbacks", "shard", st.Shard, "epoch", st.Epoch, "url", hooks.URL, "max_concurrent_requests", hooks.MaxConcurrentRequests)
 	tlsCfg, caKey := d.ca.current(ctx)
 	client := &http.Client{Timeout: webhookTimeout, Transport: &http.Transport{
 		MaxConnsPerHost: hooks.MaxConcurrentRequests, MaxIdleConnsPerHost: hooks.MaxConcurrentRequests,
@@ -164,11 +176,11 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.serveLane(ctx, client, hooks.URL, st, l, func(cbs []*callback) {
+			d.serveLane(ctx, client, hooks.URL, st, l, func(cbs []*Callback) {
 				for _, cb := range cbs {
-					if cb.seq > 0 {
+					if cb.Seq > 0 {
 						select {
-						case marks <- cb.seq:
+						case marks <- cb.Seq:
 						case <-ctx.Done():
 						}
 					}
@@ -178,19 +190,19 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 				pending -= int64(len(cbs))
 				pmu.Unlock()
 				if full {
-					d.nudge() // room again: load the rest of the backlog now
+					d.Nudge() // room again: load the rest of the backlog now
 				}
 			})
 		}()
 	}
 	var last int64
 	for {
-		changed := d.c.settings.Moved()
-		cur := d.c.holder.status()
-		s := d.c.settings.Get()
+		changed := d.Settings.Moved()
+		cur := d.Claim.Status()
+		s := d.Settings.Get()
 		if !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch || s.Webhooks.URL != hooks.URL ||
 			s.Webhooks.MaxConcurrentRequests != hooks.MaxConcurrentRequests || d.caChanged(ctx, caKey) {
-			d.c.log.Info("stopped delivering callbacks", "shard", st.Shard, "epoch", st.Epoch)
+			d.Log.Info("stopped delivering callbacks", "shard", st.Shard, "epoch", st.Epoch)
 			return
 		}
 		pmu.Lock()
@@ -199,17 +211,17 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 		if room > 0 {
 			cbs, err := d.load(ctx, st.Shard, last, room)
 			if err != nil && ctx.Err() == nil {
-				d.c.dbError("load callbacks", err)
+				d.DBError("load callbacks", err)
 			}
 			cbs = append(cbs, d.takeMemory(st.Shard)...)
 			pmu.Lock()
 			pending += int64(len(cbs))
 			pmu.Unlock()
 			for _, cb := range cbs {
-				if cb.seq > last {
-					last = cb.seq
+				if cb.Seq > last {
+					last = cb.Seq
 				}
-				l := lanes[laneOf(cb.recipient, len(lanes))]
+				l := lanes[laneOf(cb.Recipient, len(lanes))]
 				l.mu.Lock()
 				l.q = append(l.q, cb)
 				l.mu.Unlock()
@@ -231,7 +243,7 @@ func (d *dispatcher) term(ctx context.Context, st status, hooks settings.Webhook
 
 // caChanged says whether the webhook CA changed since the term began (the
 // term's client then ends with the term; the next one trusts the new CA).
-func (d *dispatcher) caChanged(ctx context.Context, key [32]byte) bool {
+func (d *Dispatcher) caChanged(ctx context.Context, key [32]byte) bool {
 	_, now := d.ca.current(ctx)
 	return now != key
 }
@@ -242,19 +254,19 @@ func laneOf(recipient string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-func (d *dispatcher) load(ctx context.Context, shard int, after, limit int64) ([]*callback, error) {
+func (d *Dispatcher) load(ctx context.Context, shard int, after, limit int64) ([]*Callback, error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	rs, err := d.c.db.QueryContext(qctx, `SELECT seq, recipient, kind, payload FROM callbacks
+	rs, err := d.DB.QueryContext(qctx, `SELECT seq, recipient, kind, payload FROM callbacks
 		WHERE shard_id = ? AND delivered = 0 AND seq > ? ORDER BY seq LIMIT ?`, shard, after, min(limit, 5000))
 	if err != nil {
 		return nil, fmt.Errorf("load callbacks of shard %d: %w", shard, err)
 	}
 	defer rs.Close()
-	var out []*callback
+	var out []*Callback
 	for rs.Next() {
-		cb := &callback{shard: shard}
-		if err := rs.Scan(&cb.seq, &cb.recipient, &cb.kind, &cb.payload); err != nil {
+		cb := &Callback{Shard: shard}
+		if err := rs.Scan(&cb.Seq, &cb.Recipient, &cb.Kind, &cb.Payload); err != nil {
 			return out, err
 		}
 		out = append(out, cb)
@@ -263,12 +275,12 @@ func (d *dispatcher) load(ctx context.Context, shard int, after, limit int64) ([
 }
 
 // serveLane posts the lane's callbacks in order until ctx ends.
-func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url string, st status, l *lane, delivered func([]*callback)) {
+func (d *Dispatcher) serveLane(ctx context.Context, client *http.Client, url string, st claim.Status, l *lane, delivered func([]*Callback)) {
 	attempts := 0
 	for {
 		l.mu.Lock()
 		n := 0
-		for n < len(l.q) && n < webhookBatch && l.q[n].kind == l.q[0].kind {
+		for n < len(l.q) && n < webhookBatch && l.q[n].Kind == l.q[0].Kind {
 			n++
 		}
 		batch := l.q[:n:n]
@@ -287,11 +299,13 @@ func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url str
 		}
 		if err != nil {
 			attempts++
-			wait := d.c.settings.Get().CallbackBackoff(attempts)
-			d.c.metrics.webhookFailures.Inc()
-			d.c.log.Warn("webhook did not take callbacks; retrying", "url", url, "callbacks", n, "attempt", attempts, "in", wait, "err", err)
-			if !sleep(ctx, wait) {
+			wait := d.Settings.Get().CallbackBackoff(attempts)
+			d.Metrics.WebhookFailures.Inc()
+			d.Log.Warn("webhook did not take callbacks; retrying", "url", url, "callbacks", n, "attempt", attempts, "in", wait, "err", err)
+			select {
+			case <-ctx.Done():
 				return
+			case <-time.After(wait):
 			}
 			continue
 		}
@@ -299,7 +313,7 @@ func (d *dispatcher) serveLane(ctx context.Context, client *http.Client, url str
 		l.mu.Lock()
 		l.q = l.q[n:]
 		l.mu.Unlock()
-		d.c.metrics.callbacksDelivered.Add(float64(n))
+		d.Metrics.CallbacksDelivered.Add(float64(n))
 		delivered(batch)
 	}
 }
@@ -309,15 +323,15 @@ var errNotHolder = errors.New("no longer the shard's primary")
 
 // post sends one batch of callbacks of one kind in the original's payload,
 // with no envelope. Only a 200 counts as delivered, as in the original.
-func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, st status, batch []*callback) error {
+func (d *Dispatcher) post(ctx context.Context, client *http.Client, url string, st claim.Status, batch []*Callback) error {
 	var b bytes.Buffer
-	if batch[0].kind == kindStatus {
+	if batch[0].Kind == KindStatus {
 		b.WriteString(`{"statuses":[`)
 		for i, cb := range batch {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.Write(cb.payload)
+			b.Write(cb.Payload)
 		}
 		b.WriteString(`]}`)
 	} else {
@@ -325,7 +339,7 @@ func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, 
 		// {"contacts":[C...],"messages":[M...]}.
 		var contacts, messages []string
 		for _, cb := range batch {
-			c, m := splitInbound(cb.payload)
+			c, m := splitInbound(cb.Payload)
 			contacts, messages = append(contacts, c), append(messages, m)
 		}
 		b.WriteString(`{"contacts":[` + strings.Join(contacts, ",") + `],"messages":[` + strings.Join(messages, ",") + `]}`)
@@ -343,7 +357,7 @@ func (d *dispatcher) post(ctx context.Context, client *http.Client, url string, 
 	// its claim over when it wakes and posts nothing. (One frozen inside
 	// the write can still finish it on waking; the epoch header lets the
 	// receiver drop it.)
-	if cur := d.c.holder.status(); !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch {
+	if cur := d.Claim.Status(); !cur.Primary || cur.Shard != st.Shard || cur.Epoch != st.Epoch {
 		return errNotHolder
 	}
 	return webhook.Do(client, req)
@@ -362,7 +376,7 @@ func splitInbound(payload []byte) (contact, message string) {
 }
 
 // mark records delivered callbacks in batches.
-func (d *dispatcher) mark(ctx context.Context, in <-chan int64) {
+func (d *Dispatcher) mark(ctx context.Context, in <-chan int64) {
 	var seqs []any
 	flush := func() {
 		if len(seqs) == 0 {
@@ -371,9 +385,9 @@ func (d *dispatcher) mark(ctx context.Context, in <-chan int64) {
 		qctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		q := `UPDATE callbacks SET delivered = 1, delivered_at = NOW(6) WHERE seq IN (?` + strings.Repeat(",?", len(seqs)-1) + `)`
-		if _, err := d.c.db.ExecContext(qctx, q, seqs...); err != nil {
+		if _, err := d.DB.ExecContext(qctx, q, seqs...); err != nil {
 			// Unmarked callbacks are delivered again by the next term.
-			d.c.dbError("mark callbacks delivered", err)
+			d.DBError("mark callbacks delivered", err)
 		}
 		seqs = seqs[:0]
 	}
