@@ -312,17 +312,17 @@ func (w *Writer) write(ctx context.Context, batch []*callback) {
 			// No webhook: there is nobody to tell, as in the original.
 		case cb.kind == kindMoved, cb.kind == kindUnwanted:
 		case cb.kind == kindStatus && !s.WantStatus(cb.status):
-		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // rest.go
+		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // inbound.go
 		default:
 			keep = append(keep, cb)
 		}
 	}
 	// Inbound media the settings ask for are fetched before their
 	// callbacks are stored, so GET /v1/media/{id} serves what a webhook
-	// names (inboundmedia.go).
+	// names (media.Store.FetchInbound).
 	w.Media.FetchInbound(ctx, inboundPayloads(batch), s.Media.AutoDownload)
 	// Who sent each inbound message is recorded first, webhook or not,
-	// so it can be marked read (markread.go); false leaves the batch
+	// so it can be marked read (inbound.go; api's rest.go); false leaves the batch
 	// unacknowledged for the shard's next holder.
 	stored := w.indexInbound(ctx, batch)
 	if stored && len(keep) > 0 && s.CallbackPersist {

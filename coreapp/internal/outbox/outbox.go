@@ -383,7 +383,7 @@ func (o *Outbox) load(ctx context.Context, shard int) (rows []Row, more bool, er
 // every commit before it: its COMMIT returning proves the batch as durable
 // as an acknowledged message. The write stamps the batch's sent_at: for an
 // unsent row, when a session last made sure it is durable (here, or a
-// retry answered with it in accept.go); marking it sent overwrites it. A
+// retry answered with it in package accept); marking it sent overwrites it. A
 // row must change, or InnoDB logs nothing to flush.
 func (o *Outbox) durable(ctx context.Context, shard int, rows []Row) error {
 	seqs := make([]any, len(rows))
