@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 // BenchmarkCallbacks measures what the network-events path costs per
@@ -59,7 +61,7 @@ func BenchmarkCallbacks(b *testing.B) {
 			hook.reset()
 			procs := c.Processes()
 			net0 := networkCounts(b, c)
-			cpu0 := CPUByRole(procs)
+			cpu0 := measure.CPUByRole(procs)
 			db0, err := c.DBStatus()
 			if err != nil {
 				b.Fatal(err)
@@ -79,7 +81,7 @@ func BenchmarkCallbacks(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			cpu1 := CPUByRole(procs)
+			cpu1 := measure.CPUByRole(procs)
 			net1 := networkCounts(b, c)
 			d := db1.Since(db0)
 			got := hook.statuses.Load()

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 // The costs BenchmarkMessagesThroughput reports beside its rates: CPU per
@@ -33,7 +35,7 @@ var costRoles = []string{"gateway", "coreapp", "plugin", "network", "mariadb", "
 // costSnapshot is what the cluster had used at one moment.
 type costSnapshot struct {
 	cpu    map[string]time.Duration
-	db     DBStatus
+	db     measure.DBStatus
 	groups groupCommits
 }
 
@@ -47,7 +49,7 @@ func takeCosts(b testing.TB, c *Cluster, extra map[string][]int) costSnapshot {
 		procs[role] = append(procs[role], pids...)
 	}
 	procs["loadgen"] = []int{os.Getpid()}
-	cpu := CPUByRole(procs)
+	cpu := measure.CPUByRole(procs)
 	db, err := c.DBStatus()
 	if err != nil {
 		b.Fatal(err)
@@ -100,7 +102,7 @@ type costReport struct {
 	n      int // messages (or requests) the window carried
 	window time.Duration
 	cpu    map[string]time.Duration
-	db     DBStatus
+	db     measure.DBStatus
 	groups groupCommits
 }
 
@@ -407,9 +409,9 @@ type plainRun struct {
 
 func runPlain(url string, pid, clients int, d time.Duration, body func(int) string) plainRun {
 	roles := map[string][]int{"caddy": {pid}, "loadgen": {os.Getpid()}}
-	a := CPUByRole(roles)
+	a := measure.CPUByRole(roles)
 	res := load(url, "", clients, d, body)
-	z := CPUByRole(roles)
+	z := measure.CPUByRole(roles)
 	return plainRun{res: res, caddy: z["caddy"] - a["caddy"], gen: z["loadgen"] - a["loadgen"]}
 }
 
