@@ -148,7 +148,7 @@ func (h *holder) renewEvery() time.Duration {
 func (h *holder) run(ctx context.Context) {
 	go h.renewLoop(ctx)
 	for {
-		changed := h.c.settings.Changed()
+		changed := h.c.settings.Moved()
 		wait := h.renewEvery()
 		h.mu.Lock()
 		cur := h.cur
