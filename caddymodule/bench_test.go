@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 // TestThroughputVsPlainCaddy measures POST /v1/messages through the gateway
@@ -157,18 +159,14 @@ func (r wrkResult) cpuPerReq() float64 {
 	return float64(r.cpu.Microseconds()) / float64(r.requests)
 }
 
-// procCPU is the user+system CPU time pid has used.
+// procCPU is the CPU time pid has used.
 func procCPU(t *testing.T, pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t.Helper()
+	d, err := measure.ProcessCPU(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields after the parenthesised command name; utime and stime are
-	// the 14th and 15th fields overall, in clock ticks (100 per second).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return d
 }
 
 var (

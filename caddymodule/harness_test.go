@@ -202,6 +202,13 @@ type stubRequest struct {
 // addNode starts a stub and registers it in the nodes table.
 func (c *testCluster) addNode(role string) *stubNode {
 	c.t.Helper()
+	return c.addNodeWith(role, nil)
+}
+
+// addNodeWith is addNode with the stub's server changed by tune before it
+// serves (tune may wrap its Handler, the stub, or watch its connections).
+func (c *testCluster) addNodeWith(role string, tune func(*http.Server)) *stubNode {
+	c.t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		c.t.Fatal(err)
@@ -210,6 +217,9 @@ func (c *testCluster) addNode(role string) *stubNode {
 	n.container = fmt.Sprintf("ctr%d", len(c.nodes)+1)
 	n.shard.Store(-1)
 	n.srv = &http.Server{Handler: n}
+	if tune != nil {
+		tune(n.srv)
+	}
 	go n.srv.Serve(ln)
 	c.t.Cleanup(func() { n.srv.Close() })
 	c.exec(`INSERT INTO nodes (id, role, hostname, container, incarnation, started_at, last_seen) VALUES (?, ?, 'host', ?, 1, NOW(6), NOW(6))`,

@@ -14,17 +14,18 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/clustertest"
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
-// questions is MariaDB's count of statements the server was sent.
-func questions(t *testing.T, cl *clustertest.Cluster) int64 {
+// dbStatus reads MariaDB's counters; Since of two counts the statements
+// clients sent in between.
+func dbStatus(t *testing.T, cl *clustertest.Cluster) measure.DBStatus {
 	t.Helper()
-	var name string
-	var n int64
-	if err := cl.SQL.QueryRow(`SHOW GLOBAL STATUS LIKE 'Questions'`).Scan(&name, &n); err != nil {
+	st, err := cl.DBStatus()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return st
 }
 
 // TestUnknownTokensLeaveMySQLBounded sends 5,000 random bearer tokens a
@@ -46,11 +47,11 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	stepDowns0 := stepDowns(t, cl, conn0.Node)
 
 	// The idle rate: masters, coreapps and the gateway's own polls.
-	q0 := questions(t, cl)
+	q0 := dbStatus(t, cl)
 	idleStart := time.Now()
 	time.Sleep(3 * time.Second)
-	q1 := questions(t, cl)
-	idleRate := float64(q1-q0) / time.Since(idleStart).Seconds()
+	q1 := dbStatus(t, cl)
+	idleRate := float64(q1.Since(q0).Statements()) / time.Since(idleStart).Seconds()
 
 	var sent, refused atomic.Int64
 	statuses := sync.Map{}
@@ -100,8 +101,8 @@ func TestUnknownTokensLeaveMySQLBounded(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	q2 := questions(t, cl)
-	extra := float64(q2-q1)/elapsed.Seconds() - idleRate
+	q2 := dbStatus(t, cl)
+	extra := float64(q2.Since(q1).Statements())/elapsed.Seconds() - idleRate
 	got := map[int]int64{}
 	statuses.Range(func(k, v any) bool { got[k.(int)] = v.(*atomic.Int64).Load(); return true })
 	t.Logf("sent %d random tokens in %s (%.0f/s); answers %v; MySQL statements: idle %.0f/s, during the flood %.0f/s above idle; the user's messages: %d accepted",

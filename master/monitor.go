@@ -166,7 +166,7 @@ func newMonitor(m *Master) *monitor {
 func (mon *monitor) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		start := time.Now()
-		changed := mon.m.settings.Changed()
+		changed := mon.m.settings.Moved()
 		set := mon.m.settings.Get()
 		hb := set.Heartbeat()
 		mon.round(ctx, hb, set.Unhealthy())

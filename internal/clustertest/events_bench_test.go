@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,13 +56,8 @@ func BenchmarkCallbacks(b *testing.B) {
 			time.Sleep(700 * time.Millisecond) // settings reach every node within one poll
 			c.eventually(30*time.Second, "the previous phase settled", func() error { return eventsSettled(c) })
 			hook.reset()
-			procs := c.Processes()
 			net0 := networkCounts(b, c)
-			cpu0 := CPUByRole(procs)
-			db0, err := c.DBStatus()
-			if err != nil {
-				b.Fatal(err)
-			}
+			meter := startCosts(b, c, c.Processes())
 			start := time.Now()
 			postMessages(b, c, tos, n, clients, fmt.Sprintf("p%d-%d", it, pi))
 			posted := time.Since(start)
@@ -75,41 +69,30 @@ func BenchmarkCallbacks(b *testing.B) {
 				return eventsSettled(c)
 			})
 			all := time.Since(start)
-			db1, err := c.DBStatus()
-			if err != nil {
-				b.Fatal(err)
-			}
-			cpu1 := CPUByRole(procs)
+			costs := meter.stop(b, n)
 			net1 := networkCounts(b, c)
-			d := db1.Since(db0)
 			got := hook.statuses.Load()
 			if got > want {
 				// At least once allows copies, but none is expected here.
 				b.Logf("%d callbacks at the webhook for %d wanted (copies)", got, want)
 			}
-			var roles []string
-			for r := range cpu1 {
-				roles = append(roles, r)
-			}
-			sort.Strings(roles)
 			var cpu strings.Builder
-			var total time.Duration
-			for _, r := range roles {
-				per := (cpu1[r] - cpu0[r]) / time.Duration(n)
-				total += per
-				fmt.Fprintf(&cpu, " %s=%dµs", r, per.Microseconds())
+			for _, r := range costs.roles() {
+				fmt.Fprintf(&cpu, " %s=%.0fµs", r, costs.perMsg(r))
 			}
+			total := costs.totalPerMsg()
 			rate := 0.0
 			if got > 0 {
 				rate = float64(got) / all.Seconds()
 			}
+			d := costs.db
 			per := func(k string) float64 { return float64(net1[k]-net0[k]) / float64(n) }
-			b.Logf("%s: %d messages posted in %v, all settled in %v; %d callbacks (%.0f/s) in %d POSTs; per message: CPU%s total=%dµs; events pushed=%.2f acks=%.3f; statements=%.2f fsyncs=%.2f; top: %s",
+			b.Logf("%s: %d messages posted in %v, all settled in %v; %d callbacks (%.0f/s) in %d POSTs; per message: CPU%s total=%.0fµs; events pushed=%.2f acks=%.3f; statements=%.2f fsyncs=%.2f; top: %s",
 				ph.name, n, posted.Round(time.Millisecond), all.Round(time.Millisecond), got, rate, hook.posts.Load(),
-				cpu.String(), total.Microseconds(), per("pushed_events"), per("acks"),
-				float64(d.Statements())/float64(n), float64(d.Fsyncs())/float64(n), d.TopCommands(8))
-			b.ReportMetric(float64(total.Microseconds()), fmt.Sprintf("cpu-µs/msg[%d]", pi))
-			b.ReportMetric(float64(d.Statements())/float64(n), fmt.Sprintf("stmts/msg[%d]", pi))
+				cpu.String(), total, per("pushed_events"), per("acks"),
+				costs.dbPerMsg(d.Statements()), costs.dbPerMsg(d.Fsyncs()), d.TopCommands(8))
+			b.ReportMetric(total, fmt.Sprintf("cpu-µs/msg[%d]", pi))
+			b.ReportMetric(costs.dbPerMsg(d.Statements()), fmt.Sprintf("stmts/msg[%d]", pi))
 		}
 	}
 }

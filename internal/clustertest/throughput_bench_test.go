@@ -120,7 +120,7 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c0 := takeCosts(b, c, gwRole)
+		meter := startCosts(b, c, gatewayPathProcs(c, gwRole))
 		var hook0, hookReq0 int64
 		if hook != nil {
 			hook0, hookReq0 = hook.statuses.Load(), hook.requests.Load()
@@ -180,7 +180,7 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		// accepted message reached the network (and, with the webhook,
 		// its last status the webhook): everything those messages cost,
 		// plus whatever the idle cluster does meanwhile.
-		costs := costsBetween(c0, takeCosts(b, c, gwRole), r.ok, end)
+		costs := meter.stop(b, r.ok)
 		samples := sampler.Stop()
 		profileNote := ""
 		if profiles != nil {
@@ -222,7 +222,7 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		for _, role := range costRoles {
 			b.ReportMetric(costs.perMsg(role), role+"-cpu-µs/msg")
 		}
-		gwTotal := float64(costs.total().Microseconds()) / float64(max(r.ok, 1))
+		gwTotal := costs.totalPerMsg()
 		b.ReportMetric(gwTotal, "total-cpu-µs/msg")
 		b.ReportMetric(proxyCaddy+proxyGen, "proxy-total-cpu-µs/req")
 		// What the throughput ratio would be if both runs had the same

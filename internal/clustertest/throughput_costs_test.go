@@ -17,11 +17,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 // The costs BenchmarkMessagesThroughput reports beside its rates: CPU per
-// process role, MariaDB's counters, the coreapps' group commits, the
-// backlog over time and optional CPU profiles of every Go process.
+// process role, MariaDB's counters, the coreapps' group commits (the
+// window over them also serves BenchmarkCallbacks), the backlog over time
+// and optional CPU profiles of every Go process.
 
 // costRoles is the order the CPU table lists the roles in. "loadgen" is
 // this test process (/proc/self): the 256 HTTP clients, and also the
@@ -30,29 +33,65 @@ import (
 // receiver, which is not.
 var costRoles = []string{"gateway", "coreapp", "plugin", "network", "mariadb", "master", "loadgen"}
 
-// costSnapshot is what the cluster had used at one moment.
-type costSnapshot struct {
+// costWindow measures what processes (role -> PIDs) and MariaDB spend
+// between its start and its stop, and the coreapps' group commits. Both
+// ends read the database inside the window and the coreapps' /metrics
+// outside it, so the window holds none of the harness's HTTP requests.
+type costWindow struct {
+	c      *Cluster
+	procs  map[string][]int
+	began  time.Time
 	cpu    map[string]time.Duration
-	db     DBStatus
+	db     measure.DBStatus
 	groups groupCommits
 }
 
-// takeCosts reads every role's CPU (the cluster's processes plus extra,
-// and this process as "loadgen"), MariaDB's counters and the coreapps'
-// group-commit totals.
-func takeCosts(b testing.TB, c *Cluster, extra map[string][]int) costSnapshot {
-	b.Helper()
+func startCosts(tb testing.TB, c *Cluster, procs map[string][]int) *costWindow {
+	tb.Helper()
+	w := &costWindow{c: c, procs: procs, groups: readGroupCommits(c)}
+	w.began = time.Now()
+	w.cpu = measure.CPUByRole(procs)
+	w.db = mustDBStatus(tb, c)
+	return w
+}
+
+// stop ends the window over n messages (or requests) and reports what
+// they cost.
+func (w *costWindow) stop(tb testing.TB, n int) costReport {
+	tb.Helper()
+	db := mustDBStatus(tb, w.c)
+	r := costReport{n: n, window: time.Since(w.began), cpu: measure.CPUByRole(w.procs), db: db.Since(w.db)}
+	for role := range r.cpu { // the roles still running at the stop
+		r.cpu[role] -= w.cpu[role]
+	}
+	g := readGroupCommits(w.c)
+	r.groups = groupCommits{
+		commits:         g.commits - w.groups.commits,
+		rows:            g.rows - w.groups.rows,
+		commitSeconds:   g.commitSeconds - w.groups.commitSeconds,
+		callbacksStored: g.callbacksStored - w.groups.callbacksStored,
+	}
+	return r
+}
+
+func mustDBStatus(tb testing.TB, c *Cluster) measure.DBStatus {
+	tb.Helper()
+	st, err := c.DBStatus()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+// gatewayPathProcs is every process on the gateway's path: the cluster's,
+// extra's and this process as "loadgen".
+func gatewayPathProcs(c *Cluster, extra map[string][]int) map[string][]int {
 	procs := c.Processes()
 	for role, pids := range extra {
 		procs[role] = append(procs[role], pids...)
 	}
 	procs["loadgen"] = []int{os.Getpid()}
-	cpu := CPUByRole(procs)
-	db, err := c.DBStatus()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return costSnapshot{cpu: cpu, db: db, groups: readGroupCommits(c)}
+	return procs
 }
 
 // groupCommits sums the coreapps' accept histograms (their /metrics).
@@ -95,27 +134,13 @@ func readGroupCommits(c *Cluster) groupCommits {
 	return g
 }
 
-// costReport is the difference between two snapshots, per message.
+// costReport is what a costWindow measured.
 type costReport struct {
 	n      int // messages (or requests) the window carried
 	window time.Duration
 	cpu    map[string]time.Duration
-	db     DBStatus
+	db     measure.DBStatus
 	groups groupCommits
-}
-
-func costsBetween(a, z costSnapshot, n int, window time.Duration) costReport {
-	r := costReport{n: n, window: window, cpu: map[string]time.Duration{}, db: z.db.Since(a.db)}
-	for role, d := range z.cpu {
-		r.cpu[role] = d - a.cpu[role]
-	}
-	r.groups = groupCommits{
-		commits:         z.groups.commits - a.groups.commits,
-		rows:            z.groups.rows - a.groups.rows,
-		commitSeconds:   z.groups.commitSeconds - a.groups.commitSeconds,
-		callbacksStored: z.groups.callbacksStored - a.groups.callbacksStored,
-	}
-	return r
 }
 
 // perMsg is a role's CPU per message in microseconds.
@@ -132,6 +157,21 @@ func (r costReport) total() time.Duration {
 		t += d
 	}
 	return t
+}
+
+// totalPerMsg is every role's CPU per message in microseconds.
+func (r costReport) totalPerMsg() float64 {
+	return float64(r.total().Microseconds()) / float64(max(r.n, 1))
+}
+
+// roles are the roles measured, sorted.
+func (r costReport) roles() []string {
+	var out []string
+	for role := range r.cpu {
+		out = append(out, role)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (r costReport) dbPerMsg(v int64) float64 {
@@ -152,7 +192,7 @@ func (r costReport) table(title string) string {
 		}
 		fmt.Fprintf(&s, "| %s | %.0f | %.2f |\n", role, r.perMsg(role), r.cpu[role].Seconds()/r.window.Seconds())
 	}
-	fmt.Fprintf(&s, "| total | %.0f | %.2f |", float64(r.total().Microseconds())/float64(max(r.n, 1)), r.total().Seconds()/r.window.Seconds())
+	fmt.Fprintf(&s, "| total | %.0f | %.2f |", r.totalPerMsg(), r.total().Seconds()/r.window.Seconds())
 	return s.String()
 }
 
@@ -407,9 +447,9 @@ type plainRun struct {
 
 func runPlain(url string, pid, clients int, d time.Duration, body func(int) string) plainRun {
 	roles := map[string][]int{"caddy": {pid}, "loadgen": {os.Getpid()}}
-	a := CPUByRole(roles)
+	a := measure.CPUByRole(roles)
 	res := load(url, "", clients, d, body)
-	z := CPUByRole(roles)
+	z := measure.CPUByRole(roles)
 	return plainRun{res: res, caddy: z["caddy"] - a["caddy"], gen: z["loadgen"] - a["loadgen"]}
 }
 

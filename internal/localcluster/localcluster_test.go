@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/clustertest"
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 // The README's first command brings up a whole cluster whose gateway answers
@@ -80,7 +81,7 @@ func TestLocalClusterAnswersHealth(t *testing.T) {
 		t.Fatalf("localcluster did not stop within 30 s of Ctrl-C")
 	}
 	for _, pid := range children {
-		if syscall.Kill(pid, 0) == nil && !zombie(pid) {
+		if measure.Running(pid) {
 			t.Errorf("process %d outlived localcluster", pid)
 		}
 	}
@@ -270,13 +271,4 @@ func descendants(pid int) []int {
 		out = append(append(out, c), descendants(c)...)
 	}
 	return out
-}
-
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	return len(fields) > 0 && fields[0] == "Z"
 }

@@ -361,7 +361,6 @@ type Cache struct {
 	mapVersion atomic.Int64
 	mu         sync.Mutex
 	onChange   []func(Application)
-	changed    chan struct{} // closed and replaced on every change
 	moved      chan struct{} // closed and replaced on every move of settings_version
 }
 
@@ -376,7 +375,7 @@ func NewCache(db *sql.DB, interval time.Duration, log *slog.Logger) *Cache {
 	if interval <= 0 {
 		interval = SafetyPoll
 	}
-	c := &Cache{db: db, interval: interval, log: log, changed: make(chan struct{}), moved: make(chan struct{})}
+	c := &Cache{db: db, interval: interval, log: log, moved: make(chan struct{})}
 	d := Defaults()
 	c.cur.Store(&d)
 	return c
@@ -397,17 +396,12 @@ func (c *Cache) Version() int64 { return c.version.Load() }
 // Get returns the current settings.
 func (c *Cache) Get() Application { return *c.cur.Load() }
 
-// Changed returns a channel closed at the next change, so a loop sleeping
-// one interval wakes up to the new one at once.
-func (c *Cache) Changed() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.changed
-}
-
-// Moved returns a channel closed at the next move of settings_version:
-// a change of any settings row, including those outside Application (a
-// certificate, the media providers), which Changed does not report.
+// Moved returns a channel closed at the next move of settings_version: a
+// change of any settings row, Application's or another (a certificate,
+// the media providers, the webhook CA). A loop sleeping one interval
+// wakes up to the new settings at once, and re-reads what it uses: a row
+// it does not use wakes it for nothing, which is rare (an administrator's
+// change) and cheap.
 func (c *Cache) Moved() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -449,8 +443,6 @@ func (c *Cache) Refresh(ctx context.Context) error {
 			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist, "log_level", a.LogLevel, "verbose_logging", a.VerboseLogging)
 		c.mu.Lock()
 		fs := append([]func(Application){}, c.onChange...)
-		close(c.changed)
-		c.changed = make(chan struct{})
 		c.mu.Unlock()
 		for _, f := range fs {
 			f(a)

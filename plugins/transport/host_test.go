@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/measure"
 	"github.com/multiconnect/multiconnect/plugins/simnet"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
@@ -420,18 +421,6 @@ func runHelperHost() {
 	select {}
 }
 
-// alive reports whether pid is a running (not zombie) process.
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the parenthesised command name.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
-}
-
 func TestPluginDiesWithHost(t *testing.T) {
 	srv := network(t)
 	host := exec.Command(os.Args[0], "-test.run=^$")
@@ -461,7 +450,7 @@ func TestPluginDiesWithHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "plugin gone after its host was SIGKILLed", func() error {
-		if alive(pid) {
+		if measure.Running(pid) {
 			return fmt.Errorf("plugin %d still running", pid)
 		}
 		return nil

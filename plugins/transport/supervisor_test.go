@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/measure"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -81,7 +82,7 @@ func TestSupervisorEnsureAndRegistration(t *testing.T) {
 		t.Error("the network did not record the verification")
 	}
 	pid := s.Pid()
-	if !s.Kill() || alive(pid) {
+	if !s.Kill() || measure.Running(pid) {
 		t.Errorf("plugin %d still alive after Kill", pid)
 	}
 }

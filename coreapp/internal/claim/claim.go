@@ -165,7 +165,7 @@ func (h *Holder) renewEvery() time.Duration {
 func (h *Holder) Run(ctx context.Context) {
 	go h.renewLoop(ctx)
 	for {
-		changed := h.Settings.Changed()
+		changed := h.Settings.Moved()
 		wait := h.renewEvery()
 		h.mu.Lock()
 		cur := h.cur

@@ -1,0 +1,91 @@
+// Package measure reads what processes and the database have spent, for
+// tests and benchmarks: a process's CPU time and state from /proc, and
+// MariaDB's global status counters. It is test support: any harness
+// (clustertest, a package's own tests) imports it without cycles, since it
+// imports nothing of this repository; runtime code must not (the guard is
+// TestOnlyTestsImportMeasure).
+package measure
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times: 100 on
+// every Linux this runs on.
+const clockTicks = 100
+
+// stat returns /proc/<pid>/stat's fields from the third (state) on. The
+// command name (field 2) may hold spaces and parentheses, so the fields
+// are those after its last ')'.
+func stat(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	return strings.Fields(s[i+1:]), nil
+}
+
+// ProcessCPU is the user + system CPU time pid has used so far, its
+// reaped children's included. A process that is gone reads as an error.
+func ProcessCPU(pid int) (time.Duration, error) {
+	f, err := stat(pid)
+	if err != nil {
+		return 0, err
+	}
+	// f[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
+	if len(f) < 15 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, k := range []int{11, 12, 13, 14} {
+		n, err := strconv.ParseInt(f[k], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat field %d: %w", pid, k+3, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// ProcessState is pid's state letter (R running, S sleeping, Z zombie, X
+// dead, ...; proc(5)). A process that is gone, reaped, reads as an error.
+func ProcessState(pid int) (byte, error) {
+	f, err := stat(pid)
+	if err != nil {
+		return 0, err
+	}
+	if len(f) == 0 || f[0] == "" {
+		return 0, fmt.Errorf("/proc/%d/stat: no state", pid)
+	}
+	return f[0][0], nil
+}
+
+// Running reports whether pid is a live process: present and neither a
+// zombie nor dead.
+func Running(pid int) bool {
+	s, err := ProcessState(pid)
+	return err == nil && s != 'Z' && s != 'X'
+}
+
+// CPUByRole sums ProcessCPU over each role's processes (role -> PIDs).
+// A process that is gone counts nothing.
+func CPUByRole(procs map[string][]int) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for role, pids := range procs {
+		for _, pid := range pids {
+			if d, err := ProcessCPU(pid); err == nil {
+				out[role] += d
+			}
+		}
+	}
+	return out
+}
