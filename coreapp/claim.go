@@ -66,6 +66,9 @@ type holder struct {
 	inflight sync.WaitGroup
 	renewRTT prometheus.Histogram
 	renewGap prometheus.Histogram
+	// rewind carries the callback writer's requests for a new connection
+	// (see reconnect).
+	rewind chan int
 }
 
 // renewal is the outcome of one background claim renewal of c.
@@ -86,6 +89,7 @@ type releaseReq struct {
 
 func newHolder(c *Coreapp) *holder {
 	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
+		rewind:   make(chan int, 1),
 		renewals: make(chan renewal, 16),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
 			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
@@ -176,6 +180,8 @@ func (h *holder) run(ctx context.Context) {
 			h.tick(ctx, true)
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
+		case shard := <-h.rewind:
+			h.reconnect(ctx, shard)
 		case r := <-h.renewals:
 			h.renewed(ctx, r)
 		case <-changed:
@@ -492,6 +498,40 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 		h.c.metrics.connects.Inc()
 		h.c.log.Info("connected to the network", "shard", c.shard, "epoch", c.epoch)
 	})
+}
+
+// redeliver asks run to reconnect shard (see reconnect); a request already
+// waiting covers this one.
+func (h *holder) redeliver(shard int) {
+	select {
+	case h.rewind <- shard:
+	default:
+	}
+}
+
+// reconnect ends the plugin's connection for shard and connects again at
+// the claim's epoch, for the callback writer: its ack cursor stopped on
+// that connection (an event it could not store while the claim had
+// lapsed), and it holds back every later event of the connection so none
+// overtakes it. Only a new connection brings them all again, from the
+// oldest unacknowledged, in order. A claim that moved on meanwhile needs
+// nothing: its connection is new already.
+func (h *holder) reconnect(ctx context.Context, shard int) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur == nil || cur.shard != shard || !cur.valid.Valid() || !cur.connected {
+		return
+	}
+	h.c.plugins.With(func(t transport.Transport, _ uint64) {
+		dctx, cancel := context.WithTimeout(ctx, h.pluginBudget(cur, time.Second))
+		defer cancel()
+		if err := t.Disconnect(dctx); err != nil {
+			h.c.log.Warn("transport disconnect failed; connecting again all the same", "shard", shard, "epoch", cur.epoch, "err", err)
+		}
+	})
+	h.setConnected(cur, false, 0)
+	h.ensureConnected(ctx, cur, false)
 }
 
 // layout is the shard count to tell the network (transport.Layout): as the
