@@ -417,14 +417,15 @@ func (w *callbackWriter) admit(batch []*callback) []*callback {
 }
 
 // redeliverAfter is how long a shard's ack cursor may stay stopped on a
-// connection the holder still has before the writer asks for a new one.
+// connection the holder still has (connected this long) before the writer
+// asks for a new one.
 // A flap that ended the connection needs nothing: the new connection's
 // first events, pushed at once, start the cursor over well within it.
 const redeliverAfter = 500 * time.Millisecond
 
 // redeliver asks the holder to reconnect a shard whose ack cursor has
 // been stopped for redeliverAfter while this coreapp is the shard's
-// connected primary: then the connection it stopped on is, as far as the
+// primary, connected for as long: then the connection it stopped on is, as far as the
 // writer can tell, still the plugin's current one, and would otherwise
 // hold the events from the stopping place on (unacknowledged, so the
 // network's push window closes behind them) until some unrelated
@@ -439,8 +440,12 @@ func (w *callbackWriter) redeliver() {
 			continue
 		}
 		st := w.c.holder.status()
-		stuckFor := time.Duration(monotime.Now() - cur.stuckAt)
-		ours := st.Primary && st.Shard == sh && st.Connected
+		now := monotime.Now()
+		stuckFor := time.Duration(now - cur.stuckAt)
+		// Connected for redeliverAfter too: a connection made since the
+		// cursor stopped pushes its first events at once, and they start
+		// the cursor over; one that seems silent is the old one.
+		ours := st.Primary && st.Shard == sh && st.Connected && now-st.ConnectedAt >= int64(redeliverAfter)
 		switch {
 		case (st.Primary && st.Shard != sh) || (!ours && stuckFor > 2*w.c.settings.Get().Unhealthy()):
 			// Not ours to reconnect: the plugin's one connection is for

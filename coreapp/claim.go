@@ -28,6 +28,8 @@ type claim struct {
 	// extendedAt is the monotime the plugin last took (or was too slow to
 	// refuse) an extension: it has just been heard from.
 	extendedAt int64
+	// connectedAt is the monotime of the plugin's last successful Connect.
+	connectedAt int64
 }
 
 type assignment struct {
@@ -110,6 +112,8 @@ type status struct {
 	// ConnectDue: connect_after has passed, so the holder should be
 	// connected; until then not being connected is expected.
 	ConnectDue bool
+	// ConnectedAt: the monotime the plugin last connected (if Connected).
+	ConnectedAt int64
 }
 
 func (h *holder) status() status {
@@ -119,7 +123,7 @@ func (h *holder) status() status {
 		return status{Shard: -1}
 	}
 	return status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
-		ConnectDue: monotime.Now() >= h.cur.connectAt}
+		ConnectDue: monotime.Now() >= h.cur.connectAt, ConnectedAt: h.cur.connectedAt}
 }
 
 // dbAgeMS is how many milliseconds ago the holder's last database
@@ -544,6 +548,9 @@ func (h *holder) layout() transport.Layout {
 func (h *holder) setConnected(c *claim, v bool, gen uint64) {
 	h.mu.Lock()
 	c.connected, c.pluginGen = v, gen
+	if v {
+		c.connectedAt = monotime.Now()
+	}
 	h.mu.Unlock()
 	if v {
 		h.statusChanged()
