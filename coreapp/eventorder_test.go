@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -136,7 +137,11 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 			t.Fatalf("the network did not push the flap's events: %+v", shard0())
 		}
 	}
-	time.Sleep(500 * time.Millisecond) // the writer takes them and refuses them
+	select {
+	case <-logw.refused:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer did not refuse the events that came while not primary")
+	}
 	if got := stored(); got != n1 {
 		t.Fatalf("%d callbacks stored while not primary, want %d", got, n1)
 	}
@@ -186,15 +191,17 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 }
 
 // testWriter sends logs to the test's log until the test ends (the
-// goroutines it started may log a little longer).
+// goroutines it started may log a little longer). refused is closed once
+// the callback writer logs that it left an event unstored.
 type testWriter struct {
-	t    *testing.T
-	mu   sync.Mutex
-	done bool
+	t       *testing.T
+	mu      sync.Mutex
+	done    bool
+	refused chan struct{}
 }
 
 func newTestWriter(t *testing.T) *testWriter {
-	w := &testWriter{t: t}
+	w := &testWriter{t: t, refused: make(chan struct{})}
 	t.Cleanup(func() {
 		w.mu.Lock()
 		w.done = true
@@ -206,6 +213,13 @@ func newTestWriter(t *testing.T) *testWriter {
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	select {
+	case <-w.refused:
+	default:
+		if bytes.Contains(p, []byte(`"stored"=false`)) || bytes.Contains(p, []byte(`stored=false`)) {
+			close(w.refused)
+		}
+	}
 	if !w.done {
 		w.t.Log(string(p[:len(p)-min(1, len(p))]))
 	}
