@@ -5,7 +5,8 @@
 // it cannot prove it. Every other stage asks it one question, Status (am I
 // primary, of which shard, under which epoch), and fences its own writes in
 // the database; the api stage hands it the masters' promotions, releases and
-// nudges (requests.go).
+// nudges (requests.go), and the events stage asks it to reconnect when its
+// ack cursor stopped on a connection that stays up (Redeliver).
 //
 // It depends on Deps: the node's identity, the claim's own *sql.DB, the
 // settings, the plugin supervisor, its metrics, and Wake, which it calls
@@ -40,6 +41,8 @@ type claim struct {
 	// extendedAt is the monotime the plugin last took (or was too slow to
 	// refuse) an extension: it has just been heard from.
 	extendedAt int64
+	// connectedAt is the monotime of the plugin's last successful Connect.
+	connectedAt int64
 }
 
 type assignment struct {
@@ -78,6 +81,9 @@ type Holder struct {
 	inflight sync.WaitGroup
 	renewRTT prometheus.Histogram
 	renewGap prometheus.Histogram
+	// rewind carries the callback writer's requests for a new connection
+	// (see reconnect).
+	rewind chan int
 }
 
 // renewal is the outcome of one background claim renewal of c.
@@ -99,6 +105,7 @@ type releaseReq struct {
 // New makes the holder; Run starts it.
 func New(d Deps) *Holder {
 	h := &Holder{Deps: d, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
+		rewind:   make(chan int, 1),
 		renewals: make(chan renewal, 16),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
 			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
@@ -120,6 +127,8 @@ type Status struct {
 	// ConnectDue: connect_after has passed, so the holder should be
 	// connected; until then not being connected is expected.
 	ConnectDue bool
+	// ConnectedAt: the monotime the plugin last connected (if Connected).
+	ConnectedAt int64
 }
 
 // Status is the claim as of now.
@@ -130,7 +139,7 @@ func (h *Holder) Status() Status {
 		return Status{Shard: -1}
 	}
 	return Status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
-		ConnectDue: monotime.Now() >= h.cur.connectAt}
+		ConnectDue: monotime.Now() >= h.cur.connectAt, ConnectedAt: h.cur.connectedAt}
 }
 
 // DBAgeMS is how many milliseconds ago the holder's last database
@@ -193,6 +202,8 @@ func (h *Holder) Run(ctx context.Context) {
 			h.tick(ctx, true)
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
+		case shard := <-h.rewind:
+			h.reconnect(ctx, shard)
 		case r := <-h.renewals:
 			h.renewed(ctx, r)
 		case <-changed:
@@ -511,6 +522,41 @@ func (h *Holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 	})
 }
 
+// Redeliver asks run to reconnect shard (see reconnect): the callback
+// writer's ack cursor stopped on the connection; a request already waiting
+// covers this one.
+func (h *Holder) Redeliver(shard int) {
+	select {
+	case h.rewind <- shard:
+	default:
+	}
+}
+
+// reconnect ends the plugin's connection for shard and connects again at
+// the claim's epoch, for the callback writer: its ack cursor stopped on
+// that connection (an event it could not store while the claim had
+// lapsed), and it holds back every later event of the connection so none
+// overtakes it. Only a new connection brings them all again, from the
+// oldest unacknowledged, in order. A claim that moved on meanwhile needs
+// nothing: its connection is new already.
+func (h *Holder) reconnect(ctx context.Context, shard int) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur == nil || cur.shard != shard || !cur.valid.Valid() || !cur.connected {
+		return
+	}
+	h.Plugins.With(func(t transport.Transport, _ uint64) {
+		dctx, cancel := context.WithTimeout(ctx, h.pluginBudget(cur, time.Second))
+		defer cancel()
+		if err := t.Disconnect(dctx); err != nil {
+			h.Log.Warn("transport disconnect failed; connecting again all the same", "shard", shard, "epoch", cur.epoch, "err", err)
+		}
+	})
+	h.setConnected(cur, false, 0)
+	h.ensureConnected(ctx, cur, false)
+}
+
 // layout is the shard count to tell the network (transport.Layout): as the
 // settings cache last read it (pushed by the primary master at once).
 func (h *Holder) layout() transport.Layout {
@@ -521,6 +567,9 @@ func (h *Holder) layout() transport.Layout {
 func (h *Holder) setConnected(c *claim, v bool, gen uint64) {
 	h.mu.Lock()
 	c.connected, c.pluginGen = v, gen
+	if v {
+		c.connectedAt = monotime.Now()
+	}
 	h.mu.Unlock()
 	if v {
 		h.statusChanged()

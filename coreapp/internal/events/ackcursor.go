@@ -1,5 +1,7 @@
 package events
 
+import "github.com/multiconnect/multiconnect/internal/monotime"
+
 // ackCursor decides how far a shard's events may be acknowledged: the
 // network's Ack is cumulative, so acknowledging seq also lets go of every
 // earlier event, stored or not. The cursor follows the events of one
@@ -10,6 +12,16 @@ package events
 // the numbering (an event lost on the way), stops it for the rest of that
 // connection: the network keeps everything after it and pushes it again to
 // the shard's next connection, where the cursor starts over.
+//
+// A stopped cursor also stops what is stored: nothing of that connection
+// after the place it stopped at is stored (Writer.admit), or it
+// would be delivered before the events at that place, which only come
+// again on the next connection. When that connection stays up (the holder
+// stepped down and took the claim again at its epoch without the plugin
+// letting go of it, or the fence refused a batch and then passed again),
+// the writer asks the holder to reconnect
+// (Writer.redeliver), so the wait for the next connection is not
+// open-ended.
 type ackCursor struct {
 	stream string
 	conn   int64
@@ -17,6 +29,10 @@ type ackCursor struct {
 	acked  uint64 // the highest seq acknowledged on conn
 	stuck  bool   // a gap or an unhandled event: no further acks on conn
 	gone   bool   // conn is no longer the plugin's current one: no acks
+	// stuckAt is the monotime the cursor stopped at; asked: a reconnection
+	// was asked for since (once per connection).
+	stuckAt int64
+	asked   bool
 }
 
 // cursorStep is what see found about one event.
@@ -44,7 +60,7 @@ func (c *ackCursor) see(stream string, conn int64, seq uint64, handled bool) cur
 		c.next++
 		return stepAdvanced
 	default:
-		c.stuck = true
+		c.stuck, c.stuckAt = true, monotime.Now()
 		return stepStuck
 	}
 }

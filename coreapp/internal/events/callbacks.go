@@ -6,7 +6,8 @@
 // it hands them to the webhooks stage.
 //
 // It depends on Deps: the database, the settings, the plugin supervisor,
-// the claim (Status and Fence), the media store (FetchInbound) and the
+// the claim (Status, Fence, and Redeliver for a connection its ack cursor
+// stopped on), the media store (FetchInbound) and the
 // webhook dispatcher (Remember, Nudge).
 package events
 
@@ -24,6 +25,7 @@ import (
 	"github.com/multiconnect/multiconnect/coreapp/internal/webhooks"
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -31,13 +33,14 @@ import (
 
 // Callback kinds: a message status, or an inbound message; kindMoved
 // marks an event the network moved to another shard, kindUnwanted a status
-// the webhook did not want when it arrived: neither is stored, both are
-// acknowledged with the rest.
+// the webhook did not want when it arrived, kindMalformed an event that
+// could not be read: none is stored, all are acknowledged with the rest.
 const (
-	kindStatus   = webhooks.KindStatus
-	kindInbound  = webhooks.KindInbound
-	kindMoved    = "moved"
-	kindUnwanted = "unwanted"
+	kindStatus    = webhooks.KindStatus
+	kindInbound   = webhooks.KindInbound
+	kindMoved     = "moved"
+	kindUnwanted  = "unwanted"
+	kindMalformed = "malformed"
 )
 
 // callback is one webhook notification, before or after it is stored.
@@ -52,6 +55,10 @@ type callback struct {
 	status    string // of a status callback made here (not of loaded ones)
 	payload   []byte // one status object, or {"contact":...,"message":...}
 	done      chan error
+	// behind: an event of a connection whose ack cursor stopped before
+	// it (see admit); not stored, so it cannot overtake the events the
+	// network pushes again.
+	behind bool
 }
 
 const (
@@ -75,6 +82,10 @@ type Writer struct {
 	// waits for the run loop's timer (see ackEvery).
 	ackPending bool
 	nowait     database.Nowait // whether the server knows FOR UPDATE NOWAIT
+
+	// stuckPending: some cursor stopped on a connection and may need a
+	// reconnection (see redeliver).
+	stuckPending bool
 }
 
 // New makes the writer; Subscribe feeds it and Run writes.
@@ -106,7 +117,11 @@ func (w *Writer) Subscribe(ctx context.Context) {
 				}
 				if err != nil {
 					w.Log.Warn("dropping an event the network sent malformed", "shard", e.Shard, "seq", e.Seq, "err", err)
-					continue
+					// Its place is kept and acknowledged: a gap would stop
+					// the connection's acks and, as every event after it
+					// is then held back (admit), its callbacks too, on
+					// every connection, as the network pushes it again.
+					cb = &callback{shard: e.Shard, netSeq: e.Seq, stream: e.Stream, conn: e.Conn, kind: kindMalformed}
 				}
 				select {
 				case w.in <- cb:
@@ -277,6 +292,12 @@ func (w *Writer) Run(ctx context.Context) {
 			acks.Reset(ackDelay)
 			armed = true
 		}
+		// While a cursor is stopped, look now and then whether its
+		// connection needs a reconnection (redeliver).
+		var recheck <-chan time.Time
+		if w.stuckPending {
+			recheck = time.After(redeliverAfter / 2)
+		}
 		var first *callback
 		select {
 		case <-ctx.Done():
@@ -284,6 +305,9 @@ func (w *Writer) Run(ctx context.Context) {
 		case <-acks.C:
 			armed = false
 			w.sendAcks(ctx, true)
+			continue
+		case <-recheck:
+			w.redeliver()
 			continue
 		case first = <-w.in:
 		}
@@ -304,13 +328,15 @@ func (w *Writer) Run(ctx context.Context) {
 // write stores (or queues in memory) what the webhook wants of batch,
 // then acknowledges the batch's events.
 func (w *Writer) write(ctx context.Context, batch []*callback) {
+	all := batch
+	batch = w.admit(batch)
 	s := w.Settings.Get()
 	var keep []*callback
 	for _, cb := range batch {
 		switch {
 		case s.Webhooks.URL == "":
 			// No webhook: there is nobody to tell, as in the original.
-		case cb.kind == kindMoved, cb.kind == kindUnwanted:
+		case cb.kind == kindMoved, cb.kind == kindUnwanted, cb.kind == kindMalformed:
 		case cb.kind == kindStatus && !s.WantStatus(cb.status):
 		case cb.kind == kindInbound && !s.ShowSecurityNotifications && securityNotice(cb.payload): // inbound.go
 		default:
@@ -358,7 +384,100 @@ func (w *Writer) write(ctx context.Context, batch []*callback) {
 	if stored && len(keep) > 0 {
 		w.Dispatcher.Nudge()
 	}
-	w.ack(ctx, batch, stored)
+	w.ack(ctx, all, stored)
+	w.redeliver()
+}
+
+// admit returns the callbacks of batch that may be stored now: all but
+// the network's events that come after a place where their connection's
+// ack cursor stopped (an event this writer could not store, in this batch
+// or an earlier one, or a gap), which it marks behind. The network pushes
+// the events from that place on again, in order, to the shard's next
+// connection; stored now, the later ones would be delivered before them
+// (the dispatcher follows callbacks.seq), and an event pushed again is
+// stored once, so nothing is lost or doubled by leaving them for then.
+// It decides on copies of the cursors: ack moves the real ones once the
+// batch's fate is known.
+func (w *Writer) admit(batch []*callback) []*callback {
+	var sim map[int]*ackCursor
+	var ok []*callback // nil until an event is held back
+	for i, cb := range batch {
+		if cb.netSeq != 0 {
+			cur := sim[cb.shard]
+			if cur == nil {
+				cur = &ackCursor{}
+				if real := w.cursors[cb.shard]; real != nil {
+					*cur = *real
+				}
+				if sim == nil {
+					sim = map[int]*ackCursor{}
+				}
+				sim[cb.shard] = cur
+			}
+			if cur.see(cb.stream, cb.conn, cb.netSeq, true) == stepStuck {
+				cb.behind = true
+				if ok == nil {
+					ok = append(make([]*callback, 0, len(batch)), batch[:i]...)
+				}
+				continue
+			}
+		}
+		if ok != nil {
+			ok = append(ok, cb)
+		}
+	}
+	if ok == nil {
+		return batch
+	}
+	return ok
+}
+
+// redeliverAfter is how long a shard's ack cursor may stay stopped on a
+// connection the holder still has (connected this long) before the writer
+// asks for a new one.
+// A flap that ended the connection needs nothing: the new connection's
+// first events, pushed at once, start the cursor over well within it.
+const redeliverAfter = 500 * time.Millisecond
+
+// redeliver asks the holder to reconnect a shard whose ack cursor has
+// been stopped for redeliverAfter while this coreapp is the shard's
+// primary, connected for as long: then the connection it stopped on is, as far as the
+// writer can tell, still the plugin's current one, and would otherwise
+// hold the events from the stopping place on (unacknowledged, so the
+// network's push window closes behind them) until some unrelated
+// reconnection. The new connection is pushed every unacknowledged event
+// again from the oldest; those stored already are stored once (the unique
+// event key). It asks once per connection, and notes in stuckPending
+// whether a cursor still waits to be looked at again.
+func (w *Writer) redeliver() {
+	w.stuckPending = false
+	for sh, cur := range w.cursors {
+		if !cur.stuck || cur.asked || cur.gone {
+			continue
+		}
+		st := w.Claim.Status()
+		now := monotime.Now()
+		stuckFor := time.Duration(now - cur.stuckAt)
+		// Connected for redeliverAfter too: a connection made since the
+		// cursor stopped pushes its first events at once, and they start
+		// the cursor over; one that seems silent is the old one.
+		ours := st.Primary && st.Shard == sh && st.Connected && now-st.ConnectedAt >= int64(redeliverAfter)
+		switch {
+		case (st.Primary && st.Shard != sh) || (!ours && stuckFor > 2*w.Settings.Get().Unhealthy()):
+			// Not ours to reconnect: the plugin's one connection is for
+			// another shard now, or the claim has lapsed in the database
+			// by now, so a new claim (a new epoch) brings a new one.
+			cur.asked = true
+			continue
+		case stuckFor < redeliverAfter || !ours:
+			w.stuckPending = true
+			continue
+		}
+		cur.asked = true
+		w.Log.Warn("events held back behind one this coreapp could not store; reconnecting so the network pushes them again in order",
+			"shard", sh, "conn", cur.conn, "expected_seq", cur.next)
+		w.Claim.Redeliver(sh)
+	}
 }
 
 // Acknowledgements are cumulative, so they are sent only every ackEvery
@@ -389,7 +508,7 @@ func (w *Writer) ack(ctx context.Context, batch []*callback, stored bool) {
 			w.cursors[cb.shard] = cur
 		}
 		wasStuck := cur.stuck && cur.conn == cb.conn && cur.stream == cb.stream
-		if cur.see(cb.stream, cb.conn, cb.netSeq, stored) == stepStuck && !wasStuck {
+		if cur.see(cb.stream, cb.conn, cb.netSeq, stored && !cb.behind) == stepStuck && !wasStuck {
 			w.Log.Warn("events not acknowledged past a gap or an unstored event; the network pushes them again on the shard's next connection",
 				"shard", cb.shard, "conn", cb.conn, "expected_seq", cur.next, "seq", cb.netSeq, "stored", stored)
 		}

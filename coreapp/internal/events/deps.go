@@ -20,11 +20,13 @@ type Deps struct {
 	Log      *slog.Logger
 	Settings *settings.Cache
 	Plugins  *transport.Supervisor // the event stream, acknowledgements
-	// Claim says whether this coreapp is the primary, and fences the
-	// transaction that stores a batch (the holder).
+	// Claim says whether this coreapp is the primary, fences the
+	// transaction that stores a batch, and reconnects a shard whose ack
+	// cursor stopped on a connection that stays up (the holder).
 	Claim interface {
 		Status() claim.Status
 		Fence(ctx context.Context, tx *sql.Tx, st claim.Status) (shards int, err error)
+		Redeliver(shard int)
 	}
 	// Media fetches the media of inbound messages before their callbacks
 	// are stored (the media store).
