@@ -238,6 +238,7 @@ func TestRolesAndTokens(t *testing.T) {
 		t.Errorf("refused USER requests reached the master (%d requests)", got-masterBefore)
 	}
 	st, body = g.do("GET", "/v1/users", "", ah())
+	expect(t, "ADMIN GET /v1/users", st, body, 200, 0)
 	if strings.Contains(body, "mallory") {
 		t.Errorf("a USER created a user: %s", body)
 	}
@@ -312,6 +313,7 @@ func TestRolesAndTokens(t *testing.T) {
 	}
 	// An expired token stops too.
 	st, body = g.do("POST", "/v1/users/login", "", basic("bob", bobPW))
+	expect(t, "bob logs in again", st, body, 200, 0)
 	bob = tokenOf(t, body)
 	bh = hashToken(bob)
 	c.exec(`UPDATE tokens SET expires_at = NOW(6) - INTERVAL 1 SECOND WHERE token_hash = ?`, hex.EncodeToString(bh[:]))

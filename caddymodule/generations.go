@@ -36,11 +36,6 @@ func (g *generations[K, V]) put(k K, v V) {
 	g.cur[k] = v
 }
 
-func (g *generations[K, V]) delete(k K) {
-	delete(g.cur, k)
-	delete(g.prev, k)
-}
-
 func (g *generations[K, V]) len() int { return len(g.cur) + len(g.prev) }
 
 // sweep drops the entries keep refuses. It is O(n): for periodic cleanup,

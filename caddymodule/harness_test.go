@@ -61,7 +61,8 @@ func buildCaddy(t testing.TB) string {
 		}
 		goBin, err := exec.LookPath("go")
 		if err != nil {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+			buildErr = fmt.Errorf("the gateway tests build bin/caddy with the go command: %w", err)
+			return
 		}
 		cmd := exec.Command(goBin, "build", "-o", dir+"/", "./caddymodule/cmd/caddy")
 		cmd.Dir = repoRoot()

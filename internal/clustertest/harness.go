@@ -90,7 +90,6 @@ type Proc struct {
 	Cmd     *exec.Cmd
 	LogPath string
 	exited  chan struct{}
-	mu      sync.Mutex
 	state   *os.ProcessState
 }
 

@@ -55,18 +55,17 @@ type nemesis struct {
 	gwURL    string
 	token    string
 
-	mu        sync.Mutex
-	coreapps  []*Proc
-	masters   []*Proc
-	gw        *Proc
-	netProxy  map[string]*Proxy // by coreapp address
-	busy      map[string]bool
-	faults    []*fault
-	restarts  int
-	shards    []shardCount // the count over time, as the test set it
-	errs      []string     // problems the faults met (restart failed, ...)
-	hc        *http.Client
-	setupDone time.Time
+	mu       sync.Mutex
+	coreapps []*Proc
+	masters  []*Proc
+	gw       *Proc
+	netProxy map[string]*Proxy // by coreapp address
+	busy     map[string]bool
+	faults   []*fault
+	restarts int
+	shards   []shardCount // the count over time, as the test set it
+	errs     []string     // problems the faults met (restart failed, ...)
+	hc       *http.Client
 }
 
 type shardCount struct {

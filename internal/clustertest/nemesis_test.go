@@ -456,10 +456,8 @@ func checkNetwork(senders []*nemesisSender, net []NetworkMessage) *problems {
 			l.add("the network received a message that is not the test's: %+v", m)
 		}
 	}
-	var twice []string
 	for k, ids := range copies {
 		if len(ids) > 1 {
-			twice = append(twice, k)
 			l.add("message %s reached the network %d times: ids %v", k, len(ids), ids)
 		}
 	}

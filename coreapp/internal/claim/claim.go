@@ -154,12 +154,6 @@ func (h *Holder) DBAgeMS() int64 {
 
 func (h *Holder) reachedDB() { h.dbOK.Store(monotime.Now()) }
 
-// primaryFor reports whether this coreapp may serve shard right now.
-func (h *Holder) primaryFor(shard int) bool {
-	st := h.Status()
-	return st.Primary && st.Shard == shard
-}
-
 func (h *Holder) renewEvery() time.Duration {
 	s := h.Settings.Get()
 	every := s.Heartbeat()

@@ -45,7 +45,6 @@ const (
 
 // callback is one webhook notification, before or after it is stored.
 type callback struct {
-	seq       int64  // callbacks.seq once stored (or a memory sequence)
 	shard     int    //
 	netSeq    uint64 // the network's event number; 0 for ones the coreapp made
 	stream    string // the network's numbering netSeq belongs to
