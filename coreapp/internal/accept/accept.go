@@ -52,8 +52,6 @@ const (
 	// request that times out may still commit: the client retries with
 	// its idempotency key.
 	acceptTimeout = 10 * time.Second
-	// acceptFlushers is how many group commits may be in flight at once.
-	acceptFlushers = 3
 )
 
 // acceptReq is one message waiting for a group commit.
@@ -96,13 +94,17 @@ func keyReused(id string) acceptResult {
 }
 
 // Acceptor collects concurrent accept requests and commits them in few
-// transactions: each of acceptFlushers goroutines runs one transaction at a
-// time, and whatever queued up meanwhile goes into the next one (group
-// commit without a timer: an idle coreapp commits at once, a busy one
-// batches by itself). Several flushers keep the database busy while one
-// waits for its fsync. Order is safe: a request sent after another's 201
-// is inserted after that one committed, so it gets a higher seq; requests
-// in flight together were never ordered.
+// transactions: one group commit in flight per coreapp, and whatever
+// queued up meanwhile goes into the next one, as MariaDB's own group
+// commit gathers the next group while one is flushed (no timer: an idle
+// coreapp commits at once, a busy one batches more the busier it is).
+// Several commits in flight at once (there were three) took each what
+// waited the moment the previous one started, so under load they split
+// the queue into small groups, each paying its statement and its fsync;
+// the database is kept busy by the other shards' coreapps instead. Order
+// is safe: a request sent after another's 201 is inserted after that one
+// committed, so it gets a higher seq; requests in flight together were
+// never ordered.
 type Acceptor struct {
 	Deps
 	in chan *acceptReq
@@ -188,15 +190,9 @@ func (a *Acceptor) Serve(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-// Run commits what Serve queues until ctx ends.
+// Run commits what Serve queues, one group commit at a time, until ctx
+// ends.
 func (a *Acceptor) Run(ctx context.Context) {
-	for i := 1; i < acceptFlushers; i++ {
-		go a.flush(ctx)
-	}
-	a.flush(ctx)
-}
-
-func (a *Acceptor) flush(ctx context.Context) {
 	for {
 		var first *acceptReq
 		select {
@@ -236,9 +232,11 @@ func (a *Acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	results, rows, err := a.insert(qctx, st, batch)
 	var me *mysql.MySQLError
 	if errors.As(err, &me) && me.Number == 1062 || errors.Is(err, errShardsChanged) {
-		// Another flusher committed the same idempotency key meanwhile
-		// (the lookup finds it this time), or a re-shard committed during
-		// the transaction (recipients are checked under the new count).
+		// Another coreapp committed the same idempotency key meanwhile
+		// (a previous primary of the shard, its commit in flight at the
+		// hand-over; the lookup finds it this time), or a re-shard
+		// committed during the transaction (recipients are checked under
+		// the new count).
 		results, rows, err = a.insert(qctx, st, batch)
 	}
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 const (
 	// RequestSlots bounds the users' requests doing database work at once
 	// (media lookups and uploads, contacts). The rest of CoreappPool stays
-	// for the group commits (acceptFlushers), outbox, callbacks, settings
+	// for the group commit (one in flight), outbox, callbacks, settings
 	// and liveness, so request traffic cannot take every connection.
 	RequestSlots = database.CoreappPool - 8
 	// slotWait is how long a request queues for a slot before it is
