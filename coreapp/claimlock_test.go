@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/mariadbtest"
+	"github.com/multiconnect/multiconnect/internal/monotime"
+	"github.com/multiconnect/multiconnect/internal/node"
+	"github.com/multiconnect/multiconnect/internal/settings"
+)
+
+// assignClaim makes id the holder of shard 0 at epoch for a minute, as a
+// master's promotion leaves it.
+func assignClaim(t *testing.T, db *sql.DB, id node.Identity, epoch int64) {
+	t.Helper()
+	if _, err := db.Exec(`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
+		VALUES (0, ?, ?, ?, NOW(6) + INTERVAL 1 MINUTE, NOW(6))`, id.ID, id.Incarnation, epoch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRenewalDoesNotWaitForFences holds a group commit's fence open (its
+// shared lock on the shard's shard_map row, which lasts until COMMIT) and
+// renews the same claim beside it, on a real MariaDB: the renewal must not
+// queue behind the fence (under full load it queued behind every group
+// commit in flight, up to 242 ms at unhealthy_interval 0.25 s, and claims
+// lapsed), while a promotion still must (that wait is the fencing).
+func TestRenewalDoesNotWaitForFences(t *testing.T) {
+	db := mariadbtest.Migrated(t, "claimlock")
+	ctx := context.Background()
+	if err := cluster.Init(ctx, db, 1); err != nil {
+		t.Fatal(err)
+	}
+	id := node.Identity{ID: "me:1", Incarnation: 7}
+	assignClaim(t, db, id, 3)
+	c := &Coreapp{db: db, claimDB: db, id: id, log: slog.Default(), metrics: newMetrics()}
+	c.settings = settings.NewCache(db, 0, c.log)
+	h := newHolder(c)
+	held := &claim{shard: 0, epoch: 3}
+	held.valid.Renewed(monotime.Now(), time.Minute)
+
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := c.fence(ctx, tx, status{Primary: true, Shard: 0, Epoch: 3, Connected: true}); err != nil {
+		t.Fatalf("fence of a held claim: %v", err)
+	}
+
+	// A renewal while the fence is open: it must be answered at once.
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	before := held.valid.Until()
+	start := time.Now()
+	lost, err := h.renew(rctx, held, 0)
+	took := time.Since(start)
+	if err != nil || lost || took > 500*time.Millisecond {
+		t.Fatalf("renewal beside an open fence: took %v, lost %v, err %v (it waited for the fence's shared lock)", took, lost, err)
+	}
+	if held.valid.Until() <= before {
+		t.Fatalf("the renewal did not move the claim's validity")
+	}
+
+	// A promotion must still wait for the fence: it takes the shard_map
+	// row for update, and the open fence holds it shared.
+	ptx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptx.Rollback()
+	if _, err := ptx.Exec(`SET SESSION innodb_lock_wait_timeout = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ptx.Exec(`SELECT epoch FROM shard_map WHERE shard_id = 0 FOR UPDATE`); err == nil {
+		t.Fatal("a promotion's lock of the shard_map row did not wait for the open fence")
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
