@@ -254,16 +254,33 @@ var (
 	errShardsChanged = errors.New("the shard count changed during the transaction")
 )
 
-// fence proves, inside tx, that this coreapp still holds st's claim on the
-// database's clock, and keeps it so until commit: a promotion must update
-// the shard_map row and waits for the shared lock. It returns the shard count.
+// fence proves, inside tx, that this coreapp is still the shard's holder at
+// st's epoch, and keeps it so until commit: a promotion must update the
+// shard_map row and waits for the shared lock. It returns the shard count.
 // Call it as late as possible: the locks last until COMMIT.
+//
+// The fence checks who holds the shard (node, incarnation, epoch), not
+// until when: the claim's expiry lives in shard_claims, which the fences
+// never read, so a renewal never waits for a group commit (a shared lock
+// here lasts until COMMIT, and an INSERT ... SELECT share-locks every row
+// it reads, so the expiry could not be read here without the renewal
+// waiting for it). That is safe because what the fence must exclude is a
+// write by a holder that has been replaced, and only a promotion (or a
+// release of the shard) replaces one: it updates this row, so it waits for
+// every fence in flight and every later fence sees the new holder and
+// fails. A write that commits after the old claim lapsed but before any
+// promotion (a holder frozen between its own validity check, which it
+// makes on its monotonic clock right before every action, and the
+// statement) still comes from the only holder the database knows: its rows
+// are stored under the shard like any other, and the successor, promoted
+// only after that commit, sends them. The expiry guards the network
+// connection (the plugin's deadline, connect_after), not these rows.
 func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int, err error) {
 	// The join share-locks the cluster row as well: a change of the shard
 	// count (which locks it for update) waits for this commit, and this one
 	// checks recipients under the count it read.
 	err = tx.QueryRowContext(ctx, `SELECT c.shards FROM shard_map s JOIN cluster c ON c.id = 1
-		WHERE s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
+		WHERE s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ?
 		AND s.shard_id < c.shards LOCK IN SHARE MODE`, st.Shard, c.id.ID, c.id.Incarnation, st.Epoch).Scan(&shards)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, errFenced
@@ -277,8 +294,9 @@ func (c *Coreapp) fence(ctx context.Context, tx *sql.Tx, st status) (shards int,
 // insertFenced stores a batch that carries no idempotency key in one
 // autocommit statement that is its own fence: INSERT ... SELECT of the
 // batch joined with this coreapp's shard_map row and the cluster row,
-// LOCK IN SHARE MODE, so the rows are stored only if the claim holds on the
-// database's clock and the shard count is the one the recipients were
+// LOCK IN SHARE MODE, so the rows are stored only if this coreapp is still
+// the shard's holder at st's epoch (see fence for why not its expiry too)
+// and the shard count is the one the recipients were
 // checked against, and a promotion (which updates the shard_map row) waits
 // for this commit as it waits for a fenced transaction's. One statement
 // instead of BEGIN, INSERT, fence and COMMIT. (Under REPEATABLE READ an
@@ -312,7 +330,7 @@ func (a *acceptor) insertFenced(ctx context.Context, st status, batch []*acceptR
 		return nil, nil, false, nil
 	}
 	sb.WriteString(`) v
-		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
+		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ?
 		JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards AND c.shards = ?
 		LOCK IN SHARE MODE`)
 	args = append(args, st.Shard, a.c.id.ID, a.c.id.Incarnation, st.Epoch, shards)

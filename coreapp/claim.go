@@ -88,7 +88,7 @@ func newHolder(c *Coreapp) *holder {
 	h := &holder{c: c, assign: make(chan assignment, 8), nudge: make(chan struct{}, 1), release: make(chan releaseReq),
 		renewals: make(chan renewal, 16),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
-			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+			Help: "Round trip of one claim renewal (UPDATE shard_claims).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		renewGap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_gap_seconds",
 			Help:    "Time between the sending of two consecutive claim renewals: the claim's validity must outlast it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
@@ -304,7 +304,7 @@ func (h *holder) discover(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var a assignment
-	err := h.c.claimDB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
+	err := h.c.claimDB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_claims
 		WHERE node_id = ? AND incarnation = ? AND lease_expires > NOW(6) ORDER BY epoch DESC LIMIT 1`,
 		h.c.id.ID, h.c.id.Incarnation).Scan(&a.shard, &a.epoch)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -370,16 +370,26 @@ func (h *holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 	var node string
 	var inc, epoch int64
 	var alive bool
-	err = tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), incarnation, epoch, lease_expires > NOW(6),
-			GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), connect_after))
-		FROM shard_map WHERE shard_id = ? FOR UPDATE`, a.shard).Scan(&node, &inc, &epoch, &alive, &waitUS)
+	// The claim row only: the shard_map row is share-locked by every
+	// group commit in flight (its fence), and its claim columns are
+	// written, in one transaction with these, only by a master's promotion
+	// or release, which locks this row too.
+	err = tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), incarnation, epoch, lease_expires > NOW(6)
+		FROM shard_claims WHERE shard_id = ? FOR UPDATE`, a.shard).Scan(&node, &inc, &epoch, &alive)
 	if err != nil {
 		return 0, fmt.Errorf("read shard %d: %w", a.shard, err)
 	}
 	if node != h.c.id.ID || inc != h.c.id.Incarnation || epoch != a.epoch || !alive {
 		return 0, errNotOurs
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND),
+	// A plain (consistent, lock-free) read: its snapshot is taken now,
+	// after the lock above, so it sees the promotion that assigned this
+	// epoch; a later one waits for this transaction's lock on the claim.
+	if err := tx.QueryRowContext(ctx, `SELECT GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), connect_after))
+		FROM shard_map WHERE shard_id = ?`, a.shard).Scan(&waitUS); err != nil {
+		return 0, fmt.Errorf("read shard %d's connect_after: %w", a.shard, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE shard_claims SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND),
 		renewed_at = NOW(6) WHERE shard_id = ?`, ttl.Microseconds(), a.shard); err != nil {
 		return 0, fmt.Errorf("extend shard %d: %w", a.shard, err)
 	}
@@ -405,7 +415,10 @@ func (h *holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost b
 				"remaining", c.valid.Remaining(), "err", err)
 		}
 	}()
-	res, err := h.c.claimDB.ExecContext(qctx, `UPDATE shard_map
+	// shard_claims, not shard_map: the group commits' fences share-lock
+	// the shard_map row until their COMMIT, and a renewal there queued
+	// behind every one in flight (TestRenewalDoesNotWaitForFences).
+	res, err := h.c.claimDB.ExecContext(qctx, `UPDATE shard_claims
 		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
 		unhealthy.Microseconds(), c.shard, h.c.id.ID, h.c.id.Incarnation, c.epoch)
@@ -590,7 +603,7 @@ func (h *holder) handBack(cur *claim) bool {
 	h.inflight.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	res, err := h.c.claimDB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
+	res, err := h.c.claimDB.ExecContext(ctx, `UPDATE shard_claims SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.c.id.ID, h.c.id.Incarnation, cur.epoch)
 	if err != nil {
 		h.c.dbError("hand back claim", err)

@@ -18,9 +18,15 @@ import (
 // master's promotion leaves it.
 func assignClaim(t *testing.T, db *sql.DB, id node.Identity, epoch int64) {
 	t.Helper()
-	if _, err := db.Exec(`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
-		VALUES (0, ?, ?, ?, NOW(6) + INTERVAL 1 MINUTE, NOW(6))`, id.ID, id.Incarnation, epoch); err != nil {
-		t.Fatal(err)
+	for _, q := range []string{
+		`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
+			VALUES (0, ?, ?, ?, NOW(6) + INTERVAL 1 MINUTE, NOW(6))`,
+		`INSERT INTO shard_claims (shard_id, node_id, incarnation, epoch, lease_expires)
+			VALUES (0, ?, ?, ?, NOW(6) + INTERVAL 1 MINUTE)`,
+	} {
+		if _, err := db.Exec(q, id.ID, id.Incarnation, epoch); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -42,7 +48,7 @@ func TestRenewalDoesNotWaitForFences(t *testing.T) {
 	c.settings = settings.NewCache(db, 0, c.log)
 	h := newHolder(c)
 	held := &claim{shard: 0, epoch: 3}
-	held.valid.Renewed(monotime.Now(), time.Minute)
+	held.valid.Renewed(monotime.Now(), c.settings.Get().Unhealthy())
 
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {

@@ -109,7 +109,7 @@ type monitor struct {
 // clock did meanwhile.
 type claimSeen struct {
 	epoch      int64
-	leaseUS    int64 // lease_expires as stored (µs since 2000-01-01, the database's clock)
+	leaseUS    int64 // the claim's expiry as stored (µs since 2000-01-01, the database's clock)
 	at         int64 // monotime this master first read this epoch or a longer lease
 	handedBack bool  // the holder shortened its lease: it let go, disconnected
 	// read is the database clock reading of the round that saw it, and
@@ -367,7 +367,7 @@ type shardRow struct {
 	incarnation  int64
 	epoch        int64
 	leaseLeft    time.Duration // negative: the claim lapsed
-	leaseUS      int64         // lease_expires as stored, µs since 2000-01-01
+	leaseUS      int64         // the claim's expiry as stored (claimExpires), µs since 2000-01-01
 	dbNowUS      int64         // NOW(6) when read, µs since 2000-01-01
 	nodeInc      int64         // the holder's current incarnation in nodes, 0 if gone
 	livenessAge  time.Duration
@@ -501,10 +501,11 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 
 func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
 	rows, err := mon.m.db.QueryContext(ctx, `SELECT s.shard_id, COALESCE(s.node_id, ''), s.incarnation, s.epoch,
-			TIMESTAMPDIFF(MICROSECOND, NOW(6), s.lease_expires), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', s.lease_expires),
+			TIMESTAMPDIFF(MICROSECOND, NOW(6), `+claimExpires+`), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', `+claimExpires+`),
 			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', NOW(6)),
 			COALESCE(n.incarnation, 0), COALESCE(TIMESTAMPDIFF(MICROSECOND, n.last_seen, NOW(6)), 0), n.id IS NOT NULL
-		FROM shard_map s JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards
+		FROM shard_map s JOIN cluster k ON k.id = 1 AND s.shard_id < k.shards
+		LEFT JOIN shard_claims c ON c.shard_id = s.shard_id
 		LEFT JOIN nodes n ON n.id = s.node_id ORDER BY s.shard_id`)
 	if err != nil {
 		return nil, fmt.Errorf("load shards: %w", err)
