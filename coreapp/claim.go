@@ -147,9 +147,15 @@ func (h *holder) renewEvery() time.Duration {
 
 func (h *holder) run(ctx context.Context) {
 	go h.renewLoop(ctx)
+	// The tick is due at a fixed time, not a period after the last event:
+	// renewal outcomes arrive about every period too, and a timer started
+	// afresh at each of them fired only when an outcome came late, so a
+	// holder that had lost its connection waited for a reconnection
+	// attempt as long as its renewals kept coming on time.
+	nextTick := monotime.Now() + int64(h.renewEvery())
 	for {
 		changed := h.c.settings.Changed()
-		wait := h.renewEvery()
+		wait := time.Duration(nextTick - monotime.Now())
 		h.mu.Lock()
 		cur := h.cur
 		h.mu.Unlock()
@@ -174,14 +180,17 @@ func (h *holder) run(ctx context.Context) {
 			h.take(ctx, a)
 		case <-h.nudge:
 			h.tick(ctx, true)
+			nextTick = monotime.Now() + int64(h.renewEvery())
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
 		case r := <-h.renewals:
 			h.renewed(ctx, r)
 		case <-changed:
 			h.tick(ctx, true)
+			nextTick = monotime.Now() + int64(h.renewEvery())
 		case <-time.After(wait):
 			h.tick(ctx, false)
+			nextTick = monotime.Now() + int64(h.renewEvery())
 		}
 	}
 }
@@ -285,6 +294,12 @@ func (h *holder) renewed(ctx context.Context, r renewal) {
 		}
 	default:
 		h.extend(ctx, cur)
+		if !cur.connected {
+			// The plugin has lost the connection (the extend said so):
+			// reconnect now, not at the next tick. Until it is back, the
+			// master counts this holder as not connected.
+			h.ensureConnected(ctx, cur, false)
+		}
 	}
 }
 
