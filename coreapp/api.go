@@ -118,7 +118,7 @@ func (c *Coreapp) report() map[string]any {
 	return map[string]any{
 		"node": c.id.ID, "incarnation": c.id.Incarnation, "primary": st.Primary, "shard": st.Shard,
 		"epoch": st.Epoch, "connected": st.Connected, "connect_due": st.ConnectDue, "transport_ok": c.plugins.Running(),
-		"db_age_ms": c.holder.dbAgeMS(),
+		"db_age_ms": c.holder.dbAgeMS(), "off_ms": st.Off.Milliseconds(),
 	}
 }
 

@@ -24,6 +24,7 @@ type claim struct {
 	valid     lease.Validity
 	connectAt int64  // monotime before which the network must not see us
 	connected bool   // the plugin holds the connection
+	offAt     int64  // monotime it last lost the connection (connectAt counts before the first)
 	pluginGen uint64 // plugin generation the connection was made on
 	// extendedAt is the monotime the plugin last took (or was too slow to
 	// refuse) an extension: it has just been heard from.
@@ -106,6 +107,12 @@ type status struct {
 	// ConnectDue: connect_after has passed, so the holder should be
 	// connected; until then not being connected is expected.
 	ConnectDue bool
+	// Off: how long it has been due and not connected (0 when connected).
+	// The master replaces a holder off for unhealthy_interval; it counts
+	// on this, not on when it first heard it off, so a connection lost,
+	// made again and lost again between two heartbeats counts from the
+	// last loss.
+	Off time.Duration
 }
 
 func (h *holder) status() status {
@@ -114,8 +121,13 @@ func (h *holder) status() status {
 	if h.cur == nil || !h.cur.valid.Valid() {
 		return status{Shard: -1}
 	}
-	return status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
-		ConnectDue: monotime.Now() >= h.cur.connectAt}
+	now := monotime.Now()
+	st := status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
+		ConnectDue: now >= h.cur.connectAt}
+	if st.ConnectDue && !st.Connected {
+		st.Off = time.Duration(now - max(h.cur.offAt, h.cur.connectAt))
+	}
+	return st
 }
 
 // dbAgeMS is how many milliseconds ago the holder's last database
@@ -496,6 +508,7 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 				return
 			}
 			h.c.log.Warn("transport connection lost; reconnecting", "shard", c.shard, "epoch", c.epoch, "err", err, "last_error", hl.LastError)
+			h.setConnected(c, false, 0) // off since now, whatever the attempt below does
 		}
 		// The last check before the network sees us: validity is read here,
 		// after any pause, and passed on as the plugin's own deadline.
@@ -531,6 +544,9 @@ func (h *holder) layout() transport.Layout {
 
 func (h *holder) setConnected(c *claim, v bool, gen uint64) {
 	h.mu.Lock()
+	if c.connected && !v {
+		c.offAt = monotime.Now()
+	}
 	c.connected, c.pluginGen = v, gen
 	h.mu.Unlock()
 	if v {

@@ -90,3 +90,28 @@ func TestRenewalDoesNotWaitForFences(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The holder reports how long it has been due on the network and off it,
+// counted from its last loss of the connection (or from connect_after if
+// it never connected): the master replaces it on that count.
+func TestStatusCountsOffFromTheLastLoss(t *testing.T) {
+	now := monotime.Now()
+	c := &claim{shard: 0, epoch: 3, connectAt: now - int64(time.Second)}
+	c.valid.Renewed(now, time.Minute)
+	h := &holder{cur: c}
+	if off := h.status().Off; off < time.Second || off > 2*time.Second {
+		t.Errorf("never connected since connect_after 1 s ago: off %v, want about 1 s", off)
+	}
+	c.connected = true // as setConnected does, without waking the outbox
+	if st := h.status(); !st.Connected || st.Off != 0 {
+		t.Errorf("connected: %+v, want off 0", st)
+	}
+	h.setConnected(c, false, 0)
+	if off := h.status().Off; off > 100*time.Millisecond {
+		t.Errorf("just lost the connection: off %v, want about 0", off)
+	}
+	c.connectAt = now + int64(time.Second)
+	if st := h.status(); st.ConnectDue || st.Off != 0 {
+		t.Errorf("before connect_after: %+v, want not due, off 0", st)
+	}
+}

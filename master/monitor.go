@@ -32,6 +32,9 @@ type report struct {
 	ConnectDue  bool   `json:"connect_due"` // past connect_after: should be connected
 	TransportOK bool   `json:"transport_ok"`
 	DBAgeMS     *int64 `json:"db_age_ms"` // since its last successful database statement; -1: none
+	// OffMS: how long it has been due on the network and not connected,
+	// on its own clock (absent from coreapps before it was added).
+	OffMS *int64 `json:"off_ms"`
 }
 
 // peer is what this master knows of one coreapp.
@@ -63,6 +66,19 @@ func (p *peer) noteConnection(now int64) {
 	case p.offSince == 0 || p.offEpoch != p.last.Epoch:
 		p.offSince, p.offEpoch = now, p.last.Epoch
 	}
+}
+
+// offFor is how long, by its last answer, the coreapp has been off the
+// network while it should be connected. Its own count decides: a holder
+// whose connection dropped, came back and dropped again between two
+// answers is off since the last drop, not since this master first heard
+// it off. A coreapp that does not count (an older version) is judged from
+// this master's first answer saying so.
+func (p *peer) offFor(now int64) time.Duration {
+	if p.last.OffMS != nil {
+		return time.Duration(*p.last.OffMS) * time.Millisecond
+	}
+	return time.Duration(now - p.offSince)
 }
 
 // reachedDB: its last successful database statement is at most within old.
@@ -481,7 +497,7 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 		own = p.silence(now)
 	}
 	offline := p != nil && p.offSince != 0 && p.last.Shard == s.shard && p.last.Epoch == s.epoch &&
-		time.Duration(now-p.offSince) >= unhealthy
+		p.offFor(now) >= unhealthy
 	mon.mu.Unlock()
 	if own < unhealthy {
 		if offline {
