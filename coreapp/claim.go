@@ -508,7 +508,13 @@ func (h *holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 				return
 			}
 			h.c.log.Warn("transport connection lost; reconnecting", "shard", c.shard, "epoch", c.epoch, "err", err, "last_error", hl.LastError)
-			h.setConnected(c, false, 0) // off since now, whatever the attempt below does
+			if err == nil {
+				// The plugin says the connection is gone: off since now,
+				// whatever the attempt below does. A plugin too slow to
+				// answer is not known to be off (see pluginBudget): it
+				// counts as off only once the connect below fails.
+				h.setConnected(c, false, 0)
+			}
 		}
 		// The last check before the network sees us: validity is read here,
 		// after any pause, and passed on as the plugin's own deadline.
