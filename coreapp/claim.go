@@ -305,11 +305,14 @@ func (h *holder) renewed(ctx context.Context, r renewal) {
 			h.stepDown("claim could not be renewed in time")
 		}
 	default:
+		was := cur.connected
 		h.extend(ctx, cur)
-		if !cur.connected {
-			// The plugin has lost the connection (the extend said so):
-			// reconnect now, not at the next tick. Until it is back, the
-			// master counts this holder as not connected.
+		if was && !cur.connected {
+			// The plugin has just lost the connection (the extend said
+			// so): reconnect now, not at the next tick. Only on the loss:
+			// retries after a failed attempt stay on the tick's cadence,
+			// so run is free between them for the master's release
+			// request (a connect into a cut path takes unhealthy/2).
 			h.ensureConnected(ctx, cur, false)
 		}
 	}
