@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/node"
 )
@@ -17,11 +16,8 @@ import (
 // against, and a promotion holding the shard_map row makes it wait and
 // then store nothing. (The claim's expiry is not the fence's: see fence.)
 func TestInsertFencedIsItsOwnFence(t *testing.T) {
-	db := mariadbtest.Migrated(t, "fenced")
+	db := mariadbtest.WithCluster(t, "fenced", 1)
 	ctx := context.Background()
-	if err := cluster.Init(ctx, db, 1); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := db.Exec(`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
 		VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 1 MINUTE, NOW(6))`); err != nil {
 		t.Fatal(err)

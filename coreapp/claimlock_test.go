@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/monotime"
 	"github.com/multiconnect/multiconnect/internal/node"
@@ -37,11 +36,8 @@ func assignClaim(t *testing.T, db *sql.DB, id node.Identity, epoch int64) {
 // commit in flight, up to 242 ms at unhealthy_interval 0.25 s, and claims
 // lapsed), while a promotion still must (that wait is the fencing).
 func TestRenewalDoesNotWaitForFences(t *testing.T) {
-	db := mariadbtest.Migrated(t, "claimlock")
+	db := mariadbtest.WithCluster(t, "claimlock", 1)
 	ctx := context.Background()
-	if err := cluster.Init(ctx, db, 1); err != nil {
-		t.Fatal(err)
-	}
 	id := node.Identity{ID: "me:1", Incarnation: 7}
 	assignClaim(t, db, id, 3)
 	c := &Coreapp{db: db, claimDB: db, id: id, log: slog.Default(), metrics: newMetrics()}

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 )
 
@@ -15,11 +14,8 @@ import (
 // shard_claims: the master reads a claim's expiry as the later of the two,
 // so neither holder's claim looks lapsed while it renews.
 func TestClaimExpiryIsTheLaterOfBothTables(t *testing.T) {
-	db := mariadbtest.Migrated(t, "claims")
+	db := mariadbtest.WithCluster(t, "claims", 2)
 	ctx := context.Background()
-	if err := cluster.Init(ctx, db, 2); err != nil {
-		t.Fatal(err)
-	}
 	for _, q := range []string{
 		// Shard 0: an old coreapp, renewing in shard_map only.
 		`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
