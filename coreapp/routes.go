@@ -46,6 +46,7 @@ var coreRoutes = []coreRoute{
 	{"POST", "/internal/promote", false, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.promote(ctx) }},
 	{"POST", "/internal/release", false, false, func(c *Coreapp, ctx *fasthttp.RequestCtx, _ map[string]string) { c.release(ctx) }},
 	{"POST", "/internal/demote", false, false, (*Coreapp).serveDemote},
+	{"POST", "/internal/events-stored", false, false, (*Coreapp).serveEventsStored},
 	{"GET", "/metrics", false, false, (*Coreapp).serveMetrics},
 }
 
