@@ -22,8 +22,9 @@ const eventsStoredPath = "/internal/events-stored"
 // committed rows for the shard, that they are there: the Cloud API plugin
 // reads them then, instead of polling cloudapi_inbound (it keeps a slow
 // safety poll for a wake lost here). Per shard at most one request is in
-// flight; wakes that come meanwhile make one more after it, so a stream of
-// webhooks costs the coreapp a bounded number of requests.
+// flight; wakes that come meanwhile make one more after it, at least
+// wakeGap after the previous one, so a stream of webhooks costs the coreapp
+// at most one request per shard per wakeGap.
 type eventsWaker struct {
 	v      *clusterView
 	ctx    context.Context
@@ -62,8 +63,15 @@ func (w *eventsWaker) wake(shards []int) {
 	}
 }
 
+// wakeGap spaces one shard's wakes while webhooks keep coming (status
+// webhooks at hundreds per second under load): the plugin's read after a
+// wake takes every row committed before it, so one wake per gap is enough,
+// and what it adds to an event's way is at most the gap, under load only.
+const wakeGap = 20 * time.Millisecond
+
 func (w *eventsWaker) run(shard int, st *shardWake) {
 	for {
+		sent := time.Now()
 		w.send(shard)
 		w.mu.Lock()
 		if !st.again {
@@ -73,6 +81,16 @@ func (w *eventsWaker) run(shard int, st *shardWake) {
 		}
 		st.again = false
 		w.mu.Unlock()
+		if d := wakeGap - time.Since(sent); d > 0 {
+			select {
+			case <-w.ctx.Done():
+				w.mu.Lock()
+				st.busy = false
+				w.mu.Unlock()
+				return
+			case <-time.After(d):
+			}
+		}
 	}
 }
 
@@ -114,7 +132,7 @@ func (w *eventsWaker) post(node string, shard int) error {
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10)) // so the connection is kept
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
+	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("%s: HTTP %d", eventsStoredPath, resp.StatusCode)
 	}
 	return nil
