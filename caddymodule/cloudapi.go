@@ -22,7 +22,8 @@ import (
 // gateway checks the signature, stores each event in cloudapi_inbound for
 // its contact's shard and answers 200 only once that is committed, so an
 // event Meta saw acknowledged is in MySQL whatever crashes next; anything
-// else Meta retries (for up to 7 days).
+// else Meta retries (for up to 7 days). Then it tells each shard's primary
+// coreapp (eventswake.go), whose plugin reads the new rows.
 
 // cloudAPIWebhookPath is the URL path to give Meta (the app's webhook
 // callback URL is https://<gateway host>/cloudapi/webhook).
@@ -130,7 +131,7 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	// The contact's shard is computed under the count the store reads in
 	// its own transaction, not the cached map's, which can be stale across
 	// a re-shard.
-	added, err := inbound.StoreForContacts(ctx, db, tr.Records)
+	added, shards, err := inbound.StoreForContacts(ctx, db, tr.Records)
 	if err != nil {
 		// Nothing of it is stored (one transaction): Meta sends it again.
 		g.log.Error("cloudapi webhook: storing failed; Meta will retry", zap.Error(err))
@@ -138,6 +139,8 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, apierror.GenericError, "the events could not be stored; retry")
 		return
 	}
+	// Committed: the shards' primaries read the new rows at once.
+	g.view.wakes.wake(shards)
 	g.view.metrics.cloudAPI.WithLabelValues("stored").Inc()
 	g.log.Debug("cloudapi webhook stored", zap.Int("events", len(tr.Records)), zap.Int("new", added))
 	b, _ := json.Marshal(map[string]int{"events": len(tr.Records), "stored": added})

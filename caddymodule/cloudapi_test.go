@@ -343,3 +343,80 @@ func TestCloudAPIWebhookGatewayKilled(t *testing.T) {
 	}
 	c.checkGapless()
 }
+
+// TestCloudAPIWebhookWakesShardPrimary: once a webhook's rows are
+// committed, the gateway tells the primary coreapp of each shard that got
+// rows (POST /internal/events-stored), and only those; when the node its
+// map names answers 1018 (the map is stale: the shard moved and the
+// gateway has not heard), it reloads the map and tells the new primary.
+func TestCloudAPIWebhookWakesShardPrimary(t *testing.T) {
+	const shards = 2
+	c := newTestCluster(t, shards)
+	// The gateway's own map refresh (10 s), not the harness's 100 ms: the
+	// stub master's hub never pushes, so a move made in SQL below stays
+	// unseen until a wake is refused.
+	c.realMasters = true
+	primaries := c.addPrimaries(shards)
+	master := c.addNode("master")
+	master.primary.Store(true)
+	c.setPrimaryMaster(master)
+	g := c.startGateway("cloudapi_app_secret " + testAppSecret)
+	wakes := func(n *stubNode) int {
+		k := 0
+		for _, r := range n.requests() {
+			if r.path == "/internal/events-stored" && r.method == "POST" && r.secretsOK {
+				k++
+			}
+		}
+		return k
+	}
+	waitWake := func(n *stubNode, want int, what string) {
+		t.Helper()
+		start := time.Now()
+		for wakes(n) < want {
+			if time.Since(start) > 3*time.Second {
+				t.Fatalf("%s: %d wakes at %s, want %d", what, wakes(n), n.addr, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	now := time.Now().Unix()
+	body := metaWebhook(t, metaEvent{"wamid.w0", recipientFor(t, 0, shards, 7), "", now})
+	posted := time.Now()
+	if st, b := g.do("POST", "/cloudapi/webhook", body, signed(body)); st != 200 {
+		t.Fatalf("HTTP %d %s", st, b)
+	}
+	waitWake(primaries[0], 1, "shard 0's rows")
+	woken := time.Since(posted)
+	time.Sleep(100 * time.Millisecond)
+	if n := wakes(primaries[1]); n != 0 {
+		t.Errorf("shard 1's primary was woken %d times for shard 0's rows", n)
+	}
+	// Meta's retry of the same webhook stores nothing: nobody is woken.
+	if st, b := g.do("POST", "/cloudapi/webhook", body, signed(body)); st != 200 {
+		t.Fatalf("HTTP %d %s", st, b)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := wakes(primaries[0]); n != 1 {
+		t.Errorf("a retried webhook (nothing new stored) woke shard 0's primary: %d wakes", n)
+	}
+	t.Logf("shard 0's primary woken within %v of the webhook's POST", woken.Round(100*time.Microsecond))
+
+	// Shard 0 moves to another coreapp behind the gateway's back (its map
+	// poll is 10 s away and the stub master pushes nothing): the old
+	// primary answers 1018, the gateway reloads and wakes the new one.
+	moved := c.addNode("coreapp")
+	moved.shard.Store(0)
+	moved.connected.Store(true)
+	primaries[0].shard.Store(-1)
+	c.assign(0, moved, 2)
+	body = metaWebhook(t, metaEvent{"wamid.w1", recipientFor(t, 0, shards, 8), "", now})
+	if st, b := g.do("POST", "/cloudapi/webhook", body, signed(body)); st != 200 {
+		t.Fatalf("HTTP %d %s", st, b)
+	}
+	waitWake(moved, 1, "shard 0's rows after it moved")
+	if primaries[0].refused.Load() == 0 {
+		t.Errorf("the old primary was not asked first (the map was reloaded before the wake)")
+	}
+}

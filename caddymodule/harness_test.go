@@ -161,6 +161,20 @@ func (c *testCluster) assign(s int, node *stubNode, epoch int64) time.Time {
 	return time.Now()
 }
 
+// addPrimaries starts one connected stub coreapp per shard and makes it the
+// shard's primary at epoch 1.
+func (c *testCluster) addPrimaries(shards int) []*stubNode {
+	var out []*stubNode
+	for s := 0; s < shards; s++ {
+		n := c.addNode("coreapp")
+		n.shard.Store(int64(s))
+		n.connected.Store(true)
+		c.assign(s, n, 1)
+		out = append(out, n)
+	}
+	return out
+}
+
 // setPrimaryMaster gives the master lease to node.
 func (c *testCluster) setPrimaryMaster(node *stubNode) {
 	c.t.Helper()

@@ -19,14 +19,7 @@ import (
 func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 	const shards = 4
 	c := newTestCluster(t, shards)
-	var primaries []*stubNode
-	for s := 0; s < shards; s++ {
-		n := c.addNode("coreapp")
-		n.shard.Store(int64(s))
-		n.connected.Store(true)
-		c.assign(s, n, 1)
-		primaries = append(primaries, n)
-	}
+	primaries := c.addPrimaries(shards)
 	secondary := c.addNode("coreapp")
 	master := c.addNode("master")
 	master.primary.Store(true)

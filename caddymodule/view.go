@@ -60,6 +60,10 @@ type clusterView struct {
 
 	coreapps atomic.Pointer[coreappSet] // the distinct primaries of the current map
 
+	// wakes tells shards' primaries of the Cloud API webhook rows stored
+	// for them (eventswake.go).
+	wakes *eventsWaker
+
 	forceMu    sync.Mutex
 	lastForced time.Time
 
@@ -133,6 +137,7 @@ func newView(cfg database.Config, refresh time.Duration, seedCost int) *clusterV
 		push: make(chan struct{}, 1), polled: make(chan struct{}),
 	}
 	v.metrics.mapAge = v.mapAge
+	v.wakes = newEventsWaker(ctx, v)
 	v.setStatus("starting: connecting to MySQL at " + cfg.Addr())
 	go v.run(ctx)
 	return v

@@ -75,7 +75,7 @@ func TestSingleServerCompose(t *testing.T) {
 	// once the old expiry has passed: wait for that on the database.
 	s.eventually(45*time.Second, "shard claims renewed at the new unhealthy_interval", func() error {
 		var left float64
-		err := s.sql.QueryRow(`SELECT COALESCE(MAX(TIMESTAMPDIFF(MICROSECOND, NOW(6), lease_expires)), 0) / 1e6 FROM shard_map WHERE node_id IS NOT NULL`).Scan(&left)
+		err := s.sql.QueryRow(`SELECT COALESCE(MAX(TIMESTAMPDIFF(MICROSECOND, NOW(6), lease_expires)), 0) / 1e6 FROM shard_claims WHERE node_id IS NOT NULL`).Scan(&left)
 		if err != nil {
 			return err
 		}

@@ -297,8 +297,8 @@ func (m *Master) primaryDuties(ctx context.Context) error {
 			m.log.Info("MC_SHARDS only applies to a new cluster; keeping the stored shard count", "shards", st.Shards, "MC_SHARDS", m.shards)
 		}
 		for s := 0; s < st.Shards; s++ {
-			if _, err := tx.ExecContext(ctx, `INSERT IGNORE INTO shard_map (shard_id, lease_expires, connect_after) VALUES (?, '2000-01-01', '2000-01-01')`, s); err != nil {
-				return fmt.Errorf("create shard %d: %w", s, err)
+			if err := createShard(ctx, tx, s); err != nil {
+				return err
 			}
 		}
 		return nil

@@ -32,6 +32,9 @@ type report struct {
 	ConnectDue  bool   `json:"connect_due"` // past connect_after: should be connected
 	TransportOK bool   `json:"transport_ok"`
 	DBAgeMS     *int64 `json:"db_age_ms"` // since its last successful database statement; -1: none
+	// OffMS: how long it has been due on the network and not connected,
+	// on its own clock (absent from coreapps before it was added).
+	OffMS *int64 `json:"off_ms"`
 }
 
 // peer is what this master knows of one coreapp.
@@ -63,6 +66,19 @@ func (p *peer) noteConnection(now int64) {
 	case p.offSince == 0 || p.offEpoch != p.last.Epoch:
 		p.offSince, p.offEpoch = now, p.last.Epoch
 	}
+}
+
+// offFor is how long, by its last answer, the coreapp has been off the
+// network while it should be connected. Its own count decides: a holder
+// whose connection dropped, came back and dropped again between two
+// answers is off since the last drop, not since this master first heard
+// it off. A coreapp that does not count (an older version) is judged from
+// this master's first answer saying so.
+func (p *peer) offFor(now int64) time.Duration {
+	if p.last.OffMS != nil {
+		return time.Duration(*p.last.OffMS) * time.Millisecond
+	}
+	return time.Duration(now - p.offSince)
 }
 
 // reachedDB: its last successful database statement is at most within old.
@@ -109,7 +125,7 @@ type monitor struct {
 // clock did meanwhile.
 type claimSeen struct {
 	epoch      int64
-	leaseUS    int64 // lease_expires as stored (µs since 2000-01-01, the database's clock)
+	leaseUS    int64 // the claim's expiry as stored (µs since 2000-01-01, the database's clock)
 	at         int64 // monotime this master first read this epoch or a longer lease
 	handedBack bool  // the holder shortened its lease: it let go, disconnected
 	// read is the database clock reading of the round that saw it, and
@@ -367,7 +383,7 @@ type shardRow struct {
 	incarnation  int64
 	epoch        int64
 	leaseLeft    time.Duration // negative: the claim lapsed
-	leaseUS      int64         // lease_expires as stored, µs since 2000-01-01
+	leaseUS      int64         // the claim's expiry as stored (claimExpires), µs since 2000-01-01
 	dbNowUS      int64         // NOW(6) when read, µs since 2000-01-01
 	nodeInc      int64         // the holder's current incarnation in nodes, 0 if gone
 	livenessAge  time.Duration
@@ -481,7 +497,7 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 		own = p.silence(now)
 	}
 	offline := p != nil && p.offSince != 0 && p.last.Shard == s.shard && p.last.Epoch == s.epoch &&
-		time.Duration(now-p.offSince) >= unhealthy
+		p.offFor(now) >= unhealthy
 	mon.mu.Unlock()
 	if own < unhealthy {
 		if offline {
@@ -501,10 +517,11 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 
 func (mon *monitor) loadShards(ctx context.Context) ([]shardRow, error) {
 	rows, err := mon.m.db.QueryContext(ctx, `SELECT s.shard_id, COALESCE(s.node_id, ''), s.incarnation, s.epoch,
-			TIMESTAMPDIFF(MICROSECOND, NOW(6), s.lease_expires), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', s.lease_expires),
+			TIMESTAMPDIFF(MICROSECOND, NOW(6), `+claimExpires+`), TIMESTAMPDIFF(MICROSECOND, '2000-01-01', `+claimExpires+`),
 			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', NOW(6)),
 			COALESCE(n.incarnation, 0), COALESCE(TIMESTAMPDIFF(MICROSECOND, n.last_seen, NOW(6)), 0), n.id IS NOT NULL
-		FROM shard_map s JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards
+		FROM shard_map s JOIN cluster k ON k.id = 1 AND s.shard_id < k.shards
+		LEFT JOIN shard_claims c ON c.shard_id = s.shard_id
 		LEFT JOIN nodes n ON n.id = s.node_id ORDER BY s.shard_id`)
 	if err != nil {
 		return nil, fmt.Errorf("load shards: %w", err)

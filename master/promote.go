@@ -80,9 +80,8 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	seen claimSeen, observed bool, epoch *int64, sinceRenewal *time.Duration) error {
 	var node string
 	var cur, us, leaseUS int64
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch, COALESCE(TIMESTAMPDIFF(MICROSECOND, renewed_at, NOW(6)), -1),
-			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', lease_expires)
-		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait.Clause(), s.shard).Scan(&node, &cur, &us, &leaseUS); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), epoch
+		FROM shard_map WHERE shard_id = ? FOR UPDATE`+m.nowait.Clause(), s.shard).Scan(&node, &cur); err != nil {
 		if m.noNowait(err) {
 			return m.promoteTx(ctx, tx, s, cand, reason, unhealthy, seen, observed, epoch, sinceRenewal)
 		}
@@ -90,6 +89,17 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	}
 	if node != s.node || cur != s.epoch {
 		return errMapChanged
+	}
+	// The claim, locked after the shard_map row (every writer of both
+	// takes them in this order): a renewal in flight (one statement, which
+	// the server finishes whatever its client does) commits first, and none
+	// lands after this reads the expiry; a holder frozen inside its take
+	// of the claim is a stalled transaction, ended like the fences'.
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(TIMESTAMPDIFF(MICROSECOND, `+claimRenewedAt+`, NOW(6)), -1),
+			TIMESTAMPDIFF(MICROSECOND, '2000-01-01', `+claimExpires+`)
+		FROM shard_map s LEFT JOIN shard_claims c ON c.shard_id = s.shard_id
+		WHERE s.shard_id = ? FOR UPDATE`, s.shard).Scan(&us, &leaseUS); err != nil {
+		return fmt.Errorf("promote shard %d: read its claim: %w", s.shard, err)
 	}
 	// The database's clock, read in a statement of its own so a wait
 	// for the row lock above does not blur the step check.
@@ -122,16 +132,21 @@ func (m *Master) promoteTx(ctx context.Context, tx *sql.Tx, s shardRow, cand *pe
 	if kaMS < cand.keepaliveMS {
 		kaMS = cand.keepaliveMS
 	}
-	// MySQL evaluates SET left to right: connect_after must read the old
-	// lease_expires before it is overwritten.
+	// lease_expires is written to shard_map as well, for a coreapp of the
+	// previous version (it takes and renews its claim there) during a
+	// rolling upgrade.
 	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
-			connect_after = GREATEST(NOW(6), connect_after, lease_expires + INTERVAL ? MICROSECOND, NOW(6) + INTERVAL ? MICROSECOND),
+			connect_after = GREATEST(NOW(6), connect_after, CAST('2000-01-01' AS DATETIME(6)) + INTERVAL ? MICROSECOND, NOW(6) + INTERVAL ? MICROSECOND),
 			lease_expires = NOW(6) + INTERVAL ? MICROSECOND,
 			node_id = ?, incarnation = ?, epoch = epoch + 1, assigned_at = NOW(6), master_epoch = ?
-		WHERE shard_id = ?`, kaMS*1000+stepErr.Microseconds(), hold.Microseconds()+kaMS*1000, unhealthy.Microseconds(), cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
+		WHERE shard_id = ?`, leaseUS+kaMS*1000+stepErr.Microseconds(), hold.Microseconds()+kaMS*1000, unhealthy.Microseconds(),
+		cand.id, cand.incarnation, m.lease.epoch, s.shard); err != nil {
 		return fmt.Errorf("promote shard %d: %w", s.shard, err)
 	}
 	*epoch = s.epoch + 1
+	if err := setClaim(ctx, tx, s.shard, cand.id, cand.incarnation, *epoch, `NOW(6) + INTERVAL ? MICROSECOND`, unhealthy.Microseconds()); err != nil {
+		return fmt.Errorf("promote shard %d: %w", s.shard, err)
+	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO failovers (shard_id, old_node, new_node, epoch, reason, master_epoch, at)
 		VALUES (?, NULLIF(?, ''), ?, ?, ?, ?, NOW(6))`, s.shard, s.node, cand.id, *epoch, reason, m.lease.epoch); err != nil {
 		return fmt.Errorf("promote shard %d: audit: %w", s.shard, err)

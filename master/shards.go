@@ -165,15 +165,17 @@ func (m *Master) reshardTx(ctx context.Context, n int) (int, error) {
 		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(keepalive_ms), 0) FROM nodes`).Scan(&kaMS); err != nil {
 			return fmt.Errorf("reshard: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET
-				connect_after = GREATEST(connect_after, lease_expires + INTERVAL ? MICROSECOND),
-				node_id = NULL, incarnation = 0, master_epoch = ?
-			WHERE shard_id >= ?`, kaMS*1000, m.lease.epoch, n); err != nil {
+		// The claim goes with the holder (renewals then find it gone); its
+		// expiry stays, for connect_after.
+		if _, err := tx.ExecContext(ctx, `UPDATE shard_map s LEFT JOIN shard_claims c ON c.shard_id = s.shard_id SET
+				s.connect_after = GREATEST(s.connect_after, `+claimExpires+` + INTERVAL ? MICROSECOND),
+				s.node_id = NULL, s.incarnation = 0, s.master_epoch = ?, c.node_id = NULL, c.incarnation = 0
+			WHERE s.shard_id >= ?`, kaMS*1000, m.lease.epoch, n); err != nil {
 			return fmt.Errorf("reshard: release removed shards: %w", err)
 		}
 		for s := from; s < n; s++ {
-			if _, err := tx.ExecContext(ctx, `INSERT IGNORE INTO shard_map (shard_id, lease_expires, connect_after) VALUES (?, '2000-01-01', '2000-01-01')`, s); err != nil {
-				return fmt.Errorf("reshard: create shard %d: %w", s, err)
+			if err := createShard(ctx, tx, s); err != nil {
+				return fmt.Errorf("reshard: %w", err)
 			}
 		}
 		if err := moveUnsent(ctx, tx, n); err != nil {

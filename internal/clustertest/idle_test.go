@@ -39,14 +39,26 @@ func (r idleResult) perNode() float64   { return r.perSecond() / float64(r.nodes
 // general log is on during the window and its statements are listed by
 // text, largest first, to say which loop sent them (it costs statements of
 // its own only on the server side: Questions counts client statements).
-func measureIdle(t testing.TB, shards, masters, coreapps int, hb, unhealthy float64, keepalive, window time.Duration, generalLog bool) idleResult {
+// With cloud, the masters and coreapps run transport-cloudapi against the
+// Graph API test server and the gateway serves /cloudapi/webhook, as a
+// Cloud API deployment does.
+func measureIdle(t testing.TB, shards, masters, coreapps int, hb, unhealthy float64, keepalive, window time.Duration, generalLog, cloud bool) idleResult {
 	t.Helper()
 	// The nodes' own defaults too (the harness shortens them for other
 	// tests): MC_MASTER_LEASE 10 s, MC_LIVENESS_INTERVAL 60 s.
 	production := []string{"MC_LIVENESS_INTERVAL=60s"}
-	c := New(t, Options{Masters: masters, Coreapps: coreapps, Shards: shards, Heartbeat: hb, Unhealthy: unhealthy, Keepalive: keepalive,
+	gp := FreePort(t)
+	o := Options{Masters: masters, Coreapps: coreapps, Shards: shards, Heartbeat: hb, Unhealthy: unhealthy, Keepalive: keepalive,
 		MasterLease: 10 * time.Second, MasterEnv: production,
-		CoreappEnv: func(*Cluster, int) []string { return production }})
+		CoreappEnv: func(*Cluster, int) []string { return production }}
+	gwConf := ""
+	if cloud {
+		o.CloudAPI = true
+		o.GraphArgs = []string{"-webhook-url", fmt.Sprintf("http://127.0.0.1:%d/cloudapi/webhook", gp)}
+		gwConf = fmt.Sprintf(" {\n\t\tcloudapi_app_secret %s\n\t\tcloudapi_verify_token %s\n\t\tcloudapi_phone_number_id %s\n\t}",
+			CloudAppSecret, CloudVerifyToken, CloudPhoneID)
+	}
+	c := New(t, o)
 	idleCaddyOnce.Do(func() {
 		// Out of the first test's TempDir, which goes with it: every
 		// sub-benchmark runs this binary.
@@ -60,9 +72,8 @@ func measureIdle(t testing.TB, shards, masters, coreapps int, hb, unhealthy floa
 		}
 	})
 	caddy := idleCaddy
-	gp := FreePort(t)
 	startCaddy(t, c, caddy, "gateway", gp,
-		fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%d {\n\tmulticonnect\n}\n", gp))
+		fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%d {\n\tmulticonnect%s\n}\n", gp, gwConf))
 	// Settle: the claims, the first heartbeats, the gateway's first loads.
 	c.WaitAllShardsConnected(30 * time.Second)
 	time.Sleep(max(3*time.Second, time.Duration(2*hb*float64(time.Second))))
@@ -149,10 +160,17 @@ func generalLogSummary(t testing.TB, c *Cluster) string {
 // 5 s, unhealthy 30 s, the network's keepalive 1 s as in production) of two
 // masters, four coreapps, one gateway and four shards sends MariaDB at most
 // one statement per node per second.
-func TestIdleStatements(t *testing.T) {
-	r := measureIdle(t, 4, 2, 4, 5, 30, time.Second, 12*time.Second, os.Getenv("MC_IDLE_GENERAL_LOG") != "")
-	t.Logf("idle, 4 shards, %d nodes, defaults: %d statements in %v = %.1f/s, %.2f per node per second (%s)",
-		r.nodes, r.statements, r.window.Round(time.Millisecond), r.perSecond(), r.perNode(), r.top)
+func TestIdleStatements(t *testing.T) { checkIdle(t, false) }
+
+// TestIdleStatementsCloudAPI is TestIdleStatements for the Cloud API
+// deployment: masters and coreapps on transport-cloudapi against the Graph
+// API test server, the gateway with its /cloudapi/webhook route.
+func TestIdleStatementsCloudAPI(t *testing.T) { checkIdle(t, true) }
+
+func checkIdle(t *testing.T, cloud bool) {
+	r := measureIdle(t, 4, 2, 4, 5, 30, time.Second, 12*time.Second, os.Getenv("MC_IDLE_GENERAL_LOG") != "", cloud)
+	t.Logf("idle, 4 shards, %d nodes, defaults, cloud API %v: %d statements in %v = %.1f/s, %.2f per node per second (%s)",
+		r.nodes, cloud, r.statements, r.window.Round(time.Millisecond), r.perSecond(), r.perNode(), r.top)
 	if r.sources != "" {
 		t.Logf("by statement:\n%s", r.sources)
 	}
@@ -165,10 +183,12 @@ func TestIdleStatements(t *testing.T) {
 // shards (MC_IDLE_SHARDS, comma-separated) at the default settings and
 // the fast ones (heartbeat 0.25/unhealthy 1 and 0.05/0.25, keepalive to
 // match), with two masters, one coreapp per shard (a coreapp holds one
-// shard) and one gateway. MC_IDLE_SECONDS (default 20) is the window.
+// shard) and one gateway. MC_IDLE_SECONDS (default 20) is the window;
+// MC_IDLE_TRANSPORT=cloudapi runs the Cloud API deployment.
 //
 //	go test -run '^$' -bench 'BenchmarkIdleStatements$' -benchtime 1x -timeout 30m ./internal/clustertest
 func BenchmarkIdleStatements(b *testing.B) {
+	cloud := os.Getenv("MC_IDLE_TRANSPORT") == "cloudapi"
 	shardCounts := []int{4, 16, 32}
 	if s := os.Getenv("MC_IDLE_SHARDS"); s != "" {
 		shardCounts = nil
@@ -194,7 +214,7 @@ func BenchmarkIdleStatements(b *testing.B) {
 		for _, s := range settings {
 			b.Run(fmt.Sprintf("shards=%d/%s", shards, strings.ReplaceAll(s.name, " ", "_")), func(b *testing.B) {
 				for i := 0; i < b.N; i++ {
-					r := measureIdle(b, shards, 2, shards, s.hb, s.unhealthy, s.keepalive, window, os.Getenv("MC_IDLE_GENERAL_LOG") != "")
+					r := measureIdle(b, shards, 2, shards, s.hb, s.unhealthy, s.keepalive, window, os.Getenv("MC_IDLE_GENERAL_LOG") != "", cloud)
 					b.Logf("idle | %d shards | %s | %d nodes | %.1f statements/s | %.2f per node/s | %s",
 						shards, s.name, r.nodes, r.perSecond(), r.perNode(), r.top)
 					if r.sources != "" {

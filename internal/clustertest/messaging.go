@@ -38,7 +38,7 @@ func (c *Cluster) PatchSettings(body string) {
 // shard map in the database says.
 func (c *Cluster) ShardPrimary(s int) (string, error) {
 	var addr string
-	err := c.SQL.QueryRow(`SELECT node_id FROM shard_map WHERE shard_id = ? AND node_id IS NOT NULL AND lease_expires > NOW(6)`, s).Scan(&addr)
+	err := c.SQL.QueryRow(`SELECT node_id FROM shard_claims WHERE shard_id = ? AND node_id IS NOT NULL AND lease_expires > NOW(6)`, s).Scan(&addr)
 	if err != nil {
 		return "", fmt.Errorf("no primary for shard %d: %w", s, err)
 	}

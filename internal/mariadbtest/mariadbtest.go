@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/privatedb"
 	"github.com/multiconnect/multiconnect/internal/schema"
 )
@@ -78,6 +79,17 @@ func Migrated(t testing.TB, name string) *sql.DB {
 		t.Fatal(err)
 	}
 	if err := schema.Upgrade(ctx, db, func(context.Context) error { return nil }, nil); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// WithCluster is Migrated with the cluster row created for shards shards,
+// as the primary master leaves a new cluster (no shard assigned yet).
+func WithCluster(t testing.TB, name string, shards int) *sql.DB {
+	t.Helper()
+	db := Migrated(t, name)
+	if err := cluster.Init(context.Background(), db, shards); err != nil {
 		t.Fatal(err)
 	}
 	return db

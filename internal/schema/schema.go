@@ -69,7 +69,8 @@ var Migrations = []Migration{
 			last_seen DATETIME(6) NOT NULL
 		) ENGINE=InnoDB`,
 		// One row per shard. The holder (node_id, incarnation) may serve the
-		// shard at epoch while lease_expires (DB clock) is ahead of NOW(6), and
+		// shard at epoch while lease_expires (DB clock) is ahead of NOW(6)
+		// (since version 12 the claim's expiry lives in shard_claims), and
 		// may connect to the network only once NOW(6) >= connect_after, which the
 		// master sets past the previous holder's last possible connection.
 		// Renewals use GREATEST so a shortened unhealthy_interval never pulls an
@@ -338,6 +339,34 @@ var Migrations = []Migration{
 		// is a metadata change in InnoDB: no table copy however many rows.
 		// The column stays: dropping it would rebuild the table.
 		`ALTER TABLE messages DROP INDEX messages_idem`,
+	}},
+	{12, "shard claims apart from the fenced shard_map row", []string{
+		// A shard's claim: who holds it (a copy of shard_map's node_id,
+		// incarnation and epoch, written in the same transaction by every
+		// promotion and release) and until when on the database's clock.
+		// The holder renews lease_expires here every
+		// min(heartbeat_interval, unhealthy_interval/4). Every group commit
+		// share-locks the shard's shard_map row until its COMMIT (its
+		// fence); a renewal that updated that row waited for every group
+		// commit in flight, and under full load claims lapsed behind them.
+		// Renewals use GREATEST so a shortened unhealthy_interval never
+		// pulls an expiry back under a holder that counts on it; they also
+		// set renewed_at, which always changes, so "0 rows affected" means
+		// lost. A hand-back sets lease_expires to NOW(6).
+		`CREATE TABLE IF NOT EXISTS shard_claims (
+			shard_id INT PRIMARY KEY,
+			node_id VARCHAR(255) NULL,
+			incarnation BIGINT NOT NULL DEFAULT 0,
+			epoch BIGINT NOT NULL DEFAULT 0,
+			lease_expires DATETIME(6) NOT NULL,
+			renewed_at DATETIME(6) NULL
+		) ENGINE=InnoDB`,
+		// The claims as they stand. shard_map keeps its lease_expires and
+		// renewed_at: coreapps of the previous version, still running
+		// during a rolling upgrade, renew there, so masters take the later
+		// of the two expiries (and promotions write both).
+		`INSERT IGNORE INTO shard_claims (shard_id, node_id, incarnation, epoch, lease_expires, renewed_at)
+			SELECT shard_id, node_id, incarnation, epoch, lease_expires, renewed_at FROM shard_map`,
 	}},
 }
 

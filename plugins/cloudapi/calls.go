@@ -6,10 +6,14 @@ import (
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
-// Call implements transport.Transport: the account operations (ops.go).
+// Call implements transport.Transport: the account operations (ops.go), and
+// OpEventsStored, which wakes the Events pollers (events.go).
 // While the plugin holds a claim, an op's requests end at its deadline
 // like every other request of the shard.
 func (t *Transport) Call(ctx context.Context, op string, body []byte) ([]byte, error) {
+	if op == transport.OpEventsStored {
+		return t.eventsStored(body)
+	}
 	if c, err := t.Current(); err == nil {
 		var cancel context.CancelFunc
 		ctx, cancel = c.bound(ctx)

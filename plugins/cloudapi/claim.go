@@ -40,6 +40,8 @@ func (t *Transport) Connect(_ context.Context, req transport.ConnectRequest) err
 	t.learnLayoutLocked(req.Shard, req.Layout)
 	t.connected, t.lastErr = true, ""
 	delete(t.acked, req.Shard)
+	// The backlog the previous holder left is read at once.
+	t.wakeLocked()
 	t.log.Info("claim taken: sending for the shard", "shard", req.Shard, "epoch", req.Epoch, "node", req.Node,
 		"deadline_in", transport.Until(req.Deadline).String())
 	return nil
@@ -81,6 +83,11 @@ func (t *Transport) Extend(_ context.Context, epoch uint64, deadline int64, layo
 // its share of the number's throughput.
 func (t *Transport) learnLayoutLocked(shard int, l transport.Layout) {
 	if l.Shards > 0 && l.Version >= t.layout.Version {
+		if t.layout.Shards != 0 && l.Shards != t.layout.Shards {
+			// The re-shard moved other shards' unacknowledged rows to
+			// the end of this one's stream (inbound.RelayoutTx).
+			t.wakeLocked()
+		}
 		t.layout = l
 	}
 	if t.engine != nil {

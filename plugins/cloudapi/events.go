@@ -16,10 +16,19 @@ import (
 const Stream = inbound.Stream
 
 const (
-	// pollInterval is how often Events reads the shard's new rows: the
-	// webhook route commits them, and nothing tells the plugin they are
-	// there, so this is the latency the inbound path adds.
-	pollInterval = 100 * time.Millisecond
+	// defaultSafetyPoll is how often Events reads the shard's rows with
+	// nothing telling it to: the gateway that stores a webhook's rows
+	// wakes the shard's primary coreapp, which wakes the plugin
+	// (transport.OpEventsStored), so this only bounds how long an event
+	// waits when that wake is lost (the gateway died after its COMMIT,
+	// its shard map named a deposed primary). Like the cluster's other
+	// safety polls (settings.SafetyPoll).
+	defaultSafetyPoll = 10 * time.Second
+	// minReadGap spaces the reads of a stream of wakes (a webhook every
+	// millisecond): what arrives meanwhile is read by the next one.
+	minReadGap = 10 * time.Millisecond
+	// readRetry is the wait after a read failed.
+	readRetry = 200 * time.Millisecond
 	// readBatch bounds one read.
 	readBatch = 500
 	// window is how many events may be pushed and not yet acknowledged
@@ -44,8 +53,9 @@ func (r dbReader) Ack(ctx context.Context, shard int, seq uint64) error {
 }
 
 // Events implements transport.Transport: it pushes the rows the gateway's
-// webhook route stored for the shard the plugin holds a claim for, polled
-// every pollInterval while connected, from the oldest unacknowledged.
+// webhook route stored for the shard the plugin holds a claim for, from the
+// oldest unacknowledged. It reads them when woken (a new claim, a new shard
+// count, OpEventsStored, room in the window) and every safety poll.
 func (t *Transport) Events(ctx context.Context) (<-chan transport.Event, error) {
 	if t.inbound == nil {
 		return nil, errors.New("events: no database for the inbound webhooks (WA_DB_* not set for the plugin)")
@@ -63,23 +73,44 @@ func (t *Transport) poll(ctx context.Context, ch chan<- transport.Event) {
 		after     uint64 // the last seq pushed on conn
 		lastAcked uint64
 		since     time.Time // when the acknowledgements last moved (or pushing began)
+		lastRead  time.Time
+		wait      time.Duration // 0: read at once
 	)
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
+	wake := t.wakeChan()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+		if wait > 0 {
+			timer := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return
+			case <-wake:
+			case <-timer.C:
+			}
+			timer.Stop()
+		}
+		// Taken before reading: a wake from here on (a row committed
+		// after this read's snapshot) ends the next wait.
+		wake = t.wakeChan()
+		wait = t.safetyPoll
+		if gap := minReadGap - time.Since(lastRead); gap > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(gap):
+			}
 		}
 		c, err := t.Current()
 		if err != nil {
 			conn = 0
 			continue
 		}
-		acked := t.ackedOf(c.Shard)
+		acked, ackedAt := t.ackedOf(c.Shard)
 		if acked != lastAcked {
-			lastAcked, since = acked, time.Now()
+			lastAcked = acked
+			if ackedAt.After(since) {
+				since = ackedAt
+			}
 		}
 		if c.Conn == conn && after > acked && time.Since(since) > t.redeliverAfter {
 			// Nothing acknowledged for a while: start over from the
@@ -91,14 +122,19 @@ func (t *Transport) poll(ctx context.Context, ch chan<- transport.Event) {
 		if c.Conn != conn {
 			conn, after, since = c.Conn, 0, time.Now()
 		}
-		if after > acked && after-acked >= window {
+		if t.windowFull(c.Shard, after) {
+			// The next Ack wakes it; the redelivery check still runs.
+			wait = min(wait, max(t.redeliverAfter-time.Since(since), 0)+time.Millisecond)
 			continue
 		}
+		limit := min(readBatch, window-int(after-min(after, acked)))
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		evs, err := t.inbound.Read(rctx, c.Shard, after, min(readBatch, window-int(after-min(after, acked))))
+		lastRead = time.Now()
+		evs, err := t.inbound.Read(rctx, c.Shard, after, limit)
 		cancel()
 		if err != nil {
 			t.log.Warn("reading inbound webhook events failed; trying again", "shard", c.Shard, "err", err)
+			wait = readRetry
 			continue
 		}
 		for _, e := range evs {
@@ -113,7 +149,53 @@ func (t *Transport) poll(ctx context.Context, ch chan<- transport.Event) {
 			}
 			after = e.Seq
 		}
+		if len(evs) == limit {
+			wait = 0 // more may be waiting
+		} else if after > acked {
+			// Pushed, not yet acknowledged: look again when redelivery
+			// would be due (an Ack moves since on).
+			wait = min(wait, max(t.redeliverAfter-time.Since(since), 0)+time.Millisecond)
+		}
 	}
+}
+
+// wakeChan returns the channel the next wake closes.
+func (t *Transport) wakeChan() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.wakeCh
+}
+
+// wakeLocked makes every Events poller read now.
+func (t *Transport) wakeLocked() {
+	close(t.wakeCh)
+	t.wakeCh = make(chan struct{})
+}
+
+// eventsStored is OpEventsStored: new rows of a shard were committed.
+func (t *Transport) eventsStored(body []byte) ([]byte, error) {
+	var in transport.EventsStored
+	if err := decodeBody(transport.OpEventsStored, body, &in); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.connected && t.claim.Shard == in.Shard {
+		t.wakeLocked()
+	}
+	return []byte("{}"), nil
+}
+
+// windowFull reports whether as many events of shard as the window holds
+// are pushed (up to after) and not acknowledged; the next Ack then wakes
+// the pollers.
+func (t *Transport) windowFull(shard int, after uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	acked := t.acked[shard]
+	full := after > acked && after-acked >= window
+	t.ackWakes = t.ackWakes || full
+	return full
 }
 
 // renewConn gives the claim c a new Conn (unless another poller did).
@@ -126,11 +208,12 @@ func (t *Transport) renewConn(c Claim) int64 {
 	return t.claim.Conn
 }
 
-// ackedOf is the highest seq acknowledged for shard on the claim.
-func (t *Transport) ackedOf(shard int) uint64 {
+// ackedOf is the highest seq acknowledged for shard on the claim, and
+// when that acknowledgement came.
+func (t *Transport) ackedOf(shard int) (uint64, time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.acked[shard]
+	return t.acked[shard], t.ackedAt
 }
 
 // Ack implements transport.Transport. Acknowledgements are cumulative and
@@ -155,7 +238,11 @@ func (t *Transport) Ack(ctx context.Context, shard int, conn int64, seq uint64) 
 	}
 	t.mu.Lock()
 	if seq > t.acked[shard] {
-		t.acked[shard] = seq
+		t.acked[shard], t.ackedAt = seq, time.Now()
+		if t.ackWakes {
+			t.ackWakes = false
+			t.wakeLocked()
+		}
 	}
 	t.mu.Unlock()
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,14 +299,23 @@ func TestEventsFromTheWebhookRows(t *testing.T) {
 	if acked != 2 {
 		t.Errorf("%d rows acknowledged, want 2", acked)
 	}
-	// A new event arrives after the acknowledged ones.
+	// A new event arrives after the acknowledged ones: the gateway that
+	// stored it wakes the plugin, which reads it at once (the safety poll
+	// is 10 s).
 	if _, err := inbound.Store(ctx, r.db, map[int][]inbound.Record{0: {rec(transport.EventStatus, "m-1", "delivered", "15550100001")}}); err != nil {
+		t.Fatal(err)
+	}
+	woken := time.Now()
+	if _, err := r.tr.Call(ctx, transport.OpEventsStored, []byte(`{"shard":0}`)); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case e := <-ch:
 		if e.Seq != 3 || e.Status != "delivered" {
 			t.Errorf("next event: %+v", e)
+		}
+		if d := time.Since(woken); d > time.Second {
+			t.Errorf("the woken read came %v after the wake, want at once", d)
 		}
 	case <-ctx.Done():
 		t.Fatal("no event after the acknowledged ones")
@@ -317,6 +327,98 @@ func TestEventsFromTheWebhookRows(t *testing.T) {
 		t.Errorf("an event while not connected: %+v", e)
 	case <-time.After(300 * time.Millisecond):
 	}
+}
+
+// countingReader counts the reads of the InboundReader it wraps.
+type countingReader struct {
+	InboundReader
+	reads *atomic.Int64
+}
+
+func (c countingReader) Read(ctx context.Context, shard int, afterSeq uint64, limit int) ([]transport.Event, error) {
+	c.reads.Add(1)
+	return c.InboundReader.Read(ctx, shard, afterSeq, limit)
+}
+
+// TestEventsReadWhenWokenOrAtTheSafetyPoll: an idle plugin does not read
+// the shard's rows (it read them once, on subscribing); a wake for
+// another shard reads nothing; a row stored without a wake (the gateway's
+// wake lost) is found by the safety poll; a new claim reads at once.
+func TestEventsReadWhenWokenOrAtTheSafetyPoll(t *testing.T) {
+	r := newLiveRig(t)
+	var reads atomic.Int64
+	r.tr.inbound = countingReader{r.tr.inbound, &reads}
+	r.tr.safetyPoll = 1500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ch, err := r.tr.Events(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d reads in 500 ms idle, want the first one only", n)
+	}
+	if _, err := r.tr.Call(ctx, transport.OpEventsStored, []byte(`{"shard":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := reads.Load(); n != 1 {
+		t.Errorf("a wake for a shard not held read (%d reads)", n)
+	}
+	stored := time.Now()
+	if _, err := inbound.Store(ctx, r.db, map[int][]inbound.Record{0: {{Event: transport.Event{Kind: transport.EventInbound, MessageID: "wamid.LOST",
+		Recipient: "15550100001", Timestamp: time.Now().Unix(), Payload: []byte(`{}`)}, DedupeKey: "wamid.LOST"}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-ch:
+		if e.MessageID != "wamid.LOST" {
+			t.Errorf("event %+v", e)
+		}
+		t.Logf("a row stored without a wake was pushed %v later (safety poll 1.5 s)", time.Since(stored).Round(time.Millisecond))
+	case <-ctx.Done():
+		t.Fatal("a row stored without a wake was never pushed")
+	}
+	if err := r.tr.Ack(ctx, 0, r.mustConn(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	// Another claim on the shard (a failover to this node) reads at once:
+	// the unacknowledged row comes again under the new claim.
+	if _, err := inbound.Store(ctx, r.db, map[int][]inbound.Record{0: {{Event: transport.Event{Kind: transport.EventInbound, MessageID: "wamid.LEFT",
+		Recipient: "15550100001", Timestamp: time.Now().Unix(), Payload: []byte(`{}`)}, DedupeKey: "wamid.LEFT"}}}); err != nil {
+		t.Fatal(err)
+	}
+	before := reads.Load()
+	connected := time.Now()
+	if err := r.tr.Connect(ctx, transport.ConnectRequest{Shard: 0, Epoch: 4, Node: "core2", Deadline: transport.MonoNow() + int64(time.Minute),
+		Layout: transport.Layout{Shards: 1, Version: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-ch:
+		if e.MessageID != "wamid.LEFT" {
+			t.Errorf("event %+v", e)
+		}
+		if d := time.Since(connected); d > time.Second {
+			t.Errorf("the new claim's backlog came %v after Connect, want at once", d)
+		}
+	case <-ctx.Done():
+		t.Fatal("the new claim's backlog was never pushed")
+	}
+	if reads.Load() == before {
+		t.Errorf("no read after the new claim")
+	}
+}
+
+// mustConn is the Conn of the claim the rig's plugin holds.
+func (r *liveRig) mustConn(t *testing.T) int64 {
+	t.Helper()
+	c, err := r.tr.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Conn
 }
 
 // TestEventsPushedAgainWhenNotAcknowledged: events the coreapp does not

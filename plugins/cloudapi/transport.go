@@ -113,8 +113,17 @@ type Transport struct {
 	// redeliverAfter: see defaultRedeliverAfter (tests shorten it).
 	redeliverAfter time.Duration
 	// acked is the highest seq the coreapp acknowledged on the claim, by
-	// shard (flow control and redelivery after a stall).
-	acked map[int]uint64
+	// shard (flow control and redelivery after a stall); ackedAt is when
+	// it last moved.
+	acked   map[int]uint64
+	ackedAt time.Time
+	// wakeCh is closed (and replaced) to make the Events pollers read
+	// now; ackWakes asks the next Ack to do so (a poller waits for room
+	// in the window).
+	wakeCh   chan struct{}
+	ackWakes bool
+	// safetyPoll: see defaultSafetyPoll (tests shorten it).
+	safetyPoll time.Duration
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -137,6 +146,7 @@ func New(cfg Config, o Options) *Transport {
 		cfg: cfg, log: log, db: o.DB,
 		graph: graph.New(graph.Config{BaseURL: cfg.BaseURL, Version: cfg.GraphVersion, PhoneNumberID: cfg.PhoneNumberID, AccessToken: cfg.AccessToken}),
 		acked: map[int]uint64{}, redeliverAfter: defaultRedeliverAfter,
+		wakeCh: make(chan struct{}), safetyPoll: defaultSafetyPoll,
 	}
 	t.sender, t.inbound = o.Sender, o.Inbound
 	if t.inbound == nil && o.DB != nil {

@@ -67,3 +67,20 @@ const (
 	// Result: empty.
 	OpMediaDelete = "media.delete"
 )
+
+// Ops of the event stream.
+const (
+	// OpEventsStored tells a network whose events the cluster stores for it
+	// (the Cloud API's webhooks, stored by the gateway) that new events of
+	// a shard were committed: the plugin holding that shard reads them now
+	// rather than at its next safety poll. Body: EventsStored. Result:
+	// empty. A wake for a shard the plugin does not hold is taken and
+	// ignored (the claim moved; its new holder reads on connecting). A
+	// network that pushes its events itself answers ErrUnsupported.
+	OpEventsStored = "events.stored"
+)
+
+// EventsStored is OpEventsStored's body.
+type EventsStored struct {
+	Shard int `json:"shard"`
+}

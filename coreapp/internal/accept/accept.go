@@ -268,8 +268,9 @@ var errShardsChanged = errors.New("the shard count changed during the transactio
 // insertFenced stores a batch that carries no idempotency key in one
 // autocommit statement that is its own fence: INSERT ... SELECT of the
 // batch joined with this coreapp's shard_map row and the cluster row,
-// LOCK IN SHARE MODE, so the rows are stored only if the claim holds on the
-// database's clock and the shard count is the one the recipients were
+// LOCK IN SHARE MODE, so the rows are stored only if this coreapp is still
+// the shard's holder at st's epoch (see fence for why not its expiry too)
+// and the shard count is the one the recipients were
 // checked against, and a promotion (which updates the shard_map row) waits
 // for this commit as it waits for a fenced transaction's. One statement
 // instead of BEGIN, INSERT, fence and COMMIT. (Under REPEATABLE READ an
@@ -303,7 +304,7 @@ func (a *Acceptor) insertFenced(ctx context.Context, st claim.Status, batch []*a
 		return nil, nil, false, nil
 	}
 	sb.WriteString(`) v
-		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ? AND s.lease_expires > NOW(6)
+		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ?
 		JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards AND c.shards = ?
 		LOCK IN SHARE MODE`)
 	args = append(args, st.Shard, a.ID.ID, a.ID.Incarnation, st.Epoch, shards)

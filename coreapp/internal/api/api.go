@@ -125,7 +125,7 @@ func (s *Server) report() map[string]any {
 	return map[string]any{
 		"node": s.ID.ID, "incarnation": s.ID.Incarnation, "primary": st.Primary, "shard": st.Shard,
 		"epoch": st.Epoch, "connected": st.Connected, "connect_due": st.ConnectDue, "transport_ok": s.Plugins.Running(),
-		"db_age_ms": s.Claim.DBAgeMS(),
+		"db_age_ms": s.Claim.DBAgeMS(), "off_ms": st.Off.Milliseconds(),
 	}
 }
 

@@ -47,6 +47,7 @@ var coreRoutes = []coreRoute{
 	{"POST", "/internal/promote", false, false, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.promote(ctx) }},
 	{"POST", "/internal/release", false, false, func(s *Server, ctx *fasthttp.RequestCtx, _ map[string]string) { s.release(ctx) }},
 	{"POST", "/internal/demote", false, false, (*Server).serveDemote},
+	{"POST", "/internal/events-stored", false, false, (*Server).serveEventsStored},
 	{"GET", "/metrics", false, false, (*Server).serveMetrics},
 }
 

@@ -37,6 +37,7 @@ type claim struct {
 	valid     lease.Validity
 	connectAt int64  // monotime before which the network must not see us
 	connected bool   // the plugin holds the connection
+	offAt     int64  // monotime it last lost the connection (connectAt counts before the first)
 	pluginGen uint64 // plugin generation the connection was made on
 	// extendedAt is the monotime the plugin last took (or was too slow to
 	// refuse) an extension: it has just been heard from.
@@ -108,7 +109,7 @@ func New(d Deps) *Holder {
 		rewind:   make(chan int, 1),
 		renewals: make(chan renewal, 16),
 		renewRTT: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_seconds",
-			Help: "Round trip of one claim renewal (UPDATE shard_map).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+			Help: "Round trip of one claim renewal (UPDATE shard_claims).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		renewGap: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_coreapp_claim_renewal_gap_seconds",
 			Help:    "Time between the sending of two consecutive claim renewals: the claim's validity must outlast it.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
@@ -129,6 +130,12 @@ type Status struct {
 	ConnectDue bool
 	// ConnectedAt: the monotime the plugin last connected (if Connected).
 	ConnectedAt int64
+	// Off: how long it has been due and not connected (0 when connected).
+	// The master replaces a holder off for unhealthy_interval; it counts
+	// on this, not on when it first heard it off, so a connection lost,
+	// made again and lost again between two heartbeats counts from the
+	// last loss.
+	Off time.Duration
 }
 
 // Status is the claim as of now.
@@ -138,8 +145,13 @@ func (h *Holder) Status() Status {
 	if h.cur == nil || !h.cur.valid.Valid() {
 		return Status{Shard: -1}
 	}
-	return Status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
-		ConnectDue: monotime.Now() >= h.cur.connectAt, ConnectedAt: h.cur.connectedAt}
+	now := monotime.Now()
+	st := Status{Primary: true, Shard: h.cur.shard, Epoch: h.cur.epoch, Connected: h.cur.connected,
+		ConnectDue: now >= h.cur.connectAt, ConnectedAt: h.cur.connectedAt}
+	if st.ConnectDue && !st.Connected {
+		st.Off = time.Duration(now - max(h.cur.offAt, h.cur.connectAt))
+	}
+	return st
 }
 
 // DBAgeMS is how many milliseconds ago the holder's last database
@@ -167,9 +179,15 @@ func (h *Holder) renewEvery() time.Duration {
 // before it returns.
 func (h *Holder) Run(ctx context.Context) {
 	go h.renewLoop(ctx)
+	// The tick is due at a fixed time, not a period after the last event:
+	// renewal outcomes arrive about every period too, and a timer started
+	// afresh at each of them fired only when an outcome came late, so a
+	// holder that had lost its connection waited for a reconnection
+	// attempt as long as its renewals kept coming on time.
+	nextTick := monotime.Now() + int64(h.renewEvery())
 	for {
 		changed := h.Settings.Moved()
-		wait := h.renewEvery()
+		wait := time.Duration(nextTick - monotime.Now())
 		h.mu.Lock()
 		cur := h.cur
 		h.mu.Unlock()
@@ -194,6 +212,7 @@ func (h *Holder) Run(ctx context.Context) {
 			h.take(ctx, a)
 		case <-h.nudge:
 			h.tick(ctx, true)
+			nextTick = monotime.Now() + int64(h.renewEvery())
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
 		case shard := <-h.rewind:
@@ -202,8 +221,10 @@ func (h *Holder) Run(ctx context.Context) {
 			h.renewed(ctx, r)
 		case <-changed:
 			h.tick(ctx, true)
+			nextTick = monotime.Now() + int64(h.renewEvery())
 		case <-time.After(wait):
 			h.tick(ctx, false)
+			nextTick = monotime.Now() + int64(h.renewEvery())
 		}
 	}
 }
@@ -306,7 +327,16 @@ func (h *Holder) renewed(ctx context.Context, r renewal) {
 			h.stepDown("claim could not be renewed in time")
 		}
 	default:
+		was := cur.connected
 		h.extend(ctx, cur)
+		if was && !cur.connected {
+			// The plugin has just lost the connection (the extend said
+			// so): reconnect now, not at the next tick. Only on the loss:
+			// retries after a failed attempt stay on the tick's cadence,
+			// so run is free between them for the master's release
+			// request (a connect into a cut path takes unhealthy/2).
+			h.ensureConnected(ctx, cur, false)
+		}
 	}
 }
 
@@ -326,7 +356,7 @@ func (h *Holder) discover(ctx context.Context) {
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var a assignment
-	err := h.DB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_map
+	err := h.DB.QueryRowContext(qctx, `SELECT shard_id, epoch FROM shard_claims
 		WHERE node_id = ? AND incarnation = ? AND lease_expires > NOW(6) ORDER BY epoch DESC LIMIT 1`,
 		h.ID.ID, h.ID.Incarnation).Scan(&a.shard, &a.epoch)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -392,16 +422,26 @@ func (h *Holder) claimTx(ctx context.Context, a assignment, ttl time.Duration) (
 	var node string
 	var inc, epoch int64
 	var alive bool
-	err = tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), incarnation, epoch, lease_expires > NOW(6),
-			GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), connect_after))
-		FROM shard_map WHERE shard_id = ? FOR UPDATE`, a.shard).Scan(&node, &inc, &epoch, &alive, &waitUS)
+	// The claim row only: the shard_map row is share-locked by every
+	// group commit in flight (its fence), and its claim columns are
+	// written, in one transaction with these, only by a master's promotion
+	// or release, which locks this row too.
+	err = tx.QueryRowContext(ctx, `SELECT COALESCE(node_id, ''), incarnation, epoch, lease_expires > NOW(6)
+		FROM shard_claims WHERE shard_id = ? FOR UPDATE`, a.shard).Scan(&node, &inc, &epoch, &alive)
 	if err != nil {
 		return 0, fmt.Errorf("read shard %d: %w", a.shard, err)
 	}
 	if node != h.ID.ID || inc != h.ID.Incarnation || epoch != a.epoch || !alive {
 		return 0, errNotOurs
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE shard_map SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND),
+	// A plain (consistent, lock-free) read: its snapshot is taken now,
+	// after the lock above, so it sees the promotion that assigned this
+	// epoch; a later one waits for this transaction's lock on the claim.
+	if err := tx.QueryRowContext(ctx, `SELECT GREATEST(0, TIMESTAMPDIFF(MICROSECOND, NOW(6), connect_after))
+		FROM shard_map WHERE shard_id = ?`, a.shard).Scan(&waitUS); err != nil {
+		return 0, fmt.Errorf("read shard %d's connect_after: %w", a.shard, err)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE shard_claims SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND),
 		renewed_at = NOW(6) WHERE shard_id = ?`, ttl.Microseconds(), a.shard); err != nil {
 		return 0, fmt.Errorf("extend shard %d: %w", a.shard, err)
 	}
@@ -427,7 +467,10 @@ func (h *Holder) renew(ctx context.Context, c *claim, gap time.Duration) (lost b
 				"remaining", c.valid.Remaining(), "err", err)
 		}
 	}()
-	res, err := h.DB.ExecContext(qctx, `UPDATE shard_map
+	// shard_claims, not shard_map: the group commits' fences share-lock
+	// the shard_map row until their COMMIT, and a renewal there queued
+	// behind every one in flight (TestRenewalDoesNotWaitForFences).
+	res, err := h.DB.ExecContext(qctx, `UPDATE shard_claims
 		SET lease_expires = GREATEST(lease_expires, NOW(6) + INTERVAL ? MICROSECOND), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ? AND lease_expires > NOW(6)`,
 		unhealthy.Microseconds(), c.shard, h.ID.ID, h.ID.Incarnation, c.epoch)
@@ -490,6 +533,13 @@ func (h *Holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 				return
 			}
 			h.Log.Warn("transport connection lost; reconnecting", "shard", c.shard, "epoch", c.epoch, "err", err, "last_error", hl.LastError)
+			if err == nil {
+				// The plugin says the connection is gone: off since now,
+				// whatever the attempt below does. A plugin too slow to
+				// answer is not known to be off (see pluginBudget): it
+				// counts as off only once the connect below fails.
+				h.setConnected(c, false, 0)
+			}
 		}
 		// The last check before the network sees us: validity is read here,
 		// after any pause, and passed on as the plugin's own deadline.
@@ -560,6 +610,9 @@ func (h *Holder) layout() transport.Layout {
 
 func (h *Holder) setConnected(c *claim, v bool, gen uint64) {
 	h.mu.Lock()
+	if c.connected && !v {
+		c.offAt = monotime.Now()
+	}
 	c.connected, c.pluginGen = v, gen
 	if v {
 		c.connectedAt = monotime.Now()
@@ -649,7 +702,7 @@ func (h *Holder) handBack(cur *claim) bool {
 	h.inflight.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	res, err := h.DB.ExecContext(ctx, `UPDATE shard_map SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
+	res, err := h.DB.ExecContext(ctx, `UPDATE shard_claims SET lease_expires = LEAST(lease_expires, NOW(6)), renewed_at = NOW(6)
 		WHERE shard_id = ? AND node_id = ? AND incarnation = ? AND epoch = ?`, cur.shard, h.ID.ID, h.ID.Incarnation, cur.epoch)
 	if err != nil {
 		h.DBError("hand back claim", err)

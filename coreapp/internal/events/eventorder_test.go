@@ -30,11 +30,12 @@ import (
 // simulated network in process, the transport-simnet plugin as its own
 // process, the claim holder and the callback writer against a private
 // MariaDB, wired as the coreapp wires them) through a refusal that keeps
-// the plugin's connection: the claim lapses in shard_map for a moment (as
-// when the database's clock steps forward and back) while the holder,
-// which renews only every 60 s here, keeps its connection, so the writer's
-// fence refuses the events that arrive meanwhile; then the claim holds
-// again at the same epoch, and the connection goes on. This is the same
+// the plugin's connection: for a moment shard_map names another epoch for
+// the shard (the test writes it; in production a batch whose write fails
+// or times out is refused the same way) while the holder, which renews only
+// every 60 s here, keeps its connection, so the writer's fence refuses the
+// events that arrive meanwhile; then shard_map names the holder's epoch
+// again, and the connection goes on. This is the same
 // case for the writer as a holder flap whose step-down the plugin did not
 // confirm: later events of that connection must not be stored before the
 // refused ones (the webhook delivers in callbacks.seq order), and the
@@ -64,15 +65,21 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 	if err := cluster.Init(ctx, db, 1); err != nil {
 		t.Fatal(err)
 	}
-	// A renewal every 60 s: none falls into the lapse below, which would
-	// make the holder step down and end the connection.
+	// A renewal every 60 s: the holder's own statements stay out of the
+	// refusal below, so only the writer's fence meets it.
 	if _, err := settings.Patch(ctx, db, []byte(`{"heartbeat_interval":60,"unhealthy_interval":300,"callback_persist":true,
 		"webhooks":{"url":"http://127.0.0.1:1/hook"},"media":{"auto_download":[]}}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
-		VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 5 MINUTE, NOW(6))`); err != nil {
-		t.Fatal(err)
+	for _, q := range []string{
+		`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
+			VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 5 MINUTE, NOW(6))`,
+		`INSERT INTO shard_claims (shard_id, node_id, incarnation, epoch, lease_expires)
+			VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 5 MINUTE)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	log := logger.With("who", "coreapp")
@@ -155,32 +162,32 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 	}
 	conn := shard0().Open.ID
 
-	// The lapse: the fence fails, the connection stays up, and events
-	// arrive meanwhile.
-	if _, err := db.Exec(`UPDATE shard_map SET lease_expires = NOW(6) - INTERVAL 1 SECOND WHERE shard_id = 0`); err != nil {
+	// The refusal: the fence fails (the shard_map row names another
+	// epoch), the connection stays up, and events arrive meanwhile.
+	if _, err := db.Exec(`UPDATE shard_map SET epoch = 4 WHERE shard_id = 0`); err != nil {
 		t.Fatal(err)
 	}
 	inject(n1, n2)
 	for end := time.Now().Add(5 * time.Second); shard0().PushedEvents < n1+n2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(end) {
-			t.Fatalf("the network did not push the lapse's events: %+v", shard0())
+			t.Fatalf("the network did not push the events sent during the refusal: %+v", shard0())
 		}
 	}
 	select {
 	case <-logw.refused:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the writer did not refuse the events that came while the claim had lapsed")
+		t.Fatal("the writer did not refuse the events that came while the fence failed")
 	}
 	if got := stored(); got != n1 {
-		t.Fatalf("%d callbacks stored while the claim had lapsed, want %d", got, n1)
+		t.Fatalf("%d callbacks stored while the fence failed, want %d", got, n1)
 	}
 
-	// The claim holds again at the same epoch, on the same connection.
-	if _, err := db.Exec(`UPDATE shard_map SET lease_expires = NOW(6) + INTERVAL 5 MINUTE WHERE shard_id = 0`); err != nil {
+	// The fence holds again at the same epoch, on the same connection.
+	if _, err := db.Exec(`UPDATE shard_map SET epoch = 3 WHERE shard_id = 0`); err != nil {
 		t.Fatal(err)
 	}
 	if st, s := holder.Status(), shard0(); !st.Primary || !st.Connected || s.Open == nil || s.Open.ID != conn {
-		t.Fatalf("the holder let go during the lapse (%+v; connection %+v, was %d): the case this test needs did not happen", st, s.Open, conn)
+		t.Fatalf("the holder let go during the refusal (%+v; connection %+v, was %d): the case this test needs did not happen", st, s.Open, conn)
 	}
 	inject(n1+n2, n3)
 	total := n1 + n2 + n3

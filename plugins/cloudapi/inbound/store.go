@@ -56,7 +56,10 @@ func Store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (added int
 }
 
 func store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (int, error) {
-	return inTx(ctx, db, func(tx *sql.Tx) (int, error) { return storeTx(ctx, tx, byShard) })
+	return inTx(ctx, db, func(tx *sql.Tx) (int, error) {
+		n, _, err := storeTx(ctx, tx, byShard)
+		return n, err
+	})
 }
 
 // StoreForContacts stores recs (in the order Meta sent them) each in the
@@ -66,25 +69,32 @@ func store(ctx context.Context, db *sql.DB, byShard map[int][]Record) (int, erro
 // the unacknowledged rows (RelayoutTx), so a row is stored either before
 // the re-shard, and moved by it, or after it, under the new count: never
 // under a count the re-shard already replaced, whatever shard map the
-// gateway has cached.
-func StoreForContacts(ctx context.Context, db *sql.DB, recs []Record) (added int, err error) {
+// gateway has cached. shards are the shards that got new rows, ascending:
+// the caller tells their primaries (transport.OpEventsStored), whose
+// plugins otherwise find the rows only at their safety poll.
+func StoreForContacts(ctx context.Context, db *sql.DB, recs []Record) (added int, shards []int, err error) {
 	if len(recs) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	for attempt := 0; ; attempt++ {
 		added, err = inTx(ctx, db, func(tx *sql.Tx) (int, error) {
-			var shards int
-			if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1 LOCK IN SHARE MODE`).Scan(&shards); err != nil {
+			var count int
+			if err := tx.QueryRowContext(ctx, `SELECT shards FROM cluster WHERE id = 1 LOCK IN SHARE MODE`).Scan(&count); err != nil {
 				return 0, fmt.Errorf("store inbound events: read the shard count: %w", err)
 			}
-			byShard, err := ByShard(recs, shards)
+			byShard, err := ByShard(recs, count)
 			if err != nil {
 				return 0, fmt.Errorf("store inbound events: %w", err)
 			}
-			return storeTx(ctx, tx, byShard)
+			n, grown, err := storeTx(ctx, tx, byShard)
+			shards = grown
+			return n, err
 		})
 		if err == nil || attempt == 2 || !database.Deadlock(err) {
-			return added, err
+			if err != nil {
+				shards = nil
+			}
+			return added, shards, err
 		}
 	}
 }
@@ -106,8 +116,9 @@ func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) (int, error)) (in
 	return n, nil
 }
 
-// storeTx is Store's work within tx.
-func storeTx(ctx context.Context, tx *sql.Tx, byShard map[int][]Record) (int, error) {
+// storeTx is Store's work within tx. grown are the shards that got new
+// rows, ascending.
+func storeTx(ctx context.Context, tx *sql.Tx, byShard map[int][]Record) (added int, grown []int, err error) {
 	shards := make([]int, 0, len(byShard))
 	for s, recs := range byShard {
 		if len(recs) > 0 {
@@ -115,15 +126,17 @@ func storeTx(ctx context.Context, tx *sql.Tx, byShard map[int][]Record) (int, er
 		}
 	}
 	slices.Sort(shards)
-	added := 0
 	for _, s := range shards {
 		n, err := storeShard(ctx, tx, s, byShard[s])
 		if err != nil {
-			return 0, fmt.Errorf("store inbound events of shard %d: %w", s, err)
+			return 0, nil, fmt.Errorf("store inbound events of shard %d: %w", s, err)
 		}
 		added += n
+		if n > 0 {
+			grown = append(grown, s)
+		}
 	}
-	return added, nil
+	return added, grown, nil
 }
 
 func storeShard(ctx context.Context, tx *sql.Tx, shard int, recs []Record) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -273,7 +274,7 @@ func TestStoreForContactsDuringReshard(t *testing.T) {
 	if err := cluster.Init(ctx, db, 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := StoreForContacts(ctx, db, []Record{inboundRec("x1", in1), inboundRec("y1", in0)}); err != nil {
+	if _, _, err := StoreForContacts(ctx, db, []Record{inboundRec("x1", in1), inboundRec("y1", in0)}); err != nil {
 		t.Fatal(err)
 	}
 	if s := shardOf("x1"); s != 0 {
@@ -288,7 +289,10 @@ func TestStoreForContactsDuringReshard(t *testing.T) {
 	setShards(tx, 2)
 	done := make(chan error, 1)
 	go func() {
-		_, err := StoreForContacts(ctx, db, []Record{inboundRec("x2", in1)})
+		_, shards, err := StoreForContacts(ctx, db, []Record{inboundRec("x2", in1)})
+		if err == nil && !slices.Equal(shards, []int{1}) {
+			err = fmt.Errorf("the shards that got rows: %v, want [1] (whose primary is told)", shards)
+		}
 		done <- err
 	}()
 	select {
@@ -311,7 +315,7 @@ func TestStoreForContactsDuringReshard(t *testing.T) {
 	// Shrink and grow back: shard 1's moved rows are acknowledged when it
 	// goes, so its next reader starts after them without a gap.
 	reshard(1)
-	if _, err := StoreForContacts(ctx, db, []Record{inboundRec("x3", in1)}); err != nil {
+	if _, _, err := StoreForContacts(ctx, db, []Record{inboundRec("x3", in1)}); err != nil {
 		t.Fatal(err)
 	}
 	reshard(2)
