@@ -342,8 +342,31 @@ func TestCloudAPIGatewayKilledUnderLoad(t *testing.T) {
 // reshard sets the shard count through the gateway (retried while the
 // master refuses it, e.g. before enough coreapps are healthy) and waits
 // until every shard has a connected primary.
-func (f *cloudFixture) reshard(g *gateway, n int) {
+//
+// The plugins read a shard's webhook rows as soon as the gateway wakes
+// them, so at any moment almost none is unacknowledged, and a re-shard
+// would find nothing to move: the case the re-shard test is about. So the
+// coreapps' plugins are frozen (SIGSTOP) for backlog before the count
+// changes, while Meta's webhooks go on being stored, and go on (SIGCONT) as
+// soon as the master has committed the new count.
+func (f *cloudFixture) reshard(g *gateway, n int, backlog time.Duration) {
 	f.t.Helper()
+	var frozen []int
+	for _, c := range f.cl.Coreapps {
+		for _, pid := range clustertest.ChildPIDs(c.Pid()) {
+			if syscall.Kill(pid, syscall.SIGSTOP) == nil {
+				frozen = append(frozen, pid)
+			}
+		}
+	}
+	thaw := func() {
+		for _, pid := range frozen {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+		frozen = nil
+	}
+	defer thaw()
+	time.Sleep(backlog)
 	f.cl.Eventually(30*time.Second, fmt.Sprintf("the shard count set to %d", n), func() error {
 		st, body := g.do("POST", "/v1/account/shards", fmt.Sprintf(`{"shards":%d}`, n), jsonHeaders(bearer(f.token)))
 		if st != http.StatusCreated {
@@ -351,6 +374,7 @@ func (f *cloudFixture) reshard(g *gateway, n int) {
 		}
 		return nil
 	})
+	thaw()
 	f.c.shards.Store(int64(n))
 	for s := 0; s < n; s++ {
 		f.cl.WaitCloudPrimary(s, "", 30*time.Second)
@@ -379,7 +403,7 @@ func TestCloudAPIInboundAcrossReshards(t *testing.T) {
 	injected := f.inboundLoad(contacts, 25*time.Millisecond, stop, &wg)
 	for _, n := range []int{4, 2, 4, 2} {
 		time.Sleep(2 * time.Second)
-		f.reshard(g, n)
+		f.reshard(g, n, 500*time.Millisecond)
 		t.Logf("shards: %d", n)
 	}
 	time.Sleep(2 * time.Second)
