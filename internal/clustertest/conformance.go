@@ -29,7 +29,9 @@ var fingerprintColumns = map[string][]string{
 	"cluster": {"shards", "secret", "settings_version"},
 	// The layout (which shards exist), not who holds them or their claims.
 	"shard_map": {"shard_id"},
-	"tokens":    {"token_hash", "username", "revoked", "expires_at"},
+	// Claims move with every renewal (lease_expires, renewed_at).
+	"shard_claims": {"shard_id"},
+	"tokens":       {"token_hash", "username", "revoked", "expires_at"},
 	// state, sent_at and error move as the outbox sends.
 	"messages": {"id", "recipient", "type", "body", "idem_key"},
 	// delivery columns move as the webhook is called.
