@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -110,6 +111,22 @@ func FuzzRoutePath(f *testing.F) {
 		}
 		if cleanPath(c) != c {
 			t.Fatalf("cleanPath is not stable on %q: %q then %q", p, c, cleanPath(c))
+		}
+		// The same on the escaped path a request would carry: the path
+		// routed on is clean too, and the node is sent the same path.
+		if u, err := url.ParseRequestURI("/" + p); err == nil && u.RawQuery == "" && !u.ForceQuery {
+			raw := u.EscapedPath()
+			rp := cleanURLPath(u)
+			if strings.Contains(rp, "//") || (len(rp) > 1 && strings.HasSuffix(rp, "/")) || !strings.HasPrefix(rp, "/") {
+				t.Fatalf("cleanURLPath(%q) routes on %q", raw, rp)
+			}
+			if u.RawPath != "" {
+				if dec, err := url.PathUnescape(rp); rp != u.RawPath || err != nil || dec != u.Path {
+					t.Fatalf("cleanURLPath(%q) routes on %q but forwards %q (%q)", raw, rp, u.RawPath, u.Path)
+				}
+			} else if rp != u.Path {
+				t.Fatalf("cleanURLPath(%q) routes on %q but forwards %q", raw, rp, u.Path)
+			}
 		}
 		rt := classify(method, c)
 		if (rt.target == toNowhere) != (rt.name == "unknown") {

@@ -391,10 +391,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	delete(r.Header, cluster.SecretHeader)
 	delete(r.Header, cluster.UserHeader)
 
-	p := cleanPath(r.URL.Path)
-	if p != r.URL.Path {
-		r.URL.Path, r.URL.RawPath = p, ""
-	}
+	p := cleanURLPath(r.URL)
 	rt := classify(r.Method, p)
 	if rt.target == toNowhere {
 		g.view.metrics.routed.WithLabelValues(rt.name, rt.target.String()).Inc()

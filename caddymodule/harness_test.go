@@ -209,6 +209,7 @@ type stubRequest struct {
 	at        time.Time
 	method    string
 	path      string
+	rawPath   string // the path as it came on the wire, escapes kept
 	to        string
 	auth      string // the Authorization header that reached the node
 	secretsOK bool
@@ -271,7 +272,7 @@ func (n *stubNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body, _ := io.ReadAll(r.Body)
-	req := stubRequest{at: time.Now(), method: r.Method, path: r.URL.Path, auth: r.Header.Get("Authorization"), secretsOK: secretOK}
+	req := stubRequest{at: time.Now(), method: r.Method, path: r.URL.Path, rawPath: r.URL.EscapedPath(), auth: r.Header.Get("Authorization"), secretsOK: secretOK}
 	if n.role == "master" {
 		if !n.primary.Load() {
 			n.refused.Add(1)

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"net/url"
 	"path"
 	"strings"
 
@@ -175,6 +176,37 @@ func Forwards(method, path string) string {
 // under reports whether p is prefix or below it.
 func under(p, prefix string) bool {
 	return p == prefix || (len(p) > len(prefix) && p[len(prefix)] == '/' && strings.HasPrefix(p, prefix))
+}
+
+// cleanURLPath cleans u's path in place (see cleanPath) and returns the
+// path to route on. When the client escaped a character its path needs
+// escaped (a wamid is base64: its '/' comes as %2F), the escaped path is
+// cleaned and routed on, so an escaped '/' stays inside its segment, also
+// at the end of the path, and the request is forwarded with it. Each
+// segment is first put in one canonical spelling: "%2E%2E" is a dot
+// segment and "m%65dia" is "media", as the node behind would read them.
+func cleanURLPath(u *url.URL) string {
+	if u.RawPath == "" {
+		p := cleanPath(u.Path)
+		if p != u.Path {
+			u.Path = p
+		}
+		return p
+	}
+	segs := strings.Split(u.RawPath, "/")
+	for i, s := range segs {
+		if d, err := url.PathUnescape(s); err == nil {
+			segs[i] = url.PathEscape(d)
+		}
+	}
+	raw := cleanPath(strings.Join(segs, "/"))
+	dec, err := url.PathUnescape(raw)
+	if err != nil { // every segment was escaped above; kept for safety
+		u.Path, u.RawPath = cleanPath(u.Path), ""
+		return u.Path
+	}
+	u.Path, u.RawPath = dec, raw
+	return raw
 }
 
 // cleanPath resolves dot segments and duplicate slashes and drops a trailing

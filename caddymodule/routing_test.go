@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -107,6 +108,37 @@ func TestRoutesEveryShardToItsPrimary(t *testing.T) {
 	}
 	if st, body := g.do("PUT", "/v1/messages/in-routing-2", `{"status":"read"}`, bearer(token)); st != 404 || errCode(body) != apierror.NotFound {
 		t.Errorf("mark read of an unknown id: HTTP %d %s, want 404 with 1006", st, body)
+	}
+
+	// A wamid is base64: a '/' in it is escaped in the path (%2F) and is
+	// part of the id, wherever it falls, also at its end. Such an id still
+	// goes to its sender's shard, unchanged.
+	for _, id := range []string{"in/routing/3", "in-routing-4/", "/in-routing-5", "in/../settings/6"} {
+		if _, err := c.db.Exec(`INSERT INTO inbound_messages (id, sender, received_at) VALUES (?, ?, NOW(6))`, id, sender); err != nil {
+			t.Fatal(err)
+		}
+		before := len(primaries[2].requests())
+		st, body := g.do("PUT", "/v1/messages/"+url.PathEscape(id), `{"status":"read"}`, bearer(token))
+		if st != 200 || !strings.Contains(body, primaries[2].addr) {
+			t.Errorf("mark read of %q: HTTP %d %s, want shard 2's primary %s", id, st, body, primaries[2].addr)
+			continue
+		}
+		reqs := primaries[2].requests()
+		if len(reqs) != before+1 {
+			t.Errorf("mark read of %q: shard 2's primary got %d requests, want 1", id, len(reqs)-before)
+			continue
+		}
+		if got, want := reqs[len(reqs)-1].rawPath, "/v1/messages/"+url.PathEscape(id); got != want {
+			t.Errorf("mark read of %q forwarded as %s, want %s", id, got, want)
+		}
+	}
+	// Escaped dots are dot segments all the same: access is checked on
+	// the path a node would resolve.
+	if st, body := g.do("GET", "/v1/media/%2E%2E/settings/application", "", bearer(token)); st != 200 || !strings.Contains(body, master.addr) {
+		t.Errorf("/v1/media/%%2E%%2E/settings/application: HTTP %d %s, want the master's settings route", st, body)
+	}
+	if st, body := g.do("GET", "/v1/m%65dia/abc", "", bearer(token)); st != 200 || strings.Contains(body, master.addr) {
+		t.Errorf("/v1/m%%65dia/abc: HTTP %d %s, want a primary coreapp's media route", st, body)
 	}
 
 	// Dot segments are resolved before access checks and forwarding.
