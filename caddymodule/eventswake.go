@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/pause"
 )
 
 // eventsStoredPath is the coreapp's route that passes "new webhook rows for
@@ -82,13 +83,11 @@ func (w *eventsWaker) run(shard int, st *shardWake) {
 		st.again = false
 		w.mu.Unlock()
 		if d := wakeGap - time.Since(sent); d > 0 {
-			select {
-			case <-w.ctx.Done():
+			if !pause.For(w.ctx, d) {
 				w.mu.Lock()
 				st.busy = false
 				w.mu.Unlock()
 				return
-			case <-time.After(d):
 			}
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
 	"github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/pause"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shardmap"
@@ -178,7 +179,7 @@ func (v *clusterView) run(ctx context.Context) {
 			}
 			v.setStatus("waiting for MySQL: " + err.Error())
 			v.log.Warn("cannot open the database; retrying", zap.Error(err))
-			if !sleep(ctx, 2*time.Second) {
+			if !pause.For(ctx, 2*time.Second) {
 				return
 			}
 		}
@@ -202,7 +203,7 @@ func (v *clusterView) run(ctx context.Context) {
 			break
 		}
 		v.setStatus("waiting for the primary master to create the cluster row: " + err.Error())
-		if !sleep(ctx, 500*time.Millisecond) {
+		if !pause.For(ctx, 500*time.Millisecond) {
 			return
 		}
 	}
@@ -213,7 +214,7 @@ func (v *clusterView) run(ctx context.Context) {
 		}
 		v.setStatus(err.Error())
 		v.log.Warn("cannot create the default admin user; retrying", zap.Error(err))
-		if !sleep(ctx, time.Second) {
+		if !pause.For(ctx, time.Second) {
 			return
 		}
 	}
@@ -232,7 +233,7 @@ func (v *clusterView) run(ctx context.Context) {
 			break
 		}
 		v.setStatus("waiting for the shard map: " + err.Error())
-		if !sleep(ctx, 500*time.Millisecond) {
+		if !pause.For(ctx, 500*time.Millisecond) {
 			return
 		}
 	}
@@ -383,15 +384,4 @@ func (v *clusterView) primaryMaster(ctx context.Context) (string, error) {
 	}
 	v.lease = addr
 	return addr, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

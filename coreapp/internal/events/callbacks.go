@@ -26,6 +26,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/database"
 	"github.com/multiconnect/multiconnect/internal/monotime"
+	"github.com/multiconnect/multiconnect/internal/pause"
 	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/transport"
@@ -267,18 +268,6 @@ type statusCallback struct {
 	transport.StatusDetails
 }
 
-// sleep waits d; false if ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // Run writes what Subscribe and SendFailed queue until ctx ends.
 func (w *Writer) Run(ctx context.Context) {
 	// The timer sends acknowledgements held back by ack; it runs only
@@ -363,7 +352,7 @@ func (w *Writer) write(ctx context.Context, batch []*callback) {
 				break
 			}
 			w.DBError("store callbacks", err)
-			if !sleep(ctx, callbackRetry) {
+			if !pause.For(ctx, callbackRetry) {
 				stored = false
 				break
 			}
@@ -550,7 +539,7 @@ func (w *Writer) sendAcks(ctx context.Context, all bool) {
 					cur.gone = true
 					return
 				}
-				if !sleep(ctx, 100*time.Millisecond) {
+				if !pause.For(ctx, 100*time.Millisecond) {
 					return
 				}
 			}
@@ -585,7 +574,7 @@ func (w *Writer) sendAcks(ctx context.Context, all bool) {
 func (w *Writer) store(ctx context.Context, cbs []*callback) error {
 	err := w.storeTx(ctx, cbs, false)
 	for try := 1; errors.Is(err, errForeign) || (try > 1 && database.LockBusy(err)); try++ {
-		if try > foreignTries || (try > 1 && !sleep(ctx, foreignRetry)) {
+		if try > foreignTries || (try > 1 && !pause.For(ctx, foreignRetry)) {
 			return err
 		}
 		err = w.storeTx(ctx, cbs, true)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/pause"
 )
 
 // indexInbound records who sent each inbound message of batch
@@ -43,7 +45,7 @@ func (w *Writer) indexInbound(ctx context.Context, batch []*callback) bool {
 			return true
 		}
 		w.DBError("index inbound messages", err)
-		if !w.Claim.Status().Primary || !sleep(ctx, callbackRetry) {
+		if !w.Claim.Status().Primary || !pause.For(ctx, callbackRetry) {
 			return false
 		}
 	}
