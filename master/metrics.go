@@ -22,6 +22,8 @@ type metrics struct {
 	// failoverSeconds: from the replaced holder's last claim renewal to
 	// the promotion of its successor, the detection part of a failover.
 	failoverSeconds prometheus.Histogram
+	// holdersOff: holders whose last answer says they are off the network.
+	holdersOff prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -50,8 +52,10 @@ func newMetrics() *metrics {
 		failoverSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "multiconnect_master_failover_seconds",
 			Help:    "From a replaced primary coreapp's last claim renewal to its successor's promotion.",
 			Buckets: []float64{0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 45, 60, 120, 180}}),
+		holdersOff: prometheus.NewGauge(prometheus.GaugeOpts{Name: "multiconnect_master_holders_off_network",
+			Help: "Primary coreapps whose last heartbeat answer says they should be connected to the network and are not. Most of them at once is a network outage: see the README's failure model."}),
 	}
-	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted, m.reshards, m.mapChanges, m.failoverSeconds,
+	m.reg.MustRegister(m.primary, m.epoch, m.failovers, m.noCandidate, m.heartbeats, m.heartbeatRTT, m.dbErrors, m.gcDeleted, m.reshards, m.mapChanges, m.failoverSeconds, m.holdersOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

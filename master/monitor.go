@@ -115,6 +115,9 @@ type monitor struct {
 	clock  clockRead         // the database's clock at the last round's read
 	step   int64             // monotime of the last round that found the clock stepped
 	wake   chan struct{}     // an evaluation is wanted now (a shard was added)
+	// outage: the last evaluation found most holders off the network at
+	// once (networkWide); logged when it starts and ends.
+	outage bool
 }
 
 // claimSeen is what this master last saw of a shard's claim, and when on its
@@ -400,6 +403,7 @@ func (mon *monitor) evaluate(parent context.Context, shards []shardRow, unhealth
 		return err
 	}
 	now := monotime.Now()
+	mon.noteOutage(now, unhealthy)
 	assigned := map[string]bool{}
 	for _, s := range shards {
 		if s.node != "" && s.leaseLeft > 0 {
@@ -478,6 +482,61 @@ func (mon *monitor) releaseClaim(ctx context.Context, s shardRow) {
 		"status", resp.StatusCode, "released", out.Released)
 }
 
+// A holder that says it is off the network is replaced because the cause
+// may be its own (its path to the network cut, its plugin wedged): a
+// successor elsewhere then connects. When most holders are off at once,
+// the cause is the network or the path every node shares, and a successor
+// would be as cut off as the holder it replaces: promoting only adds a
+// reconnection to every shard once the network is back. Seen at
+// heartbeat_interval 0.05 s and unhealthy_interval 0.25 s under full load:
+// the network went silent for ~110 ms for everyone three times in 10
+// minutes, and each time every shard was promoted (TestNoSpuriousPromotionsUnderLoad).
+// So in such an outage a holder is replaced only after outageGrace more:
+// still replaced if the outage is its host's alone and the spares are
+// elsewhere, just later.
+
+// outageGrace is how much longer than unhealthy_interval a holder must be
+// off the network to be replaced while most holders are (networkWide).
+func outageGrace(unhealthy time.Duration) time.Duration { return max(unhealthy, time.Second) }
+
+// networkWide: of holders holders answering, off say they are off the
+// network: two at least, and more than half.
+func networkWide(holders, off int) bool { return off >= 2 && 2*off > holders }
+
+// offHolders counts the coreapps whose last answer, within unhealthy, says
+// they hold a shard and should be connected to the network, and how many of
+// those say they are not. mon.mu must be held.
+func (mon *monitor) offHolders(now int64, unhealthy time.Duration) (holders, off int) {
+	for _, p := range mon.peers {
+		if p.lastOK == 0 || time.Duration(now-p.lastOK) > unhealthy || !p.last.Primary || !p.last.ConnectDue {
+			continue
+		}
+		holders++
+		if !p.last.Connected {
+			off++
+		}
+	}
+	return holders, off
+}
+
+// noteOutage publishes how many holders are off the network and logs when
+// most of them start and stop being off at once.
+func (mon *monitor) noteOutage(now int64, unhealthy time.Duration) {
+	mon.mu.Lock()
+	holders, off := mon.offHolders(now, unhealthy)
+	wide, was := networkWide(holders, off), mon.outage
+	mon.outage = wide
+	mon.mu.Unlock()
+	mon.m.metrics.holdersOff.Set(float64(off))
+	switch {
+	case wide && !was:
+		mon.m.log.Warn("most primary coreapps are off the network at once: a network outage, not theirs; they are replaced only if it lasts",
+			"off", off, "holders", holders, "replaced_after", unhealthy+outageGrace(unhealthy))
+	case !wide && was:
+		mon.m.log.Info("the network outage is over for most primary coreapps", "off", off, "holders", holders)
+	}
+}
+
 // lost says why shard s needs a new primary coreapp, or "" if it does not.
 func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhealthy time.Duration, now int64) string {
 	switch {
@@ -498,6 +557,11 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 	}
 	offline := p != nil && p.offSince != 0 && p.last.Shard == s.shard && p.last.Epoch == s.epoch &&
 		p.offFor(now) >= unhealthy
+	if offline {
+		if holders, off := mon.offHolders(now, unhealthy); networkWide(holders, off) {
+			offline = p.offFor(now) >= unhealthy+outageGrace(unhealthy)
+		}
+	}
 	mon.mu.Unlock()
 	if own < unhealthy {
 		if offline {
