@@ -116,8 +116,12 @@ type monitor struct {
 	step   int64             // monotime of the last round that found the clock stepped
 	wake   chan struct{}     // an evaluation is wanted now (a shard was added)
 	// outage: the last evaluation found most holders off the network at
-	// once (networkWide); logged when it starts and ends.
-	outage bool
+	// once (networkWide); logged when it starts and ends. outageFrom and
+	// outageTo are the monotimes of the last such outage's first and last
+	// evaluation (outageTo 0 while it lasts): a holder that lost the
+	// network in it keeps its grace after the others are back.
+	outage               bool
+	outageFrom, outageTo int64
 }
 
 // claimSeen is what this master last saw of a shard's claim, and when on its
@@ -491,13 +495,26 @@ func (mon *monitor) releaseClaim(ctx context.Context, s shardRow) {
 // heartbeat_interval 0.05 s and unhealthy_interval 0.25 s under full load:
 // the network went silent for ~110 ms for everyone three times in 10
 // minutes, and each time every shard was promoted (TestNoSpuriousPromotionsUnderLoad).
-// So in such an outage a holder is replaced only after outageGrace more:
-// still replaced if the outage is its host's alone and the spares are
-// elsewhere, just later.
+// So a holder that lost the network in such an outage is replaced only
+// after outageGrace more, also once the others are back (the last to
+// reconnect is no more at fault than the first): still replaced if the
+// outage is its host's alone and the spares are elsewhere, just later.
 
 // outageGrace is how much longer than unhealthy_interval a holder must be
-// off the network to be replaced while most holders are (networkWide).
-func outageGrace(unhealthy time.Duration) time.Duration { return max(unhealthy, time.Second) }
+// off the network to be replaced when it lost the network in an outage of
+// most holders (networkWide). On the 2-core test machine under full load
+// such outages lasted up to 2.1 s, every reconnection timing out until
+// the network process was scheduled again.
+func outageGrace(unhealthy time.Duration) time.Duration { return max(unhealthy, 5*time.Second) }
+
+// inOutage: a holder that lost the network at monotime lostAt lost it in
+// the last outage of most holders, or just before it was seen (by up to
+// unhealthy: one lost earlier would have been replaced already). mon.mu
+// must be held.
+func (mon *monitor) inOutage(lostAt int64, unhealthy time.Duration) bool {
+	return mon.outageFrom != 0 && lostAt >= mon.outageFrom-int64(unhealthy) &&
+		(mon.outageTo == 0 || lostAt <= mon.outageTo)
+}
 
 // networkWide: of holders holders answering, off say they are off the
 // network: two at least, and more than half.
@@ -526,6 +543,12 @@ func (mon *monitor) noteOutage(now int64, unhealthy time.Duration) {
 	holders, off := mon.offHolders(now, unhealthy)
 	wide, was := networkWide(holders, off), mon.outage
 	mon.outage = wide
+	switch {
+	case wide && !was:
+		mon.outageFrom, mon.outageTo = now, 0
+	case !wide && was:
+		mon.outageTo = now
+	}
 	mon.mu.Unlock()
 	mon.m.metrics.holdersOff.Set(float64(off))
 	switch {
@@ -558,7 +581,8 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 	offline := p != nil && p.offSince != 0 && p.last.Shard == s.shard && p.last.Epoch == s.epoch &&
 		p.offFor(now) >= unhealthy
 	if offline {
-		if holders, off := mon.offHolders(now, unhealthy); networkWide(holders, off) {
+		holders, off := mon.offHolders(now, unhealthy)
+		if networkWide(holders, off) || mon.inOutage(now-int64(p.offFor(now)), unhealthy) {
 			offline = p.offFor(now) >= unhealthy+outageGrace(unhealthy)
 		}
 	}

@@ -55,6 +55,7 @@ func TestOfflineIsJudgedOnTheHoldersAnswers(t *testing.T) {
 // everyone and a successor could not connect either: a holder off for
 // unhealthy_interval is replaced only after outageGrace more. One holder
 // off alone is replaced at unhealthy_interval, as before.
+// (TestOutageGraceOutlastsTheOthersReturn: the last holder back keeps it.)
 func TestNetworkWideOutageDefersOfflinePromotions(t *testing.T) {
 	const unhealthy = 250 * time.Millisecond
 	now := monotime.Now()
@@ -80,8 +81,8 @@ func TestNetworkWideOutageDefersOfflinePromotions(t *testing.T) {
 		{"two of four off for 300 ms", []int64{300, 280, 0, 0}, reasonOffline},
 		{"three of four off for 300 ms", []int64{300, 290, 270, 0}, ""},
 		{"all four off for 300 ms", []int64{300, 300, 300, 300}, ""},
-		{"all four off for 1.2 s", []int64{1200, 1200, 1200, 1200}, ""},
-		{"all four off for 1.3 s: past the grace", []int64{1300, 1300, 1300, 1300}, reasonOffline},
+		{"all four off for 5.2 s", []int64{5200, 5200, 5200, 5200}, ""},
+		{"all four off for 5.3 s: past the grace", []int64{5300, 5300, 5300, 5300}, reasonOffline},
 	} {
 		mon := &monitor{m: &Master{log: slog.Default(), metrics: newMetrics()}, peers: map[string]*peer{}, claims: map[int]claimSeen{}}
 		for i, off := range tc.off {
@@ -104,5 +105,72 @@ func TestNetworkWideOutageDefersOfflinePromotions(t *testing.T) {
 		if wide := off >= 3; mon.outage != wide {
 			t.Errorf("%s: outage %v, want %v", tc.name, mon.outage, wide)
 		}
+	}
+}
+
+// A holder that lost the network in an outage of most holders keeps the
+// grace after the others reconnected: seen at 0.1/0.5 s under full load,
+// the three that reconnected first ended the outage and the fourth, off
+// since the same instant, was replaced at once. One that lost the network
+// after the outage ended is judged as usual.
+func TestOutageGraceOutlastsTheOthersReturn(t *testing.T) {
+	const unhealthy = 500 * time.Millisecond
+	now := monotime.Now()
+	mon := &monitor{m: &Master{log: slog.Default(), metrics: newMetrics()}, peers: map[string]*peer{}, claims: map[int]claimSeen{}}
+	set := func(id string, shard int, offMS int64) {
+		var r report
+		b := fmt.Appendf(nil, `{"node":%q,"incarnation":7,"primary":true,"shard":%d,"epoch":3,"connected":%v,"connect_due":true,
+			"transport_ok":true,"db_age_ms":5,"off_ms":%d}`, id, shard, offMS == 0, offMS)
+		if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		p := mon.peers[id]
+		if p == nil {
+			p = &peer{id: id, incarnation: 7, firstSeen: now - int64(time.Minute)}
+			mon.peers[id] = p
+		}
+		p.last, p.lastOK = r, now
+		p.noteConnection(now)
+	}
+	// All four off for 100 ms: an outage begins.
+	for i := 0; i < 4; i++ {
+		set(fmt.Sprintf("h%d:1", i), i, 100)
+	}
+	mon.noteOutage(now, unhealthy)
+	if !mon.outage {
+		t.Fatal("four of four holders off: no outage noted")
+	}
+	// 0.9 s later three are back; h0 is still off, since the outage.
+	now += int64(900 * time.Millisecond)
+	for i := 1; i < 4; i++ {
+		set(fmt.Sprintf("h%d:1", i), i, 0)
+	}
+	set("h0:1", 0, 1000)
+	for _, p := range mon.peers {
+		p.lastOK = now
+	}
+	mon.noteOutage(now, unhealthy)
+	if mon.outage {
+		t.Fatal("one of four holders off: still an outage")
+	}
+	s := shardRow{shard: 0, node: "h0:1", incarnation: 7, epoch: 3, leaseLeft: time.Second, holderHasRow: true, nodeInc: 7}
+	if got := mon.lost(s, nil, unhealthy, now); got != "" {
+		t.Errorf("the last holder back from the outage, off 1 s: lost says %q, want it kept within the grace", got)
+	}
+	// Past the grace it is replaced.
+	set("h0:1", 0, 5600)
+	if got := mon.lost(s, nil, unhealthy, now); got != reasonOffline {
+		t.Errorf("the last holder back from the outage, off 5.6 s: lost says %q, want %q", got, reasonOffline)
+	}
+	// h1 loses the network 2 s after the outage ended, alone: judged as usual.
+	now += int64(2 * time.Second)
+	set("h1:1", 1, 600)
+	for _, p := range mon.peers {
+		p.lastOK = now
+	}
+	s1 := shardRow{shard: 1, node: "h1:1", incarnation: 7, epoch: 3, leaseLeft: time.Second, holderHasRow: true, nodeInc: 7}
+	set("h0:1", 0, 0)
+	if got := mon.lost(s1, nil, unhealthy, now); got != reasonOffline {
+		t.Errorf("a holder off alone 0.6 s, after the outage: lost says %q, want %q", got, reasonOffline)
 	}
 }
