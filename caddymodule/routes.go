@@ -187,11 +187,8 @@ func under(p, prefix string) bool {
 // segment and "m%65dia" is "media", as the node behind would read them.
 func cleanURLPath(u *url.URL) string {
 	if u.RawPath == "" {
-		p := cleanPath(u.Path)
-		if p != u.Path {
-			u.Path = p
-		}
-		return p
+		u.Path = cleanPath(u.Path)
+		return u.Path
 	}
 	segs := strings.Split(u.RawPath, "/")
 	for i, s := range segs {

@@ -580,11 +580,9 @@ func (mon *monitor) lost(s shardRow, secondary map[string][]time.Duration, unhea
 	}
 	offline := p != nil && p.offSince != 0 && p.last.Shard == s.shard && p.last.Epoch == s.epoch &&
 		p.offFor(now) >= unhealthy
-	if offline {
-		holders, off := mon.offHolders(now, unhealthy)
-		if networkWide(holders, off) || mon.inOutage(now-int64(p.offFor(now)), unhealthy) {
-			offline = p.offFor(now) >= unhealthy+outageGrace(unhealthy)
-		}
+	// mon.outage is this round's (evaluate notes it before asking).
+	if offline && (mon.outage || mon.inOutage(now-int64(p.offFor(now)), unhealthy)) {
+		offline = p.offFor(now) >= unhealthy+outageGrace(unhealthy)
 	}
 	mon.mu.Unlock()
 	if own < unhealthy {

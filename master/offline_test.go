@@ -92,10 +92,10 @@ func TestNetworkWideOutageDefersOfflinePromotions(t *testing.T) {
 		// A spare answering too: it holds nothing and is not counted.
 		mon.peers["spare:1"] = &peer{id: "spare:1", incarnation: 7, lastOK: now, last: report{Node: "spare:1", Incarnation: 7, Shard: -1, TransportOK: true}}
 		s := shardRow{shard: 0, node: "h0:1", incarnation: 7, epoch: 3, leaseLeft: time.Second, holderHasRow: true, nodeInc: 7}
+		mon.noteOutage(now, unhealthy) // as evaluate does before it asks
 		if got := mon.lost(s, nil, unhealthy, now); got != tc.want {
 			t.Errorf("%s: lost says %q, want %q", tc.name, got, tc.want)
 		}
-		mon.noteOutage(now, unhealthy)
 		off := 0
 		for _, o := range tc.off {
 			if o > 0 {

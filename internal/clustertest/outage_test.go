@@ -30,7 +30,7 @@ func TestNetworkOutageReplacesNoHolder(t *testing.T) {
 	// Frozen for 0.9 s: the plugins count the connection lost after
 	// 1.5 x keepalive, so each holder is off for about 0.75 s plus its
 	// reconnection: past unhealthy_interval (0.5 s), short of it plus the
-	// outage grace (1 s more).
+	// outage grace (5 s more).
 	c.Simnet.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { c.Simnet.Signal(syscall.SIGCONT) })
 	frozen := time.Now()
