@@ -20,6 +20,7 @@ type metrics struct {
 	acceptBatch        prometheus.Histogram
 	acceptCommit       prometheus.Histogram
 	callbacksStored    prometheus.Counter
+	eventRedeliveries  prometheus.Counter
 	callbacksDelivered prometheus.Counter
 	webhookFailures    prometheus.Counter
 	outboxDepth        prometheus.Gauge
@@ -58,12 +59,14 @@ func newMetrics() *metrics {
 		Help: "Duration of one group commit.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12)})
 	m.callbacksStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_callbacks_stored_total",
 		Help: "Callbacks persisted for the webhook."})
+	m.eventRedeliveries = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_coreapp_event_redeliveries_total",
+		Help: "Reconnections asked for because the callback writer's ack cursor stopped on a connection that stayed up."})
 	m.callbacksDelivered = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_callbacks_delivered_total",
 		Help: "Callbacks the webhook answered with 200."})
 	m.webhookFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "multiconnect_webhook_failures_total",
 		Help: "Webhook requests not answered with 200."})
 	m.shard.Set(-1)
-	m.reg.MustRegister(m.accepted, m.delivered, m.acceptBatch, m.acceptCommit, m.callbacksStored, m.callbacksDelivered, m.webhookFailures,
+	m.reg.MustRegister(m.accepted, m.delivered, m.acceptBatch, m.acceptCommit, m.callbacksStored, m.eventRedeliveries, m.callbacksDelivered, m.webhookFailures,
 		m.outboxDepth, m.callbackDepth)
 	m.reg.MustRegister(m.primary, m.shard, m.connects, m.stepDowns, m.heartbeats, m.pluginRestarts, m.dbErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -42,7 +42,8 @@ func (c *Coreapp) stages(mediaDir string) (*stages, error) {
 	st.webhooks = webhooks.New(webhooks.Deps{DB: c.db, Log: c.log, Settings: c.settings, Claim: c.holder, DBError: c.dbError,
 		Metrics: webhooks.Metrics{CallbacksDelivered: m.callbacksDelivered, WebhookFailures: m.webhookFailures}})
 	st.events = events.New(events.Deps{DB: c.db, Log: c.log, Settings: c.settings, Plugins: c.plugins, Claim: c.holder,
-		Media: st.media, Dispatcher: st.webhooks, CallbacksStored: m.callbacksStored, DBError: c.dbError})
+		Media: st.media, Dispatcher: st.webhooks, CallbacksStored: m.callbacksStored,
+		Redeliveries: m.eventRedeliveries, DBError: c.dbError})
 	st.outbox = outbox.New(outbox.Deps{DB: c.db, Log: c.log, Settings: c.settings, Plugins: c.plugins, Claim: c.holder,
 		Failures: st.events, Delivered: m.delivered})
 	st.acceptor = accept.New(accept.Deps{ID: c.id, DB: c.db, Log: c.log, Settings: c.settings, Claim: c.holder,

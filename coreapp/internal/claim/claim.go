@@ -594,6 +594,9 @@ func (h *Holder) reconnect(ctx context.Context, shard int) {
 		dctx, cancel := context.WithTimeout(ctx, h.pluginBudget(cur, time.Second))
 		defer cancel()
 		if err := t.Disconnect(dctx); err != nil {
+			// If the plugin kept the connection, the connect below only
+			// extends it; the callback writer asks again while its cursor
+			// stays stopped on it (events.Writer.redeliver).
 			h.Log.Warn("transport disconnect failed; connecting again all the same", "shard", shard, "epoch", cur.epoch, "err", err)
 		}
 	})

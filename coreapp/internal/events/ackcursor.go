@@ -29,10 +29,14 @@ type ackCursor struct {
 	acked  uint64 // the highest seq acknowledged on conn
 	stuck  bool   // a gap or an unhandled event: no further acks on conn
 	gone   bool   // conn is no longer the plugin's current one: no acks
-	// stuckAt is the monotime the cursor stopped at; asked: a reconnection
-	// was asked for since (once per connection).
+	// stuckAt is the monotime the cursor stopped at. asks counts the
+	// reconnections asked for since, askedAt is the monotime of the last
+	// (Writer.redeliver), and done: no more are asked on conn (it is not
+	// this coreapp's to reconnect).
 	stuckAt int64
-	asked   bool
+	asks    int
+	askedAt int64
+	done    bool
 }
 
 // cursorStep is what see found about one event.

@@ -435,12 +435,18 @@ const redeliverAfter = 500 * time.Millisecond
 // network's push window closes behind them) until some unrelated
 // reconnection. The new connection is pushed every unacknowledged event
 // again from the oldest; those stored already are stored once (the unique
-// event key). It asks once per connection, and notes in stuckPending
+// event key). A reconnection can fail to replace the connection: a plugin
+// too slow to confirm the disconnect keeps it, and the connect that
+// follows at the same epoch only extends it. So while the cursor stays
+// stopped on the same connection it asks again, redeliverAfter × 2^asks
+// after the last ask (at most redeliverMax apart): a cursor stopped for good
+// would hold the shard's events back until the next unrelated reconnection,
+// which at the default keepalive may be hours. It notes in stuckPending
 // whether a cursor still waits to be looked at again.
 func (w *Writer) redeliver() {
 	w.stuckPending = false
 	for sh, cur := range w.cursors {
-		if !cur.stuck || cur.asked || cur.gone {
+		if !cur.stuck || cur.done || cur.gone {
 			continue
 		}
 		st := w.Claim.Status()
@@ -455,17 +461,36 @@ func (w *Writer) redeliver() {
 			// Not ours to reconnect: the plugin's one connection is for
 			// another shard now, or the claim has lapsed in the database
 			// by now, so a new claim (a new epoch) brings a new one.
-			cur.asked = true
+			cur.done = true
 			continue
-		case stuckFor < redeliverAfter || !ours:
+		case stuckFor < redeliverAfter || !ours || (cur.asks > 0 && time.Duration(now-cur.askedAt) < redeliverBackoff(cur.asks)):
 			w.stuckPending = true
 			continue
 		}
-		cur.asked = true
-		w.Log.Warn("events held back behind one this coreapp could not store; reconnecting so the network pushes them again in order",
-			"shard", sh, "conn", cur.conn, "expected_seq", cur.next)
+		cur.asks++
+		cur.askedAt = now
+		w.stuckPending = true // until a new connection starts the cursor over
+		w.Redeliveries.Inc()
+		if cur.asks == 1 {
+			w.Log.Warn("events held back behind one this coreapp could not store; reconnecting so the network pushes them again in order",
+				"shard", sh, "conn", cur.conn, "expected_seq", cur.next)
+		} else {
+			w.Log.Warn("events still held back on the same connection: the last reconnection did not replace it; reconnecting again",
+				"shard", sh, "conn", cur.conn, "expected_seq", cur.next, "asks", cur.asks, "stopped_for", stuckFor.Round(time.Millisecond))
+		}
 		w.Claim.Redeliver(sh)
 	}
+}
+
+// redeliverMax bounds the wait between two reconnections asked for one
+// stopped cursor.
+const redeliverMax = 30 * time.Second
+
+// redeliverBackoff is how long after its asks-th reconnection a cursor
+// still stopped on the same connection asks again: redeliverAfter doubled
+// per ask, so a plugin that keeps failing is not kept reconnecting.
+func redeliverBackoff(asks int) time.Duration {
+	return min(redeliverAfter<<min(asks, 10), redeliverMax)
 }
 
 // Acknowledgements are cumulative, so they are sent only every ackEvery

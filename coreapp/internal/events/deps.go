@@ -41,6 +41,9 @@ type Deps struct {
 	}
 	// CallbacksStored counts callbacks persisted for the webhook.
 	CallbacksStored prometheus.Counter
+	// Redeliveries counts the reconnections asked for because the ack
+	// cursor stopped on a connection that stayed up (see Writer.redeliver).
+	Redeliveries prometheus.Counter
 	// DBError counts and logs a failed database operation.
 	DBError func(op string, err error)
 }

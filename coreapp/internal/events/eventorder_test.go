@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
 	"github.com/multiconnect/multiconnect/coreapp/internal/events"
@@ -106,8 +107,10 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 	dispatcher := webhooks.New(webhooks.Deps{DB: db, Log: log, Settings: cache, Claim: holder, DBError: dbError,
 		Metrics: webhooks.Metrics{CallbacksDelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "cd"}),
 			WebhookFailures: prometheus.NewCounter(prometheus.CounterOpts{Name: "wf"})}})
+	redeliveries := prometheus.NewCounter(prometheus.CounterOpts{Name: "rd"})
 	writer := events.New(events.Deps{DB: db, Log: log, Settings: cache, Plugins: plugins, Claim: holder, Media: store,
-		Dispatcher: dispatcher, CallbacksStored: prometheus.NewCounter(prometheus.CounterOpts{Name: "cs"}), DBError: dbError})
+		Dispatcher: dispatcher, CallbacksStored: prometheus.NewCounter(prometheus.CounterOpts{Name: "cs"}),
+		Redeliveries: redeliveries, DBError: dbError})
 	go writer.Subscribe(ctx)
 	go writer.Run(ctx)
 	ran := make(chan struct{})
@@ -198,6 +201,12 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 		if !settled(total, 10*time.Second) {
 			t.Fatalf("not settled after a new connection either: %d of %d stored, network %+v", stored(), total, shard0())
 		}
+	}
+
+	// The refused events came again on a connection the writer asked for.
+	var m dto.Metric
+	if err := redeliveries.Write(&m); err != nil || m.GetCounter().GetValue() < 1 {
+		t.Errorf("multiconnect_coreapp_event_redeliveries_total did not move (%v, err %v)", m.GetCounter().GetValue(), err)
 	}
 
 	rows, err := db.Query(`SELECT net_seq FROM callbacks ORDER BY seq`)
