@@ -94,3 +94,20 @@ func WithCluster(t testing.TB, name string, shards int) *sql.DB {
 	}
 	return db
 }
+
+// Assign makes the node (its ID and incarnation) the holder of shard at
+// epoch for the next lasting, as a master's promotion leaves it: shard_map
+// names the assignment and shard_claims the claim, both valid that long.
+func Assign(t testing.TB, db *sql.DB, shard int, nodeID string, incarnation, epoch int64, lasting time.Duration) {
+	t.Helper()
+	for _, q := range []string{
+		`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
+			VALUES (?, ?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND, NOW(6))`,
+		`INSERT INTO shard_claims (shard_id, node_id, incarnation, epoch, lease_expires)
+			VALUES (?, ?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND)`,
+	} {
+		if _, err := db.Exec(q, shard, nodeID, incarnation, epoch, lasting.Microseconds()); err != nil {
+			t.Fatalf("assign shard %d to %s: %v", shard, nodeID, err)
+		}
+	}
+}

@@ -398,7 +398,9 @@ func (c *Cache) Get() Application { return *c.cur.Load() }
 
 // Moved returns a channel closed at the next move of settings_version: a
 // change of any settings row, Application's or another (a certificate,
-// the media providers, the webhook CA). A loop sleeping one interval
+// the media providers, the webhook CA), and at a change of the shard
+// count (Layout; the claim holder passes it on to its plugin at once,
+// whose network moves events between shards then). A loop sleeping one interval
 // wakes up to the new settings at once, and re-reads what it uses: a row
 // it does not use wakes it for nothing, which is rare (an administrator's
 // change) and cheap.
@@ -406,6 +408,14 @@ func (c *Cache) Moved() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.moved
+}
+
+// wakeMoved closes the channel Moved returned and makes the next one.
+func (c *Cache) wakeMoved() {
+	c.mu.Lock()
+	close(c.moved)
+	c.moved = make(chan struct{})
+	c.mu.Unlock()
 }
 
 // OnChange registers f, called after each change.
@@ -421,11 +431,16 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	recounted := false
 	if st.MapVersion >= c.mapVersion.Load() {
-		c.shards.Store(int64(st.Shards))
+		old := c.shards.Swap(int64(st.Shards))
+		recounted = old != 0 && old != int64(st.Shards)
 		c.mapVersion.Store(st.MapVersion)
 	}
 	if st.SettingsVersion == c.version.Load() {
+		if recounted {
+			c.wakeMoved()
+		}
 		return nil
 	}
 	a, err := Load(ctx, c.db)
@@ -434,10 +449,7 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	}
 	old := c.cur.Swap(&a)
 	c.version.Store(st.SettingsVersion)
-	c.mu.Lock()
-	close(c.moved)
-	c.moved = make(chan struct{})
-	c.mu.Unlock()
+	c.wakeMoved()
 	if !reflect.DeepEqual(*old, a) {
 		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,
 			"webhook", a.Webhooks.URL != "", "callback_persist", a.CallbackPersist, "log_level", a.LogLevel, "verbose_logging", a.VerboseLogging)

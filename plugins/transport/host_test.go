@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/multiconnect/multiconnect/internal/measure"
 	"github.com/multiconnect/multiconnect/plugins/simnet"
+	"github.com/multiconnect/multiconnect/plugins/simnet/simnettest"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -38,12 +37,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	pluginBin = filepath.Join(dir, "transport-simnet")
-	// go test puts its own go first on PATH for the test binary.
-	out, err := exec.Command("go", "build", "-o", pluginBin,
-		"github.com/multiconnect/multiconnect/plugins/simnet/cmd/transport-simnet").CombinedOutput()
+	pluginBin, err = simnettest.BuildPlugin(dir)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build transport-simnet: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -75,18 +71,10 @@ func (l *logBuffer) String() string {
 // network starts an in-process simnet and points the plugin at it.
 func network(t *testing.T) *simnet.Server {
 	t.Helper()
-	srv := simnet.NewServer(simnet.Config{
+	return simnettest.Network(t, simnet.Config{
 		Keepalive: keepalive, StatusDelay: 5 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logBuffer{t: t}, nil)),
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln) //nolint:errcheck // returns nil once closed
-	t.Cleanup(func() { srv.Close() })
-	t.Setenv("SIMNET_ADDR", ln.Addr().String())
-	return srv
 }
 
 func startPlugin(t *testing.T) (*transport.Plugin, *logBuffer) {

@@ -222,6 +222,7 @@ func (h *Holder) Run(ctx context.Context) {
 		case <-changed:
 			h.tick(ctx, true)
 			nextTick = monotime.Now() + int64(h.renewEvery())
+			h.passLayout(ctx)
 		case <-time.After(wait):
 			h.tick(ctx, false)
 			nextTick = monotime.Now() + int64(h.renewEvery())
@@ -511,6 +512,22 @@ func (h *Holder) extend(ctx context.Context, c *claim) {
 			c.extendedAt = monotime.Now()
 		}
 	})
+}
+
+// passLayout tells the plugin the shard count now, after a change of
+// settings or of the count, rather than at the next renewal's Extend
+// (heartbeat_interval later, 5 s by default): a re-shard moves the
+// network's unacknowledged events and the Cloud API's stored inbound rows
+// between shards, and the plugin of a shard that received some reads them
+// when it learns the new count. The deadline it passes is the one the last
+// renewal gave, so it prolongs nothing.
+func (h *Holder) passLayout(ctx context.Context) {
+	h.mu.Lock()
+	cur := h.cur
+	h.mu.Unlock()
+	if cur != nil && cur.valid.Valid() {
+		h.extend(ctx, cur)
+	}
 }
 
 // ensureConnected connects the plugin once allowed, and reconnects after a

@@ -2,7 +2,6 @@ package claim
 
 import (
 	"context"
-	"database/sql"
 	"log/slog"
 	"testing"
 	"time"
@@ -15,22 +14,6 @@ import (
 	"github.com/multiconnect/multiconnect/internal/settings"
 )
 
-// assignClaim makes id the holder of shard 0 at epoch for a minute, as a
-// master's promotion leaves it.
-func assignClaim(t *testing.T, db *sql.DB, id node.Identity, epoch int64) {
-	t.Helper()
-	for _, q := range []string{
-		`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
-			VALUES (0, ?, ?, ?, NOW(6) + INTERVAL 1 MINUTE, NOW(6))`,
-		`INSERT INTO shard_claims (shard_id, node_id, incarnation, epoch, lease_expires)
-			VALUES (0, ?, ?, ?, NOW(6) + INTERVAL 1 MINUTE)`,
-	} {
-		if _, err := db.Exec(q, id.ID, id.Incarnation, epoch); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestRenewalDoesNotWaitForFences holds a group commit's fence open (its
 // shared lock on the shard's shard_map row, which lasts until COMMIT) and
 // renews the same claim beside it, on a real MariaDB: the renewal must not
@@ -41,7 +24,7 @@ func TestRenewalDoesNotWaitForFences(t *testing.T) {
 	db := mariadbtest.WithCluster(t, "claimlock", 1)
 	ctx := context.Background()
 	id := node.Identity{ID: "me:1", Incarnation: 7}
-	assignClaim(t, db, id, 3)
+	mariadbtest.Assign(t, db, 0, id.ID, id.Incarnation, 3, time.Minute)
 	cache := settings.NewCache(db, 0, slog.Default())
 	h := New(Deps{ID: id, DB: db, Log: slog.Default(), Settings: cache,
 		Metrics: Metrics{Registry: prometheus.NewRegistry()}, DBError: func(string, error) {}})

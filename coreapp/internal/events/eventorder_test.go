@@ -5,9 +5,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -15,15 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/multiconnect/multiconnect/coreapp/internal/claim"
+	"github.com/multiconnect/multiconnect/coreapp/internal/claim/claimtest"
 	"github.com/multiconnect/multiconnect/coreapp/internal/events"
 	"github.com/multiconnect/multiconnect/coreapp/internal/media"
 	"github.com/multiconnect/multiconnect/coreapp/internal/webhooks"
-	"github.com/multiconnect/multiconnect/internal/cluster"
-	"github.com/multiconnect/multiconnect/internal/mariadbtest"
-	"github.com/multiconnect/multiconnect/internal/node"
-	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/plugins/simnet"
+	"github.com/multiconnect/multiconnect/plugins/simnet/simnettest"
 	"github.com/multiconnect/multiconnect/plugins/transport"
 )
 
@@ -45,60 +39,19 @@ import (
 // acknowledged.
 func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 	logw := newTestWriter(t) // first, so it stops last
-	bin := filepath.Join(t.TempDir(), "transport-simnet")
-	if out, err := exec.Command("go", "build", "-o", bin,
-		"github.com/multiconnect/multiconnect/plugins/simnet/cmd/transport-simnet").CombinedOutput(); err != nil {
-		t.Fatalf("build transport-simnet: %v\n%s", err, out)
-	}
+	bin := simnettest.Plugin(t)
 	logger := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	net1 := simnet.NewServer(simnet.Config{Keepalive: time.Second, Logger: logger.With("who", "simnet")})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go net1.Serve(ln) //nolint:errcheck // returns nil once closed
-	t.Cleanup(func() { net1.Close() })
-	t.Setenv("SIMNET_ADDR", ln.Addr().String())
+	net1 := simnettest.Network(t, simnet.Config{Keepalive: time.Second, Logger: logger.With("who", "simnet")})
 
-	db := mariadbtest.Migrated(t, "eventorder")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if err := cluster.Init(ctx, db, 1); err != nil {
-		t.Fatal(err)
-	}
+	log := logger.With("who", "coreapp")
 	// A renewal every 60 s: the holder's own statements stay out of the
 	// refusal below, so only the writer's fence meets it.
-	if _, err := settings.Patch(ctx, db, []byte(`{"heartbeat_interval":60,"unhealthy_interval":300,"callback_persist":true,
-		"webhooks":{"url":"http://127.0.0.1:1/hook"},"media":{"auto_download":[]}}`)); err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		`INSERT INTO shard_map (shard_id, node_id, incarnation, epoch, lease_expires, connect_after)
-			VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 5 MINUTE, NOW(6))`,
-		`INSERT INTO shard_claims (shard_id, node_id, incarnation, epoch, lease_expires)
-			VALUES (0, 'me:1', 7, 3, NOW(6) + INTERVAL 5 MINUTE)`,
-	} {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	log := logger.With("who", "coreapp")
-	dbError := func(op string, err error) { log.Warn("database operation failed", "op", op, "err", err) }
-	cache := settings.NewCache(db, 0, log)
-	if err := cache.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	plugins := &transport.Supervisor{Path: bin, Log: log}
-	if err := plugins.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { plugins.Kill() })
-	holder := claim.New(claim.Deps{ID: node.Identity{ID: "me:1", Incarnation: 7}, DB: db, Log: log, Settings: cache, Plugins: plugins,
-		DBError: dbError, Wake: func() {},
-		Metrics: claim.Metrics{Registry: prometheus.NewRegistry(), Primary: prometheus.NewGauge(prometheus.GaugeOpts{Name: "p"}),
-			Shard: prometheus.NewGauge(prometheus.GaugeOpts{Name: "s"}), Connects: prometheus.NewCounter(prometheus.CounterOpts{Name: "c"}),
-			StepDowns: prometheus.NewCounter(prometheus.CounterOpts{Name: "d"})}})
+	rig := claimtest.New(t, ctx, claimtest.Options{DBName: "eventorder", Plugin: bin, Log: log,
+		Settings: `{"heartbeat_interval":60,"unhealthy_interval":300,"callback_persist":true,
+		"webhooks":{"url":"http://127.0.0.1:1/hook"},"media":{"auto_download":[]}}`})
+	db, cache, plugins, holder, dbError := rig.DB, rig.Settings, rig.Plugins, rig.Holder, rig.DBError
 	store, err := media.New(media.Deps{DB: db, Log: log, Plugins: plugins, DBError: dbError}, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -113,20 +66,8 @@ func TestRefusedEventsAreNotOvertaken(t *testing.T) {
 		Redeliveries: redeliveries, DBError: dbError})
 	go writer.Subscribe(ctx)
 	go writer.Run(ctx)
-	ran := make(chan struct{})
-	go func() { holder.Run(ctx); close(ran) }()
 	// Before the plugin is killed: the holder steps down and hands back.
-	t.Cleanup(func() { cancel(); <-ran })
-
-	holder.Assign(0, 3)
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if st := holder.Status(); st.Primary && st.Connected {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatalf("not the connected primary 10 s after the assignment: %+v", holder.Status())
-		}
-	}
+	rig.Run(t, ctx, cancel)
 	inject := func(from, n int) {
 		for i := from; i < from+n; i++ {
 			if _, _, err := net1.Inject(simnet.Inbound{Shard: 0, Recipient: "15550100001",
