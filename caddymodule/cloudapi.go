@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 )
 
@@ -107,6 +108,15 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, apierror.ServiceUnavailable, "the gateway is not ready: "+g.view.notReady())
 		return
 	}
+	if c := g.view.settings.Load(); c != nil && c.Loaded() {
+		// Statuses no webhook wants are acknowledged and not stored (the
+		// coreapp would drop them after storing, reading and carrying
+		// them); until the settings are read, everything is stored and
+		// the coreapp decides, as before.
+		if n := p.LeaveOut(statusWanted(c.Get())); n > 0 {
+			g.view.metrics.cloudAPIUnwanted.Add(float64(n))
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	tr, err := inbound.Translate(ctx, p, cfg.phoneNumberID, inbound.LookupIn(db))
@@ -145,6 +155,13 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	g.log.Debug("cloudapi webhook stored", zap.Int("events", len(tr.Records)), zap.Int("new", added))
 	b, _ := json.Marshal(map[string]int{"events": len(tr.Records), "stored": added})
 	writeJSON(w, http.StatusOK, b)
+}
+
+// statusWanted is the coreapp's rule for status callbacks (events.Writer):
+// with no webhook set nothing is wanted; with one, what a.WantStatus says
+// (failed and statuses it does not know always).
+func statusWanted(a settings.Application) func(status string) bool {
+	return func(st string) bool { return a.Webhooks.URL != "" && a.WantStatus(st) }
 }
 
 // cloudAPIVerify answers Meta's subscription check: hub.mode=subscribe and

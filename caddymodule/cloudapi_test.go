@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
+	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/internal/shard"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/metaspec"
@@ -56,6 +58,16 @@ func metaWebhook(t testing.TB, events ...metaEvent) string {
 
 func signed(body string) map[string]string {
 	return map[string]string{inbound.SignatureHeader: inbound.Sign([]byte(testAppSecret), []byte(body)), "Content-Type": "application/json"}
+}
+
+// setWebhook sets a webhook with the default choice of statuses (delivered
+// and read, not sent), before the gateway starts and reads the settings:
+// the gateway stores only the statuses a webhook wants.
+func (c *testCluster) setWebhook() {
+	c.t.Helper()
+	if _, err := settings.Patch(context.Background(), c.db, []byte(`{"webhooks":{"url":"http://127.0.0.1:1/hook"}}`)); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // storedRows lists cloudapi_inbound as "shard/seq/dedupe_key" lines.
@@ -111,6 +123,7 @@ func (c *testCluster) checkGapless() {
 func TestCloudAPIWebhook(t *testing.T) {
 	const shards = 4
 	c := newTestCluster(t, shards)
+	c.setWebhook()
 	// The app secret from the environment (the plugin's variable), the
 	// verify token from the Caddyfile.
 	g := c.startGatewayEnv("cloudapi_verify_token "+testVerifyToken,
@@ -189,6 +202,30 @@ func TestCloudAPIWebhook(t *testing.T) {
 		c.checkGapless()
 	})
 
+	t.Run("statuses no webhook wants are left out", func(t *testing.T) {
+		before := c.storedRows()
+		to := recipientFor(t, 1, shards, 4)
+		mixed := metaWebhook(t, metaEvent{"wamid.out-sent", to, "sent", now}, metaEvent{"wamid.in-sent", to, "", now},
+			metaEvent{"wamid.out-sent", to, "delivered", now})
+		st, b := g.do("POST", "/cloudapi/webhook", mixed, signed(mixed))
+		if st != 200 || b != `{"events":2,"stored":2}` {
+			t.Fatalf("HTTP %d %s, want 200 with the message and the delivered status stored", st, b)
+		}
+		rows := c.storedRows()
+		if _, ok := rows["wamid.out-sent:sent"]; ok {
+			t.Error("the sent status was stored, though the webhook does not ask for it (sent_status off)")
+		}
+		for _, key := range []string{"wamid.in-sent", "wamid.out-sent:delivered"} {
+			if _, ok := rows[key]; !ok {
+				t.Errorf("%s was not stored", key)
+			}
+		}
+		if len(rows) != len(before)+2 {
+			t.Errorf("%d rows, want %d", len(rows), len(before)+2)
+		}
+		c.checkGapless()
+	})
+
 	t.Run("database down: 500, nothing half-stored", func(t *testing.T) {
 		before := c.storedRows()
 		var down []metaEvent
@@ -223,7 +260,10 @@ func TestCloudAPIWebhook(t *testing.T) {
 
 	t.Run("counted", func(t *testing.T) {
 		_, metrics := g.do("GET", "/metrics?format=prometheus", "", map[string]string{"Authorization": "Apikey " + testAPIKey})
-		for result, want := range map[string]float64{"stored": 4, "unsigned": 1, "bad_signature": 2, "stale": 1, "failed": 1} {
+		if got := metricValue(metrics, `multiconnect_gateway_cloudapi_statuses_left_out_total`); got != 1 {
+			t.Errorf("cloudapi_statuses_left_out_total = %v, want 1 (the sent status)", got)
+		}
+		for result, want := range map[string]float64{"stored": 5, "unsigned": 1, "bad_signature": 2, "stale": 1, "failed": 1} {
 			got := metricValue(metrics, `multiconnect_gateway_cloudapi_webhooks_total{result="`+result+`"}`)
 			// Retries while MySQL restarts may fail more than once.
 			if got != want && (result != "failed" || got < want) {
@@ -247,6 +287,7 @@ func TestCloudAPIWebhook(t *testing.T) {
 func TestCloudAPIWebhookGatewayKilled(t *testing.T) {
 	const shards, senders, perSender = 4, 4, 400
 	c := newTestCluster(t, shards)
+	c.setWebhook()
 	extra := "cloudapi_app_secret " + testAppSecret
 	g := c.startGateway(extra)
 	now := time.Now().Unix()
@@ -418,5 +459,33 @@ func TestCloudAPIWebhookWakesShardPrimary(t *testing.T) {
 	waitWake(moved, 1, "shard 0's rows after it moved")
 	if primaries[0].refused.Load() == 0 {
 		t.Errorf("the old primary was not asked first (the map was reloaded before the wake)")
+	}
+}
+
+// TestStatusWanted checks the gateway's rule against the settings that
+// shape it, the same as the coreapp's for status callbacks.
+func TestStatusWanted(t *testing.T) {
+	hook := settings.Defaults()
+	hook.Webhooks.URL = "https://example.com/hook"
+	allOff := hook
+	allOff.Webhooks.Message = settings.WebhookMessage{}
+	sentOn := hook
+	sentOn.SentStatus = true
+	for _, c := range []struct {
+		name string
+		a    settings.Application
+		want map[string]bool
+	}{
+		{"no webhook", settings.Defaults(), map[string]bool{"sent": false, "delivered": false, "read": false, "failed": false, "deleted": false}},
+		{"defaults", hook, map[string]bool{"sent": false, "delivered": true, "read": true, "failed": true, "deleted": true, "warning": true}},
+		{"sent_status", sentOn, map[string]bool{"sent": true, "delivered": true, "read": true}},
+		{"every message status off", allOff, map[string]bool{"sent": false, "delivered": false, "read": false, "failed": true}},
+	} {
+		want := statusWanted(c.a)
+		for st, w := range c.want {
+			if got := want(st); got != w {
+				t.Errorf("%s: %s wanted = %v, want %v", c.name, st, got, w)
+			}
+		}
 	}
 }

@@ -58,6 +58,10 @@ type clusterView struct {
 	secret atomic.Pointer[[]string] // the cluster secret header value
 	status atomic.Pointer[string]   // why the gateway cannot route yet; nil once it can
 	loaded atomic.Int64             // unix nanos of the last successful map poll
+	// settings are the cluster's application settings, kept current like
+	// the nodes' (the log level follows them; the Cloud API webhook leaves
+	// out the statuses they do not want); nil until the shard map loaded.
+	settings atomic.Pointer[settings.Cache]
 
 	coreapps atomic.Pointer[coreappSet] // the distinct primaries of the current map
 
@@ -242,6 +246,7 @@ func (v *clusterView) run(ctx context.Context) {
 	v.status.Store(nil)
 	v.log.Info("gateway ready", zap.Int("shards", maps.Current().Shards))
 	levels := settings.NewCache(db, 0, slogger)
+	v.settings.Store(levels)
 	go v.followLogLevel(ctx, levels)
 	// Pushed changes: the map poll runs at once, the log level reloads.
 	go (&changes.Follower{DB: db, Secret: v.secretValue, Log: slogger, Reload: func(ctx context.Context) {

@@ -36,7 +36,13 @@ func TestCacheMovedOnAnyRow(t *testing.T) {
 			return false
 		}
 	}
+	if c.Loaded() {
+		t.Error("Loaded before any read: Get returns the defaults, not the cluster's settings")
+	}
 	refresh() // the first read
+	if !c.Loaded() {
+		t.Error("not Loaded after a successful Refresh")
+	}
 
 	w := c.Moved()
 	refresh()

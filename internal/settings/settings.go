@@ -362,6 +362,7 @@ type Cache struct {
 	mu         sync.Mutex
 	onChange   []func(Application)
 	moved      chan struct{} // closed and replaced on every move of settings_version
+	loaded     atomic.Bool   // a Refresh has read the cluster's settings
 }
 
 // SafetyPoll is how often a Cache re-reads the cluster row by itself. The
@@ -395,6 +396,12 @@ func (c *Cache) Version() int64 { return c.version.Load() }
 
 // Get returns the current settings.
 func (c *Cache) Get() Application { return *c.cur.Load() }
+
+// Loaded reports whether Get returns the cluster's settings: a Refresh has
+// succeeded. Before that it returns the defaults, which a decision that
+// drops something (a status no webhook wants) must not take for the
+// cluster's.
+func (c *Cache) Loaded() bool { return c.loaded.Load() }
 
 // Moved returns a channel closed at the next move of settings_version: a
 // change of any settings row, Application's or another (a certificate,
@@ -438,6 +445,7 @@ func (c *Cache) Refresh(ctx context.Context) error {
 		c.mapVersion.Store(st.MapVersion)
 	}
 	if st.SettingsVersion == c.version.Load() {
+		c.loaded.Store(true)
 		if recounted {
 			c.wakeMoved()
 		}
@@ -449,6 +457,7 @@ func (c *Cache) Refresh(ctx context.Context) error {
 	}
 	old := c.cur.Swap(&a)
 	c.version.Store(st.SettingsVersion)
+	c.loaded.Store(true)
 	c.wakeMoved()
 	if !reflect.DeepEqual(*old, a) {
 		c.log.Info("settings changed", "heartbeat_interval", a.HeartbeatInterval, "unhealthy_interval", a.UnhealthyInterval,

@@ -328,3 +328,47 @@ func assertJSON(t *testing.T, got []byte, want string) {
 // the translations are tested on what Meta sends, not on what we think it
 // sends.
 func validateWebhook(body []byte) error { return metaspec.ValidateWebhook(body) }
+
+// TestLeaveOut removes exactly the statuses the rule declines, by their
+// lowercased status, and keeps messages and statuses without a status for
+// Translate to judge.
+func TestLeaveOut(t *testing.T) {
+	body := `{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+		{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"PN1"},
+			"messages":[{"from":"15550001","id":"wamid.m","timestamp":"1700000000","type":"text","text":{"body":"hi"}}],
+			"statuses":[{"id":"wamid.a","status":"SENT","timestamp":"1700000000","recipient_id":"15550001"},
+				{"id":"wamid.a","status":"delivered","timestamp":"1700000001","recipient_id":"15550001"},
+				{"id":"wamid.b","status":"","timestamp":"1700000001","recipient_id":"15550001"}]}},
+		{"field":"messages","value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"PN1"},
+			"statuses":[{"id":"wamid.c","status":"failed","timestamp":"1700000002","recipient_id":"15550002"},
+				{"id":"wamid.c","status":"read","timestamp":"1700000003","recipient_id":"15550002"}]}}]}]}`
+	p, err := Parse([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked []string
+	removed := p.LeaveOut(func(st string) bool {
+		asked = append(asked, st)
+		return st == "delivered" || st == "failed"
+	})
+	if removed != 2 {
+		t.Errorf("removed %d, want 2 (sent, read)", removed)
+	}
+	if got := strings.Join(asked, ","); got != "sent,delivered,failed,read" {
+		t.Errorf("asked about %s, want sent,delivered,failed,read (lowercased, the empty status not asked)", got)
+	}
+	var kept []string
+	for _, en := range p.Entry {
+		for _, ch := range en.Changes {
+			for _, s := range ch.Value.Statuses {
+				kept = append(kept, s.ID+":"+s.Status)
+			}
+		}
+	}
+	if got := strings.Join(kept, ","); got != "wamid.a:delivered,wamid.b:,wamid.c:failed" {
+		t.Errorf("kept %s, want wamid.a:delivered,wamid.b:,wamid.c:failed", got)
+	}
+	if len(p.Entry[0].Changes[0].Value.Messages) != 1 {
+		t.Error("the inbound message was removed")
+	}
+}
