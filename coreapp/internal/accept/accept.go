@@ -231,12 +231,15 @@ func (a *Acceptor) commit(ctx context.Context, batch []*acceptReq) {
 	defer cancel()
 	results, rows, err := a.insert(qctx, st, batch)
 	var me *mysql.MySQLError
-	if errors.As(err, &me) && me.Number == 1062 || errors.Is(err, errShardsChanged) {
+	if errors.As(err, &me) && (me.Number == 1062 || me.Number == 1213) || errors.Is(err, errShardsChanged) {
 		// Another coreapp committed the same idempotency key meanwhile
 		// (a previous primary of the shard, its commit in flight at the
 		// hand-over; the lookup finds it this time), or a re-shard
 		// committed during the transaction (recipients are checked under
-		// the new count).
+		// the new count), or InnoDB ended the commit to break a deadlock
+		// (it rolled the whole commit back; the fences take their locks in
+		// the re-shard's order so that one cannot happen, but a deadlock
+		// is for the loser to retry, not for its clients).
 		results, rows, err = a.insert(qctx, st, batch)
 	}
 	if err != nil {
@@ -281,10 +284,22 @@ var errShardsChanged = errors.New("the shard count changed during the transactio
 func (a *Acceptor) insertFenced(ctx context.Context, st claim.Status, batch []*acceptReq, shards int) (results []acceptResult, rows []outbox.Row, stored bool, err error) {
 	results = make([]acceptResult, len(batch))
 	rows = make([]outbox.Row, 0, len(batch))
+	// The cluster row first, then the shard_map row: the order a re-shard
+	// locks them in (cluster for update, then the removed shards' rows).
+	// MariaDB reads these one-row tables in the order they are written
+	// while it plans the statement; the other order let a shrink and a
+	// group commit of a removed shard deadlock (1213), and the commit's
+	// clients got 1011 instead of 1018
+	// (TestShrinkDuringAGroupCommitAnswers1018).
 	args := make([]any, 0, len(batch)*5+6)
+	args = append(args, shards, st.Shard, a.ID.ID, a.ID.Incarnation, st.Epoch)
 	var sb strings.Builder
 	sb.WriteString(`INSERT INTO messages (id, shard_id, recipient, type, body, accepted_at)
-		SELECT v.id, v.shard_id, v.recipient, v.type, v.body, NOW(6) FROM (`)
+		SELECT v.id, v.shard_id, v.recipient, v.type, v.body, NOW(6)
+		FROM cluster c
+		JOIN shard_map s ON c.id = 1 AND c.shards = ? AND s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ?
+			AND s.shard_id < c.shards
+		JOIN (`)
 	for i, r := range batch {
 		if s, err := shard.For(r.msg.To, shards); err != nil || s != st.Shard {
 			results[i] = notOnShard(st)
@@ -304,10 +319,7 @@ func (a *Acceptor) insertFenced(ctx context.Context, st claim.Status, batch []*a
 		return nil, nil, false, nil
 	}
 	sb.WriteString(`) v
-		JOIN shard_map s ON s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ?
-		JOIN cluster c ON c.id = 1 AND s.shard_id < c.shards AND c.shards = ?
 		LOCK IN SHARE MODE`)
-	args = append(args, st.Shard, a.ID.ID, a.ID.Incarnation, st.Epoch, shards)
 	res, err := a.DB.ExecContext(ctx, sb.String(), args...)
 	if err != nil {
 		// The commit may have happened all the same (a lost answer):

@@ -38,8 +38,11 @@ var ErrFenced = errors.New("shard claim not held in the database")
 func (h *Holder) Fence(ctx context.Context, tx *sql.Tx, st Status) (shards int, err error) {
 	// The join share-locks the cluster row as well: a change of the shard
 	// count (which locks it for update) waits for this commit, and this one
-	// checks recipients under the count it read.
-	err = tx.QueryRowContext(ctx, `SELECT c.shards FROM shard_map s JOIN cluster c ON c.id = 1
+	// checks recipients under the count it read. The cluster row is named
+	// first: MariaDB reads (and locks) these one-row tables in that order,
+	// the order a re-shard locks them in; the other order let a shrink and
+	// a fence of a removed shard deadlock (1213).
+	err = tx.QueryRowContext(ctx, `SELECT c.shards FROM cluster c JOIN shard_map s ON c.id = 1
 		WHERE s.shard_id = ? AND s.node_id = ? AND s.incarnation = ? AND s.epoch = ?
 		AND s.shard_id < c.shards LOCK IN SHARE MODE`, st.Shard, h.ID.ID, h.ID.Incarnation, st.Epoch).Scan(&shards)
 	if errors.Is(err, sql.ErrNoRows) {
