@@ -108,15 +108,6 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, apierror.ServiceUnavailable, "the gateway is not ready: "+g.view.notReady())
 		return
 	}
-	if c := g.view.settings.Load(); c != nil && c.Loaded() {
-		// Statuses no webhook wants are acknowledged and not stored (the
-		// coreapp would drop them after storing, reading and carrying
-		// them); until the settings are read, everything is stored and
-		// the coreapp decides, as before.
-		if n := p.LeaveOut(statusWanted(c.Get())); n > 0 {
-			g.view.metrics.cloudAPIUnwanted.Add(float64(n))
-		}
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	tr, err := inbound.Translate(ctx, p, cfg.phoneNumberID, inbound.LookupIn(db))
@@ -131,6 +122,16 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		g.log.Warn("cloudapi webhook refused", zap.String("remote", r.RemoteAddr), zap.Error(err))
 		writeError(w, http.StatusForbidden, apierror.AccessDenied, err.Error())
 		return
+	}
+	if c := g.view.settings.Load(); c != nil && c.Loaded() {
+		// Statuses no webhook wants are acknowledged and not stored (the
+		// coreapp would drop them after storing, reading and carrying
+		// them); until the settings are read, everything is stored and
+		// the coreapp decides, as before. After CheckFresh: a replay is
+		// refused whatever it carries.
+		if n := tr.LeaveOut(statusWanted(c.Get())); n > 0 {
+			g.view.metrics.cloudAPIUnwanted.Add(float64(n))
+		}
 	}
 	for _, why := range tr.Skipped {
 		g.log.Info("cloudapi webhook: event left out", zap.String("why", why))

@@ -84,33 +84,6 @@ func Parse(body []byte) (*Payload, error) {
 	return &p, nil
 }
 
-// LeaveOut removes from p the statuses want declines (by their status,
-// lowercased as Translate reports it) and returns how many it removed. The
-// gateway calls it with the cluster's webhook settings before Translate:
-// a status no webhook wants (every status with no webhook set; "sent"
-// unless sent_status asks for it) would be stored, read by the plugin,
-// carried to the coreapp and acknowledged only for the coreapp to drop it
-// (events.Writer, which applies the same rule); left out here it costs no
-// row, no lookup of its message and no event. Statuses without a status
-// stay, for Translate to say why it skips them.
-func (p *Payload) LeaveOut(want func(status string) bool) (removed int) {
-	for i := range p.Entry {
-		for j := range p.Entry[i].Changes {
-			v := &p.Entry[i].Changes[j].Value
-			kept := v.Statuses[:0]
-			for _, st := range v.Statuses {
-				if st.Status == "" || want(strings.ToLower(st.Status)) {
-					kept = append(kept, st)
-					continue
-				}
-				removed++
-			}
-			v.Statuses = kept
-		}
-	}
-	return removed
-}
-
 // Lookup finds our message id for a wamid (the send records of
 // cloudapi_messages); ok is false when no send of ours has that wamid.
 type Lookup func(ctx context.Context, wamid string) (id string, ok bool, err error)
@@ -186,6 +159,27 @@ func (t *Translation) add(r Record, why string, err error) error {
 		t.Records = append(t.Records, r)
 	}
 	return nil
+}
+
+// LeaveOut removes from t the statuses want declines (by their status,
+// lowercased) and returns how many it removed. The gateway calls it with
+// the cluster's webhook settings after CheckFresh (a replayed webhook is
+// refused whatever it carries): a status no webhook wants (every status
+// with no webhook set; "sent" unless sent_status asks for it) would be
+// stored, read by the plugin, carried to the coreapp and acknowledged only
+// for the coreapp to drop it (events.Writer applies the same rule); left
+// out here it costs no row and no event.
+func (t *Translation) LeaveOut(want func(status string) bool) (removed int) {
+	kept := t.Records[:0]
+	for _, r := range t.Records {
+		if r.Event.Kind == transport.EventStatus && !want(r.Event.Status) {
+			removed++
+			continue
+		}
+		kept = append(kept, r)
+	}
+	t.Records = kept
+	return removed
 }
 
 // CheckFresh refuses (ErrStale) records whose newest timestamp is more than
