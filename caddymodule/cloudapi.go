@@ -13,7 +13,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/multiconnect/multiconnect/internal/apierror"
-	"github.com/multiconnect/multiconnect/internal/settings"
 	"github.com/multiconnect/multiconnect/plugins/cloudapi/inbound"
 )
 
@@ -129,7 +128,7 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 		// them); until the settings are read, everything is stored and
 		// the coreapp decides, as before. After CheckFresh: a replay is
 		// refused whatever it carries.
-		if n := tr.LeaveOut(statusWanted(c.Get())); n > 0 {
+		if n := tr.LeaveOut(c.Get().StatusCallbackWanted); n > 0 {
 			g.view.metrics.cloudAPIUnwanted.Add(float64(n))
 		}
 	}
@@ -156,13 +155,6 @@ func (g *Gateway) cloudAPIWebhook(w http.ResponseWriter, r *http.Request) {
 	g.log.Debug("cloudapi webhook stored", zap.Int("events", len(tr.Records)), zap.Int("new", added))
 	b, _ := json.Marshal(map[string]int{"events": len(tr.Records), "stored": added})
 	writeJSON(w, http.StatusOK, b)
-}
-
-// statusWanted is the coreapp's rule for status callbacks (events.Writer):
-// with no webhook set nothing is wanted; with one, what a.WantStatus says
-// (failed and statuses it does not know always).
-func statusWanted(a settings.Application) func(status string) bool {
-	return func(st string) bool { return a.Webhooks.URL != "" && a.WantStatus(st) }
 }
 
 // cloudAPIVerify answers Meta's subscription check: hub.mode=subscribe and

@@ -461,31 +461,3 @@ func TestCloudAPIWebhookWakesShardPrimary(t *testing.T) {
 		t.Errorf("the old primary was not asked first (the map was reloaded before the wake)")
 	}
 }
-
-// TestStatusWanted checks the gateway's rule against the settings that
-// shape it, the same as the coreapp's for status callbacks.
-func TestStatusWanted(t *testing.T) {
-	hook := settings.Defaults()
-	hook.Webhooks.URL = "https://example.com/hook"
-	allOff := hook
-	allOff.Webhooks.Message = settings.WebhookMessage{}
-	sentOn := hook
-	sentOn.SentStatus = true
-	for _, c := range []struct {
-		name string
-		a    settings.Application
-		want map[string]bool
-	}{
-		{"no webhook", settings.Defaults(), map[string]bool{"sent": false, "delivered": false, "read": false, "failed": false, "deleted": false}},
-		{"defaults", hook, map[string]bool{"sent": false, "delivered": true, "read": true, "failed": true, "deleted": true, "warning": true}},
-		{"sent_status", sentOn, map[string]bool{"sent": true, "delivered": true, "read": true}},
-		{"every message status off", allOff, map[string]bool{"sent": false, "delivered": false, "read": false, "failed": true}},
-	} {
-		want := statusWanted(c.a)
-		for st, w := range c.want {
-			if got := want(st); got != w {
-				t.Errorf("%s: %s wanted = %v, want %v", c.name, st, got, w)
-			}
-		}
-	}
-}

@@ -202,6 +202,14 @@ func (a Application) WantStatus(status string) bool {
 	return true // failed, and anything new, always
 }
 
+// StatusCallbackWanted reports whether a status callback is wanted at all:
+// a webhook is set and WantStatus says yes. The coreapp's callback writer
+// and the gateway's Cloud API webhook (which leaves the others out before
+// storing them) both decide by it.
+func (a Application) StatusCallbackWanted(status string) bool {
+	return a.Webhooks.URL != "" && a.WantStatus(status)
+}
+
 // Heartbeat returns HeartbeatInterval as a duration.
 func (a Application) Heartbeat() time.Duration { return seconds(a.HeartbeatInterval) }
 

@@ -193,3 +193,30 @@ func TestProviderMasked(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusCallbackWanted checks the rule the coreapp's callback writer and
+// the gateway's Cloud API webhook share against the settings that shape it.
+func TestStatusCallbackWanted(t *testing.T) {
+	hook := Defaults()
+	hook.Webhooks.URL = "https://example.com/hook"
+	allOff := hook
+	allOff.Webhooks.Message = WebhookMessage{}
+	sentOn := hook
+	sentOn.SentStatus = true
+	for _, c := range []struct {
+		name string
+		a    Application
+		want map[string]bool
+	}{
+		{"no webhook", Defaults(), map[string]bool{"sent": false, "delivered": false, "read": false, "failed": false, "deleted": false}},
+		{"defaults", hook, map[string]bool{"sent": false, "delivered": true, "read": true, "failed": true, "deleted": true, "warning": true}},
+		{"sent_status", sentOn, map[string]bool{"sent": true, "delivered": true, "read": true}},
+		{"every message status off", allOff, map[string]bool{"sent": false, "delivered": false, "read": false, "failed": true}},
+	} {
+		for st, w := range c.want {
+			if got := c.a.StatusCallbackWanted(st); got != w {
+				t.Errorf("%s: %s wanted = %v, want %v", c.name, st, got, w)
+			}
+		}
+	}
+}

@@ -140,7 +140,7 @@ func (w *Writer) Subscribe(ctx context.Context) {
 // event's work here. write checks what it keeps against the settings of
 // its own moment again, as before.
 func unwanted(e transport.Event, s settings.Application) *callback {
-	if e.Kind != transport.EventStatus || (s.Webhooks.URL != "" && s.WantStatus(e.Status)) {
+	if e.Kind != transport.EventStatus || s.StatusCallbackWanted(e.Status) {
 		return nil
 	}
 	return &callback{shard: e.Shard, netSeq: e.Seq, stream: e.Stream, conn: e.Conn, kind: kindUnwanted, status: e.Status}
