@@ -5,6 +5,7 @@
 package simnettest
 
 import (
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +38,7 @@ func Network(t *testing.T, cfg simnet.Config) *simnet.Server {
 func BuildPlugin(dir string) (string, error) {
 	bin := filepath.Join(dir, "transport-simnet")
 	if out, err := exec.Command("go", "build", "-o", bin, PluginPackage).CombinedOutput(); err != nil {
-		return "", &BuildError{Err: err, Output: out}
+		return "", fmt.Errorf("build transport-simnet: %w\n%s", err, out)
 	}
 	return bin, nil
 }
@@ -52,15 +53,3 @@ func Plugin(t *testing.T) string {
 	}
 	return bin
 }
-
-// BuildError carries the compiler's output with the failure.
-type BuildError struct {
-	Err    error
-	Output []byte
-}
-
-func (e *BuildError) Error() string {
-	return "build transport-simnet: " + e.Err.Error() + "\n" + string(e.Output)
-}
-
-func (e *BuildError) Unwrap() error { return e.Err }
