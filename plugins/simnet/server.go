@@ -77,7 +77,10 @@ type Server struct {
 	shards    map[int]*shardState
 	seen      map[string]struct{}
 	received  []Received
-	nextIn    int64
+	// duplicates counts sends of ids the network already had: a sender
+	// sending again what might not have arrived.
+	duplicates int
+	nextIn     int64
 	// unreachable holds the digits of numbers that are not accounts:
 	// contact checks call them invalid and sends to them fail.
 	unreachable map[string]struct{}
@@ -553,6 +556,7 @@ func (s *Server) sendLocked(c *conn, f Frame, arrival int64) {
 			results[i].Status, results[i].Error = ResultError, "missing id"
 		case dup:
 			results[i].Status = ResultDuplicate
+			s.duplicates++
 		case !checked(&results[i], m):
 		default:
 			s.seen[m.ID] = struct{}{}
@@ -1003,6 +1007,14 @@ func (s *Server) MessageCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.received)
+}
+
+// DuplicateCount is how many times a message the network already had was
+// sent to it again (answered "duplicate", not received twice).
+func (s *Server) DuplicateCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.duplicates
 }
 
 // MessageFilter selects received messages; zero values match everything.

@@ -360,6 +360,9 @@ func TestSendDedupeAndOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	requireResults(t, res, []string{"m2", "m5", "m5", ""}, []string{ResultDuplicate, ResultAccepted, ResultDuplicate, ResultError})
+	if n := s.DuplicateCount(); n != 2 {
+		t.Errorf("DuplicateCount = %d after m2 and m5 were sent again, want 2", n)
+	}
 
 	requireIDs(t, s.Messages(MessageFilter{}), "m1", "m2", "m3", "m4", "m5")
 	one := 1
