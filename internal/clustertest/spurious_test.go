@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 // TestNoSpuriousPromotionsUnderLoad runs the throughput benchmark's load
@@ -38,7 +41,7 @@ func TestNoSpuriousPromotionsUnderLoad(t *testing.T) {
 	c := New(t, o)
 	caddy := buildCaddyBin(t)
 	gp := FreePort(t)
-	gw := startCaddy(t, c, caddy, "gateway", gp,
+	gwProc, gw := startCaddyProc(t, c, caddy, "gateway", gp,
 		fmt.Sprintf("{\n\tadmin off\n\tpersist_config off\n}\n:%d {\n\tmulticonnect {\n\t\tbcrypt_cost 4\n\t}\n}\n", gp))
 	token := gatewayLogin(t, gw)
 	tos := make([]string, 10000)
@@ -66,6 +69,11 @@ func TestNoSpuriousPromotionsUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	load0, _ := os.ReadFile("/proc/loadavg")
+	// Whether the machine was shared is measured, not assumed: the host's
+	// busy CPU time beside what this run's own processes spent.
+	procs := gatewayPathProcs(c, map[string][]int{"gateway": {gwProc.Pid()}})
+	host0, hostErr := measure.HostCPU()
+	own0 := measure.CPUByRole(procs)
 	t.Logf("%d clients through the gateway for %v: heartbeat_interval %gs, unhealthy_interval %gs, keepalive %v; 2 masters, %d coreapps, %d shards",
 		clients, dur, o.Heartbeat, o.Unhealthy, o.Keepalive, len(c.Coreapps), o.Shards)
 
@@ -115,8 +123,16 @@ func TestNoSpuriousPromotionsUnderLoad(t *testing.T) {
 	// wait for them. MariaDB's row lock waits say how often something
 	// still waited on a row lock and for how long.
 	dbd := db1.Since(db0)
-	t.Logf("machine load average at start %q, at end %q (2 cores, shared with other engineers' builds and tests)",
+	t.Logf("machine load average at start %q, at end %q",
 		strings.TrimSpace(string(load0)), strings.TrimSpace(string(load1)))
+	if host1, err := measure.HostCPU(); err == nil && hostErr == nil {
+		var own time.Duration
+		for role, d := range measure.CPUByRole(procs) {
+			own += d - own0[role]
+		}
+		t.Logf("CPU over the run: the machine was busy %.1f s of %.1f s (%d cores); this run's processes (cluster, gateway, clients) used %.1f s, everything else %.1f s",
+			(host1 - host0).Seconds(), window.Seconds()*float64(runtime.NumCPU()), runtime.NumCPU(), own.Seconds(), (host1 - host0 - own).Seconds())
+	}
 	t.Logf("MariaDB: %d statements, %d fsyncs, %d row lock waits, %d ms waited on row locks in all, longest %d ms",
 		dbd.Statements(), dbd.Fsyncs(), dbd["Innodb_row_lock_waits"], dbd["Innodb_row_lock_time"], db1["Innodb_row_lock_time_max"])
 

@@ -89,3 +89,30 @@ func CPUByRole(procs map[string][]int) map[string]time.Duration {
 	}
 	return out
 }
+
+// HostCPU is the CPU time the whole machine has spent busy since boot,
+// every process's and the kernel's (user, nice, system, irq, softirq and
+// steal from /proc/stat's "cpu" line; idle and iowait are not busy).
+// Beside CPUByRole over a window it says how much of the machine a run's
+// own processes had and how much went to everything else.
+func HostCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	// cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks int64
+	for _, k := range []int{1, 2, 3, 6, 7, 8} {
+		n, err := strconv.ParseInt(f[k], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat cpu field %d: %w", k, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}

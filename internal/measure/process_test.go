@@ -3,6 +3,7 @@ package measure
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -14,13 +15,7 @@ import (
 // packages shared the two cores), and checks that ProcessCPU, which reads
 // /proc, counted the same work.
 func TestProcessCPUCountsWork(t *testing.T) {
-	rusage := func() time.Duration {
-		var ru syscall.Rusage
-		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-			t.Fatal(err)
-		}
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	rusage := func() time.Duration { return selfCPU(t) }
 	before, err := ProcessCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +38,34 @@ func TestProcessCPUCountsWork(t *testing.T) {
 	}
 	if _, err := ProcessCPU(1 << 30); err == nil {
 		t.Error("a process that does not exist read without error")
+	}
+}
+
+// TestHostCPUCountsThisProcess spins this process for 200 ms of CPU by
+// getrusage and checks that the machine's busy time grew by at least that
+// (other processes can only add to it) and by no more than the cores could
+// have spent in the wall-clock time it took.
+func TestHostCPUCountsThisProcess(t *testing.T) {
+	rusage := func() time.Duration { return selfCPU(t) }
+	before, err := HostCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	began, ruBefore := time.Now(), rusage()
+	for deadline := began.Add(20 * time.Second); rusage()-ruBefore < 200*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s of spinning gave %v of CPU by getrusage", rusage()-ruBefore)
+		}
+	}
+	after, err := HostCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spun, wall := rusage()-ruBefore, time.Since(began)
+	// Both count in clock ticks (10 ms) per CPU: allow a few ticks.
+	limit := time.Duration(runtime.NumCPU())*wall + 100*time.Millisecond
+	if got := after - before; got < spun-50*time.Millisecond || got > limit {
+		t.Errorf("HostCPU grew by %v while this process spun %v in %v of wall-clock time on %d CPUs", got, spun, wall, runtime.NumCPU())
 	}
 }
 
@@ -83,4 +106,15 @@ func TestProcessStateSeesZombies(t *testing.T) {
 	if Running(pid) {
 		t.Error("a reaped process reads as running")
 	}
+}
+
+// selfCPU is this process's user + system CPU time by the kernel's own
+// account (getrusage), finer than /proc's clock ticks.
+func selfCPU(t *testing.T) time.Duration {
+	t.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
