@@ -44,6 +44,9 @@ type claim struct {
 	extendedAt int64
 	// connectedAt is the monotime of the plugin's last successful Connect.
 	connectedAt int64
+	// passed is the layout the plugin last took with an Extend, so that a
+	// settings change that left the shard count alone sends it nothing.
+	passed transport.Layout
 }
 
 type assignment struct {
@@ -211,7 +214,7 @@ func (h *Holder) Run(ctx context.Context) {
 		case a := <-h.assign:
 			h.take(ctx, a)
 		case <-h.nudge:
-			h.tick(ctx, true)
+			h.tick(ctx)
 			nextTick = monotime.Now() + int64(h.renewEvery())
 		case r := <-h.release:
 			r.done <- h.giveUp(r)
@@ -220,19 +223,19 @@ func (h *Holder) Run(ctx context.Context) {
 		case r := <-h.renewals:
 			h.renewed(ctx, r)
 		case <-changed:
-			h.tick(ctx, true)
+			h.tick(ctx)
 			nextTick = monotime.Now() + int64(h.renewEvery())
 			h.passLayout(ctx)
 		case <-time.After(wait):
-			h.tick(ctx, false)
+			h.tick(ctx)
 			nextTick = monotime.Now() + int64(h.renewEvery())
 		}
 	}
 }
 
-// tick renews (when due or forced), steps down when the claim is gone,
-// connects when allowed, and looks for an assignment when not holding.
-func (h *Holder) tick(ctx context.Context, force bool) {
+// tick steps down when the claim is gone, connects when allowed, and
+// looks for an assignment when not holding. Renewals are renewLoop's.
+func (h *Holder) tick(ctx context.Context) {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
@@ -497,7 +500,8 @@ func (h *Holder) extend(ctx context.Context, c *claim) {
 		}
 		ectx, cancel := context.WithTimeout(ctx, h.pluginBudget(c, time.Second))
 		defer cancel()
-		err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), h.layout())
+		l := h.layout()
+		err := t.Extend(ectx, uint64(c.epoch), c.valid.Until(), l)
 		switch {
 		case ectx.Err() != nil && ctx.Err() == nil:
 			// The plugin is slow, not refusing: it still closes the
@@ -509,7 +513,7 @@ func (h *Holder) extend(ctx context.Context, c *claim) {
 			h.Log.Warn("transport refused to extend the connection; reconnecting", "err", err)
 			h.setConnected(c, false, 0)
 		default:
-			c.extendedAt = monotime.Now()
+			c.extendedAt, c.passed = monotime.Now(), l
 		}
 	})
 }
@@ -520,12 +524,13 @@ func (h *Holder) extend(ctx context.Context, c *claim) {
 // network's unacknowledged events and the Cloud API's stored inbound rows
 // between shards, and the plugin of a shard that received some reads them
 // when it learns the new count. The deadline it passes is the one the last
-// renewal gave, so it prolongs nothing.
+// renewal gave, so it prolongs nothing. A change that left the layout as
+// the plugin last took it (most settings changes) sends nothing.
 func (h *Holder) passLayout(ctx context.Context) {
 	h.mu.Lock()
 	cur := h.cur
 	h.mu.Unlock()
-	if cur != nil && cur.valid.Valid() {
+	if cur != nil && cur.valid.Valid() && cur.passed != h.layout() {
 		h.extend(ctx, cur)
 	}
 }
@@ -570,14 +575,16 @@ func (h *Holder) ensureConnected(ctx context.Context, c *claim, extended bool) {
 		wait := min(time.Duration(deadline-monotime.Now()), h.Settings.Get().Unhealthy()/2)
 		cctx, cancel := context.WithTimeout(ctx, wait)
 		defer cancel()
+		l := h.layout()
 		err := t.Connect(cctx, transport.ConnectRequest{Shard: c.shard, Epoch: uint64(c.epoch), Node: h.ID.ID, Deadline: deadline,
-			Layout: h.layout()})
+			Layout: l})
 		if err != nil {
 			h.Log.Warn("transport connect failed", "shard", c.shard, "epoch", c.epoch, "err", err)
 			h.setConnected(c, false, 0)
 			return
 		}
 		h.setConnected(c, true, gen)
+		c.passed = l
 		h.Metrics.Connects.Inc()
 		h.Log.Info("connected to the network", "shard", c.shard, "epoch", c.epoch)
 	})
