@@ -79,6 +79,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	procs, err := transport.ProcsFromEnv()
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", id.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (MC_LISTEN): %w", id.ListenAddr, err)
@@ -101,7 +105,7 @@ func run() error {
 	if err := node.FollowSettings(c.settings, c.log); err != nil {
 		return err
 	}
-	c.plugins = &transport.Supervisor{Path: plugin, Log: c.log, OnExit: c.metrics.pluginRestarts.Inc, OnRestart: func() { c.holder.Nudge() }}
+	c.plugins = &transport.Supervisor{Path: plugin, Procs: procs, Log: c.log, OnExit: c.metrics.pluginRestarts.Inc, OnRestart: func() { c.holder.Nudge() }}
 	st, err := c.stages(os.Getenv("MC_MEDIA_DIR"))
 	if err != nil {
 		return err

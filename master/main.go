@@ -91,6 +91,8 @@ type config struct {
 	// registration.
 	plugin    string
 	pluginErr error
+	// pluginProcs is the plugin's GOMAXPROCS (MC_TRANSPORT_GOMAXPROCS).
+	pluginProcs int
 }
 
 func configFromEnv() (config, error) {
@@ -128,6 +130,9 @@ func configFromEnv() (config, error) {
 	if c.plugin, c.pluginErr = transport.PathFromEnv(); c.pluginErr != nil && os.Getenv("MC_TRANSPORT") != "" {
 		return c, c.pluginErr
 	}
+	if c.pluginProcs, err = transport.ProcsFromEnv(); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 
@@ -163,7 +168,7 @@ func run() error {
 		return err
 	}
 	m.mon = newMonitor(m)
-	m.plugin = &transport.Supervisor{Path: cfg.plugin, Log: m.log}
+	m.plugin = &transport.Supervisor{Path: cfg.plugin, Procs: cfg.pluginProcs, Log: m.log}
 	if cfg.pluginErr != nil {
 		m.pluginErr = fmt.Errorf("registration is unavailable: %w", cfg.pluginErr)
 		m.log.Warn("no transport plugin: this master cannot register the account", "err", cfg.pluginErr)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -193,12 +194,18 @@ func TestFourShardsFiveCoreapps(t *testing.T) {
 // A crashed transport plugin is restarted by its coreapp, which reconnects
 // at the same epoch: the shard is not lost.
 func TestPluginCrashIsRestarted(t *testing.T) {
+	// The harness passes MC_TRANSPORT_GOMAXPROCS to every node: the
+	// coreapp starts its plugin, and the restarted one, with it.
+	t.Setenv("MC_TRANSPORT_GOMAXPROCS", "1")
 	c := New(t, Options{})
 	first := c.WaitConnected(0, "", 10*time.Second)
 	owner := c.CoreappByAddr(first.Node)
 	kids := owner.Children()
 	if len(kids) != 1 {
 		t.Fatalf("coreapp has %d child processes, want its one plugin", len(kids))
+	}
+	if v := processEnv(t, kids[0], "GOMAXPROCS"); v != "1" {
+		t.Errorf("the plugin runs with GOMAXPROCS=%q, want 1 (MC_TRANSPORT_GOMAXPROCS)", v)
 	}
 	syscall.Kill(kids[0], syscall.SIGKILL)
 	c.Eventually(5*time.Second, "the same coreapp reconnects on a new plugin", func() error {
@@ -213,6 +220,8 @@ func TestPluginCrashIsRestarted(t *testing.T) {
 	})
 	if k := owner.Children(); len(k) != 1 || k[0] == kids[0] {
 		t.Errorf("plugin processes after the crash: %v (was %v)", k, kids)
+	} else if v := processEnv(t, k[0], "GOMAXPROCS"); v != "1" {
+		t.Errorf("the restarted plugin runs with GOMAXPROCS=%q, want 1", v)
 	}
 	c.RequireNoViolations()
 }
@@ -313,6 +322,8 @@ func TestBadConfiguration(t *testing.T) {
 		{"master missing plugin", "master", []string{"MC_TRANSPORT=/nonexistent/transport"}, "transport plugin"},
 		{"bad db port", "master", []string{"WA_DB_PORT=abc"}, "WA_DB_PORT"},
 		{"bad engine", "coreapp", []string{"WA_DB_ENGINE=SQLITE", plugin}, "WA_DB_ENGINE"},
+		{"bad plugin GOMAXPROCS", "coreapp", []string{"MC_TRANSPORT_GOMAXPROCS=two", plugin}, "MC_TRANSPORT_GOMAXPROCS"},
+		{"master bad plugin GOMAXPROCS", "master", []string{"MC_TRANSPORT_GOMAXPROCS=-1"}, "MC_TRANSPORT_GOMAXPROCS"},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -342,4 +353,22 @@ func TestBadConfiguration(t *testing.T) {
 			t.Errorf("%s on a newer schema: exit %d, output %q", bin, code, p.Log())
 		}
 	}
+}
+
+// processEnv is the value of key in pid's environment as it started
+// (/proc/<pid>/environ), "" when absent; the last of duplicates, as Go
+// reads it.
+func processEnv(t *testing.T, pid int, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := ""
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
 }

@@ -168,7 +168,14 @@ func Start(t testing.TB, dir, name, bin string, env []string, args ...string) *P
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, env...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	// MC_TRANSPORT_GOMAXPROCS set for the test reaches every node, so a
+	// benchmark can compare the plugins' GOMAXPROCS; a node's own env,
+	// added after, wins.
+	if v, ok := os.LookupEnv("MC_TRANSPORT_GOMAXPROCS"); ok {
+		cmd.Env = append(cmd.Env, "MC_TRANSPORT_GOMAXPROCS="+v)
+	}
+	cmd.Env = append(cmd.Env, env...)
 	// MC_PPROF_DIR reaches every process, so a benchmark can profile
 	// them all (internal/pprofserve); it is unset in every other run.
 	if d := os.Getenv(pprofserve.EnvDir); d != "" {

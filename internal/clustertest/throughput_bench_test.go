@@ -45,7 +45,16 @@ import (
 // MC_BENCH_WEBHOOK=1 sets a webhook (a server in this process answering
 // 200) with the default webhook settings and counts, beside the rest,
 // the delivered and read callbacks and what they cost.
+//
+// The plugins run with MC_TRANSPORT_GOMAXPROCS=1, what the README
+// recommends for transport-simnet where nodes share a few cores, as all
+// do here; set MC_TRANSPORT_GOMAXPROCS (0: the host's setting) to compare.
 func BenchmarkMessagesThroughput(b *testing.B) {
+	pluginProcs, ok := os.LookupEnv("MC_TRANSPORT_GOMAXPROCS")
+	if !ok {
+		pluginProcs = "1"
+		b.Setenv("MC_TRANSPORT_GOMAXPROCS", pluginProcs) // the harness passes it to every node
+	}
 	clients := envInt("MC_BENCH_CLIENTS", 256)
 	dur := time.Duration(envInt("MC_BENCH_SECONDS", 10)) * time.Second
 	profDir := os.Getenv("MC_BENCH_PPROF")
@@ -241,7 +250,7 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 		}
 		// Printed, not logged: go test cuts a benchmark's log after ten
 		// lines.
-		fmt.Printf("\n| run (%d clients, %v) | requests/s | ratio to reverse_proxy | p50 | p99 | errors |\n|---|---|---|---|---|---|\n"+
+		fmt.Printf("\nplugins at MC_TRANSPORT_GOMAXPROCS=%s\n| run (%d clients, %v) | requests/s | ratio to reverse_proxy | p50 | p99 | errors |\n|---|---|---|---|---|---|\n"+
 			"| POST /v1/messages via gateway: accepted | %.0f | %.2f | %v | %v | %d |\n"+
 			"| ... delivered to the network (until the last accepted arrived: %v; %d during the window) | %.0f | %.2f | | | |\n"+
 			"| POST /v1/messages straight to the primary coreapps: accepted | %.0f | %.2f | %v | %v | %d |\n"+
@@ -250,7 +259,7 @@ func BenchmarkMessagesThroughput(b *testing.B) {
 			"%s\n| plain Caddy reverse_proxy (%d requests, %v): proxy + respond process | %.0f | %.2f |\n| ... load generator | %.0f | %.2f |\n"+
 			"| CPU ratio: reverse_proxy's CPU per request over the gateway path's per message | %.2f | |\n\n"+
 			"%s\n%s\nbacklog (accepted - delivered) each second: %s\nbacklog %s: grew %.1f messages/s over the load (%.1f %% of the accept rate), at most %d\n%s",
-			clients, dur, accepted, accepted/proxy.rate(), r.p(50), r.p(99), r.errs,
+			pluginProcs, clients, dur, accepted, accepted/proxy.rate(), r.p(50), r.p(99), r.errs,
 			all.Round(time.Millisecond), atEnd, delivered, delivered/proxy.rate(),
 			direct.rate(), direct.rate()/proxy.rate(), direct.p(50), direct.p(99), direct.errs,
 			respond.rate(), respond.rate()/proxy.rate(), respond.p(50), respond.p(99), respond.errs,

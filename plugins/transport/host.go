@@ -3,7 +3,11 @@ package transport
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,8 +33,19 @@ type Plugin struct {
 // The plugin is started with Pdeathsig=SIGKILL, so the kernel kills it (and
 // closes its network connection) when the host dies, even by SIGKILL.
 // Restarting a plugin that crashed is the caller's job; Exited tells when.
-func Start(path string, logger *slog.Logger) (*Plugin, error) {
+//
+// procs is the plugin's GOMAXPROCS (see ProcsFromEnv); 0 leaves it what
+// the host's environment says, or Go's default.
+func Start(path string, procs int, logger *slog.Logger) (*Plugin, error) {
 	cmd := exec.Command(path)
+	skipHostEnv := false
+	if procs > 0 {
+		// go-plugin appends the host's environment after cmd.Env, and the
+		// last GOMAXPROCS would win: the host's is left out instead.
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") })
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(procs))
+		skipHostEnv = true
+	}
 	// Pdeathsig fires when the thread that forked the child exits. Go
 	// only ends threads whose goroutine exits while locked to it, which
 	// nothing here does; Serve's parent watch covers the rest.
@@ -39,6 +54,7 @@ func Start(path string, logger *slog.Logger) (*Plugin, error) {
 		HandshakeConfig:  Handshake,
 		Plugins:          PluginMap,
 		Cmd:              cmd,
+		SkipHostEnv:      skipHostEnv,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           newHCLogger(logger.Handler(), ""),
 		StartTimeout:     startTimeout,

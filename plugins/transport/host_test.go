@@ -80,7 +80,7 @@ func network(t *testing.T) *simnet.Server {
 func startPlugin(t *testing.T) (*transport.Plugin, *logBuffer) {
 	t.Helper()
 	logs := &logBuffer{t: t}
-	p, err := transport.Start(pluginBin, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	p, err := transport.Start(pluginBin, 0, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +391,7 @@ const helperEnv = "TRANSPORT_TEST_HELPER_HOST"
 // runHelperHost starts the plugin, connects it, prints its pid and waits
 // to be killed.
 func runHelperHost() {
-	p, err := transport.Start(os.Getenv("TRANSPORT_TEST_PLUGIN"), slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	p, err := transport.Start(os.Getenv("TRANSPORT_TEST_PLUGIN"), 0, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -445,5 +445,51 @@ func TestPluginDiesWithHost(t *testing.T) {
 	})
 	if iv := waitClosed(t, srv, time.Second); iv.EndReason != simnet.EndEOF {
 		t.Errorf("orphaned plugin's connection ended by %q, want %q", iv.EndReason, simnet.EndEOF)
+	}
+}
+
+// TestPluginGetsItsGOMAXPROCS starts the real plugin with the host's
+// environment saying GOMAXPROCS=2 and reads the plugin process's own
+// environment: the procs Start was given replace the host's value (one
+// GOMAXPROCS, the last of duplicates being the one Go would use), and 0
+// passes the host's through.
+func TestPluginGetsItsGOMAXPROCS(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "2")
+	for _, tc := range []struct {
+		procs int
+		want  string
+	}{{1, "GOMAXPROCS=1"}, {3, "GOMAXPROCS=3"}, {0, "GOMAXPROCS=2"}} {
+		p, err := transport.Start(pluginBin, tc.procs, slog.New(slog.NewTextHandler(&logBuffer{t: t}, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.Pid()))
+		p.Kill()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if strings.HasPrefix(kv, "GOMAXPROCS=") {
+				got = append(got, kv)
+			}
+		}
+		if len(got) != 1 || got[0] != tc.want {
+			t.Errorf("procs %d: the plugin's environment has %q, want only %q", tc.procs, got, tc.want)
+		}
+	}
+}
+
+func TestProcsFromEnv(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		want int
+		bad  bool
+	}{{"", 0, false}, {"0", 0, false}, {"1", 1, false}, {"4", 4, false}, {"-1", 0, true}, {"two", 0, true}} {
+		t.Setenv("MC_TRANSPORT_GOMAXPROCS", tc.env)
+		n, err := transport.ProcsFromEnv()
+		if (err != nil) != tc.bad || n != tc.want {
+			t.Errorf("MC_TRANSPORT_GOMAXPROCS=%q: got %d, %v; want %d (error: %v)", tc.env, n, err, tc.want, tc.bad)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -38,6 +39,29 @@ func PathFromEnv() (string, error) {
 	return p, nil
 }
 
+// ProcsFromEnv returns the plugin's GOMAXPROCS: MC_TRANSPORT_GOMAXPROCS, or
+// 0 when it is not set, which gives the plugin the host's own setting
+// (GOMAXPROCS if set, else Go's default: the CPUs it may use).
+//
+// Where several coreapps share a few cores, 1 suits transport-simnet: it
+// relays one coreapp's batches to one connection and the network's events
+// back, and with more than one P its goroutines woke each other across
+// threads (futex) and idle threads spun looking for work, a fifth of its
+// CPU in the throughput profile; with 1 it spent about a quarter less CPU
+// per message (README, "Throughput"). The Cloud API plugin showed no such
+// gain, so the default stays the host's.
+func ProcsFromEnv() (int, error) {
+	v := os.Getenv("MC_TRANSPORT_GOMAXPROCS")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("MC_TRANSPORT_GOMAXPROCS=%q: want a whole number, 0 or more (0: the host's own setting)", v)
+	}
+	return n, nil
+}
+
 // Supervisor runs one plugin process for a host and replaces it when it
 // exits. Each start is a new generation: a connection made on an older
 // generation is gone with its process. A coreapp starts the plugin at boot
@@ -46,6 +70,9 @@ func PathFromEnv() (string, error) {
 type Supervisor struct {
 	// Path is the plugin binary.
 	Path string
+	// Procs is the plugin's GOMAXPROCS (ProcsFromEnv); 0 leaves it the
+	// host's.
+	Procs int
 	// Log receives the supervisor's and the plugin's logs.
 	Log *slog.Logger
 	// OnExit, if set, is called when Watch finds the plugin exited,
@@ -83,7 +110,7 @@ func (s *Supervisor) Start(ctx context.Context) error {
 
 // launch makes one attempt at starting the plugin.
 func (s *Supervisor) launch(ctx context.Context) error {
-	p, err := Start(s.Path, s.Log)
+	p, err := Start(s.Path, s.Procs, s.Log)
 	if err != nil {
 		return err
 	}
