@@ -25,6 +25,7 @@ import (
 	"github.com/multiconnect/multiconnect/internal/apierror"
 	"github.com/multiconnect/multiconnect/internal/changes"
 	"github.com/multiconnect/multiconnect/internal/cluster"
+	"github.com/multiconnect/multiconnect/internal/freeport"
 	"github.com/multiconnect/multiconnect/internal/mariadbtest"
 	"github.com/multiconnect/multiconnect/internal/schema"
 	"github.com/multiconnect/multiconnect/internal/shard"
@@ -80,12 +81,11 @@ func buildCaddy(t testing.TB) string {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // testCluster is a MariaDB with the cluster schema and the stub nodes.

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	dbconfig "github.com/multiconnect/multiconnect/internal/database"
+	"github.com/multiconnect/multiconnect/internal/freeport"
 	"github.com/multiconnect/multiconnect/internal/privatedb"
 	"github.com/multiconnect/multiconnect/internal/shardmap"
 )
@@ -375,10 +376,9 @@ func waitGateway(ctx context.Context, c config, procs []*proc) error {
 }
 
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Pick("127.0.0.1")
 	if err != nil {
 		return "127.0.0.1:0"
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 }

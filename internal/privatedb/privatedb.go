@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/multiconnect/multiconnect/internal/freeport"
 )
 
 // ErrMissing means mariadbd is not installed.
@@ -153,12 +155,11 @@ func lookPath(bin string) (string, error) {
 }
 
 func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	p, err := freeport.Pick(host)
 	if err != nil {
 		return 0, fmt.Errorf("private MariaDB: find a free port on %s: %w", host, err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 // Start runs mariadbd on the existing data directory and waits until it
