@@ -4,12 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/multiconnect/multiconnect/internal/measure"
 )
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
@@ -360,12 +361,12 @@ func TestBadConfiguration(t *testing.T) {
 // reads it.
 func processEnv(t *testing.T, pid int, key string) string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	env, err := measure.ProcessEnv(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := ""
-	for _, kv := range strings.Split(string(b), "\x00") {
+	for _, kv := range env {
 		if k, val, ok := strings.Cut(kv, "="); ok && k == key {
 			v = val
 		}

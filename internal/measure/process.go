@@ -1,6 +1,7 @@
 // Package measure reads what processes and the database have spent, for
 // tests and benchmarks: a process's CPU time and state from /proc, and
-// MariaDB's global status counters. It is test support: any harness
+// MariaDB's global status counters; and a process's environment, to check
+// what a node passed to its children. It is test support: any harness
 // (clustertest, a package's own tests) imports it without cycles, since it
 // imports nothing of this repository; runtime code must not (the guard is
 // TestOnlyTestsImportMeasure).
@@ -45,11 +46,17 @@ func ProcessCPU(pid int) (time.Duration, error) {
 	if len(f) < 15 {
 		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
+	return sumTicks(f, []int{11, 12, 13, 14}, fmt.Sprintf("/proc/%d/stat", pid), 3)
+}
+
+// sumTicks adds the clock-tick counts at f's indexes at as a duration;
+// what and first name a field in an error (field number first+index).
+func sumTicks(f []string, at []int, what string, first int) (time.Duration, error) {
 	var ticks int64
-	for _, k := range []int{11, 12, 13, 14} {
+	for _, k := range at {
 		n, err := strconv.ParseInt(f[k], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat field %d: %w", pid, k+3, err)
+			return 0, fmt.Errorf("%s field %d: %w", what, k+first, err)
 		}
 		ticks += n
 	}
@@ -74,6 +81,16 @@ func ProcessState(pid int) (byte, error) {
 func Running(pid int) bool {
 	s, err := ProcessState(pid)
 	return err == nil && s != 'Z' && s != 'X'
+}
+
+// ProcessEnv is pid's environment as it started (/proc/<pid>/environ):
+// its KEY=value entries in order, duplicates included.
+func ProcessEnv(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"), nil
 }
 
 // CPUByRole sums ProcessCPU over each role's processes (role -> PIDs).
@@ -106,13 +123,5 @@ func HostCPU() (time.Duration, error) {
 	if len(f) < 9 || f[0] != "cpu" {
 		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
 	}
-	var ticks int64
-	for _, k := range []int{1, 2, 3, 6, 7, 8} {
-		n, err := strconv.ParseInt(f[k], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/stat cpu field %d: %w", k, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
+	return sumTicks(f, []int{1, 2, 3, 6, 7, 8}, "/proc/stat cpu", 0)
 }

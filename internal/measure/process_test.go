@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -117,4 +118,31 @@ func selfCPU(t *testing.T) time.Duration {
 		t.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// TestProcessEnvReadsTheStartingEnvironment starts a child with a known
+// environment and reads it back in order. Right after Start the child may
+// not have finished exec (its environ reads empty until then), so it reads
+// until the child has.
+func TestProcessEnvReadsTheStartingEnvironment(t *testing.T) {
+	cmd := exec.Command("sleep", "5")
+	cmd.Env = []string{"A=1", "B=two words"}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	want := []string{"A=1", "B=two words"}
+	var env []string
+	for end := time.Now().Add(5 * time.Second); !slices.Equal(env, want); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("ProcessEnv = %q 5 s after the start, want %q", env, want)
+		}
+		var err error
+		if env, err = ProcessEnv(cmd.Process.Pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ProcessEnv(1 << 30); err == nil {
+		t.Error("a process that does not exist read without error")
+	}
 }

@@ -463,13 +463,13 @@ func TestPluginGetsItsGOMAXPROCS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.Pid()))
+		env, err := measure.ProcessEnv(p.Pid())
 		p.Kill()
 		if err != nil {
 			t.Fatal(err)
 		}
 		var got []string
-		for _, kv := range strings.Split(string(env), "\x00") {
+		for _, kv := range env {
 			if strings.HasPrefix(kv, "GOMAXPROCS=") {
 				got = append(got, kv)
 			}
